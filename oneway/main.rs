@@ -1,1 +1,73 @@
-fn main() {}
+//! `oneway SOURCE BACKUP`: parse the command line, then hand over to `sync_core`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use sync_core::{ExitCode, OnewayArgs};
+
+/// Mirror SOURCE into BACKUP, again at every interval.
+#[derive(Debug, Parser)]
+#[command(name = "oneway", version, about)]
+struct Cli {
+    /// The directory to back up.
+    source: PathBuf,
+    /// The directory that becomes an exact copy of SOURCE (must exist).
+    backup: PathBuf,
+    /// Seconds between passes (at least 1).
+    #[arg(short, long, default_value_t = 3600, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
+    interval: u64,
+    /// Log file.
+    #[arg(short, long, default_value = "oneway.log", value_name = "FILE")]
+    log: PathBuf,
+    /// One pass, then exit.
+    #[arg(long)]
+    once: bool,
+    /// Log what a pass would do; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Leave matching paths alone on both sides (repeatable). A pattern without `/` matches a
+    /// name at any depth; one with `/` matches the path from the root.
+    #[arg(long, value_name = "GLOB")]
+    exclude: Vec<String>,
+    /// Re-hash every file even where the cached hash is still valid.
+    #[arg(long)]
+    checksum: bool,
+    /// Allow a pass that the safety checks would refuse.
+    #[arg(long)]
+    force: bool,
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if err.use_stderr() => {
+            // clap's text spans several lines; the contract is one line, exit 2.
+            let text = err.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("oneway: {}", first.trim_start_matches("error: "));
+            std::process::exit(ExitCode::Usage.code());
+        }
+        Err(err) => err.exit(),
+    };
+    let args = OnewayArgs {
+        source: cli.source,
+        backup: cli.backup,
+        interval: Duration::from_secs(cli.interval),
+        log: cli.log,
+        once: cli.once,
+        dry_run: cli.dry_run,
+        exclude: cli.exclude,
+        checksum: cli.checksum,
+        force: cli.force,
+    };
+    let code = match sync_core::run_oneway(&args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("oneway: {}", sync_core::error::one_line(&err));
+            ExitCode::Usage
+        }
+    };
+    std::process::exit(code.code());
+}

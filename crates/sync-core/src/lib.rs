@@ -1,1 +1,19 @@
-//! placeholder
+//! The engine behind `oneway` (and later `twoway`): scanning a tree without following links,
+//! comparing by SHA-256 with a hash cache, planning and applying a one-way mirror with safe
+//! file operations, the refusals that protect the user, the per-destination lock, logging to
+//! console and file, and the stop flag set by Ctrl+C and SIGTERM.
+
+pub mod cache;
+pub mod display;
+pub mod error;
+pub mod fsops;
+pub mod lock;
+pub mod logging;
+pub mod mirror;
+pub mod oneway;
+pub mod roots;
+pub mod scan;
+pub mod signal;
+
+pub use error::{Error, ExitCode};
+pub use oneway::{OnewayArgs, run as run_oneway};

@@ -1,0 +1,362 @@
+//! The hash cache (SPEC §6): a file whose size, modification time, change time and inode are
+//! unchanged since it was hashed is not read again.
+//!
+//! It lives in the user's cache directory (`$XDG_CACHE_HOME`, else `~/.cache`), one file per
+//! pair of roots, never inside either root. Being a cache, a damaged or foreign file is
+//! dropped with a warning and rebuilt; it never decides anything on its own.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use checksum::Digest;
+use sha2::{Digest as _, Sha256};
+
+use crate::scan::{Entry, Timestamp};
+
+const MAGIC: &[u8; 8] = b"DSYNCHC1";
+
+/// Which root a cached hash belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The SOURCE root.
+    Source = 0,
+    /// The BACKUP root.
+    Backup = 1,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    size: u64,
+    mtime: Timestamp,
+    ctime: Timestamp,
+    ino: u64,
+}
+
+impl Stamp {
+    fn of(entry: &Entry) -> Stamp {
+        Stamp {
+            size: entry.size,
+            mtime: entry.mtime,
+            ctime: entry.ctime,
+            ino: entry.ino,
+        }
+    }
+}
+
+/// Cached SHA-256 digests of the files of two roots.
+#[derive(Debug, Default)]
+pub struct HashCache {
+    location: Option<PathBuf>,
+    tag: Vec<u8>,
+    sides: [HashMap<PathBuf, (Stamp, Digest)>; 2],
+}
+
+/// How close to "now" a change time must be for a hash to be unsafe to cache. Two writes in
+/// one timestamp tick leave size, mtime and ctime equal, so a file changed within a tick of
+/// being hashed could change again unseen (git's "racy clean" problem). Kernel timestamps
+/// advance in jiffies (1–10 ms); file systems without nanoseconds advance in whole seconds.
+fn racy_window(entry: &Entry) -> std::time::Duration {
+    if entry.mtime.nanos == 0 && entry.ctime.nanos == 0 {
+        std::time::Duration::from_secs(2)
+    } else {
+        std::time::Duration::from_millis(20)
+    }
+}
+
+/// True if `entry` changed so recently that a hash taken now may not describe it for long.
+pub fn is_racy(entry: &Entry, hashed_at: SystemTime) -> bool {
+    let ctime = SystemTime::UNIX_EPOCH
+        + std::time::Duration::new(entry.ctime.secs.max(0) as u64, entry.ctime.nanos);
+    match hashed_at.duration_since(ctime) {
+        Ok(age) => age < racy_window(entry),
+        Err(_) => true,
+    }
+}
+
+impl HashCache {
+    /// An empty cache kept in memory only.
+    pub fn in_memory() -> HashCache {
+        HashCache::default()
+    }
+
+    /// Loads the cache of the pair `tag` from `location`. A missing file gives an empty cache;
+    /// an unreadable, damaged or foreign one too, with a warning.
+    pub fn load(location: PathBuf, tag: Vec<u8>) -> HashCache {
+        let mut cache = HashCache {
+            location: Some(location),
+            tag,
+            sides: Default::default(),
+        };
+        let path = cache.location.as_deref().unwrap_or(Path::new(""));
+        match fs::read(path) {
+            Ok(bytes) => {
+                if let Some(sides) = decode(&bytes, &cache.tag) {
+                    cache.sides = sides;
+                } else {
+                    log::warn!(
+                        "hash cache {} is damaged or belongs to other roots; rebuilding it",
+                        path.display()
+                    );
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => log::warn!(
+                "cannot read hash cache {}: {err}; rebuilding it",
+                path.display()
+            ),
+        }
+        cache
+    }
+
+    /// The digest recorded for `rel` on `side`, if the file is provably unchanged since.
+    pub fn lookup(&self, side: Side, rel: &Path, entry: &Entry) -> Option<Digest> {
+        match self.sides[side as usize].get(rel) {
+            Some((stamp, digest)) if *stamp == Stamp::of(entry) => Some(*digest),
+            _ => None,
+        }
+    }
+
+    /// Records the digest of `rel` on `side` as it was when `entry` was read.
+    pub fn insert(&mut self, side: Side, rel: PathBuf, entry: &Entry, digest: Digest) {
+        self.sides[side as usize].insert(rel, (Stamp::of(entry), digest));
+    }
+
+    /// Forgets `rel` on `side`.
+    pub fn remove(&mut self, side: Side, rel: &Path) {
+        self.sides[side as usize].remove(rel);
+    }
+
+    /// Keeps only the paths of `side` for which `keep` is true (the ones still present).
+    pub fn retain(&mut self, side: Side, mut keep: impl FnMut(&Path) -> bool) {
+        self.sides[side as usize].retain(|rel, _| keep(rel));
+    }
+
+    /// Writes the cache atomically (temporary file, flush, rename). An in-memory cache does
+    /// nothing.
+    ///
+    /// Fails if the cache directory cannot be created or written.
+    pub fn save(&self) -> io::Result<()> {
+        let Some(path) = self.location.as_deref() else {
+            return Ok(());
+        };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(dir)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".hashcache-")
+            .tempfile_in(dir)?;
+        let mut out = io::BufWriter::new(tmp.as_file_mut());
+        encode(&mut out, &self.tag, &self.sides)?;
+        out.flush()?;
+        drop(out);
+        tmp.as_file().sync_all()?;
+        tmp.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
+/// The cache file for the pair (SOURCE, BACKUP), or `None` when there is no cache directory
+/// or it lies inside one of the roots (it would then be mirrored or deleted).
+pub fn default_location(source: &Path, backup: &Path) -> Option<(PathBuf, Vec<u8>)> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    let base = std::path::absolute(base).ok()?;
+    let dir = base.join("oneway");
+    let resolved = resolve_existing_prefix(&dir);
+    if resolved.starts_with(source) || resolved.starts_with(backup) {
+        return None;
+    }
+    let tag = pair_tag(source, backup);
+    let name = format!("{}.cache", &hex::encode(Sha256::digest(&tag))[..32]);
+    Some((dir.join(name), tag))
+}
+
+fn pair_tag(source: &Path, backup: &Path) -> Vec<u8> {
+    let mut tag = source.as_os_str().as_bytes().to_vec();
+    tag.push(0);
+    tag.extend_from_slice(backup.as_os_str().as_bytes());
+    tag
+}
+
+/// Canonicalizes the longest existing ancestor of `path` and appends the rest, so a cache
+/// directory that does not exist yet is still placed correctly relative to the roots.
+fn resolve_existing_prefix(path: &Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut cur = path;
+    loop {
+        if let Ok(real) = fs::canonicalize(cur) {
+            let mut out = real;
+            for part in rest.iter().rev() {
+                out.push(part);
+            }
+            return out;
+        }
+        match (cur.parent(), cur.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                cur = parent;
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
+type Sides = [HashMap<PathBuf, (Stamp, Digest)>; 2];
+
+fn encode(out: &mut impl Write, tag: &[u8], sides: &Sides) -> io::Result<()> {
+    out.write_all(MAGIC)?;
+    out.write_all(&(tag.len() as u64).to_le_bytes())?;
+    out.write_all(tag)?;
+    for side in sides {
+        out.write_all(&(side.len() as u64).to_le_bytes())?;
+        for (rel, (stamp, digest)) in side {
+            let bytes = rel.as_os_str().as_bytes();
+            out.write_all(&(bytes.len() as u64).to_le_bytes())?;
+            out.write_all(bytes)?;
+            out.write_all(&stamp.size.to_le_bytes())?;
+            out.write_all(&stamp.mtime.secs.to_le_bytes())?;
+            out.write_all(&stamp.mtime.nanos.to_le_bytes())?;
+            out.write_all(&stamp.ctime.secs.to_le_bytes())?;
+            out.write_all(&stamp.ctime.nanos.to_le_bytes())?;
+            out.write_all(&stamp.ino.to_le_bytes())?;
+            out.write_all(digest)?;
+        }
+    }
+    Ok(())
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn i64(&mut self) -> Option<i64> {
+        Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn len(&mut self) -> Option<usize> {
+        let n = usize::try_from(self.u64()?).ok()?;
+        // A length beyond what is left is damage, not a reason to allocate.
+        (n <= self.0.len()).then_some(n)
+    }
+}
+
+fn decode(bytes: &[u8], tag: &[u8]) -> Option<Sides> {
+    let mut r = Reader(bytes);
+    if r.take(MAGIC.len())? != MAGIC {
+        return None;
+    }
+    let tag_len = r.len()?;
+    if r.take(tag_len)? != tag {
+        return None;
+    }
+    let mut sides: Sides = Default::default();
+    for side in &mut sides {
+        let count = r.u64()?;
+        for _ in 0..count {
+            let len = r.len()?;
+            let rel = PathBuf::from(std::ffi::OsString::from_vec(r.take(len)?.to_vec()));
+            let stamp = Stamp {
+                size: r.u64()?,
+                mtime: Timestamp {
+                    secs: r.i64()?,
+                    nanos: r.u32()?,
+                },
+                ctime: Timestamp {
+                    secs: r.i64()?,
+                    nanos: r.u32()?,
+                },
+                ino: r.u64()?,
+            };
+            let digest: Digest = r.take(32)?.try_into().ok()?;
+            side.insert(rel, (stamp, digest));
+        }
+    }
+    r.0.is_empty().then_some(sides)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scan::Kind;
+
+    fn entry(size: u64, ino: u64) -> Entry {
+        Entry {
+            kind: Kind::File,
+            mode: 0o644,
+            size,
+            mtime: Timestamp { secs: 5, nanos: 6 },
+            ctime: Timestamp { secs: 7, nanos: 8 },
+            ino,
+        }
+    }
+
+    #[test]
+    fn saved_cache_round_trips_and_rejects_other_pairs() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c");
+        let mut cache = HashCache::load(file.clone(), b"a\0b".to_vec());
+        let rel = PathBuf::from(std::ffi::OsString::from_vec(b"x/\xff".to_vec()));
+        cache.insert(Side::Backup, rel.clone(), &entry(3, 9), [7; 32]);
+        cache.save().unwrap();
+
+        let again = HashCache::load(file.clone(), b"a\0b".to_vec());
+        assert_eq!(
+            again.lookup(Side::Backup, &rel, &entry(3, 9)),
+            Some([7; 32])
+        );
+        assert_eq!(again.lookup(Side::Source, &rel, &entry(3, 9)), None);
+        assert_eq!(again.lookup(Side::Backup, &rel, &entry(3, 10)), None);
+
+        let other = HashCache::load(file, b"a\0c".to_vec());
+        assert_eq!(other.lookup(Side::Backup, &rel, &entry(3, 9)), None);
+    }
+
+    #[test]
+    fn truncated_cache_is_dropped_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c");
+        let mut cache = HashCache::load(file.clone(), b"t".to_vec());
+        cache.insert(Side::Source, "f".into(), &entry(1, 1), [1; 32]);
+        cache.save().unwrap();
+        let bytes = fs::read(&file).unwrap();
+        for cut in [0, 5, bytes.len() / 2, bytes.len() - 1] {
+            fs::write(&file, &bytes[..cut]).unwrap();
+            let loaded = HashCache::load(file.clone(), b"t".to_vec());
+            assert_eq!(
+                loaded.lookup(Side::Source, Path::new("f"), &entry(1, 1)),
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn recent_change_is_racy_and_old_one_is_not() {
+        let mut e = entry(1, 1);
+        let now = SystemTime::now();
+        let since = now.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        e.ctime = Timestamp {
+            secs: since.as_secs() as i64,
+            nanos: since.subsec_nanos().max(1),
+        };
+        assert!(is_racy(&e, now));
+        e.ctime.secs -= 10;
+        assert!(!is_racy(&e, now));
+    }
+}

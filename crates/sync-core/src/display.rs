@@ -1,0 +1,43 @@
+//! Printing relative paths on one log line, whatever bytes they hold.
+
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// Shows a path with every byte visible and the line unbroken: invalid UTF-8 as `\xNN`,
+/// control characters escaped, `\` doubled, so a log line is always one line and two names
+/// never print the same.
+pub struct Escaped<'a>(pub &'a Path);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for chunk in self.0.as_os_str().as_bytes().utf8_chunks() {
+            for c in chunk.valid().chars() {
+                match c {
+                    '\\' => f.write_str("\\\\")?,
+                    '\n' => f.write_str("\\n")?,
+                    '\t' => f.write_str("\\t")?,
+                    '\r' => f.write_str("\\r")?,
+                    c if c.is_control() => write!(f, "\\u{{{:x}}}", c as u32)?,
+                    c => fmt::Write::write_char(f, c)?,
+                }
+            }
+            for b in chunk.invalid() {
+                write!(f, "\\x{b:02x}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn escapes_invalid_bytes_newlines_and_backslashes() {
+        let p = Path::new(OsStr::from_bytes(b"caf\xe9/a\nb\\c d"));
+        assert_eq!(Escaped(p).to_string(), "caf\\xe9/a\\nb\\\\c d");
+    }
+}

@@ -1,0 +1,123 @@
+//! Errors that stop a run before or instead of a pass, and the exit codes of SPEC §5.
+
+use std::io;
+use std::path::PathBuf;
+
+/// The process exit codes, in one place (SPEC §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    /// Every pass completed without a failed entry (or the run was stopped by a signal).
+    Success = 0,
+    /// A pass finished, but some entries failed; each was logged.
+    PartialFailure = 1,
+    /// Bad usage, configuration or paths; nothing was changed.
+    Usage = 2,
+}
+
+impl ExitCode {
+    /// The numeric code handed to the operating system.
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+}
+
+/// A fault that ends the run with exit code 2: nothing was changed on disk.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A root given on the command line does not exist.
+    #[error("{role} {path} does not exist")]
+    Missing {
+        /// `SOURCE` or `BACKUP`.
+        role: &'static str,
+        /// The path as given.
+        path: PathBuf,
+    },
+    /// A root given on the command line is not a directory.
+    #[error("{role} {path} is not a directory")]
+    NotADirectory {
+        /// `SOURCE` or `BACKUP`.
+        role: &'static str,
+        /// The path as given.
+        path: PathBuf,
+    },
+    /// A root could not be inspected.
+    #[error("cannot access {role} {path}")]
+    Inaccessible {
+        /// `SOURCE` or `BACKUP`.
+        role: &'static str,
+        /// The path as given.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Both roots resolve to one directory.
+    #[error("SOURCE {source_dir} and BACKUP {backup} are the same directory")]
+    SameDirectory {
+        /// Canonical SOURCE.
+        source_dir: PathBuf,
+        /// Canonical BACKUP.
+        backup: PathBuf,
+    },
+    /// One root lies inside the other, so a pass would copy into itself.
+    #[error("{inner_role} {inner} is inside {outer_role} {outer}")]
+    Nested {
+        /// The contained root's role.
+        inner_role: &'static str,
+        /// The contained root (canonical).
+        inner: PathBuf,
+        /// The containing root's role.
+        outer_role: &'static str,
+        /// The containing root (canonical).
+        outer: PathBuf,
+    },
+    /// Another process holds the lock.
+    #[error("{path} is locked by another running instance (flock on {path}); stop it first")]
+    Locked {
+        /// The locked directory.
+        path: PathBuf,
+    },
+    /// The lock could not be taken for another reason.
+    #[error("cannot lock {path}")]
+    Lock {
+        /// The directory to lock.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A safety check of SPEC §8 refused the pass.
+    #[error("{0}")]
+    Refused(String),
+    /// The root of SOURCE could not be listed, so nothing can be decided.
+    #[error("cannot list {role} {path}")]
+    ListRoot {
+        /// `SOURCE` or `BACKUP`.
+        role: &'static str,
+        /// The root.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// An `--exclude` pattern is not a valid glob.
+    #[error("invalid --exclude pattern {pattern:?}: {message}")]
+    BadExclude {
+        /// The pattern as given.
+        pattern: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// Formats an error and its causes on one line, the way the binaries print it.
+pub fn one_line(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}

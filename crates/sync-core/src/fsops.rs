@@ -1,0 +1,295 @@
+//! The safe file operations of SPEC §7: every replacement goes through a temporary file in
+//! the same directory (written, flushed, renamed), and nothing is replaced or removed
+//! without first checking that it is still what the scan saw.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use checksum::Digest;
+use sha2::{Digest as _, Sha256};
+
+use crate::scan::{Entry, Kind, Timestamp};
+
+/// Every temporary name we create starts with this, so leftovers of a killed run are known.
+pub const TEMP_PREFIX: &str = ".oneway-tmp-";
+
+/// Why a single-path operation did not happen. The path is added by the caller's log line.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// The source could not be opened or read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The source path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The destination could not be written, renamed or removed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The destination path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The source changed while it was copied; the copy was discarded.
+    #[error("{path} changed while being copied; left for the next pass")]
+    SourceChanged {
+        /// The source path.
+        path: PathBuf,
+    },
+    /// The destination is no longer what the scan saw; it was left alone.
+    #[error("{path} changed since it was scanned; left for the next pass")]
+    DestinationChanged {
+        /// The destination path.
+        path: PathBuf,
+    },
+}
+
+fn write_err(path: &Path) -> impl FnOnce(io::Error) -> OpError + '_ {
+    move |source| OpError::Write {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A completed copy: the content's digest and both files as they are now.
+#[derive(Debug)]
+pub struct Copied {
+    /// SHA-256 of the bytes copied.
+    pub digest: Digest,
+    /// The source as it was opened (unchanged until the copy ended).
+    pub source: Entry,
+    /// The new destination file.
+    pub destination: Entry,
+}
+
+fn open_source(path: &Path) -> io::Result<File> {
+    // NOFOLLOW: a file swapped for a link since the scan is not followed out of the tree;
+    // NONBLOCK: one swapped for a FIFO cannot hang the pass.
+    OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
+        .open(path)
+}
+
+fn replace_check(dst: &Path, expected: Option<&Entry>) -> Result<(), OpError> {
+    match expected {
+        Some(seen) => match Entry::read(dst) {
+            Ok(now) if now.unchanged_since(seen) => Ok(()),
+            _ => Err(OpError::DestinationChanged {
+                path: dst.to_path_buf(),
+            }),
+        },
+        None => Ok(()),
+    }
+}
+
+/// Renames `tmp` to `dst`: over `expected` after re-checking it, or only if `dst` does not
+/// exist when `expected` is `None`.
+fn persist<F>(
+    tmp: tempfile::NamedTempFile<F>,
+    dst: &Path,
+    expected: Option<&Entry>,
+) -> Result<(), OpError> {
+    replace_check(dst, expected)?;
+    let result = if expected.is_some() {
+        tmp.persist(dst)
+    } else {
+        tmp.persist_noclobber(dst)
+    };
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
+            Err(OpError::DestinationChanged {
+                path: dst.to_path_buf(),
+            })
+        }
+        Err(e) => Err(OpError::Write {
+            path: dst.to_path_buf(),
+            source: e.error,
+        }),
+    }
+}
+
+/// Copies the regular file `src` to `dst` atomically, hashing what it copies, and gives the
+/// copy `src`'s permission bits and modification time.
+///
+/// `expected` is the destination the scan saw (to be replaced), or `None` if there was none.
+/// Fails, leaving `dst` untouched, if `src` cannot be read or changes during the copy, if
+/// `dst` is no longer what the scan saw, or if writing fails.
+pub fn copy_file(src: &Path, dst: &Path, expected: Option<&Entry>) -> Result<Copied, OpError> {
+    let read_err = |source| OpError::Read {
+        path: src.to_path_buf(),
+        source,
+    };
+    let mut input = open_source(src).map_err(read_err)?;
+    let before = Entry::from_metadata(&input.metadata().map_err(read_err)?, None);
+    if before.kind != Kind::File {
+        return Err(OpError::SourceChanged {
+            path: src.to_path_buf(),
+        });
+    }
+    let dir = dst.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempfile_in(dir)
+        .map_err(write_err(dst))?;
+    let digest = copy_and_hash(&mut input, tmp.as_file_mut(), before.size, src, dst)?;
+    let after = Entry::from_metadata(&input.metadata().map_err(read_err)?, None);
+    if !after.unchanged_since(&before) {
+        return Err(OpError::SourceChanged {
+            path: src.to_path_buf(),
+        });
+    }
+    let file = tmp.as_file();
+    file.set_permissions(fs::Permissions::from_mode(before.mode))
+        .map_err(write_err(dst))?;
+    filetime::set_file_handle_times(file, None, Some(before.mtime.to_filetime()))
+        .map_err(write_err(dst))?;
+    if expected.is_some() {
+        // The old content is at stake only when replacing: make the new one durable before
+        // the rename. New files are flushed together at the end of the pass.
+        file.sync_all().map_err(write_err(dst))?;
+    }
+    persist(tmp, dst, expected)?;
+    let destination = Entry::read(dst).map_err(write_err(dst))?;
+    Ok(Copied {
+        digest,
+        source: before,
+        destination,
+    })
+}
+
+fn copy_and_hash(
+    input: &mut File,
+    output: &mut File,
+    size_hint: u64,
+    src: &Path,
+    dst: &Path,
+) -> Result<Digest, OpError> {
+    // Small files get a small buffer: a pass over thousands of them should not allocate
+    // a large one each time.
+    let cap = (size_hint as usize).clamp(4096, 256 * 1024);
+    let mut buf = vec![0u8; cap];
+    let mut hasher = Sha256::new();
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(source) => {
+                return Err(OpError::Read {
+                    path: src.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        hasher.update(&buf[..n]);
+        output.write_all(&buf[..n]).map_err(write_err(dst))?;
+    }
+    Ok(hasher.finalize().into())
+}
+
+/// Creates (or replaces `expected` with) a symbolic link at `dst` pointing to `target`, with
+/// modification time `mtime`, atomically.
+///
+/// Fails, leaving `dst` untouched, if `dst` is no longer what the scan saw or writing fails.
+pub fn symlink(
+    target: &Path,
+    dst: &Path,
+    expected: Option<&Entry>,
+    mtime: Timestamp,
+) -> Result<Entry, OpError> {
+    let dir = dst.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .make_in(dir, |path| std::os::unix::fs::symlink(target, path))
+        .map_err(write_err(dst))?;
+    let ft = mtime.to_filetime();
+    filetime::set_symlink_file_times(tmp.path(), ft, ft).map_err(write_err(dst))?;
+    persist(tmp, dst, expected)?;
+    Entry::read(dst).map_err(write_err(dst))
+}
+
+/// Removes the file, link or empty directory at `path` if it is still what the scan saw.
+///
+/// Fails if it changed, or if removal fails (a directory that is not empty stays).
+pub fn remove(path: &Path, seen: &Entry) -> Result<(), OpError> {
+    let now = Entry::read(path).map_err(write_err(path))?;
+    // A directory's times move whenever its children are removed, so only its identity is
+    // checked; `remove_dir` itself refuses anything but an empty one.
+    let same = if seen.is_dir() {
+        now.is_dir() && now.ino == seen.ino
+    } else {
+        now.unchanged_since(seen)
+    };
+    if !same {
+        return Err(OpError::DestinationChanged {
+            path: path.to_path_buf(),
+        });
+    }
+    if seen.is_dir() {
+        fs::remove_dir(path)
+    } else {
+        fs::remove_file(path)
+    }
+    .map_err(write_err(path))
+}
+
+/// Sets the permission bits and modification time of the file or directory at `path`,
+/// if it is still what the scan saw (for a directory: still a directory).
+///
+/// Fails if it changed or the change is refused.
+pub fn set_metadata(
+    path: &Path,
+    seen: &Entry,
+    mode: u32,
+    mtime: Timestamp,
+) -> Result<Entry, OpError> {
+    let now = Entry::read(path).map_err(write_err(path))?;
+    let same = if seen.is_dir() {
+        now.is_dir()
+    } else {
+        now.unchanged_since(seen)
+    };
+    if !same {
+        return Err(OpError::DestinationChanged {
+            path: path.to_path_buf(),
+        });
+    }
+    if let Kind::Symlink(_) = now.kind {
+        let ft = mtime.to_filetime();
+        filetime::set_symlink_file_times(path, ft, ft).map_err(write_err(path))?;
+    } else {
+        if now.mode != mode {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(write_err(path))?;
+        }
+        filetime::set_symlink_file_times(path, filetime::FileTime::now(), mtime.to_filetime())
+            .map_err(write_err(path))?;
+    }
+    Entry::read(path).map_err(write_err(path))
+}
+
+/// Creates the directory `path`, owner-writable for now: its real mode is set once its
+/// content is in place, or a read-only directory could not be filled.
+///
+/// Fails if it exists or cannot be created.
+pub fn create_dir(path: &Path) -> Result<(), OpError> {
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(path)
+        .map_err(write_err(path))
+}
+
+/// Makes the directory `path` writable by its owner, so entries can be added or removed in
+/// it; its recorded mode is restored at the end of the pass.
+///
+/// Fails if the mode cannot be changed.
+pub fn make_writable(path: &Path, mode: u32) -> Result<(), OpError> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode | 0o700)).map_err(write_err(path))
+}

@@ -1,0 +1,692 @@
+//! One mirror pass (SPEC §3): scan both roots, compare, plan, check the refusals of SPEC §8,
+//! apply with the safe operations of [`crate::fsops`], and record what was hashed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use checksum::Digest;
+use rayon::prelude::*;
+
+use crate::cache::{HashCache, Side, is_racy};
+use crate::display::Escaped;
+use crate::error::Error;
+use crate::fsops::{self, OpError, TEMP_PREFIX};
+use crate::scan::{self, Entry, Filter, Kind, Timestamp, Tree};
+use crate::signal;
+
+/// What a mirror pass works on and how.
+#[derive(Debug)]
+pub struct MirrorOptions {
+    /// Canonical SOURCE.
+    pub source: PathBuf,
+    /// Canonical BACKUP.
+    pub backup: PathBuf,
+    /// Paths left alone on both sides.
+    pub filter: Filter,
+    /// Log what would be done; change nothing.
+    pub dry_run: bool,
+    /// Re-hash every file even where the cached hash is valid.
+    pub checksum: bool,
+    /// Let the refusals of SPEC §8 through.
+    pub force: bool,
+}
+
+/// What a pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PassStats {
+    /// File operations carried out (or, in a dry run, that would be).
+    pub operations: u64,
+    /// Entries that failed and were skipped.
+    pub errors: u64,
+    /// Files whose content was read to compare them.
+    pub hashed: u64,
+    /// Files whose digest came from the hash cache.
+    pub cache_hits: u64,
+    /// True if a stop was requested before the pass finished.
+    pub interrupted: bool,
+}
+
+/// One step of a plan.
+#[derive(Debug)]
+enum Op {
+    /// Remove the BACKUP entry the scan saw.
+    Remove { rel: PathBuf, seen: Entry },
+    /// Create a directory.
+    CreateDir { rel: PathBuf },
+    /// Copy a SOURCE file, over `replace` if set.
+    Copy {
+        rel: PathBuf,
+        replace: Option<Entry>,
+    },
+    /// Create a link, over `replace` if set.
+    Link {
+        rel: PathBuf,
+        target: PathBuf,
+        mtime: Timestamp,
+        replace: Option<Entry>,
+    },
+    /// Same content: only mode and mtime differ.
+    Meta {
+        rel: PathBuf,
+        seen: Entry,
+        mode: u32,
+        mtime: Timestamp,
+        digest: Option<Digest>,
+    },
+}
+
+impl Op {
+    fn rel(&self) -> &Path {
+        match self {
+            Op::Remove { rel, .. }
+            | Op::CreateDir { rel }
+            | Op::Copy { rel, .. }
+            | Op::Link { rel, .. }
+            | Op::Meta { rel, .. } => rel,
+        }
+    }
+
+    fn describe(&self) -> String {
+        let mut s = String::new();
+        let _ = match self {
+            Op::Remove { rel, seen } => match seen.kind {
+                Kind::Dir => write!(s, "removed directory {}", Escaped(rel)),
+                _ if is_temp_name(rel) => {
+                    write!(s, "removed leftover temporary file {}", Escaped(rel))
+                }
+                _ => write!(s, "removed {}", Escaped(rel)),
+            },
+            Op::CreateDir { rel } => write!(s, "created directory {}", Escaped(rel)),
+            Op::Copy { rel, replace: None } => write!(s, "copied {}", Escaped(rel)),
+            Op::Copy {
+                rel,
+                replace: Some(_),
+            } => write!(s, "replaced {}", Escaped(rel)),
+            Op::Link {
+                rel,
+                target,
+                replace,
+                ..
+            } => write!(
+                s,
+                "{} symlink {} -> {}",
+                if replace.is_some() {
+                    "replaced"
+                } else {
+                    "created"
+                },
+                Escaped(rel),
+                Escaped(target)
+            ),
+            Op::Meta { rel, .. } => write!(s, "updated metadata of {}", Escaped(rel)),
+        };
+        s
+    }
+}
+
+fn is_temp_name(rel: &Path) -> bool {
+    rel.file_name()
+        .is_some_and(|n| n.as_encoded_bytes().starts_with(TEMP_PREFIX.as_bytes()))
+}
+
+/// A comparison waiting for digests: both sides hold a file of one size.
+struct Compare {
+    rel: PathBuf,
+    src: Entry,
+    dst: Entry,
+}
+
+/// A digest learnt during the pass, to be remembered in the cache.
+struct Learnt {
+    side: Side,
+    rel: PathBuf,
+    entry: Entry,
+    digest: Digest,
+}
+
+struct Plan {
+    removals: Vec<Op>,
+    creates: Vec<Op>,
+    transfers: Vec<Op>,
+    compares: Vec<Compare>,
+    /// SOURCE directories whose mode and mtime BACKUP must end with.
+    dirs: Vec<(PathBuf, Entry)>,
+}
+
+/// Paths under which nothing may be done this pass: directories whose listing failed on
+/// either side (their content is unknown, never empty) and SOURCE entries we do not copy.
+struct Protected(HashSet<PathBuf>);
+
+impl Protected {
+    fn covers(&self, rel: &Path) -> bool {
+        !self.0.is_empty() && rel.ancestors().any(|a| self.0.contains(a))
+    }
+}
+
+fn plan(src: &Tree, dst: &Tree, protected: &Protected) -> Plan {
+    let mut plan = Plan {
+        removals: Vec::new(),
+        creates: Vec::new(),
+        transfers: Vec::new(),
+        compares: Vec::new(),
+        dirs: Vec::new(),
+    };
+    for (rel, pair) in merge(&src.entries, &dst.entries) {
+        if protected.covers(rel) {
+            continue;
+        }
+        let rel = rel.clone();
+        match pair {
+            (None, Some(d)) => plan.removals.push(Op::Remove {
+                rel,
+                seen: d.clone(),
+            }),
+            (Some(s), d) => {
+                // A directory on the BACKUP side that SOURCE does not have as a directory goes
+                // first; its children, absent from SOURCE, are removed before it.
+                let d = match d {
+                    Some(d) if d.is_dir() != s.is_dir() => {
+                        plan.removals.push(Op::Remove {
+                            rel: rel.clone(),
+                            seen: d.clone(),
+                        });
+                        None
+                    }
+                    other => other,
+                };
+                match (&s.kind, d) {
+                    (Kind::Dir, None) => {
+                        plan.creates.push(Op::CreateDir { rel: rel.clone() });
+                        plan.dirs.push((rel, s.clone()));
+                    }
+                    (Kind::Dir, Some(_)) => plan.dirs.push((rel, s.clone())),
+                    (Kind::File, Some(d)) if d.kind == Kind::File && d.size == s.size => {
+                        plan.compares.push(Compare {
+                            rel,
+                            src: s.clone(),
+                            dst: d.clone(),
+                        });
+                    }
+                    (Kind::File, d) => plan.transfers.push(Op::Copy {
+                        rel,
+                        replace: d.cloned(),
+                    }),
+                    (Kind::Symlink(_), Some(d)) if d.kind == s.kind => {
+                        if d.mtime != s.mtime {
+                            plan.transfers.push(Op::Meta {
+                                rel,
+                                seen: d.clone(),
+                                mode: s.mode,
+                                mtime: s.mtime,
+                                digest: None,
+                            });
+                        }
+                    }
+                    (Kind::Symlink(target), d) => plan.transfers.push(Op::Link {
+                        rel,
+                        target: target.clone(),
+                        mtime: s.mtime,
+                        replace: d.cloned(),
+                    }),
+                    (Kind::Special, _) => {}
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    plan
+}
+
+/// Walks two sorted maps together, yielding each path once with what each side holds.
+fn merge<'a>(
+    a: &'a BTreeMap<PathBuf, Entry>,
+    b: &'a BTreeMap<PathBuf, Entry>,
+) -> impl Iterator<Item = (&'a PathBuf, (Option<&'a Entry>, Option<&'a Entry>))> {
+    let mut ia = a.iter().peekable();
+    let mut ib = b.iter().peekable();
+    std::iter::from_fn(move || match (ia.peek(), ib.peek()) {
+        (Some((ka, _)), Some((kb, _))) => match ka.cmp(kb) {
+            std::cmp::Ordering::Less => ia.next().map(|(k, v)| (k, (Some(v), None))),
+            std::cmp::Ordering::Greater => ib.next().map(|(k, v)| (k, (None, Some(v)))),
+            std::cmp::Ordering::Equal => {
+                let (k, va) = ia.next()?;
+                let (_, vb) = ib.next()?;
+                Some((k, (Some(va), Some(vb))))
+            }
+        },
+        (Some(_), None) => ia.next().map(|(k, v)| (k, (Some(v), None))),
+        (None, Some(_)) => ib.next().map(|(k, v)| (k, (None, Some(v)))),
+        (None, None) => None,
+    })
+}
+
+/// Counters shared by parallel workers.
+#[derive(Default)]
+struct Counters {
+    operations: AtomicU64,
+    errors: AtomicU64,
+    hashed: AtomicU64,
+    cache_hits: AtomicU64,
+}
+
+impl Counters {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn stats(&self, interrupted: bool) -> PassStats {
+        PassStats {
+            operations: self.operations.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            hashed: self.hashed.load(Ordering::Relaxed),
+            cache_hits: self.cache_hits.load(Ordering::Relaxed),
+            interrupted,
+        }
+    }
+}
+
+struct Pass<'a> {
+    opts: &'a MirrorOptions,
+    cache: &'a HashCache,
+    counters: Counters,
+    learnt: Mutex<Vec<Learnt>>,
+    /// Paths whose creation or removal failed: nothing is done beneath them this pass, so a
+    /// link left where a directory should be is never written through.
+    failed: Mutex<HashSet<PathBuf>>,
+    /// BACKUP directories whose content changed: their mtime must be set again.
+    dirty: Mutex<HashSet<PathBuf>>,
+}
+
+impl Pass<'_> {
+    fn error(&self, message: std::fmt::Arguments<'_>) {
+        log::error!("{message}");
+        Counters::bump(&self.counters.errors);
+    }
+
+    fn op_error(&self, rel: &Path, err: &OpError) {
+        match err {
+            OpError::Read { source, .. } => {
+                self.error(format_args!("cannot read {}: {source}", Escaped(rel)))
+            }
+            OpError::Write { source, .. } => {
+                self.error(format_args!("cannot write {}: {source}", Escaped(rel)))
+            }
+            OpError::SourceChanged { .. } => self.error(format_args!(
+                "skipped {}: it changed while being copied; retried next pass",
+                Escaped(rel)
+            )),
+            OpError::DestinationChanged { .. } => self.error(format_args!(
+                "skipped {}: it changed in BACKUP since the scan; retried next pass",
+                Escaped(rel)
+            )),
+        }
+    }
+
+    fn blocked(&self, rel: &Path) -> bool {
+        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        !failed.is_empty() && rel.ancestors().skip(1).any(|a| failed.contains(a))
+    }
+
+    fn mark_failed(&self, rel: &Path) {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(rel.to_path_buf());
+    }
+
+    fn mark_dirty(&self, rel: &Path) {
+        if let Some(parent) = rel.parent() {
+            self.dirty
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(parent.to_path_buf());
+        }
+    }
+
+    fn learn(
+        &self,
+        side: Side,
+        rel: &Path,
+        entry: &Entry,
+        digest: Digest,
+        hashed_at: Option<SystemTime>,
+    ) {
+        if hashed_at.is_some_and(|t| is_racy(entry, t)) {
+            return;
+        }
+        self.learnt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Learnt {
+                side,
+                rel: rel.to_path_buf(),
+                entry: entry.clone(),
+                digest,
+            });
+    }
+
+    /// The digest of a file on one side: from the cache if still valid, else read.
+    fn digest(&self, side: Side, rel: &Path, entry: &Entry) -> Result<Digest, std::io::Error> {
+        if !self.opts.checksum
+            && let Some(d) = self.cache.lookup(side, rel, entry)
+        {
+            Counters::bump(&self.counters.cache_hits);
+            return Ok(d);
+        }
+        let root = match side {
+            Side::Source => &self.opts.source,
+            Side::Backup => &self.opts.backup,
+        };
+        let started = SystemTime::now();
+        let digest = checksum::file_digest(&root.join(rel))?;
+        Counters::bump(&self.counters.hashed);
+        self.learn(side, rel, entry, digest, Some(started));
+        Ok(digest)
+    }
+
+    /// Turns a same-size pair into a copy, a metadata update, or nothing.
+    fn resolve(&self, c: Compare) -> Option<Op> {
+        let src = match self.digest(Side::Source, &c.rel, &c.src) {
+            Ok(d) => d,
+            Err(err) => {
+                self.error(format_args!("cannot read {}: {err}", Escaped(&c.rel)));
+                return None;
+            }
+        };
+        let dst = match self.digest(Side::Backup, &c.rel, &c.dst) {
+            Ok(d) => d,
+            Err(err) => {
+                self.error(format_args!(
+                    "cannot read {} in BACKUP: {err}",
+                    Escaped(&c.rel)
+                ));
+                return None;
+            }
+        };
+        if src != dst {
+            Some(Op::Copy {
+                rel: c.rel,
+                replace: Some(c.dst),
+            })
+        } else if c.src.mode != c.dst.mode || c.src.mtime != c.dst.mtime {
+            Some(Op::Meta {
+                rel: c.rel,
+                seen: c.dst,
+                mode: c.src.mode,
+                mtime: c.src.mtime,
+                digest: Some(dst),
+            })
+        } else {
+            None
+        }
+    }
+
+    fn execute(&self, op: &Op) {
+        if signal::stop_requested() {
+            return;
+        }
+        let rel = op.rel();
+        if self.blocked(rel) {
+            return;
+        }
+        let dst = self.opts.backup.join(rel);
+        let result = match op {
+            Op::Remove { seen, .. } => fsops::remove(&dst, seen),
+            Op::CreateDir { .. } => fsops::create_dir(&dst),
+            Op::Copy { replace, .. } => {
+                let started = SystemTime::now();
+                fsops::copy_file(&self.opts.source.join(rel), &dst, replace.as_ref()).map(|c| {
+                    self.learn(Side::Source, rel, &c.source, c.digest, Some(started));
+                    self.learn(Side::Backup, rel, &c.destination, c.digest, None);
+                })
+            }
+            Op::Link {
+                target,
+                mtime,
+                replace,
+                ..
+            } => fsops::symlink(target, &dst, replace.as_ref(), *mtime).map(drop),
+            Op::Meta {
+                seen,
+                mode,
+                mtime,
+                digest,
+                ..
+            } => fsops::set_metadata(&dst, seen, *mode, *mtime).map(|now| {
+                if let Some(d) = digest {
+                    self.learn(Side::Backup, rel, &now, *d, None);
+                }
+            }),
+        };
+        match result {
+            Ok(()) => {
+                log::info!("{}", op.describe());
+                Counters::bump(&self.counters.operations);
+                self.mark_dirty(rel);
+                if matches!(op, Op::CreateDir { .. }) {
+                    self.dirty
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(rel.to_path_buf());
+                }
+            }
+            Err(err) => {
+                if matches!(op, Op::Remove { .. } | Op::CreateDir { .. }) {
+                    self.mark_failed(rel);
+                }
+                if let (Op::Remove { seen, .. }, OpError::Write { source, .. }) = (op, &err)
+                    && seen.is_dir()
+                    && source.kind() == std::io::ErrorKind::DirectoryNotEmpty
+                {
+                    // Excluded entries (or ones created since the scan) keep it; that is
+                    // what --exclude promises, not a fault.
+                    log::warn!(
+                        "kept directory {}: it holds entries that are excluded or new",
+                        Escaped(rel)
+                    );
+                    return;
+                }
+                self.op_error(rel, &err);
+            }
+        }
+    }
+}
+
+/// Runs one mirror pass of `opts.source` into `opts.backup`.
+///
+/// Fails (changing nothing) if a root cannot be listed, or if a safety check of SPEC §8
+/// refuses the pass and `force` is off. Per-entry faults are logged and counted instead.
+pub fn mirror_pass(opts: &MirrorOptions, cache: &mut HashCache) -> Result<PassStats, Error> {
+    let (src, dst) = rayon::join(
+        || scan::scan(&opts.source, "SOURCE", &opts.filter),
+        || scan::scan(&opts.backup, "BACKUP", &opts.filter),
+    );
+    let (src, dst) = (src?, dst?);
+
+    let counters = Counters::default();
+    let mut protected = HashSet::new();
+    for (side, tree) in [("SOURCE", &src), ("BACKUP", &dst)] {
+        for (rel, err) in &tree.unlistable {
+            log::error!(
+                "cannot list {} in {side}: {err}; nothing under it is changed this pass",
+                Escaped(rel)
+            );
+            Counters::bump(&counters.errors);
+            protected.insert(rel.clone());
+        }
+    }
+    for (rel, entry) in &src.entries {
+        if entry.kind == Kind::Special {
+            log::warn!(
+                "skipped {}: not a regular file, directory or symlink",
+                Escaped(rel)
+            );
+            protected.insert(rel.clone());
+        }
+    }
+    let protected = Protected(protected);
+
+    refuse_if_unsafe(opts, &src, &dst)?;
+
+    let mut plan = plan(&src, &dst, &protected);
+    let pass = Pass {
+        opts,
+        cache,
+        counters,
+        learnt: Mutex::new(Vec::new()),
+        failed: Mutex::new(HashSet::new()),
+        dirty: Mutex::new(HashSet::new()),
+    };
+    let resolved: Vec<Op> = std::mem::take(&mut plan.compares)
+        .into_par_iter()
+        .filter_map(|c| pass.resolve(c))
+        .collect();
+    plan.transfers.extend(resolved);
+
+    let removed_files = plan
+        .removals
+        .iter()
+        .filter(|op| matches!(op, Op::Remove { seen, rel } if !seen.is_dir() && !is_temp_name(rel)))
+        .count();
+    let backup_files = dst
+        .entries
+        .iter()
+        .filter(|(rel, e)| !e.is_dir() && !is_temp_name(rel))
+        .count();
+    if !opts.force && removed_files * 2 > backup_files {
+        return Err(Error::Refused(format!(
+            "refusing a pass that would delete {removed_files} of the {backup_files} files in BACKUP {} \
+             (more than half); check SOURCE {} and run with --force if this is intended",
+            opts.backup.display(),
+            opts.source.display()
+        )));
+    }
+
+    if opts.dry_run {
+        let ops = plan
+            .removals
+            .iter()
+            .chain(&plan.creates)
+            .chain(&plan.transfers);
+        for op in ops {
+            log::info!("dry run: {}", op.describe());
+            Counters::bump(&pass.counters.operations);
+        }
+        return Ok(pass.counters.stats(false));
+    }
+
+    apply(&pass, &plan, &dst);
+
+    let interrupted = signal::stop_requested();
+    let stats = pass.counters.stats(interrupted);
+    let learnt = pass.learnt.into_inner().unwrap_or_else(|e| e.into_inner());
+    cache.retain(Side::Source, |rel| src.entries.contains_key(rel));
+    cache.retain(Side::Backup, |rel| {
+        src.entries.contains_key(rel) || dst.entries.contains_key(rel)
+    });
+    for l in learnt {
+        cache.insert(l.side, l.rel, &l.entry, l.digest);
+    }
+    if stats.operations > 0 {
+        flush_backup(&opts.backup);
+    }
+    Ok(stats)
+}
+
+fn refuse_if_unsafe(opts: &MirrorOptions, src: &Tree, dst: &Tree) -> Result<(), Error> {
+    let backup_has_content = dst.entries.keys().any(|rel| !is_temp_name(rel));
+    if !opts.force && src.entries.is_empty() && backup_has_content {
+        return Err(Error::Refused(format!(
+            "refusing to mirror: SOURCE {} is empty while BACKUP {} is not (an unmounted drive \
+             looks like this); run with --force if SOURCE is really meant to be empty",
+            opts.source.display(),
+            opts.backup.display()
+        )));
+    }
+    Ok(())
+}
+
+fn apply(pass: &Pass<'_>, plan: &Plan, dst: &Tree) {
+    // Directories we must add to or remove from, that our own mode would forbid us to.
+    let mut parents: HashSet<&Path> = HashSet::new();
+    for op in plan
+        .removals
+        .iter()
+        .chain(&plan.creates)
+        .chain(&plan.transfers)
+    {
+        if let Some(parent) = op.rel().parent()
+            && !parent.as_os_str().is_empty()
+        {
+            parents.insert(parent);
+        }
+    }
+    for parent in parents {
+        if let Some(entry) = dst.entries.get(parent)
+            && entry.is_dir()
+            && entry.mode & 0o700 != 0o700
+        {
+            match fsops::make_writable(&pass.opts.backup.join(parent), entry.mode) {
+                Ok(()) => {
+                    pass.dirty
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(parent.to_path_buf());
+                }
+                Err(err) => pass.op_error(parent, &err),
+            }
+        }
+    }
+
+    // Children before parents, so a directory is empty when its turn comes.
+    for op in plan.removals.iter().rev() {
+        pass.execute(op);
+    }
+    for op in &plan.creates {
+        pass.execute(op);
+    }
+    plan.transfers.par_iter().for_each(|op| pass.execute(op));
+
+    // Directory modes and times last, deepest first: adding or removing an entry moves a
+    // directory's mtime, and a read-only mode would have blocked the steps above.
+    let dirty = std::mem::take(&mut *pass.dirty.lock().unwrap_or_else(|e| e.into_inner()));
+    for (rel, want) in plan.dirs.iter().rev() {
+        if signal::stop_requested() || pass.blocked(rel) {
+            continue;
+        }
+        let seen = dst.entries.get(rel).filter(|e| e.is_dir());
+        let differs = seen.is_none_or(|s| s.mode != want.mode || s.mtime != want.mtime);
+        if !differs && !dirty.contains(rel) {
+            continue;
+        }
+        let path = pass.opts.backup.join(rel);
+        let current = seen.cloned().unwrap_or_else(|| want.clone());
+        match fsops::set_metadata(&path, &current, want.mode, want.mtime) {
+            Ok(_) => {
+                if seen.is_some() && differs {
+                    log::info!("updated metadata of {}", Escaped(rel));
+                    Counters::bump(&pass.counters.operations);
+                }
+            }
+            Err(err) => pass.op_error(rel, &err),
+        }
+    }
+}
+
+/// Makes new files durable once per pass instead of once per file (SPEC §7 asks for a
+/// flush; replaced files were already synced one by one, since their old content was at
+/// stake).
+fn flush_backup(backup: &Path) {
+    match std::fs::File::open(backup) {
+        Ok(dir) => {
+            if let Err(err) = rustix::fs::syncfs(&dir) {
+                log::warn!("cannot flush BACKUP {}: {err}", backup.display());
+            }
+        }
+        Err(err) => log::warn!("cannot flush BACKUP {}: {err}", backup.display()),
+    }
+}

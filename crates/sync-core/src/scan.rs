@@ -1,0 +1,271 @@
+//! Walking one root into a sorted map of relative path → entry, without following links.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsStr;
+use std::fs::{self, Metadata};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use rayon::prelude::*;
+
+use crate::error::Error;
+
+/// A point in time with nanoseconds, as the file system stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp {
+    /// Seconds since the epoch.
+    pub secs: i64,
+    /// Nanoseconds within the second.
+    pub nanos: u32,
+}
+
+impl Timestamp {
+    /// Converts to the type `filetime` sets.
+    pub fn to_filetime(self) -> filetime::FileTime {
+        filetime::FileTime::from_unix_time(self.secs, self.nanos)
+    }
+}
+
+/// What a path is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link and its target, never followed.
+    Symlink(PathBuf),
+    /// A FIFO, socket or device: never copied.
+    Special,
+}
+
+/// One scanned path: its kind and the metadata that decides whether it changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// File, directory, link or special.
+    pub kind: Kind,
+    /// Permission bits (`mode & 0o7777`).
+    pub mode: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time.
+    pub mtime: Timestamp,
+    /// Change time: moves on every write and metadata change, and cannot be set by users.
+    pub ctime: Timestamp,
+    /// Inode number.
+    pub ino: u64,
+}
+
+impl Entry {
+    /// Builds an entry from `lstat` metadata; a link's target is read separately.
+    pub fn from_metadata(meta: &Metadata, link_target: Option<PathBuf>) -> Entry {
+        let ft = meta.file_type();
+        let kind = if ft.is_file() {
+            Kind::File
+        } else if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            Kind::Symlink(link_target.unwrap_or_default())
+        } else {
+            Kind::Special
+        };
+        Entry {
+            kind,
+            mode: meta.mode() & 0o7777,
+            size: meta.size(),
+            mtime: Timestamp {
+                secs: meta.mtime(),
+                nanos: meta.mtime_nsec() as u32,
+            },
+            ctime: Timestamp {
+                secs: meta.ctime(),
+                nanos: meta.ctime_nsec() as u32,
+            },
+            ino: meta.ino(),
+        }
+    }
+
+    /// Reads the entry at `path` now (for the re-check before a destructive step).
+    pub fn read(path: &Path) -> io::Result<Entry> {
+        let meta = fs::symlink_metadata(path)?;
+        let target = if meta.file_type().is_symlink() {
+            Some(fs::read_link(path)?)
+        } else {
+            None
+        };
+        Ok(Entry::from_metadata(&meta, target))
+    }
+
+    /// True when `self` is still the object a scan recorded as `seen`: same inode, content
+    /// stamp and kind. Used before replacing or removing, so a concurrent edit is never lost.
+    pub fn unchanged_since(&self, seen: &Entry) -> bool {
+        self.kind == seen.kind
+            && self.ino == seen.ino
+            && self.size == seen.size
+            && self.mtime == seen.mtime
+            && self.ctime == seen.ctime
+    }
+
+    /// True for a directory.
+    pub fn is_dir(&self) -> bool {
+        self.kind == Kind::Dir
+    }
+}
+
+/// Which paths a pass leaves alone on both sides.
+#[derive(Debug, Default)]
+pub struct Filter {
+    names: GlobSet,
+    paths: GlobSet,
+    exact: HashSet<PathBuf>,
+}
+
+impl Filter {
+    /// Builds the filter from `--exclude` globs: a pattern without `/` matches a base name at
+    /// any depth (as in rsync), one with `/` matches the path relative to the root.
+    ///
+    /// Fails if a pattern is not a valid glob.
+    pub fn new(patterns: &[String]) -> Result<Filter, Error> {
+        let mut names = GlobSetBuilder::new();
+        let mut paths = GlobSetBuilder::new();
+        for pattern in patterns {
+            let trimmed = pattern.trim_start_matches('/').trim_end_matches('/');
+            let glob = Glob::new(trimmed).map_err(|e| Error::BadExclude {
+                pattern: pattern.clone(),
+                message: e.kind().to_string(),
+            })?;
+            if trimmed.contains('/') {
+                paths.add(glob);
+            } else {
+                names.add(glob);
+            }
+        }
+        let build = |b: GlobSetBuilder, pattern: &str| {
+            b.build().map_err(|e| Error::BadExclude {
+                pattern: pattern.to_string(),
+                message: e.to_string(),
+            })
+        };
+        Ok(Filter {
+            names: build(names, "")?,
+            paths: build(paths, "")?,
+            exact: HashSet::new(),
+        })
+    }
+
+    /// Also leaves alone one exact relative path (our own log file, if it lies in a root).
+    pub fn exclude_exact(&mut self, rel: PathBuf) {
+        self.exact.insert(rel);
+    }
+
+    /// True if `rel` (whose last component is `name`) is left alone.
+    pub fn excludes(&self, rel: &Path, name: &OsStr) -> bool {
+        self.names.is_match(Path::new(name)) || self.paths.is_match(rel) || self.exact.contains(rel)
+    }
+}
+
+/// A scanned root: every entry by relative path, in path order (a directory's descendants
+/// follow it directly), and the directories that could not be listed.
+#[derive(Debug, Default)]
+pub struct Tree {
+    /// Relative path → entry. The root itself is not included.
+    pub entries: BTreeMap<PathBuf, Entry>,
+    /// Directories whose listing failed: their content is unknown, never empty.
+    pub unlistable: Vec<(PathBuf, io::Error)>,
+}
+
+impl Tree {
+    /// Number of entries that are not directories.
+    pub fn non_dir_count(&self) -> usize {
+        self.entries.values().filter(|e| !e.is_dir()).count()
+    }
+}
+
+#[derive(Default)]
+struct Partial {
+    entries: Vec<(PathBuf, Entry)>,
+    unlistable: Vec<(PathBuf, io::Error)>,
+}
+
+impl Partial {
+    fn merge(mut self, mut other: Partial) -> Partial {
+        if self.entries.len() < other.entries.len() {
+            std::mem::swap(&mut self, &mut other);
+        }
+        self.entries.append(&mut other.entries);
+        self.unlistable.append(&mut other.unlistable);
+        self
+    }
+}
+
+/// Scans `root`, directories in parallel, skipping what `filter` excludes.
+///
+/// Fails only if the root itself cannot be listed; a subdirectory that cannot be listed is
+/// recorded in [`Tree::unlistable`], and an entry that vanishes during the scan is left out.
+pub fn scan(root: &Path, role: &'static str, filter: &Filter) -> Result<Tree, Error> {
+    let listing = fs::read_dir(root).map_err(|source| Error::ListRoot {
+        role,
+        path: root.to_path_buf(),
+        source,
+    })?;
+    let partial = scan_listing(root, Path::new(""), listing, filter);
+    let mut entries = partial.entries;
+    entries.par_sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(Tree {
+        entries: entries.into_iter().collect(),
+        unlistable: partial.unlistable,
+    })
+}
+
+fn scan_dir(root: &Path, rel: &Path, filter: &Filter) -> Partial {
+    match fs::read_dir(root.join(rel)) {
+        Ok(listing) => scan_listing(root, rel, listing, filter),
+        Err(err) => Partial {
+            entries: Vec::new(),
+            unlistable: vec![(rel.to_path_buf(), err)],
+        },
+    }
+}
+
+fn scan_listing(root: &Path, rel: &Path, listing: fs::ReadDir, filter: &Filter) -> Partial {
+    let mut out = Partial::default();
+    let mut subdirs = Vec::new();
+    for item in listing {
+        let item = match item {
+            Ok(item) => item,
+            Err(err) => {
+                // A listing that breaks off half-way is as unknown as one that never started.
+                out.unlistable.push((rel.to_path_buf(), err));
+                break;
+            }
+        };
+        let name = item.file_name();
+        let child = rel.join(&name);
+        if filter.excludes(&child, &name) {
+            continue;
+        }
+        // Vanished between listing and stat: it is simply not there any more.
+        let Ok(meta) = item.metadata() else { continue };
+        let ft = meta.file_type();
+        let target = if ft.is_symlink() {
+            match fs::read_link(item.path()) {
+                Ok(t) => Some(t),
+                Err(_) => continue,
+            }
+        } else {
+            None
+        };
+        if ft.is_dir() {
+            subdirs.push(child.clone());
+        }
+        out.entries
+            .push((child, Entry::from_metadata(&meta, target)));
+    }
+    subdirs
+        .par_iter()
+        .map(|d| scan_dir(root, d, filter))
+        .reduce(Partial::default, Partial::merge)
+        .merge(out)
+}
