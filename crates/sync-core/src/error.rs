@@ -86,6 +86,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The log file cannot be opened for appending.
+    #[error("cannot open log file {path}")]
+    LogFile {
+        /// The log file as given.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// A safety check of SPEC §8 refused the pass.
     #[error("{0}")]
     Refused(String),

@@ -269,8 +269,8 @@ pub fn set_metadata(
         if now.mode != mode {
             fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(write_err(path))?;
         }
-        filetime::set_symlink_file_times(path, filetime::FileTime::now(), mtime.to_filetime())
-            .map_err(write_err(path))?;
+        // `now` is not a link (checked above), so following the path is safe here.
+        filetime::set_file_mtime(path, mtime.to_filetime()).map_err(write_err(path))?;
     }
     Entry::read(path).map_err(write_err(path))
 }

@@ -690,3 +690,179 @@ fn flush_backup(backup: &Path) {
         Err(err) => log::warn!("cannot flush BACKUP {}: {err}", backup.display()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(kind: Kind, size: u64) -> Entry {
+        Entry {
+            kind,
+            mode: 0o644,
+            size,
+            mtime: Timestamp::default(),
+            ctime: Timestamp::default(),
+            ino: 0,
+        }
+    }
+
+    /// Builds a consistent tree from arbitrary paths: every ancestor is a directory, and
+    /// nothing lies beneath a non-directory.
+    fn tree(raw: Vec<(Vec<u8>, u8)>) -> Tree {
+        let mut entries: BTreeMap<PathBuf, Entry> = BTreeMap::new();
+        for (parts, kind) in raw {
+            let mut path = PathBuf::new();
+            for (i, p) in parts.iter().enumerate() {
+                path.push(["a", "b", "c"][*p as usize % 3]);
+                if i + 1 < parts.len() {
+                    entries.insert(path.clone(), entry(Kind::Dir, 0));
+                }
+            }
+            let kind = match kind % 4 {
+                0 => Kind::Dir,
+                1 => Kind::File,
+                2 => Kind::Symlink(PathBuf::from(format!("t{}", kind / 4))),
+                _ => Kind::Special,
+            };
+            entries.insert(path, entry(kind, parts.len() as u64 % 2));
+        }
+        // Drop entries under non-directories (a later path may have turned an ancestor into one).
+        let non_dirs: Vec<PathBuf> = entries
+            .iter()
+            .filter(|(_, e)| !e.is_dir())
+            .map(|(p, _)| p.clone())
+            .collect();
+        entries.retain(|p, _| !non_dirs.iter().any(|n| p != n && p.starts_with(n)));
+        let orphans: Vec<PathBuf> = entries
+            .keys()
+            .filter(|p| {
+                p.ancestors()
+                    .skip(1)
+                    .filter(|a| !a.as_os_str().is_empty())
+                    .any(|a| !entries.get(a).is_some_and(Entry::is_dir))
+            })
+            .cloned()
+            .collect();
+        for p in orphans {
+            entries.remove(&p);
+        }
+        Tree {
+            entries,
+            unlistable: Vec::new(),
+        }
+    }
+
+    fn parent_is_dir(model: &BTreeMap<PathBuf, Entry>, rel: &Path) -> bool {
+        match rel.parent() {
+            Some(p) if !p.as_os_str().is_empty() => model.get(p).is_some_and(Entry::is_dir),
+            _ => true,
+        }
+    }
+
+    /// Applies a plan to an in-memory model of BACKUP, checking each step is legal in the
+    /// order `apply` runs them.
+    fn simulate(plan: &Plan, dst: &Tree, src: &Tree) -> BTreeMap<PathBuf, Entry> {
+        let mut model = dst.entries.clone();
+        for op in plan.removals.iter().rev() {
+            let Op::Remove { rel, seen } = op else {
+                panic!("not a removal")
+            };
+            assert_eq!(model.get(rel), Some(seen), "removing what the scan saw");
+            if seen.is_dir() {
+                assert!(
+                    !model.keys().any(|p| p != rel && p.starts_with(rel)),
+                    "directory {rel:?} empty when removed"
+                );
+            }
+            model.remove(rel);
+        }
+        for op in &plan.creates {
+            let Op::CreateDir { rel } = op else {
+                panic!("not a create")
+            };
+            assert!(parent_is_dir(&model, rel) && !model.contains_key(rel));
+            model.insert(rel.clone(), src.entries[rel].clone());
+        }
+        assert!(
+            plan.compares.is_empty(),
+            "compares are resolved before apply"
+        );
+        for op in &plan.transfers {
+            let rel = op.rel();
+            assert!(
+                parent_is_dir(&model, rel),
+                "parent of {rel:?} is a directory"
+            );
+            match op {
+                Op::Copy { replace, .. } | Op::Link { replace, .. } => {
+                    assert_eq!(
+                        model.get(rel),
+                        replace.as_ref(),
+                        "replacing what the scan saw"
+                    );
+                    assert!(!replace.as_ref().is_some_and(Entry::is_dir));
+                }
+                Op::Meta { seen, .. } => assert_eq!(model.get(rel), Some(seen)),
+                _ => panic!("unexpected transfer"),
+            }
+            model.insert(rel.to_path_buf(), src.entries[rel].clone());
+        }
+        model
+    }
+
+    fn arb_tree() -> impl Strategy<Value = Tree> {
+        prop::collection::vec((prop::collection::vec(0u8..3, 1..4), any::<u8>()), 0..14)
+            .prop_map(tree)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Whatever the two trees, the plan's steps are legal in apply's order, and BACKUP
+        /// ends holding exactly SOURCE's copyable entries (specials are left alone).
+        #[test]
+        fn plan_turns_backup_into_source(src in arb_tree(), dst in arb_tree()) {
+            let mut specials = HashSet::new();
+            for (rel, e) in &src.entries {
+                if e.kind == Kind::Special {
+                    specials.insert(rel.clone());
+                }
+            }
+            let protected = Protected(specials);
+            let mut p = plan(&src, &dst, &protected);
+            // Hashing is outside the plan: treat every same-size pair as differing content.
+            for c in std::mem::take(&mut p.compares) {
+                p.transfers.push(Op::Copy { rel: c.rel, replace: Some(c.dst) });
+            }
+            let model = simulate(&p, &dst, &src);
+            for (rel, e) in &src.entries {
+                if protected.covers(rel) {
+                    prop_assert_eq!(model.get(rel), dst.entries.get(rel));
+                } else {
+                    prop_assert_eq!(model.get(rel).map(|m| &m.kind), Some(&e.kind));
+                }
+            }
+            for rel in model.keys() {
+                prop_assert!(src.entries.contains_key(rel) || protected.covers(rel),
+                    "{:?} left in BACKUP", rel);
+            }
+        }
+    }
+
+    #[test]
+    fn same_size_files_are_compared_and_others_copied() {
+        let mut src = Tree::default();
+        let mut dst = Tree::default();
+        src.entries.insert("same".into(), entry(Kind::File, 3));
+        dst.entries.insert("same".into(), entry(Kind::File, 3));
+        src.entries.insert("grown".into(), entry(Kind::File, 4));
+        dst.entries.insert("grown".into(), entry(Kind::File, 3));
+        let p = plan(&src, &dst, &Protected(HashSet::new()));
+        assert_eq!(p.compares.len(), 1);
+        assert_eq!(p.compares[0].rel, Path::new("same"));
+        assert!(
+            matches!(&p.transfers[..], [Op::Copy { rel, replace: Some(_) }] if rel == Path::new("grown"))
+        );
+    }
+}

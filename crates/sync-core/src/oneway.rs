@@ -43,9 +43,11 @@ pub fn run(args: &OnewayArgs) -> Result<ExitCode, Error> {
     let (source, backup) = roots::validate(&args.source, &args.backup)?;
     let mut filter = Filter::new(&args.exclude)?;
     let _lock = DirLock::acquire(&backup)?;
-    logging::init("ONEWAY", &args.log, log::LevelFilter::Info).map_err(|source| Error::Lock {
-        path: args.log.clone(),
-        source,
+    logging::init("ONEWAY", &args.log, log::LevelFilter::Info).map_err(|source| {
+        Error::LogFile {
+            path: args.log.clone(),
+            source,
+        }
     })?;
     // Our own log file, if the user put it in a root, is neither mirrored nor deleted.
     for root in [&source, &backup] {
