@@ -21,6 +21,13 @@ struct Cli {
     /// Log file.
     #[arg(short, long, default_value = "oneway.log", value_name = "FILE")]
     log: PathBuf,
+    /// Keep versions in BACKUP/_0 … instead of a plain mirror (_1 latest, _0 previous).
+    #[arg(long, visible_alias = "versioned-backup")]
+    versioned: bool,
+    /// With --versioned: how many versions to keep (at least 2); the latest is _{N-1}.
+    #[arg(long, value_name = "N", requires = "versioned", default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(2..1000))]
+    keep: u64,
     /// One pass, then exit.
     #[arg(long)]
     once: bool,
@@ -62,7 +69,15 @@ fn main() {
         checksum: cli.checksum,
         force: cli.force,
     };
-    let code = match sync_core::run_oneway(&args) {
+    let result = if cli.versioned {
+        let keep = cli.keep as usize;
+        sync_core::run_oneway(&args, |opts, cache| {
+            versioning::versioned_pass(opts, cache, keep)
+        })
+    } else {
+        sync_core::run_oneway(&args, sync_core::mirror::mirror_pass)
+    };
+    let code = match result {
         Ok(code) => code,
         Err(err) => {
             eprintln!("oneway: {}", sync_core::error::one_line(&err));

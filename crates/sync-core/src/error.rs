@@ -109,6 +109,10 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The versions kept in BACKUP cannot be used as they are (a damaged manifest, a name
+    /// taken by something else); the message names the file.
+    #[error("{0}")]
+    Versions(String),
     /// An `--exclude` pattern is not a valid glob.
     #[error("invalid --exclude pattern {pattern:?}: {message}")]
     BadExclude {

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod display;
 pub mod error;
 pub mod fsops;
+pub mod hashing;
 pub mod lock;
 pub mod logging;
 pub mod mirror;

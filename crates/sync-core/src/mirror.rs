@@ -11,16 +11,17 @@ use std::time::SystemTime;
 use checksum::Digest;
 use rayon::prelude::*;
 
-use crate::cache::{HashCache, Side, is_racy};
+use crate::cache::{HashCache, Side};
 use crate::display::Escaped;
 use crate::error::Error;
 use crate::fsops::{self, OpError, TEMP_PREFIX};
+use crate::hashing::Digests;
 use crate::scan::{self, Entry, Filter, Kind, Timestamp, Tree};
 use crate::signal;
 
 /// What a mirror pass works on and how.
 #[derive(Debug)]
-pub struct MirrorOptions {
+pub struct PassOptions {
     /// Canonical SOURCE.
     pub source: PathBuf,
     /// Canonical BACKUP.
@@ -138,14 +139,6 @@ struct Compare {
     rel: PathBuf,
     src: Entry,
     dst: Entry,
-}
-
-/// A digest learnt during the pass, to be remembered in the cache.
-struct Learnt {
-    side: Side,
-    rel: PathBuf,
-    entry: Entry,
-    digest: Digest,
 }
 
 struct Plan {
@@ -269,8 +262,6 @@ fn merge<'a>(
 struct Counters {
     operations: AtomicU64,
     errors: AtomicU64,
-    hashed: AtomicU64,
-    cache_hits: AtomicU64,
 }
 
 impl Counters {
@@ -278,22 +269,21 @@ impl Counters {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn stats(&self, interrupted: bool) -> PassStats {
+    fn stats(&self, digests: &Digests<'_>, interrupted: bool) -> PassStats {
         PassStats {
             operations: self.operations.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
-            hashed: self.hashed.load(Ordering::Relaxed),
-            cache_hits: self.cache_hits.load(Ordering::Relaxed),
+            hashed: digests.hashed(),
+            cache_hits: digests.cache_hits(),
             interrupted,
         }
     }
 }
 
 struct Pass<'a> {
-    opts: &'a MirrorOptions,
-    cache: &'a HashCache,
+    opts: &'a PassOptions,
+    digests: Digests<'a>,
     counters: Counters,
-    learnt: Mutex<Vec<Learnt>>,
     /// Paths whose creation or removal failed: nothing is done beneath them this pass, so a
     /// link left where a directory should be is never written through.
     failed: Mutex<HashSet<PathBuf>>,
@@ -347,57 +337,23 @@ impl Pass<'_> {
         }
     }
 
-    fn learn(
-        &self,
-        side: Side,
-        rel: &Path,
-        entry: &Entry,
-        digest: Digest,
-        hashed_at: Option<SystemTime>,
-    ) {
-        if hashed_at.is_some_and(|t| is_racy(entry, t)) {
-            return;
-        }
-        self.learnt
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Learnt {
-                side,
-                rel: rel.to_path_buf(),
-                entry: entry.clone(),
-                digest,
-            });
-    }
-
-    /// The digest of a file on one side: from the cache if still valid, else read.
-    fn digest(&self, side: Side, rel: &Path, entry: &Entry) -> Result<Digest, std::io::Error> {
-        if !self.opts.checksum
-            && let Some(d) = self.cache.lookup(side, rel, entry)
-        {
-            Counters::bump(&self.counters.cache_hits);
-            return Ok(d);
-        }
-        let root = match side {
-            Side::Source => &self.opts.source,
-            Side::Backup => &self.opts.backup,
-        };
-        let started = SystemTime::now();
-        let digest = checksum::file_digest(&root.join(rel))?;
-        Counters::bump(&self.counters.hashed);
-        self.learn(side, rel, entry, digest, Some(started));
-        Ok(digest)
-    }
-
     /// Turns a same-size pair into a copy, a metadata update, or nothing.
     fn resolve(&self, c: Compare) -> Option<Op> {
-        let src = match self.digest(Side::Source, &c.rel, &c.src) {
+        let opts = self.opts;
+        let src = match self
+            .digests
+            .digest(Side::Source, &opts.source, &c.rel, &c.src)
+        {
             Ok(d) => d,
             Err(err) => {
                 self.error(format_args!("cannot read {}: {err}", Escaped(&c.rel)));
                 return None;
             }
         };
-        let dst = match self.digest(Side::Backup, &c.rel, &c.dst) {
+        let dst = match self
+            .digests
+            .digest(Side::Backup, &opts.backup, &c.rel, &c.dst)
+        {
             Ok(d) => d,
             Err(err) => {
                 self.error(format_args!(
@@ -440,8 +396,9 @@ impl Pass<'_> {
             Op::Copy { replace, .. } => {
                 let started = SystemTime::now();
                 fsops::copy_file(&self.opts.source.join(rel), &dst, replace.as_ref()).map(|c| {
-                    self.learn(Side::Source, rel, &c.source, c.digest, Some(started));
-                    self.learn(Side::Backup, rel, &c.destination, c.digest, None);
+                    let d = &self.digests;
+                    d.learn(Side::Source, rel, &c.source, c.digest, Some(started));
+                    d.learn(Side::Backup, rel, &c.destination, c.digest, None);
                 })
             }
             Op::Link {
@@ -458,7 +415,7 @@ impl Pass<'_> {
                 ..
             } => fsops::set_metadata(&dst, seen, *mode, *mtime).map(|now| {
                 if let Some(d) = digest {
-                    self.learn(Side::Backup, rel, &now, *d, None);
+                    self.digests.learn(Side::Backup, rel, &now, *d, None);
                 }
             }),
         };
@@ -500,7 +457,7 @@ impl Pass<'_> {
 ///
 /// Fails (changing nothing) if a root cannot be listed, or if a safety check of SPEC §8
 /// refuses the pass and `force` is off. Per-entry faults are logged and counted instead.
-pub fn mirror_pass(opts: &MirrorOptions, cache: &mut HashCache) -> Result<PassStats, Error> {
+pub fn mirror_pass(opts: &PassOptions, cache: &mut HashCache) -> Result<PassStats, Error> {
     let (src, dst) = rayon::join(
         || scan::scan(&opts.source, "SOURCE", &opts.filter),
         || scan::scan(&opts.backup, "BACKUP", &opts.filter),
@@ -535,9 +492,8 @@ pub fn mirror_pass(opts: &MirrorOptions, cache: &mut HashCache) -> Result<PassSt
     let mut plan = plan(&src, &dst, &protected);
     let pass = Pass {
         opts,
-        cache,
+        digests: Digests::new(cache, opts.checksum),
         counters,
-        learnt: Mutex::new(Vec::new()),
         failed: Mutex::new(HashSet::new()),
         dirty: Mutex::new(HashSet::new()),
     };
@@ -576,28 +532,26 @@ pub fn mirror_pass(opts: &MirrorOptions, cache: &mut HashCache) -> Result<PassSt
             log::info!("dry run: {}", op.describe());
             Counters::bump(&pass.counters.operations);
         }
-        return Ok(pass.counters.stats(false));
+        return Ok(pass.counters.stats(&pass.digests, false));
     }
 
     apply(&pass, &plan, &dst);
 
     let interrupted = signal::stop_requested();
-    let stats = pass.counters.stats(interrupted);
-    let learnt = pass.learnt.into_inner().unwrap_or_else(|e| e.into_inner());
+    let stats = pass.counters.stats(&pass.digests, interrupted);
+    let learnt = pass.digests.finish();
+    learnt.record_into(cache);
     cache.retain(Side::Source, |rel| src.entries.contains_key(rel));
     cache.retain(Side::Backup, |rel| {
         src.entries.contains_key(rel) || dst.entries.contains_key(rel)
     });
-    for l in learnt {
-        cache.insert(l.side, l.rel, &l.entry, l.digest);
-    }
     if stats.operations > 0 {
         flush_backup(&opts.backup);
     }
     Ok(stats)
 }
 
-fn refuse_if_unsafe(opts: &MirrorOptions, src: &Tree, dst: &Tree) -> Result<(), Error> {
+fn refuse_if_unsafe(opts: &PassOptions, src: &Tree, dst: &Tree) -> Result<(), Error> {
     let backup_has_content = dst.entries.keys().any(|rel| !is_temp_name(rel));
     if !opts.force && src.entries.is_empty() && backup_has_content {
         return Err(Error::Refused(format!(

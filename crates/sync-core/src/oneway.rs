@@ -1,4 +1,5 @@
-//! The `oneway` run: checks, lock, logging, then mirror passes at an interval until stopped.
+//! The `oneway` run: checks, lock, logging, then passes (a mirror, or a versioned snapshot)
+//! at an interval until stopped.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -6,7 +7,7 @@ use std::time::Duration;
 use crate::cache::{self, HashCache};
 use crate::error::{Error, ExitCode, one_line};
 use crate::lock::DirLock;
-use crate::mirror::{MirrorOptions, PassStats, mirror_pass};
+use crate::mirror::{PassOptions, PassStats};
 use crate::scan::Filter;
 use crate::{logging, roots, signal};
 
@@ -34,12 +35,15 @@ pub struct OnewayArgs {
 }
 
 /// Runs `oneway`: validates the roots, takes the lock on BACKUP, sets up logging, then runs
-/// one pass (`--once`) or passes at every interval until Ctrl+C or SIGTERM.
+/// `pass` once (`--once`) or at every interval until Ctrl+C or SIGTERM.
 ///
 /// Fails, having changed nothing, on bad paths, a bad pattern, a held lock or an unusable
 /// log file. A refused first pass is logged and gives [`ExitCode::Usage`]; later refused
 /// passes in periodic mode are logged and retried at the next interval.
-pub fn run(args: &OnewayArgs) -> Result<ExitCode, Error> {
+pub fn run(
+    args: &OnewayArgs,
+    mut pass: impl FnMut(&PassOptions, &mut HashCache) -> Result<PassStats, Error>,
+) -> Result<ExitCode, Error> {
     let (source, backup) = roots::validate(&args.source, &args.backup)?;
     let mut filter = Filter::new(&args.exclude)?;
     let _lock = DirLock::acquire(&backup)?;
@@ -68,7 +72,7 @@ pub fn run(args: &OnewayArgs) -> Result<ExitCode, Error> {
             HashCache::in_memory()
         }
     };
-    let opts = MirrorOptions {
+    let opts = PassOptions {
         source,
         backup,
         filter,
@@ -77,7 +81,7 @@ pub fn run(args: &OnewayArgs) -> Result<ExitCode, Error> {
         force: args.force,
     };
     log::info!(
-        "mirroring {} into {}{}",
+        "backing up {} into {}{}",
         opts.source.display(),
         opts.backup.display(),
         if args.once {
@@ -91,7 +95,7 @@ pub fn run(args: &OnewayArgs) -> Result<ExitCode, Error> {
     let mut exit = ExitCode::Success;
     let mut first = true;
     loop {
-        match mirror_pass(&opts, &mut cache) {
+        match pass(&opts, &mut cache) {
             Ok(stats) => {
                 total += stats.operations;
                 log_summary(&stats);

@@ -7,7 +7,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
 
 use crate::error::Error;
@@ -132,10 +132,14 @@ impl Filter {
         let mut paths = GlobSetBuilder::new();
         for pattern in patterns {
             let trimmed = pattern.trim_start_matches('/').trim_end_matches('/');
-            let glob = Glob::new(trimmed).map_err(|e| Error::BadExclude {
-                pattern: pattern.clone(),
-                message: e.kind().to_string(),
-            })?;
+            // `*` stops at `/`, as in rsync and shells: `build/*` names build's children.
+            let glob = GlobBuilder::new(trimmed)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| Error::BadExclude {
+                    pattern: pattern.clone(),
+                    message: e.kind().to_string(),
+                })?;
             if trimmed.contains('/') {
                 paths.add(glob);
             } else {

@@ -1,0 +1,112 @@
+//! Digests of files during a pass: from the hash cache while a file is provably unchanged,
+//! otherwise read, and remembered for the next pass (shared by every kind of pass).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use checksum::Digest;
+
+use crate::cache::{HashCache, Side, is_racy};
+use crate::scan::Entry;
+
+/// A digest learnt during a pass, to be remembered in the cache when the pass ends.
+struct LearntDigest {
+    side: Side,
+    rel: PathBuf,
+    entry: Entry,
+    digest: Digest,
+}
+
+/// Hands out digests for one pass; safe to share between worker threads.
+pub struct Digests<'a> {
+    cache: &'a HashCache,
+    ignore_cache: bool,
+    hashed: AtomicU64,
+    cache_hits: AtomicU64,
+    learnt: Mutex<Vec<LearntDigest>>,
+}
+
+impl<'a> Digests<'a> {
+    /// Reads from `cache` unless `ignore_cache` (`--checksum`).
+    pub fn new(cache: &'a HashCache, ignore_cache: bool) -> Digests<'a> {
+        Digests {
+            cache,
+            ignore_cache,
+            hashed: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
+            learnt: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The digest of the file `rel` under `root` on `side`, which the scan saw as `entry`.
+    ///
+    /// Fails if the file has to be read and cannot be.
+    pub fn digest(&self, side: Side, root: &Path, rel: &Path, entry: &Entry) -> io::Result<Digest> {
+        if !self.ignore_cache
+            && let Some(d) = self.cache.lookup(side, rel, entry)
+        {
+            self.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(d);
+        }
+        let started = SystemTime::now();
+        let digest = checksum::file_digest(&root.join(rel))?;
+        self.hashed.fetch_add(1, Ordering::Relaxed);
+        self.learn(side, rel, entry, digest, Some(started));
+        Ok(digest)
+    }
+
+    /// Remembers that `rel` on `side`, as `entry`, has `digest`. `hashed_at` is when reading
+    /// began, or `None` for a file this pass wrote itself; a file changed within a timestamp
+    /// tick of being read is not remembered (see [`is_racy`]).
+    pub fn learn(
+        &self,
+        side: Side,
+        rel: &Path,
+        entry: &Entry,
+        digest: Digest,
+        hashed_at: Option<SystemTime>,
+    ) {
+        if hashed_at.is_some_and(|t| is_racy(entry, t)) {
+            return;
+        }
+        self.learnt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(LearntDigest {
+                side,
+                rel: rel.to_path_buf(),
+                entry: entry.clone(),
+                digest,
+            });
+    }
+
+    /// Files read so far.
+    pub fn hashed(&self) -> u64 {
+        self.hashed.load(Ordering::Relaxed)
+    }
+
+    /// Digests taken from the cache so far.
+    pub fn cache_hits(&self) -> u64 {
+        self.cache_hits.load(Ordering::Relaxed)
+    }
+
+    /// Ends the pass, giving back what was learnt (no longer borrowing the cache).
+    pub fn finish(self) -> Learnt {
+        Learnt(self.learnt.into_inner().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Digests learnt during a pass, to be put in the cache once the pass is over.
+pub struct Learnt(Vec<LearntDigest>);
+
+impl Learnt {
+    /// Puts everything learnt into `cache`.
+    pub fn record_into(self, cache: &mut HashCache) {
+        for l in self.0 {
+            cache.insert(l.side, l.rel, &l.entry, l.digest);
+        }
+    }
+}

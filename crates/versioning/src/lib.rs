@@ -1,0 +1,16 @@
+//! Versioned snapshots for `oneway --versioned`: the tree digest that decides whether SOURCE
+//! changed, the manifest kept beside each version, the store that rotates versions
+//! atomically (`_0` oldest … `_{N-1}` latest), the versioned pass itself, and verification of
+//! a version against its manifest (used by restore).
+
+pub mod digest;
+pub mod manifest;
+pub mod pass;
+pub mod store;
+pub mod verify;
+
+pub use digest::tree_digest;
+pub use manifest::{Item, Manifest};
+pub use pass::versioned_pass;
+pub use store::{Store, Version};
+pub use verify::verify;

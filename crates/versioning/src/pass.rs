@@ -1,0 +1,379 @@
+//! One versioned pass (SPEC §3): if SOURCE's tree digest differs from the latest version's,
+//! build a new version (hard-linking what is unchanged, copying the rest) and rotate.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use checksum::Digest;
+use rayon::prelude::*;
+use sync_core::cache::{HashCache, Side};
+use sync_core::display::Escaped;
+use sync_core::hashing::Digests;
+use sync_core::mirror::{PassOptions, PassStats};
+use sync_core::scan::{self, Entry, Kind, Timestamp};
+use sync_core::{Error, fsops, signal};
+
+use crate::manifest::{Item, Items, Manifest};
+use crate::store::Store;
+
+fn store_error(err: impl std::error::Error) -> Error {
+    Error::Versions(sync_core::error::one_line(&err))
+}
+
+/// Runs one versioned pass of `opts.source` into the version directory `opts.backup`,
+/// keeping `keep` versions (at least 2).
+///
+/// Fails (changing nothing) if a root cannot be listed, the version store is unusable (a
+/// foreign `_k`, a damaged manifest), or a refusal of SPEC §8 applies without `force`.
+/// Unreadable entries are logged and counted, and no version is made from an incomplete read.
+pub fn versioned_pass(
+    opts: &PassOptions,
+    cache: &mut HashCache,
+    keep: usize,
+) -> Result<PassStats, Error> {
+    let mut store = Store::open(&opts.backup).map_err(store_error)?;
+    store.check_names(keep).map_err(store_error)?;
+    store.clean(keep);
+
+    let tree = scan::scan(&opts.source, "SOURCE", &opts.filter)?;
+    let mut stats = PassStats::default();
+    for (rel, err) in &tree.unlistable {
+        log::error!("cannot list {} in SOURCE: {err}", Escaped(rel));
+        stats.errors += 1;
+    }
+
+    let digests = Digests::new(cache, opts.checksum);
+    let read_errors = AtomicU64::new(0);
+    let items: Items = tree
+        .entries
+        .par_iter()
+        .filter_map(|(rel, entry)| {
+            let item = match &entry.kind {
+                Kind::File => match digests.digest(Side::Source, &opts.source, rel, entry) {
+                    Ok(digest) => Item::File {
+                        digest,
+                        size: entry.size,
+                        mode: entry.mode,
+                        mtime: entry.mtime,
+                    },
+                    Err(err) => {
+                        log::error!("cannot read {}: {err}", Escaped(rel));
+                        read_errors.fetch_add(1, Ordering::Relaxed);
+                        return None;
+                    }
+                },
+                Kind::Dir => Item::Dir {
+                    mode: entry.mode,
+                    mtime: entry.mtime,
+                },
+                Kind::Symlink(target) => Item::Symlink {
+                    target: target.clone(),
+                    mtime: entry.mtime,
+                },
+                Kind::Special => {
+                    log::warn!(
+                        "skipped {}: not a regular file, directory or symlink",
+                        Escaped(rel)
+                    );
+                    return None;
+                }
+            };
+            Some((rel.clone(), item))
+        })
+        .collect();
+    stats.errors += read_errors.into_inner();
+    stats.hashed = digests.hashed();
+    stats.cache_hits = digests.cache_hits();
+    let wanted = Manifest::new(items);
+
+    let latest = store.latest();
+    let latest_manifest = match &latest {
+        Some(v) => Some(v.manifest().map_err(store_error)?),
+        None => None,
+    };
+
+    let result = if stats.errors > 0 {
+        log::error!("no new version this pass: SOURCE could not be read completely");
+        Ok(())
+    } else if latest_manifest
+        .as_ref()
+        .is_some_and(|m| m.digest == wanted.digest)
+    {
+        log::info!(
+            "no change since the latest version (tree digest {}); nothing to do",
+            short(&wanted.digest)
+        );
+        Ok(())
+    } else {
+        refuse_if_unsafe(opts, &wanted, latest_manifest.as_ref())?;
+        if opts.dry_run {
+            log::info!(
+                "dry run: would create version _{} ({} entries)",
+                keep - 1,
+                wanted.items.len()
+            );
+            stats.operations += 1;
+            Ok(())
+        } else {
+            let previous = latest.as_ref().zip(latest_manifest.as_ref());
+            rotate(
+                opts,
+                &mut store,
+                &wanted,
+                previous.map(|(v, m)| (v.dir.as_path(), m)),
+                keep,
+                &digests,
+                &mut stats,
+            )
+        }
+    };
+    let learnt = digests.finish();
+    learnt.record_into(cache);
+    cache.retain(Side::Source, |rel| tree.entries.contains_key(rel));
+    result.map(|()| stats)
+}
+
+fn short(digest: &Digest) -> String {
+    hex::encode(&digest[..6])
+}
+
+fn refuse_if_unsafe(
+    opts: &PassOptions,
+    wanted: &Manifest,
+    latest: Option<&Manifest>,
+) -> Result<(), Error> {
+    let Some(latest) = latest else { return Ok(()) };
+    if opts.force {
+        return Ok(());
+    }
+    if wanted.items.is_empty() && !latest.items.is_empty() {
+        return Err(Error::Refused(format!(
+            "refusing to make a version: SOURCE {} is empty while the latest version is not (an \
+             unmounted drive looks like this); run with --force if SOURCE is really meant to be empty",
+            opts.source.display()
+        )));
+    }
+    let gone = latest
+        .items
+        .iter()
+        .filter(|(rel, item)| !matches!(item, Item::Dir { .. }) && !wanted.items.contains_key(*rel))
+        .count();
+    let total = latest.non_dir_count();
+    if gone * 2 > total {
+        return Err(Error::Refused(format!(
+            "refusing to make a version without {gone} of the {total} files of the latest one \
+             (more than half); check SOURCE {} and run with --force if this is intended",
+            opts.source.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Builds the new version and commits it; on a stop or a failure the build is abandoned and
+/// the existing versions stay as they were.
+fn rotate(
+    opts: &PassOptions,
+    store: &mut Store,
+    wanted: &Manifest,
+    previous: Option<(&Path, &Manifest)>,
+    keep: usize,
+    digests: &Digests<'_>,
+    stats: &mut PassStats,
+) -> Result<(), Error> {
+    let build = store.start_build().map_err(store_error)?;
+    match fill(opts, &build.dir, wanted, previous, digests) {
+        Ok(Filled {
+            items,
+            linked,
+            copied,
+        }) => {
+            if signal::stop_requested() {
+                build.abandon();
+                stats.interrupted = true;
+                log::info!(
+                    "stopped before the new version was complete; the versions are unchanged"
+                );
+                return Ok(());
+            }
+            let manifest = Manifest::new(items);
+            match store.commit(build, &manifest, keep) {
+                Ok(version) => {
+                    log::info!(
+                        "created version {} ({} files: {linked} hard-linked, {copied} copied; tree digest {})",
+                        version.name,
+                        linked + copied,
+                        short(&manifest.digest)
+                    );
+                    stats.operations += 1;
+                    Ok(())
+                }
+                Err(err) => {
+                    log::error!(
+                        "cannot store the new version: {}",
+                        sync_core::error::one_line(&err)
+                    );
+                    stats.errors += 1;
+                    Ok(())
+                }
+            }
+        }
+        Err(failures) => {
+            build.abandon();
+            stats.errors += failures;
+            log::error!(
+                "no new version this pass: {failures} entries could not be copied; retried next pass"
+            );
+            Ok(())
+        }
+    }
+}
+
+struct Filled {
+    items: Items,
+    linked: u64,
+    copied: u64,
+}
+
+/// Fills `dir` with `wanted`'s tree. Returns the entries as really written (a file that
+/// changed since it was hashed is recorded with what was copied), or the number of failures.
+fn fill(
+    opts: &PassOptions,
+    dir: &Path,
+    wanted: &Manifest,
+    previous: Option<(&Path, &Manifest)>,
+    digests: &Digests<'_>,
+) -> Result<Filled, u64> {
+    // What the latest version already holds, by content and metadata: a file identical in
+    // all of them can share its inode, since versions are never edited in place.
+    let mut reusable: HashMap<(Digest, u64, u32, Timestamp), &Path> = HashMap::new();
+    if let Some((_, prev)) = previous {
+        for (rel, item) in &prev.items {
+            if let Item::File {
+                digest,
+                size,
+                mode,
+                mtime,
+            } = item
+            {
+                reusable
+                    .entry((*digest, *size, *mode, *mtime))
+                    .or_insert(rel);
+            }
+        }
+    }
+    let mut failures = 0u64;
+    for (rel, item) in &wanted.items {
+        if let Item::Dir { .. } = item
+            && let Err(err) = fsops::create_dir(&dir.join(rel))
+        {
+            log::error!("{err}");
+            failures += 1;
+        }
+    }
+    if failures > 0 {
+        return Err(failures);
+    }
+    let written: Mutex<Vec<(PathBuf, Item)>> = Mutex::new(Vec::new());
+    let linked = AtomicU64::new(0);
+    let copied = AtomicU64::new(0);
+    let failed = AtomicU64::new(0);
+    wanted.items.par_iter().for_each(|(rel, item)| {
+        if signal::stop_requested() || failed.load(Ordering::Relaxed) > 0 {
+            return;
+        }
+        let dst = dir.join(rel);
+        let done = match item {
+            Item::Dir { .. } => return,
+            Item::Symlink { target, mtime } => {
+                fsops::symlink(target, &dst, None, *mtime).map(|_| item.clone())
+            }
+            Item::File {
+                digest,
+                size,
+                mode,
+                mtime,
+            } => {
+                let from_previous = previous.and_then(|(prev_dir, _)| {
+                    reusable
+                        .get(&(*digest, *size, *mode, *mtime))
+                        .map(|prev_rel| prev_dir.join(prev_rel))
+                });
+                if let Some(src) = from_previous
+                    && link_if_intact(&src, &dst, *size, *mtime)
+                {
+                    linked.fetch_add(1, Ordering::Relaxed);
+                    Ok(item.clone())
+                } else {
+                    let started = SystemTime::now();
+                    fsops::copy_file(&opts.source.join(rel), &dst, None).map(|c| {
+                        copied.fetch_add(1, Ordering::Relaxed);
+                        digests.learn(Side::Source, rel, &c.source, c.digest, Some(started));
+                        Item::File {
+                            digest: c.digest,
+                            size: c.source.size,
+                            mode: c.source.mode,
+                            mtime: c.source.mtime,
+                        }
+                    })
+                }
+            }
+        };
+        match done {
+            Ok(item) => written
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((rel.clone(), item)),
+            Err(err) => {
+                log::error!("cannot put {} in the new version: {err}", Escaped(rel));
+                failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    let failures = failed.into_inner();
+    if failures > 0 {
+        return Err(failures);
+    }
+    let mut items: Items = written
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .collect();
+    // Directory modes and times last, deepest first: filling a directory moves its mtime.
+    for (rel, item) in wanted.items.iter().rev() {
+        if let Item::Dir { mode, mtime } = item {
+            let path = dir.join(rel);
+            let seen = Entry {
+                kind: Kind::Dir,
+                mode: 0o700,
+                size: 0,
+                mtime: Timestamp::default(),
+                ctime: Timestamp::default(),
+                ino: 0,
+            };
+            if let Err(err) = fsops::set_metadata(&path, &seen, *mode, *mtime) {
+                log::error!("{err}");
+                return Err(1);
+            }
+            items.insert(rel.clone(), item.clone());
+        }
+    }
+    Ok(Filled {
+        items,
+        linked: linked.into_inner(),
+        copied: copied.into_inner(),
+    })
+}
+
+/// Hard-links `src` (a file of the latest version) to `dst` if it still has the recorded
+/// size and mtime; a version edited by hand is not spread further.
+fn link_if_intact(src: &Path, dst: &Path, size: u64, mtime: Timestamp) -> bool {
+    match Entry::read(src) {
+        Ok(e) if e.kind == Kind::File && e.size == size && e.mtime == mtime => {
+            std::fs::hard_link(src, dst).is_ok()
+        }
+        _ => false,
+    }
+}

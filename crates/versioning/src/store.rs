@@ -1,0 +1,368 @@
+//! Where versions live and how they rotate, atomically.
+//!
+//! In VDIR, `_0` … `_{N-1}` are links `_k -> .current/_k`, made once. `.current` is a link to
+//! a generation directory `.gen-G`, whose links `_k -> ../.v-ID` name the version trees
+//! `.v-ID` (each with its manifest `.v-ID.manifest` beside it). A rotation builds the new
+//! version under `.building-ID`, renames it to `.v-ID`, writes generation `.gen-(G+1)`, and
+//! then swaps `.current` with one `rename`: whenever the process is killed, every reader sees
+//! the old set of versions or the new one, never a mix. Whatever the current generation does
+//! not reference is a leftover of an interrupted rotation and is removed at the next pass.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::manifest::{Manifest, ManifestError};
+
+const CURRENT: &str = ".current";
+const GEN_PREFIX: &str = ".gen-";
+const VERSION_PREFIX: &str = ".v-";
+const BUILD_PREFIX: &str = ".building-";
+const MANIFEST_SUFFIX: &str = ".manifest";
+
+/// A fault of the version store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file of the store could not be read or written.
+    #[error("cannot access {path}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A name we would manage is taken by something we did not make.
+    #[error(
+        "{path} exists and is not a version link made by oneway; move it away before keeping versions in {vdir}"
+    )]
+    Foreign {
+        /// The foreign entry.
+        path: PathBuf,
+        /// The version directory.
+        vdir: PathBuf,
+    },
+    /// A manifest is missing or damaged.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One stored version.
+#[derive(Debug, Clone)]
+pub struct Version {
+    /// Its public name in VDIR, `_k`.
+    pub name: String,
+    /// The directory holding its tree (`VDIR/.v-ID`).
+    pub dir: PathBuf,
+}
+
+impl Version {
+    /// The manifest file beside the version's tree.
+    pub fn manifest_path(&self) -> PathBuf {
+        let mut p = self.dir.clone().into_os_string();
+        p.push(MANIFEST_SUFFIX);
+        PathBuf::from(p)
+    }
+
+    /// Reads the version's manifest.
+    ///
+    /// Fails if it is missing or damaged.
+    pub fn manifest(&self) -> Result<Manifest, ManifestError> {
+        Manifest::read(&self.manifest_path())
+    }
+}
+
+/// The versions kept in one directory.
+#[derive(Debug)]
+pub struct Store {
+    vdir: PathBuf,
+    generation: u64,
+    /// Store ids (`.v-ID` names), oldest first.
+    ids: Vec<String>,
+}
+
+impl Store {
+    /// Opens the versions in `vdir` (none if it holds no `.current` yet).
+    ///
+    /// Fails if the current generation cannot be read.
+    pub fn open(vdir: &Path) -> Result<Store, StoreError> {
+        let current = vdir.join(CURRENT);
+        let target = match fs::read_link(&current) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(Store {
+                    vdir: vdir.to_path_buf(),
+                    generation: 0,
+                    ids: Vec::new(),
+                });
+            }
+            Err(e) => return Err(io_err(&current)(e)),
+        };
+        let generation = target
+            .to_str()
+            .and_then(|t| t.strip_prefix(GEN_PREFIX))
+            .and_then(|g| g.parse().ok())
+            .ok_or_else(|| {
+                io_err(&current)(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "does not point to a generation",
+                ))
+            })?;
+        let gen_dir = vdir.join(&target);
+        let mut named: Vec<(u32, String)> = Vec::new();
+        for entry in fs::read_dir(&gen_dir).map_err(io_err(&gen_dir))? {
+            let entry = entry.map_err(io_err(&gen_dir))?;
+            let name = entry.file_name();
+            let Some(k) = version_index(&name) else {
+                continue;
+            };
+            let link = fs::read_link(entry.path()).map_err(io_err(&entry.path()))?;
+            let id = link
+                .strip_prefix("..")
+                .ok()
+                .and_then(|p| p.to_str())
+                .filter(|id| id.starts_with(VERSION_PREFIX) && !id.contains('/'))
+                .ok_or_else(|| {
+                    io_err(&entry.path())(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "does not point to a version",
+                    ))
+                })?;
+            named.push((k, id.to_string()));
+        }
+        named.sort();
+        Ok(Store {
+            vdir: vdir.to_path_buf(),
+            generation,
+            ids: named.into_iter().map(|(_, id)| id).collect(),
+        })
+    }
+
+    /// The versions, oldest first, named as `keep` versions are named (the newest is
+    /// `_{keep-1}`).
+    pub fn versions(&self, keep: usize) -> Vec<Version> {
+        let skip = self.ids.len().saturating_sub(keep);
+        let kept = &self.ids[skip..];
+        let first = keep - kept.len();
+        kept.iter()
+            .enumerate()
+            .map(|(i, id)| Version {
+                name: format!("_{}", first + i),
+                dir: self.vdir.join(id),
+            })
+            .collect()
+    }
+
+    /// The newest version, if any.
+    pub fn latest(&self) -> Option<Version> {
+        self.ids.last().map(|id| Version {
+            name: String::new(),
+            dir: self.vdir.join(id),
+        })
+    }
+
+    /// Checks that the public names `_0` … `_{keep-1}` are free or ours.
+    ///
+    /// Fails with [`StoreError::Foreign`] if one is a real directory or file, or a link that
+    /// we did not make.
+    pub fn check_names(&self, keep: usize) -> Result<(), StoreError> {
+        for k in 0..keep {
+            let name = format!("_{k}");
+            let path = self.vdir.join(&name);
+            match fs::read_link(&path) {
+                Ok(t) if t == Path::new(CURRENT).join(&name) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                _ => {
+                    return Err(StoreError::Foreign {
+                        path,
+                        vdir: self.vdir.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A fresh directory to build the next version in, and the id it will have.
+    ///
+    /// Fails if it cannot be created.
+    pub fn start_build(&self) -> Result<Build, StoreError> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let id = format!("{VERSION_PREFIX}{nanos:x}-{:x}", std::process::id());
+        let dir = self
+            .vdir
+            .join(format!("{BUILD_PREFIX}{}", &id[VERSION_PREFIX.len()..]));
+        fs::create_dir(&dir).map_err(io_err(&dir))?;
+        Ok(Build { id, dir })
+    }
+
+    /// Makes `build` (complete, with `manifest`) the newest version, keeping `keep`
+    /// versions in all; the switch is one atomic rename. Then removes what no longer belongs.
+    ///
+    /// Fails if a step before the switch fails (the old versions then stay as they were).
+    pub fn commit(
+        &mut self,
+        build: Build,
+        manifest: &Manifest,
+        keep: usize,
+    ) -> Result<Version, StoreError> {
+        let vdir = self.vdir.clone();
+        let final_dir = vdir.join(&build.id);
+        let version = Version {
+            name: format!("_{}", keep - 1),
+            dir: final_dir.clone(),
+        };
+        manifest.write(&version.manifest_path())?;
+        fs::rename(&build.dir, &final_dir).map_err(io_err(&final_dir))?;
+
+        let mut ids = self.ids.clone();
+        ids.push(build.id);
+        let skip = ids.len().saturating_sub(keep);
+        let ids: Vec<String> = ids[skip..].to_vec();
+        let generation = self.generation + 1;
+        let gen_name = format!("{GEN_PREFIX}{generation}");
+        let gen_dir = vdir.join(&gen_name);
+        // A leftover of a killed rotation may hold this name already.
+        remove_any(&gen_dir).map_err(io_err(&gen_dir))?;
+        fs::create_dir(&gen_dir).map_err(io_err(&gen_dir))?;
+        let first = keep - ids.len();
+        for (i, id) in ids.iter().enumerate() {
+            let link = gen_dir.join(format!("_{}", first + i));
+            std::os::unix::fs::symlink(Path::new("..").join(id), &link).map_err(io_err(&link))?;
+        }
+        sync_dir(&gen_dir)?;
+        for k in 0..keep {
+            let name = format!("_{k}");
+            let public = vdir.join(&name);
+            if fs::symlink_metadata(&public).is_err() {
+                std::os::unix::fs::symlink(Path::new(CURRENT).join(&name), &public)
+                    .map_err(io_err(&public))?;
+            }
+        }
+        let tmp_link = vdir.join(format!("{CURRENT}.tmp"));
+        remove_any(&tmp_link).map_err(io_err(&tmp_link))?;
+        std::os::unix::fs::symlink(&gen_name, &tmp_link).map_err(io_err(&tmp_link))?;
+        let current = vdir.join(CURRENT);
+        // The one step that changes what every reader sees.
+        fs::rename(&tmp_link, &current).map_err(io_err(&current))?;
+        sync_dir(&vdir)?;
+        self.generation = generation;
+        self.ids = ids;
+        self.clean(keep);
+        Ok(version)
+    }
+
+    /// Removes leftovers: generations other than the current one, version trees and
+    /// manifests it does not reference, half-built versions, and public names beyond `keep`.
+    /// Failures are logged, never fatal: they are retried at the next pass.
+    pub fn clean(&self, keep: usize) {
+        let current_gen = format!("{GEN_PREFIX}{}", self.generation);
+        let live: HashSet<&str> = self.ids.iter().map(String::as_str).collect();
+        let Ok(listing) = fs::read_dir(&self.vdir) else {
+            return;
+        };
+        for entry in listing.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let stale = if let Some(rest) = name.strip_prefix(VERSION_PREFIX) {
+                let id = rest.strip_suffix(MANIFEST_SUFFIX).unwrap_or(rest);
+                !live.contains(format!("{VERSION_PREFIX}{id}").as_str())
+            } else if name.starts_with(GEN_PREFIX) {
+                name != current_gen
+            } else if name.starts_with(BUILD_PREFIX)
+                || name.starts_with(".manifest-tmp-")
+                || name == ".current.tmp"
+            {
+                true
+            } else if let Some(k) = version_index(OsStr::new(name)) {
+                k as usize >= keep
+                    && fs::read_link(entry.path()).is_ok_and(|t| t == Path::new(CURRENT).join(name))
+            } else {
+                false
+            };
+            if stale && let Err(err) = remove_any(&entry.path()) {
+                log::warn!("cannot remove leftover {}: {err}", entry.path().display());
+            }
+        }
+    }
+}
+
+/// A version being built.
+#[derive(Debug)]
+pub struct Build {
+    id: String,
+    /// The directory to fill.
+    pub dir: PathBuf,
+}
+
+impl Build {
+    /// Throws the half-built version away (after a stop or a failure).
+    pub fn abandon(self) {
+        if let Err(err) = remove_any(&self.dir) {
+            log::warn!(
+                "cannot remove {}: {err}; removed at the next pass",
+                self.dir.display()
+            );
+        }
+    }
+}
+
+/// `_k` → k.
+fn version_index(name: &OsStr) -> Option<u32> {
+    let digits = name.as_bytes().strip_prefix(b"_")?;
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Removes a file, link or whole directory tree; a missing path is fine. Read-only
+/// directories inside (a version keeps SOURCE's modes) are made writable first.
+fn remove_any(path: &Path) -> io::Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.is_dir() {
+        return fs::remove_file(path);
+    }
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(_) => {
+            make_tree_writable(path);
+            fs::remove_dir_all(path)
+        }
+    }
+}
+
+fn make_tree_writable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+    if let Ok(listing) = fs::read_dir(dir) {
+        for entry in listing.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                make_tree_writable(&entry.path());
+            }
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
