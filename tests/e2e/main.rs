@@ -1,1 +1,5 @@
 //! End-to-end tests: the real binaries on real temporary directories.
+
+mod util;
+
+mod oneway;

@@ -10,7 +10,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use checksum::Digest;
 use sha2::{Digest as _, Sha256};
@@ -55,24 +55,70 @@ pub struct HashCache {
     sides: [HashMap<PathBuf, (Stamp, Digest)>; 2],
 }
 
-/// How close to "now" a change time must be for a hash to be unsafe to cache. Two writes in
-/// one timestamp tick leave size, mtime and ctime equal, so a file changed within a tick of
-/// being hashed could change again unseen (git's "racy clean" problem). Kernel timestamps
-/// advance in jiffies (1–10 ms); file systems without nanoseconds advance in whole seconds.
-fn racy_window(entry: &Entry) -> std::time::Duration {
+/// How close to "now" a change time must be for a hash to be unsafe to cache, on a file
+/// system whose timestamps advance in coarse ticks. Two writes in one tick leave size, mtime
+/// and ctime equal, so a file changed within a tick of being hashed could change again unseen
+/// (git's "racy clean" problem). Ticks are jiffies (1–10 ms) where timestamps have
+/// nanoseconds, whole seconds where they do not.
+fn coarse_window(entry: &Entry) -> Duration {
     if entry.mtime.nanos == 0 && entry.ctime.nanos == 0 {
-        std::time::Duration::from_secs(2)
+        Duration::from_secs(2)
     } else {
-        std::time::Duration::from_millis(20)
+        Duration::from_millis(20)
     }
 }
 
-/// True if `entry` changed so recently that a hash taken now may not describe it for long.
-pub fn is_racy(entry: &Entry, hashed_at: SystemTime) -> bool {
-    let ctime = SystemTime::UNIX_EPOCH
-        + std::time::Duration::new(entry.ctime.secs.max(0) as u64, entry.ctime.nanos);
+/// How a root's file system stamps changes, which decides when a fresh hash may be cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timestamps {
+    /// Multigrain timestamps (Linux 6.13+ on ext4, XFS, Btrfs, tmpfs): once a file's ctime has
+    /// been read (our scan does), its next change gets a finer, strictly later ctime, so a
+    /// hash taken after the scan can always be cached.
+    MultiGrain,
+    /// Coarse ticks: a file changed within a tick of being hashed is hashed again next time.
+    Coarse,
+}
+
+impl Timestamps {
+    /// Finds out how the file system holding `root` stamps changes.
+    pub fn of(root: &Path) -> Timestamps {
+        // Magic numbers from statfs(2).
+        const EXT4: i64 = 0xEF53;
+        const XFS: i64 = 0x5846_5342;
+        const BTRFS: i64 = 0x9123_683E;
+        const TMPFS: i64 = 0x0102_1994;
+        let multigrain_fs =
+            rustix::fs::statfs(root).is_ok_and(|s| [EXT4, XFS, BTRFS, TMPFS].contains(&s.f_type));
+        if multigrain_fs && kernel_at_least(6, 13) {
+            Timestamps::MultiGrain
+        } else {
+            Timestamps::Coarse
+        }
+    }
+}
+
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let uname = rustix::system::uname();
+    let release = uname.release().to_string_lossy();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    match (parts.next(), parts.next()) {
+        (Some(a), Some(b)) => (a, b) >= (major, minor),
+        _ => false,
+    }
+}
+
+/// True if `entry`, hashed from `hashed_at` on, may have changed since without its stamp
+/// showing it.
+pub fn is_racy(entry: &Entry, hashed_at: SystemTime, stamps: Timestamps) -> bool {
+    if stamps == Timestamps::MultiGrain {
+        return false;
+    }
+    let ctime =
+        SystemTime::UNIX_EPOCH + Duration::new(entry.ctime.secs.max(0) as u64, entry.ctime.nanos);
     match hashed_at.duration_since(ctime) {
-        Ok(age) => age < racy_window(entry),
+        Ok(age) => age < coarse_window(entry),
         Err(_) => true,
     }
 }
@@ -355,8 +401,9 @@ mod tests {
             secs: since.as_secs() as i64,
             nanos: since.subsec_nanos().max(1),
         };
-        assert!(is_racy(&e, now));
+        assert!(is_racy(&e, now, Timestamps::Coarse));
+        assert!(!is_racy(&e, now, Timestamps::MultiGrain));
         e.ctime.secs -= 10;
-        assert!(!is_racy(&e, now));
+        assert!(!is_racy(&e, now, Timestamps::Coarse));
     }
 }

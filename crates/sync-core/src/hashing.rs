@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use checksum::Digest;
 
-use crate::cache::{HashCache, Side, is_racy};
+use crate::cache::{HashCache, Side, Timestamps, is_racy};
 use crate::scan::Entry;
 
 /// A digest learnt during a pass, to be remembered in the cache when the pass ends.
@@ -23,6 +23,7 @@ struct LearntDigest {
 /// Hands out digests for one pass; safe to share between worker threads.
 pub struct Digests<'a> {
     cache: &'a HashCache,
+    stamps: [Timestamps; 2],
     ignore_cache: bool,
     hashed: AtomicU64,
     cache_hits: AtomicU64,
@@ -30,10 +31,17 @@ pub struct Digests<'a> {
 }
 
 impl<'a> Digests<'a> {
-    /// Reads from `cache` unless `ignore_cache` (`--checksum`).
-    pub fn new(cache: &'a HashCache, ignore_cache: bool) -> Digests<'a> {
+    /// Reads from `cache` unless `ignore_cache` (`--checksum`). `source` and `backup` are
+    /// the roots, whose file systems decide which fresh hashes may be cached.
+    pub fn new(
+        cache: &'a HashCache,
+        ignore_cache: bool,
+        source: &Path,
+        backup: &Path,
+    ) -> Digests<'a> {
         Digests {
             cache,
+            stamps: [Timestamps::of(source), Timestamps::of(backup)],
             ignore_cache,
             hashed: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
@@ -69,7 +77,7 @@ impl<'a> Digests<'a> {
         digest: Digest,
         hashed_at: Option<SystemTime>,
     ) {
-        if hashed_at.is_some_and(|t| is_racy(entry, t)) {
+        if hashed_at.is_some_and(|t| is_racy(entry, t, self.stamps[side as usize])) {
             return;
         }
         self.learnt

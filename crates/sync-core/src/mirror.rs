@@ -115,7 +115,11 @@ impl Op {
             } => write!(
                 s,
                 "{} symlink {} -> {}",
-                if replace.is_some() {
+                // A changed link is replaced; a link where a file was is created.
+                if replace
+                    .as_ref()
+                    .is_some_and(|r| matches!(r.kind, Kind::Symlink(_)))
+                {
                     "replaced"
                 } else {
                     "created"
@@ -492,7 +496,7 @@ pub fn mirror_pass(opts: &PassOptions, cache: &mut HashCache) -> Result<PassStat
     let mut plan = plan(&src, &dst, &protected);
     let pass = Pass {
         opts,
-        digests: Digests::new(cache, opts.checksum),
+        digests: Digests::new(cache, opts.checksum, &opts.source, &opts.backup),
         counters,
         failed: Mutex::new(HashSet::new()),
         dirty: Mutex::new(HashSet::new()),

@@ -45,7 +45,7 @@ pub fn versioned_pass(
         stats.errors += 1;
     }
 
-    let digests = Digests::new(cache, opts.checksum);
+    let digests = Digests::new(cache, opts.checksum, &opts.source, &opts.backup);
     let read_errors = AtomicU64::new(0);
     let items: Items = tree
         .entries

@@ -1,0 +1,57 @@
+# Shared by run.sh (which builds the timed command lines) and step.sh (which hyperfine runs
+# as --prepare, untimed, to put the trees into the state a scenario starts from). Keeping the
+# command lines here means the untimed set-up syncs run exactly what is timed.
+#
+# Expects, exported by run.sh: BENCH_DIR, W (the bench file system's work dir), CORPUS, LOGS, STATE, ONEWAY, TWOWAY, XDG_CACHE_HOME.
+
+# Quote words for hyperfine -N (no shell; it splits with POSIX shell quoting rules).
+q() { printf '%q ' "$@"; }
+
+# tool_cmd TOOL SRC DST: the command line that makes DST a copy of SRC (or, for the two-way
+# tools, syncs the pair SRC/DST) with TOOL.
+tool_cmd() {
+    local tool=$1 src=$2 dst=$3
+    case $tool in
+        oneway) q "$ONEWAY" --once --log "$LOGS/oneway.log" "$src" "$dst" ;;
+        # Separate logs: run.sh reads how many files each of these passes hashed.
+        oneway-checksum) q "$ONEWAY" --once --checksum --log "$LOGS/oneway-checksum.log" "$src" "$dst" ;;
+        oneway-checksum-1thread)
+            q env RAYON_NUM_THREADS=1 "$ONEWAY" --once --checksum \
+                --log "$LOGS/oneway-checksum-1thread.log" "$src" "$dst" ;;
+        rsync) q rsync -a --delete "$src/" "$dst/" ;;
+        cp) q cp -a "$src/." "$dst/" ;;
+        seed) q python3 "$BENCH_DIR/seed_oneway.py" --once --log "$LOGS/seed.log" "$src" "$dst" ;;
+        # twoway keeps its state (archive, log) in the directory it runs from.
+        twoway) q env -C "$STATE/twoway" "$TWOWAY" --once --no-recovery \
+                    --log "$LOGS/twoway.log" "$src" "$dst" ;;
+        # -times: carry modification times, as twoway does, so both are checked alike.
+        unison) q env "UNISON=$STATE/unison" unison -batch -auto -times \
+                    -logfile "$LOGS/unison.log" "$src" "$dst" ;;
+        *) echo "unknown tool $tool" >&2; return 2 ;;
+    esac
+}
+
+# run_untimed TOOL SRC DST: one sync, output kept in a file and shown only if it fails.
+run_untimed() {
+    local out="$LOGS/untimed-$1.out"
+    if ! eval "$(tool_cmd "$@")" >"$out" 2>&1; then
+        echo "untimed $1 sync of $2 -> $3 failed:" >&2
+        tail -20 "$out" >&2
+        return 1
+    fi
+}
+
+# Fresh working copies of the pristine corpus. Small: the whole tree (the 1% mutation touches
+# 200 files in many directories). Large: the mutation only rewrites f00.bin, so only it is put
+# back (in place: the other files keep their inodes, and so their cached hashes).
+restore_small() { rm -rf "$1" && cp -a "$CORPUS/small" "$1"; }
+restore_large() { cp -a "$CORPUS/large-f00.bin" "$1/f00.bin"; }
+
+# Tool state (oneway's hash cache, twoway's archive, Unison's archive) is reset only for a
+# first copy: any other pass is timed with the state the tool's previous pass left.
+reset_state() {
+    case $1 in
+        oneway*) rm -rf "$XDG_CACHE_HOME/oneway" ;;
+        twoway | unison) rm -rf "${STATE:?}/$1" && mkdir -p "$STATE/$1" ;;
+    esac
+}

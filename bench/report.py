@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Turns one benchmark run's raw results (hyperfine JSON, GNU time peaks, openssl speed) into
+the markdown report. Called by run.sh: report.py RAW_DIR > results/latest.md"""
+
+import json
+import os
+import re
+import statistics
+import sys
+
+RAW = sys.argv[1]
+META = dict(
+    line.rstrip("\n").split("=", 1)
+    for line in open(os.path.join(RAW, "meta.env"))
+    if "=" in line
+)
+QUICK = META["mode"] == "quick"
+TWOWAY = bool(META.get("twoway"))
+NPROC = int(META["nproc"])
+
+
+def load(scen):
+    path = os.path.join(RAW, f"{scen}.json")
+    if not os.path.exists(path):
+        return None
+    return {r["command"]: r for r in json.load(open(path))["results"]}
+
+
+def median(scen, tool):
+    r = (load(scen) or {}).get(tool)
+    return None if r is None else statistics.median(r["times"])
+
+
+def peak_rss_mib(scen, tool):
+    """Largest GNU time %M (KiB) over the tool's runs in this scenario, in MiB."""
+    path = os.path.join(RAW, "rss", f"{scen}-{tool}.txt")
+    if not os.path.exists(path):
+        return None
+    vals = [int(x) for x in open(path).read().split() if x.isdigit()]
+    return max(vals) / 1024 if vals else None
+
+
+def missing(scen):
+    if scen.startswith("tw-") and not TWOWAY:
+        return "not built yet"
+    if scen.startswith("many") and QUICK:
+        return "skipped (--quick)"
+    if scen.endswith("-cold"):
+        return "skipped (quick, or caches cannot be dropped)"
+    return "missing"
+
+
+def verdict(ratio, limit, at_least=False):
+    ok = ratio >= limit if at_least else ratio <= limit
+    return "yes" if ok else "**no**"
+
+
+rows = []
+
+
+def time_row(label, scen, ours, theirs, limit):
+    a, b = median(scen, ours), median(scen, theirs)
+    if a is None or b is None:
+        rows.append((label, missing(scen), "", "", "", ""))
+        return
+    ratio = a / b
+    target = f"≤ {limit}" if limit else "–"
+    rows.append((label, f"{ours} {a:.3f} s", f"{theirs} {b:.3f} s", f"{ratio:.2f}", target,
+                 verdict(ratio, limit) if limit else "–"))
+
+
+def sha_throughput():
+    """(MB/s per core with all threads, MB/s with one thread, openssl MB/s) or None."""
+    try:
+        text = open(os.path.join(RAW, "openssl.txt")).read()
+        ossl = float(re.search(r"^sha256\s.*?([\d.]+)k\s*$", text, re.M).group(1)) / 1000
+        per_file = int(META["large_bytes"]) / int(re.search(r"(\d+) x", META["large"]).group(1))
+        out = []
+        for tool, cores in (("oneway-checksum", NPROC), ("oneway-checksum-1thread", 1)):
+            hashed = int(open(os.path.join(RAW, f"{tool}.hashed")).read().strip())
+            out.append(hashed * per_file / 1e6 / median("large-checksum", tool) / cores)
+        return out[0], out[1], ossl, hashed * per_file
+    except (OSError, AttributeError, ValueError, TypeError):
+        return None
+
+
+# --- the targets of issue 6 ----------------------------------------------------------------------
+time_row("small: first copy into an empty directory", "small-first", "oneway", "rsync", 0.6)
+time_row("small: first copy, against the `cp -a` floor", "small-first", "oneway", "cp", None)
+time_row("small: nothing changed", "small-nochange", "oneway", "rsync", 0.5)
+time_row("small: nothing changed, against the seed (our Python reconstruction)", "small-nochange",
+         "oneway", "seed", 0.1)
+time_row("small: first copy, against the seed (our Python reconstruction)", "small-first",
+         "oneway", "seed", None)
+time_row("small: 1% of files changed, added or deleted", "small-1pct", "oneway", "rsync", 0.5)
+time_row("small: nothing changed, **cold** caches", "small-nochange-cold", "oneway", "rsync", None)
+time_row("large: first copy", "large-first", "oneway", "rsync", 0.6)
+time_row("large: first copy, against the `cp -a` floor", "large-first", "oneway", "cp", None)
+time_row("large: 64 KiB changed inside one file", "large-64k", "oneway", "rsync", 0.5)
+sha = sha_throughput()
+if sha:
+    per_core, one, ossl, _ = sha
+    rows.append(("large: `oneway --checksum`, nothing changed: SHA-256 MB/s per core "
+                 f"({NPROC} threads)", f"oneway {per_core:,.0f} MB/s", f"openssl {ossl:,.0f} MB/s",
+                 f"{per_core / ossl:.2f}", "≥ 0.9", verdict(per_core / ossl, 0.9, at_least=True)))
+    rows.append(("large: same, one thread (`RAYON_NUM_THREADS=1`)", f"oneway {one:,.0f} MB/s",
+                 f"openssl {ossl:,.0f} MB/s", f"{one / ossl:.2f}", "–", "–"))
+else:
+    rows.append(("large: `oneway --checksum` SHA-256 throughput", "missing", "", "", "", ""))
+time_row("many (200,000 files): nothing changed, time", "many-nochange", "oneway", "rsync", 0.5)
+a, b = peak_rss_mib("many-nochange", "oneway"), peak_rss_mib("many-nochange", "rsync")
+if a and b:
+    rows.append(("many (200,000 files): nothing changed, peak RSS (GNU time %M)",
+                 f"oneway {a:.1f} MiB", f"rsync {b:.1f} MiB", f"{a / b:.2f}", "≤ 1.5",
+                 verdict(a / b, 1.5)))
+else:
+    rows.append(("many (200,000 files): nothing changed, peak RSS", missing("many"), "", "", "", ""))
+time_row("two-way, small: first sync", "tw-first", "twoway", "unison", None)
+time_row("two-way, small: nothing changed", "tw-nochange", "twoway", "unison", 0.5)
+time_row("two-way, small: 1% changed on one side", "tw-1pct", "twoway", "unison", 0.5)
+time_row("two-way, small: 1% changed on each side", "tw-both", "twoway", "unison", 0.5)
+
+out = []
+p = out.append
+p(f"# Benchmark results ({META['mode']} run)\n")
+p(f"Produced by `bench/run.sh{' --quick' if QUICK else ''}` on {META['date']}, "
+  f"commit {META['commit']}; the whole run took {int(META['elapsed']) // 60} min "
+  f"{int(META['elapsed']) % 60} s.\n")
+p(f"- machine: {META['nproc']} cores ({META['cpu']}), {META['mem']} RAM, {META['kernel']}")
+p(f"- file system: {META['fs']}")
+p("- page cache: **warm**. Every measurement is preceded by one untimed warm-up run of the same "
+  "command (after its preparation step), and all data fit in RAM, so file reads come from the "
+  "page cache. Writes are not waited for unless the tool asks (oneway flushes what it writes; "
+  "rsync and cp do not); every preparation step ends with a `syncfs` of the bench file system, "
+  "so no run pays for an earlier run's writeback. "
+  + ("The row marked cold drops the page, dentry and inode caches before every run."
+     if META.get("cold") == "yes" else "No cold-cache rows in this run."))
+p(f"- timing: hyperfine, {META['runs']} timed runs per measurement, medians in seconds; "
+  "each command runs under GNU time for its peak RSS.")
+p(f"- corpora: small = 20,000 files of 1–16 KiB in 1,000 directories (~165 MiB); "
+  f"large = {META['large']}; many = 200,000 files of 256 B–4 KiB in 2,000 directories"
+  f"{' (not in quick runs)' if QUICK else ''}. Generated by `bench/gen_corpus.py` (seeded).")
+p(f"- versions: {META['versions']}")
+p("\nOnly the ratios mean something: absolute times vary between machines and runs.\n")
+p("| scenario | ours | theirs | ours / theirs | target | met? |")
+p("|---|---|---|---|---|---|")
+for r in rows:
+    p("| " + " | ".join(r) + " |")
+
+p("\n## Every measurement\n")
+p("| scenario | tool | median (s) | min (s) | max (s) | peak RSS (MiB, largest process) |")
+p("|---|---|---|---|---|---|")
+for scen in ["small-first", "small-nochange", "small-1pct", "small-nochange-cold", "tw-first",
+             "tw-nochange", "tw-1pct", "tw-both", "large-first", "large-64k", "large-checksum",
+             "many-nochange"]:
+    for tool, r in (load(scen) or {}).items():
+        rss = peak_rss_mib(scen, tool)
+        p(f"| {scen} | {tool} | {statistics.median(r['times']):.3f} | {min(r['times']):.3f} | "
+          f"{max(r['times']):.3f} | {'' if rss is None else f'{rss:.1f}'} |")
+
+p("\n## Notes\n")
+if sha:
+    per_core, one, ossl, nbytes = sha
+    p(f"- `--checksum` pass: {nbytes / 2**30:.2f} GiB hashed per pass (every file of SOURCE and "
+      f"of BACKUP); scaling from 1 to {NPROC} threads: "
+      f"{median('large-checksum', 'oneway-checksum-1thread') / median('large-checksum', 'oneway-checksum'):.2f}×. "
+      "`openssl speed -evp sha256 -bytes 16384 -seconds 3` measures one core.")
+for tool in ("oneway", "rsync"):
+    path = os.path.join(RAW, f"many-procs-{tool}.txt")
+    if os.path.exists(path):
+        kv = dict(x.split("=") for x in open(path).read().split())
+        p(f"- 200,000 files, nothing changed, {tool}: {kv['processes']} process(es); largest "
+          f"{int(kv['max_single_kib']) / 1024:.1f} MiB, sum of each process's peak "
+          f"{int(kv['sum_of_peaks_kib']) / 1024:.1f} MiB (rsync copies locally with three "
+          "processes; GNU time's %M counts only the largest).")
+p("- The seed is our reconstruction (`bench/seed_oneway.py`) from its description: it hashes "
+  "both sides of every file at every pass, with Python's hashlib; it does not carry directory "
+  "times.")
+p("- Unison runs as `unison -batch -auto -times` (`-times` so that it carries modification "
+  "times, as twoway does), with its archive in a directory of its own (`UNISON=`).")
+if not TWOWAY:
+    p("- twoway: not built yet, so the two-way rows are empty; they run once "
+      "`target/release/twoway` exists.")
+print("\n".join(out))

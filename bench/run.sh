@@ -1,0 +1,288 @@
+#!/usr/bin/env bash
+# The benchmark of issue 6 (SPEC §9): oneway against rsync (and twoway against Unison, once
+# twoway is built) on generated corpora, in one run, on a file system of its own.
+#
+#   bench/run.sh            full run (~10-15 min on 2 cores): results in bench/results/latest.md
+#   bench/run.sh --quick    smoke run: large corpus 4 x 64 MiB, no 200,000-file profile, 3 runs
+#                           per measurement; results in bench/results/latest-quick.md
+#                           (BENCH_QUICK=1 does the same)
+#
+# Run as root (as in CI): it installs packages with apt-get, loop-mounts an image and drops
+# caches. Environment: BENCH_RUNS (timed runs per measurement, default 5, quick 3),
+# BENCH_IMAGE_DIR (where the sparse image goes, default /var/tmp), TWOWAY_BIN (a twoway binary
+# to time instead of target/release/twoway).
+#
+# Only ratios measured in one run count: absolute times vary between machines and runs.
+set -euo pipefail
+
+die() { echo "bench: $*" >&2; exit 1; }
+say() { printf '\n== %s ==\n' "$*"; }
+
+QUICK=${BENCH_QUICK:-0}
+for arg in "$@"; do
+    case $arg in
+        --quick) QUICK=1 ;;
+        -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument $arg (try --help)" ;;
+    esac
+done
+if [[ $QUICK == 1 ]]; then
+    RUNS=${BENCH_RUNS:-3} LARGE_COUNT=4 LARGE_MIB=64 MODE=quick
+else
+    RUNS=${BENCH_RUNS:-5} LARGE_COUNT=8 LARGE_MIB=256 MODE=full
+fi
+[[ $EUID -eq 0 ]] || die "run as root: it mounts a file system, drops caches and may apt-get install"
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$BENCH_DIR")
+RESULTS=$BENCH_DIR/results
+if [[ $MODE == full ]]; then REPORT=$RESULTS/latest.md RAW=$RESULTS/raw; else REPORT=$RESULTS/latest-quick.md RAW=$RESULTS/raw-quick; fi
+STARTED=$(date +%s)
+
+# --- Tools -------------------------------------------------------------------------------------
+missing=()
+for pair in rsync:rsync unison:unison hyperfine:hyperfine /usr/bin/time:time; do
+    [[ -x $(command -v "${pair%%:*}" || true) ]] || missing+=("${pair##*:}")
+done
+if ((${#missing[@]})); then
+    say "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+for cmd in python3 openssl mkfs.ext4 cargo; do
+    command -v "$cmd" >/dev/null || die "$cmd is needed"
+done
+
+say "building (cargo build --release)"
+(cd "$REPO" && cargo build --release)
+TARGET=${CARGO_TARGET_DIR:-$REPO/target}
+ONEWAY=$TARGET/release/oneway
+TWOWAY=${TWOWAY_BIN:-$TARGET/release/twoway}
+[[ -x $TWOWAY ]] || TWOWAY=""
+
+# --- A file system of our own ------------------------------------------------------------------
+# Not the root file system: on these machines it is ext4 without a journal, which is slow to
+# reuse just-freed inodes, so deleting and recreating 20,000 files there runs 10-20x slower and
+# measures the file system, not the tools. A fresh journaled ext4 on a loop-mounted sparse image
+# is what a user's disk looks like; tmpfs is the fallback where loop devices are unavailable.
+TMP=$(mktemp -d "${BENCH_IMAGE_DIR:-/var/tmp}/oneway-bench.XXXXXX")
+MNT=$TMP/mnt
+cleanup() {
+    cd /
+    if mountpoint -q "$MNT"; then
+        umount "$MNT" 2>/dev/null || { sleep 2; umount "$MNT" 2>/dev/null; } || umount -l "$MNT"
+    fi
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+mkdir "$MNT"
+# 16 GiB, sparse: the largest moment (large section) holds ~8.5 GiB. The inode tables and
+# journal are written now (lazy_*_init=0), not by a kernel thread during the timed runs.
+truncate -s 16G "$TMP/fs.img"
+if mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$TMP/fs.img" &&
+    mount -o loop "$TMP/fs.img" "$MNT" 2>"$TMP/mount.err"; then
+    rm -f "$TMP/mount.err"
+    journal=$(dumpe2fs -h "$(findmnt -no SOURCE "$MNT")" 2>/dev/null | grep -c has_journal || true)
+    ((journal)) || die "the bench file system has no journal"
+    FS="ext4 with journal ($(findmnt -no OPTIONS "$MNT")) on a loop-mounted 16 GiB sparse image in $(dirname "$TMP")"
+else
+    echo "bench: loop mount impossible ($(cat "$TMP/mount.err" 2>/dev/null)); falling back to tmpfs" >&2
+    rm -f "$TMP/fs.img"
+    mount -t tmpfs -o size=16g tmpfs "$MNT" || die "cannot mount tmpfs either"
+    FS="tmpfs (a loop-mounted ext4 image could not be mounted here)"
+fi
+echo "file system: $FS"
+
+export BENCH_DIR ONEWAY TWOWAY
+export W=$MNT/w CORPUS=$MNT/w/corpus LOGS=$MNT/w/logs STATE=$MNT/w/state
+# oneway's hash cache lives on the bench file system, apart from the user's own.
+export XDG_CACHE_HOME=$MNT/w/xdg-cache
+mkdir -p "$CORPUS" "$LOGS" "$STATE" "$XDG_CACHE_HOME"
+rm -rf "$RAW" && mkdir -p "$RAW/rss"
+source "$BENCH_DIR/lib.sh"
+
+gen() { python3 "$BENCH_DIR/gen_corpus.py" "$@"; }
+step() { q bash "$BENCH_DIR/step.sh" "$@"; }
+check() { python3 "$BENCH_DIR/check_tree.py" "$@" || die "result tree check failed (see above)"; }
+
+# Commands are queued with `add` and timed together by `hf`, so hyperfine reports them side by
+# side. Each command runs under GNU time (-f %M: peak RSS of its largest process, appended to
+# one file per scenario and tool); that costs about a millisecond per run, for every tool alike.
+HF_NAMES=() HF_CMDS=() HF_PREPS=()
+add() { # add SCENARIO TOOL SRC DST [PREPARE]
+    HF_NAMES+=("$2")
+    HF_CMDS+=("$(q /usr/bin/time -f %M -a -o "$RAW/rss/$1-$2.txt") $(tool_cmd "$2" "$3" "$4")")
+    if (($# > 4)); then HF_PREPS+=("$5"); fi
+}
+hf() { # hf SCENARIO: time the queued commands; one warm-up run each, then $RUNS timed runs
+    local args=(-N --style basic --warmup 1 --runs "$RUNS" --export-json "$RAW/$1.json") i
+    for i in "${!HF_CMDS[@]}"; do args+=(-n "${HF_NAMES[$i]}" "${HF_CMDS[$i]}"); done
+    for i in "${!HF_PREPS[@]}"; do args+=(--prepare "${HF_PREPS[$i]}"); done
+    hyperfine "${args[@]}"
+    HF_NAMES=() HF_CMDS=() HF_PREPS=()
+}
+
+say "generating the small corpus"
+gen small "$CORPUS/small"
+SRC=$W/small-src
+cp -a "$CORPUS/small" "$SRC"
+
+# --- small: oneway vs rsync, cp -a (the floor) and the seed ------------------------------------
+say "small: first copy into an empty directory"
+for t in oneway rsync cp seed; do
+    add small-first "$t" "$SRC" "$W/small-$t" "$(step empty "$t" "$W/small-$t")"
+done
+hf small-first
+check "$SRC" "$W/small-oneway" "$W/small-rsync" "$W/small-cp"
+check --no-dir-mtime "$SRC" "$W/small-seed" # the seed never set directory times
+
+say "small: nothing changed"
+# Each mirror is as its tool's last first copy left it; the warm-up pass settles caches.
+for t in oneway rsync seed; do add small-nochange "$t" "$SRC" "$W/small-$t"; done
+hf small-nochange
+check "$SRC" "$W/small-oneway" "$W/small-rsync"
+check --no-dir-mtime "$SRC" "$W/small-seed"
+rm -rf "$W/small-cp" "$W/small-seed"
+
+say "small: 1% of files changed, added or deleted"
+# Before each run: SOURCE back to the pristine corpus, the mirror synced to it by the tool
+# itself (untimed), then the same 200 changes applied to SOURCE.
+for t in oneway rsync; do
+    add small-1pct "$t" "$SRC" "$W/small-$t" "$(step changed small "$t" "$SRC" "$W/small-$t")"
+done
+hf small-1pct
+check "$SRC" "$W/small-oneway" "$W/small-rsync"
+
+COLD=no
+if [[ $MODE == full ]] && (sync && echo 3 >/proc/sys/vm/drop_caches) 2>/dev/null; then
+    COLD=yes
+    say "small: nothing changed, cold caches (dropped before every run)"
+    for t in oneway rsync; do add small-nochange-cold "$t" "$SRC" "$W/small-$t" "$(step drop-caches)"; done
+    hf small-nochange-cold
+    check "$SRC" "$W/small-oneway" "$W/small-rsync"
+fi
+rm -rf "$W/small-oneway" "$W/small-rsync"
+
+# --- two-way: twoway vs Unison -----------------------------------------------------------------
+if [[ -n $TWOWAY ]]; then
+    # What both sides must hold after a pass with changes on one side or on both.
+    cp -a "$CORPUS/small" "$W/expected-one" && gen mutate-small "$W/expected-one" --tag a
+    cp -a "$CORPUS/small" "$W/expected-both"
+    gen mutate-small "$W/expected-both" --tag a --part even
+    gen mutate-small "$W/expected-both" --tag b --part odd
+    # Unison sets times with microseconds and leaves directory times alone.
+    twcheck() { # twcheck TOOL EXPECTED
+        local flags=(--no-dir-mtime)
+        if [[ $1 == unison ]]; then flags+=(--mtime-us); fi
+        check "${flags[@]}" "$2" "$W/tw-$1-A" "$W/tw-$1-B"
+    }
+    for t in twoway unison; do restore_small "$W/tw-$t-A"; done
+
+    say "two-way: first sync (SOURCE full, BACKUP empty, no archive)"
+    for t in twoway unison; do add tw-first "$t" "$W/tw-$t-A" "$W/tw-$t-B" "$(step empty "$t" "$W/tw-$t-B")"; done
+    hf tw-first
+    for t in twoway unison; do twcheck "$t" "$CORPUS/small"; done
+
+    say "two-way: nothing changed"
+    for t in twoway unison; do add tw-nochange "$t" "$W/tw-$t-A" "$W/tw-$t-B"; done
+    hf tw-nochange
+    for t in twoway unison; do twcheck "$t" "$CORPUS/small"; done
+
+    say "two-way: 1% changed on one side"
+    for t in twoway unison; do
+        add tw-1pct "$t" "$W/tw-$t-A" "$W/tw-$t-B" "$(step tw-changed one "$t" "$W/tw-$t-A" "$W/tw-$t-B")"
+    done
+    hf tw-1pct
+    for t in twoway unison; do twcheck "$t" "$W/expected-one"; done
+
+    say "two-way: 1% changed on each side"
+    for t in twoway unison; do
+        add tw-both "$t" "$W/tw-$t-A" "$W/tw-$t-B" "$(step tw-changed both "$t" "$W/tw-$t-A" "$W/tw-$t-B")"
+    done
+    hf tw-both
+    for t in twoway unison; do twcheck "$t" "$W/expected-both"; done
+    rm -rf "$W"/tw-* "$W"/expected-*
+else
+    say "two-way: not built yet (no $TARGET/release/twoway): twoway-vs-Unison rows skipped"
+fi
+
+# --- large: oneway vs rsync, cp -a ---------------------------------------------------------------
+say "generating the large corpus ($LARGE_COUNT x $LARGE_MIB MiB)"
+LSRC=$W/large-src
+gen large "$LSRC" --count "$LARGE_COUNT" --mib "$LARGE_MIB"
+cp -a "$LSRC/f00.bin" "$CORPUS/large-f00.bin" # pristine copy of the file the mutation edits
+
+say "large: first copy into an empty directory"
+for t in oneway rsync cp; do
+    add large-first "$t" "$LSRC" "$W/large-$t" "$(step empty "$t" "$W/large-$t")"
+done
+hf large-first
+check "$LSRC" "$W/large-oneway" "$W/large-rsync" "$W/large-cp"
+rm -rf "$W/large-cp"
+
+say "large: 64 KiB changed inside one file"
+for t in oneway rsync; do
+    add large-64k "$t" "$LSRC" "$W/large-$t" "$(step changed large "$t" "$LSRC" "$W/large-$t")"
+done
+hf large-64k
+check "$LSRC" "$W/large-oneway" "$W/large-rsync"
+
+say "large: oneway --checksum, nothing changed (SHA-256 throughput)"
+# Every file of both trees is read and hashed; with one rayon thread too, to see the scaling.
+for t in oneway-checksum oneway-checksum-1thread; do add large-checksum "$t" "$LSRC" "$W/large-oneway"; done
+hf large-checksum
+check "$LSRC" "$W/large-oneway"
+# Files hashed by the last pass of each variant, from its log line "... N files hashed ...".
+for v in oneway-checksum oneway-checksum-1thread; do
+    grep -o '[0-9]* files hashed' "$LOGS/$v.log" | tail -1 | cut -d' ' -f1 >"$RAW/$v.hashed"
+done
+LARGE_BYTES=$(stat -c %s "$LSRC"/*.bin | awk '{s += $1} END {print s}')
+say "openssl speed -evp sha256 -bytes 16384 -seconds 3 (one core)"
+openssl speed -evp sha256 -bytes 16384 -seconds 3 2>/dev/null | tee "$RAW/openssl.txt" | tail -2
+rm -rf "$W"/large-* "$CORPUS/large-f00.bin"
+
+# --- many: 200,000 files -----------------------------------------------------------------------
+if [[ $MODE == full ]]; then
+    say "generating the 200,000-file corpus"
+    MSRC=$W/many-src
+    gen many "$MSRC"
+    say "many: first copies (untimed set-up)"
+    for t in oneway rsync; do
+        mkdir "$W/many-$t"
+        t0=$(date +%s%N)
+        run_untimed "$t" "$MSRC" "$W/many-$t"
+        echo "  $t: $((($(date +%s%N) - t0) / 1000000)) ms (one run, not in the report)"
+    done
+    say "many: nothing changed"
+    for t in oneway rsync; do add many-nochange "$t" "$MSRC" "$W/many-$t"; done
+    hf many-nochange
+    say "many: peak RSS of all processes (sampled, one more untimed pass each)"
+    for t in oneway rsync; do
+        eval "python3 $(q "$BENCH_DIR/peak_rss.py") $(tool_cmd "$t" "$MSRC" "$W/many-$t")" | tee "$RAW/many-procs-$t.txt"
+    done
+    check "$MSRC" "$W/many-oneway" "$W/many-rsync"
+    rm -rf "$W"/many-*
+fi
+
+# --- Report ------------------------------------------------------------------------------------
+{
+    echo "mode=$MODE"
+    echo "runs=$RUNS"
+    echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "nproc=$(nproc)"
+    echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+    echo "mem=$(free -g | awk '/^Mem:/ {print $2}') GiB"
+    echo "kernel=$(uname -sr)"
+    echo "fs=$FS"
+    echo "cold=$COLD"
+    echo "large=$LARGE_COUNT x $LARGE_MIB MiB"
+    echo "large_bytes=$LARGE_BYTES"
+    echo "commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$REPO" diff --quiet HEAD -- crates oneway twoway Cargo.toml Cargo.lock 2>/dev/null || echo ' (with uncommitted changes)')"
+    echo "twoway=${TWOWAY:+built}"
+    echo "versions=$("$ONEWAY" --version 2>/dev/null | head -1); $(rsync --version | head -1 | awk '{print "rsync " $3}'); $(unison -version 2>/dev/null | awk '{print "unison " $3}'); $(hyperfine --version); $(openssl version | awk '{print "openssl " $2}'); $(python3 --version)"
+    echo "elapsed=$(($(date +%s) - STARTED))"
+} >"$RAW/meta.env"
+python3 "$BENCH_DIR/report.py" "$RAW" >"$REPORT"
+say "results (also in ${REPORT#"$REPO"/})"
+cat "$REPORT"

@@ -1,0 +1,986 @@
+//! Helpers for the end-to-end tests: a fixture holding SOURCE, BACKUP, an XDG cache directory and a
+//! log file in one fresh temporary directory; running the real `oneway` binary with a timeout
+//! (in the foreground, or in the background for periodic mode); building trees; snapshots of trees
+//! that never follow symlinks, compared with a readable difference; parsing the log.
+//!
+//! `unsafe` is forbidden workspace-wide, so signals are sent with the shell's `kill` builtin and
+//! FIFOs are made with coreutils' `mkfifo` rather than through `libc`.
+
+use std::collections::BTreeMap;
+use std::error::Error;
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use filetime::FileTime;
+
+/// What every test returns.
+pub type TestResult = Result<(), Box<dyn Error>>;
+/// A fallible helper's result.
+pub type Res<T> = Result<T, Box<dyn Error>>;
+
+/// `ensure!(cond, "format", args..)`: return a [`Failure`] with that message unless `cond` holds.
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err($crate::util::fail(format!($($fmt)+)));
+        }
+    };
+}
+pub(crate) use ensure;
+
+/// A test failure whose message is printed as it is: the test harness shows a returned error
+/// with `{:?}`, which for a plain `String` would quote it and turn every newline into `\n`.
+pub struct Failure(String);
+
+impl fmt::Debug for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Error for Failure {}
+
+/// A boxed [`Failure`] with this message.
+pub fn fail(message: impl Into<String>) -> Box<dyn Error> {
+    Box::new(Failure(message.into()))
+}
+
+/// Adds what was being done, and to which path, to an I/O error.
+pub trait Context<T> {
+    /// `what` is e.g. "read /tmp/x/dst/a.txt".
+    fn context(self, what: impl FnOnce() -> String) -> Res<T>;
+}
+
+impl<T> Context<T> for io::Result<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Res<T> {
+        self.map_err(|e| fail(format!("cannot {}: {e}", what())))
+    }
+}
+
+/// The binary under test.
+pub const ONEWAY: &str = env!("CARGO_BIN_EXE_oneway");
+/// How long a foreground run may take before it is killed and the test fails. Generous: it only
+/// catches hangs, it never decides an outcome.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long to wait for a background process to reach a state (first pass done, exit, ...).
+pub const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Prefix of the temporary files `oneway` writes before renaming them into place.
+pub const TMP_PREFIX: &str = ".oneway-tmp-";
+/// The unprivileged user and group (`nobody`/`nogroup`).
+pub const NOBODY: u32 = 65534;
+
+/// A mtime used by tests that set times explicitly (2020-09-13).
+pub const T0: i64 = 1_600_000_000;
+
+/// A fresh temporary directory holding `src/`, `dst/`, `cache/` (the XDG cache home) and the path
+/// of the log file `oneway.log`. The binary always runs with the temporary directory as its
+/// current directory, `XDG_CACHE_HOME` set to `cache/` and `--log oneway.log`.
+pub struct Env {
+    _dir: tempfile::TempDir,
+    /// The temporary directory.
+    pub root: PathBuf,
+    /// SOURCE.
+    pub src: PathBuf,
+    /// BACKUP.
+    pub dst: PathBuf,
+    /// `XDG_CACHE_HOME`, outside SOURCE and BACKUP.
+    pub cache: PathBuf,
+    /// The log file given with `--log`.
+    pub log: PathBuf,
+    bin: PathBuf,
+    wrapper: Vec<OsString>,
+}
+
+impl Env {
+    /// A new fixture with empty `src/`, `dst/` and `cache/`.
+    pub fn new() -> Res<Env> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path().to_path_buf();
+        let env = Env {
+            src: root.join("src"),
+            dst: root.join("dst"),
+            cache: root.join("cache"),
+            log: root.join("oneway.log"),
+            root,
+            _dir: dir,
+            bin: PathBuf::from(ONEWAY),
+            wrapper: Vec::new(),
+        };
+        for d in [&env.src, &env.dst, &env.cache] {
+            fs::create_dir(d).context(|| format!("create {}", d.display()))?;
+        }
+        Ok(env)
+    }
+
+    /// From now on run the binary as uid/gid 65534 through `setpriv`, so that permission bits
+    /// are enforced (root reads everything). Call it after building the trees: it hands the whole
+    /// temporary directory (trees, cache, log location) to that user, and copies the binary into a
+    /// 0755 directory there, since the build directory may not be reachable by that user.
+    /// When the tests already run unprivileged, nothing needs to change.
+    pub fn run_as_nobody(&mut self) -> TestResult {
+        if fs::metadata(&self.root)?.uid() != 0 {
+            return Ok(());
+        }
+        let probe = Command::new("setpriv").arg("--version").output();
+        ensure!(
+            probe.as_ref().is_ok_and(|o| o.status.success()),
+            "setpriv (util-linux) is needed to run oneway as an unprivileged user: {probe:?}"
+        );
+        for ancestor in self.root.ancestors().skip(1) {
+            let mode = fs::metadata(ancestor)?.mode();
+            ensure!(
+                mode & 0o001 != 0,
+                "{} (mode {:o}) cannot be traversed by uid {NOBODY}: set TMPDIR to a directory \
+                 everyone can reach",
+                ancestor.display(),
+                mode & 0o7777
+            );
+        }
+        let bindir = self.root.join("bin");
+        fs::create_dir(&bindir)?;
+        let bin = bindir.join("oneway");
+        fs::copy(ONEWAY, &bin).context(|| format!("copy {ONEWAY} to {}", bin.display()))?;
+        chmod(&bindir, 0o755)?;
+        chmod(&bin, 0o755)?;
+        chown_tree(&self.root, NOBODY, NOBODY)?;
+        self.bin = bin;
+        self.wrapper = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ]
+        .map(OsString::from)
+        .to_vec();
+        Ok(())
+    }
+
+    /// The command line `oneway --log LOG ARGS...`, ready to run in the fixture.
+    pub fn command(&self, args: &[&dyn AsRef<OsStr>]) -> Command {
+        let mut cmd = self.command_without_log();
+        cmd.arg("--log").arg(&self.log);
+        for a in args {
+            cmd.arg(a.as_ref());
+        }
+        cmd
+    }
+
+    /// The bare command (no arguments at all), ready to run in the fixture.
+    pub fn command_without_log(&self) -> Command {
+        let mut cmd = match self.wrapper.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
+        cmd.current_dir(&self.root)
+            .env("XDG_CACHE_HOME", &self.cache)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `oneway --log LOG ARGS...` to its end (killed after [`RUN_TIMEOUT`]).
+    pub fn oneway(&self, args: &[&dyn AsRef<OsStr>]) -> Res<Run> {
+        self.oneway_timeout(args, RUN_TIMEOUT)
+    }
+
+    /// Runs `oneway --log LOG ARGS...`, killing it and failing after `timeout`.
+    pub fn oneway_timeout(&self, args: &[&dyn AsRef<OsStr>], timeout: Duration) -> Res<Run> {
+        run_command(self.command(args), &self.log, timeout)
+    }
+
+    /// Runs `oneway --log LOG --once EXTRA... SOURCE BACKUP`.
+    pub fn once(&self, extra: &[&dyn AsRef<OsStr>]) -> Res<Run> {
+        let mut args: Vec<&dyn AsRef<OsStr>> = vec![&"--once"];
+        args.extend_from_slice(extra);
+        args.push(&self.src);
+        args.push(&self.dst);
+        self.oneway(&args)
+    }
+
+    /// Starts `oneway --log LOG ARGS...` in the background; its stdout and stderr go to files in
+    /// the fixture. The process is killed when the returned handle is dropped.
+    pub fn spawn(&self, args: &[&dyn AsRef<OsStr>]) -> Res<Background> {
+        let n = fs::read_dir(&self.root)?.count();
+        let stderr_path = self.root.join(format!("background-{n}.stderr"));
+        let mut cmd = self.command(args);
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::from(File::create(&stderr_path)?));
+        let child = cmd.spawn()?;
+        Ok(Background { child, stderr_path })
+    }
+
+    /// The whole log file as text ("" while it does not exist).
+    pub fn log_text(&self) -> String {
+        fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// A snapshot of everything in the fixture that a run must leave alone when it refuses:
+    /// SOURCE, BACKUP and whatever else the test put there, without the log file and the cache.
+    pub fn snapshot_all(&self) -> Res<Snapshot> {
+        let mut snap = snapshot(&self.root)?;
+        snap.retain(|rel, _| {
+            !(rel.starts_with("oneway.log")
+                || rel.starts_with("cache")
+                || rel.to_string_lossy().starts_with("background-"))
+        });
+        Ok(snap)
+    }
+}
+
+/// Runs `cmd` to its end with its output captured, killing it and failing after `timeout`; the
+/// log text is what the run appended to `log`.
+pub fn run_command(mut cmd: Command, log: &Path, timeout: Duration) -> Res<Run> {
+    let log_before = fs::metadata(log).map(|m| m.len()).unwrap_or(0);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    // Drain both pipes on threads: a pass over many files logs more than a pipe holds.
+    let mut out = child.stdout.take().ok_or_else(|| fail("no stdout pipe"))?;
+    let mut err = child.stderr.take().ok_or_else(|| fail("no stderr pipe"))?;
+    let out_reader = thread::spawn(move || {
+        let mut buf = Vec::new();
+        out.read_to_end(&mut buf).map(|_| buf)
+    });
+    let err_reader = thread::spawn(move || {
+        let mut buf = Vec::new();
+        err.read_to_end(&mut buf).map(|_| buf)
+    });
+    let (status, finished) = wait_deadline(&mut child, timeout)?;
+    let stdout = out_reader.join().map_err(|_| "stdout reader panicked")??;
+    let stderr = err_reader.join().map_err(|_| "stderr reader panicked")??;
+    let log_bytes = fs::read(log).unwrap_or_default();
+    let start = usize::try_from(log_before)?;
+    // A log file that shrank was created anew: all of it is this run's.
+    let new_part = log_bytes.get(start..).unwrap_or(&log_bytes);
+    let run = Run {
+        status,
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        log: String::from_utf8_lossy(new_part).into_owned(),
+    };
+    ensure!(
+        finished,
+        "{cmd:?} did not finish within {timeout:?} and was killed\n{run}"
+    );
+    Ok(run)
+}
+
+/// Waits for `child` up to `timeout`; on expiry kills and reaps it. Returns the exit status and
+/// whether the process finished by itself.
+fn wait_deadline(child: &mut Child, timeout: Duration) -> Res<(ExitStatus, bool)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok((status, true));
+        }
+        if Instant::now() >= deadline {
+            child.kill()?;
+            return Ok((child.wait()?, false));
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// What a finished run showed: exit status, stdout, stderr and the lines it added to the log file.
+pub struct Run {
+    /// The exit status.
+    pub status: ExitStatus,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+    /// What this run appended to the log file.
+    pub log: String,
+}
+
+impl fmt::Display for Run {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "--- {}", describe_status(self.status))?;
+        writeln!(f, "--- stdout:\n{}", tail(&self.stdout))?;
+        writeln!(f, "--- stderr:\n{}", tail(&self.stderr))?;
+        write!(f, "--- log:\n{}", tail(&self.log))
+    }
+}
+
+/// The last 60 lines of `text`, so that a failure message stays readable.
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let skip = lines.len().saturating_sub(60);
+    let mut out = String::new();
+    if skip > 0 {
+        out.push_str(&format!("[... {skip} lines]\n"));
+    }
+    for l in &lines[skip..] {
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
+}
+
+/// "exit code N" or "killed by signal N".
+pub fn describe_status(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => format!("{status:?}"),
+    }
+}
+
+impl Run {
+    /// Fails unless the process exited with `code`.
+    pub fn expect_code(&self, code: i32) -> TestResult {
+        ensure!(
+            self.status.code() == Some(code),
+            "expected exit code {code}, got {}\n{self}",
+            describe_status(self.status)
+        );
+        Ok(())
+    }
+
+    /// The well-formed log lines this run wrote to the log file.
+    pub fn lines(&self) -> Vec<LogLine> {
+        self.log.lines().filter_map(parse_log_line).collect()
+    }
+
+    /// Whether the log has a line with this level and exactly this message.
+    pub fn has(&self, level: &str, message: &str) -> bool {
+        self.lines()
+            .iter()
+            .any(|l| l.level == level && l.message == message)
+    }
+
+    /// Fails unless the log has a line with this level and exactly this message.
+    pub fn expect(&self, level: &str, message: &str) -> TestResult {
+        ensure!(
+            self.has(level, message),
+            "expected log line {level} `{message}`\n{self}"
+        );
+        Ok(())
+    }
+
+    /// Fails unless the log has an INFO line with one of these messages.
+    pub fn expect_any(&self, messages: &[&str]) -> TestResult {
+        ensure!(
+            messages.iter().any(|m| self.has("INFO", m)),
+            "expected one of the INFO log lines {messages:?}\n{self}"
+        );
+        Ok(())
+    }
+
+    /// Fails if any log message contains `needle`.
+    pub fn expect_no_message_containing(&self, needle: &str) -> TestResult {
+        let hits: Vec<LogLine> = self
+            .lines()
+            .into_iter()
+            .filter(|l| l.message.contains(needle))
+            .collect();
+        ensure!(
+            hits.is_empty(),
+            "expected no log message containing `{needle}`, found {hits:?}\n{self}"
+        );
+        Ok(())
+    }
+
+    /// The messages of the operation lines (copied, replaced, created, removed, updated
+    /// metadata), `dry run: ` prefix included.
+    pub fn operations(&self) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l.level == "INFO" && is_operation(&l.message))
+            .map(|l| l.message)
+            .collect()
+    }
+
+    /// The last `pass finished` summary of this run.
+    pub fn summary(&self) -> Res<Summary> {
+        last_summary(&self.log)
+            .ok_or_else(|| fail(format!("no `pass finished` summary line\n{self}")))
+    }
+
+    /// Fails unless every log-file line has the `[ONEWAY][YYYY-MM-DD HH:MM:SS - LEVEL] - MESSAGE`
+    /// form, and the log lines on stderr are the same lines as in the log file.
+    pub fn expect_well_formed_log(&self) -> TestResult {
+        for line in self.log.lines() {
+            ensure!(
+                parse_log_line(line).is_some(),
+                "malformed log line {line:?}\n{self}"
+            );
+        }
+        let in_file = self.lines();
+        let on_stderr: Vec<LogLine> = self.stderr.lines().filter_map(parse_log_line).collect();
+        ensure!(
+            in_file == on_stderr,
+            "the log lines on stderr differ from those in the log file\n{self}"
+        );
+        Ok(())
+    }
+}
+
+/// One parsed log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// INFO, WARNING, ERROR (DEBUG and TRACE are accepted by the parser too).
+    pub level: String,
+    /// What follows `] - `.
+    pub message: String,
+}
+
+/// Parses `[ONEWAY][YYYY-MM-DD HH:MM:SS - LEVEL] - MESSAGE`.
+pub fn parse_log_line(line: &str) -> Option<LogLine> {
+    let rest = line.strip_prefix("[ONEWAY][")?;
+    let (stamp, rest) = rest.split_at_checked(19)?;
+    let well_formed_stamp = stamp.bytes().enumerate().all(|(i, b)| match i {
+        4 | 7 => b == b'-',
+        10 => b == b' ',
+        13 | 16 => b == b':',
+        _ => b.is_ascii_digit(),
+    });
+    if !well_formed_stamp {
+        return None;
+    }
+    let (level, message) = rest.strip_prefix(" - ")?.split_once("] - ")?;
+    if !matches!(level, "INFO" | "WARNING" | "ERROR" | "DEBUG" | "TRACE") {
+        return None;
+    }
+    Some(LogLine {
+        level: level.to_owned(),
+        message: message.to_owned(),
+    })
+}
+
+/// Whether a message (after an optional `dry run: `) reports a change to BACKUP.
+pub fn is_operation(message: &str) -> bool {
+    let m = message.strip_prefix("dry run: ").unwrap_or(message);
+    [
+        "created directory ",
+        "copied ",
+        "replaced ",
+        "created symlink ",
+        "updated metadata of ",
+        "removed ",
+    ]
+    .iter()
+    .any(|p| m.starts_with(p))
+}
+
+/// The numbers of `pass finished: N operations, E errors, H files hashed, C cached hashes reused`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// N.
+    pub operations: u64,
+    /// E.
+    pub errors: u64,
+    /// H.
+    pub hashed: u64,
+    /// C.
+    pub cached: u64,
+}
+
+/// Parses a summary message (singular or plural words accepted).
+pub fn parse_summary(message: &str) -> Option<Summary> {
+    let rest = message.strip_prefix("pass finished: ")?;
+    let (mut ops, mut errors, mut hashed, mut cached) = (None, None, None, None);
+    for part in rest.split(", ") {
+        let (num, words) = part.split_once(' ')?;
+        let n: u64 = num.parse().ok()?;
+        if words.starts_with("operation") {
+            ops = Some(n);
+        } else if words.starts_with("error") {
+            errors = Some(n);
+        } else if words.starts_with("file") && words.ends_with("hashed") {
+            hashed = Some(n);
+        } else if words.starts_with("cached hash") {
+            cached = Some(n);
+        } else {
+            return None;
+        }
+    }
+    Some(Summary {
+        operations: ops?,
+        errors: errors?,
+        hashed: hashed?,
+        cached: cached?,
+    })
+}
+
+/// The last summary line in a log text.
+pub fn last_summary(log: &str) -> Option<Summary> {
+    log.lines()
+        .filter_map(parse_log_line)
+        .filter(|l| l.level == "INFO")
+        .filter_map(|l| parse_summary(&l.message))
+        .next_back()
+}
+
+/// A process running in the background; killed (SIGKILL) and reaped when dropped.
+pub struct Background {
+    child: Child,
+    stderr_path: PathBuf,
+}
+
+impl Background {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`INT`, `TERM`, ...) with the shell's `kill` builtin.
+    pub fn signal(&self, name: &str) -> TestResult {
+        let status = Command::new("sh")
+            .args(["-c", "kill -s \"$1\" \"$2\"", "sh", name])
+            .arg(self.pid().to_string())
+            .status()?;
+        ensure!(status.success(), "kill -s {name} {} failed", self.pid());
+        Ok(())
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) -> Res<ExitStatus> {
+        self.child.kill()?;
+        Ok(self.child.wait()?)
+    }
+
+    /// The exit status if it has exited.
+    pub fn try_wait(&mut self) -> Res<Option<ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
+    /// Waits for the process to exit; fails (and kills it) after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Res<ExitStatus> {
+        match wait_deadline(&mut self.child, timeout)? {
+            (status, true) => Ok(status),
+            (_, false) => Err(fail(format!(
+                "process did not exit within {timeout:?}; killed\nstderr:\n{}",
+                self.stderr()
+            ))),
+        }
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        tail(&fs::read_to_string(&self.stderr_path).unwrap_or_default())
+    }
+
+    /// Polls every 10 ms until `ready(log text)` holds for the fixture's log, and returns that
+    /// text. Fails if the process exits first or after `timeout`.
+    pub fn wait_for_log(
+        &mut self,
+        env: &Env,
+        what: &str,
+        timeout: Duration,
+        ready: impl Fn(&str) -> bool,
+    ) -> Res<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = env.log_text();
+            if ready(&text) {
+                return Ok(text);
+            }
+            if let Some(status) = self.try_wait()? {
+                return Err(fail(format!(
+                    "oneway exited ({}) before {what}\nstderr:\n{}\nlog:\n{}",
+                    describe_status(status),
+                    self.stderr(),
+                    tail(&text)
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(fail(format!(
+                    "no {what} within {timeout:?}\nstderr:\n{}\nlog:\n{}",
+                    self.stderr(),
+                    tail(&text)
+                )));
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for the first `pass finished` summary in the log and returns it.
+    pub fn wait_for_first_pass(&mut self, env: &Env) -> Res<Summary> {
+        let text = self.wait_for_log(env, "`pass finished` line", WAIT_TIMEOUT, |t| {
+            last_summary(t).is_some()
+        })?;
+        last_summary(&text).ok_or_else(|| fail("summary vanished"))
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds; fails after `timeout` naming `what`.
+pub fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> Res<bool>,
+) -> TestResult {
+    let deadline = Instant::now() + timeout;
+    while !cond()? {
+        ensure!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Building trees
+
+/// Writes `bytes` to `dir/rel`, creating parent directories. Returns the path.
+pub fn write(dir: &Path, rel: impl AsRef<Path>, bytes: impl AsRef<[u8]>) -> Res<PathBuf> {
+    let path = dir.join(rel);
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).context(|| format!("create {}", parent.display()))?;
+    }
+    fs::write(&path, bytes).context(|| format!("write {}", path.display()))?;
+    Ok(path)
+}
+
+/// Creates the directory `dir/rel` and its parents. Returns the path.
+pub fn mkdir(dir: &Path, rel: impl AsRef<Path>) -> Res<PathBuf> {
+    let path = dir.join(rel);
+    fs::create_dir_all(&path).context(|| format!("create {}", path.display()))?;
+    Ok(path)
+}
+
+/// Creates the symlink `dir/rel -> target`, creating parent directories. Returns the path.
+pub fn symlink(dir: &Path, rel: impl AsRef<Path>, target: impl AsRef<Path>) -> Res<PathBuf> {
+    let path = dir.join(rel);
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).context(|| format!("create {}", parent.display()))?;
+    }
+    std::os::unix::fs::symlink(target, &path)
+        .context(|| format!("create symlink {}", path.display()))?;
+    Ok(path)
+}
+
+/// Sets the permission bits of `path` (follows symlinks: use it on files and directories).
+pub fn chmod(path: &Path, mode: u32) -> TestResult {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .context(|| format!("chmod {mode:o} {}", path.display()))?;
+    Ok(())
+}
+
+/// Sets the modification (and access) time of `path` without following a symlink.
+pub fn set_mtime(path: &Path, secs: i64, nanos: u32) -> TestResult {
+    let t = FileTime::from_unix_time(secs, nanos);
+    filetime::set_symlink_file_times(path, t, t)
+        .context(|| format!("set the mtime of {}", path.display()))?;
+    Ok(())
+}
+
+/// Creates a FIFO at `path` with coreutils' `mkfifo`.
+pub fn mkfifo(path: &Path) -> TestResult {
+    let status = Command::new("mkfifo").arg(path).status()?;
+    ensure!(status.success(), "mkfifo {} failed", path.display());
+    ensure!(
+        fs::symlink_metadata(path)?.file_type().is_fifo(),
+        "{} is not a FIFO",
+        path.display()
+    );
+    Ok(())
+}
+
+/// Hands `path` and everything under it to `uid:gid` (symlinks themselves, never their targets).
+pub fn chown_tree(path: &Path, uid: u32, gid: u32) -> TestResult {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+        .context(|| format!("chown {}", path.display()))?;
+    if fs::symlink_metadata(path)?.is_dir() {
+        for entry in fs::read_dir(path)? {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// The change time of `path` (seconds, nanoseconds), without following a symlink.
+pub fn ctime(path: &Path) -> Res<(i64, i64)> {
+    let m = fs::symlink_metadata(path).context(|| format!("stat {}", path.display()))?;
+    Ok((m.ctime(), m.ctime_nsec()))
+}
+
+/// The content of the file at `path`.
+pub fn read(path: &Path) -> Res<Vec<u8>> {
+    fs::read(path).context(|| format!("read {}", path.display()))
+}
+
+/// The target of the symlink at `path`.
+pub fn read_link(path: &Path) -> Res<PathBuf> {
+    fs::read_link(path).context(|| format!("read the symlink {}", path.display()))
+}
+
+/// The inode number of `path`, without following a symlink.
+pub fn inode(path: &Path) -> Res<u64> {
+    Ok(fs::symlink_metadata(path)
+        .context(|| format!("stat {}", path.display()))?
+        .ino())
+}
+
+/// Whether `text` mentions `path`, as given or with symlinks resolved.
+pub fn contains_path(text: &str, path: &Path) -> bool {
+    let given = path.to_string_lossy();
+    text.contains(given.as_ref())
+        || fs::canonicalize(path).is_ok_and(|c| text.contains(c.to_string_lossy().as_ref()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Snapshots
+
+/// Files up to this size are kept in a snapshot byte for byte; larger ones by length only, and
+/// [`assert_trees_equal`] compares their contents by streaming both files.
+pub const SNAPSHOT_INLINE_LIMIT: u64 = 1 << 20;
+
+/// Relative path (raw bytes) -> entry, sorted.
+pub type Snapshot = BTreeMap<PathBuf, Entry>;
+
+/// What a snapshot records of one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Kind and content.
+    pub node: Node,
+    /// `mode & 0o7777`; `None` for symlinks, whose mode means nothing on Linux.
+    pub mode: Option<u32>,
+    /// Modification time: seconds, nanoseconds.
+    pub mtime: (i64, i64),
+}
+
+/// Kind and content of an entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    /// A regular file.
+    File(Content),
+    /// A directory.
+    Dir,
+    /// A symlink and its target.
+    Symlink(PathBuf),
+    /// Anything else (FIFO, socket, device).
+    Other(&'static str),
+}
+
+/// A regular file's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// The bytes, for files up to [`SNAPSHOT_INLINE_LIMIT`].
+    Bytes(Vec<u8>),
+    /// The length of a larger file.
+    Large(u64),
+}
+
+impl fmt::Display for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.node {
+            Node::File(Content::Bytes(b)) if b.len() <= 80 => {
+                write!(f, "file {:?}", String::from_utf8_lossy(b))?
+            }
+            Node::File(Content::Bytes(b)) => write!(f, "file of {} bytes", b.len())?,
+            Node::File(Content::Large(n)) => write!(f, "file of {n} bytes")?,
+            Node::Dir => write!(f, "directory")?,
+            Node::Symlink(t) => write!(f, "symlink -> {t:?}")?,
+            Node::Other(kind) => write!(f, "{kind}")?,
+        }
+        if let Some(mode) = self.mode {
+            write!(f, ", mode {mode:04o}")?;
+        }
+        write!(f, ", mtime {}.{:09}", self.mtime.0, self.mtime.1)
+    }
+}
+
+/// Every entry under `dir` (not `dir` itself), read with `symlink_metadata`: links are never
+/// followed.
+pub fn snapshot(dir: &Path) -> Res<Snapshot> {
+    let mut snap = Snapshot::new();
+    walk(dir, Path::new(""), &mut snap)?;
+    Ok(snap)
+}
+
+fn walk(root: &Path, rel: &Path, snap: &mut Snapshot) -> TestResult {
+    let dir = root.join(rel);
+    for entry in fs::read_dir(&dir).context(|| format!("list {}", dir.display()))? {
+        let entry = entry?;
+        let rel = rel.join(entry.file_name());
+        let path = root.join(&rel);
+        let meta = fs::symlink_metadata(&path).context(|| format!("stat {}", path.display()))?;
+        let ft = meta.file_type();
+        let node = if ft.is_symlink() {
+            Node::Symlink(read_link(&path)?)
+        } else if ft.is_dir() {
+            Node::Dir
+        } else if ft.is_file() {
+            if meta.len() <= SNAPSHOT_INLINE_LIMIT {
+                Node::File(Content::Bytes(read(&path)?))
+            } else {
+                Node::File(Content::Large(meta.len()))
+            }
+        } else if ft.is_fifo() {
+            Node::Other("fifo")
+        } else if ft.is_socket() {
+            Node::Other("socket")
+        } else {
+            Node::Other("device")
+        };
+        let is_dir = matches!(node, Node::Dir);
+        snap.insert(
+            rel.clone(),
+            Entry {
+                mode: (!ft.is_symlink()).then_some(meta.mode() & 0o7777),
+                mtime: (meta.mtime(), meta.mtime_nsec()),
+                node,
+            },
+        );
+        if is_dir {
+            walk(root, &rel, snap)?;
+        }
+    }
+    Ok(())
+}
+
+/// Inode numbers of every entry under `dir`.
+pub fn inodes(dir: &Path) -> Res<BTreeMap<PathBuf, u64>> {
+    let mut out = BTreeMap::new();
+    for rel in snapshot(dir)?.into_keys() {
+        let ino = inode(&dir.join(&rel))?;
+        out.insert(rel, ino);
+    }
+    Ok(out)
+}
+
+/// One line per difference between two snapshots.
+pub fn diff(a: &Snapshot, b: &Snapshot) -> Vec<String> {
+    let mut out = Vec::new();
+    for (rel, ea) in a {
+        match b.get(rel) {
+            None => out.push(format!("only in first:  {rel:?}: {ea}")),
+            Some(eb) if ea != eb => out.push(format!(
+                "differs: {rel:?}\n    first:  {ea}\n    second: {eb}"
+            )),
+            Some(_) => {}
+        }
+    }
+    for (rel, eb) in b {
+        if !a.contains_key(rel) {
+            out.push(format!("only in second: {rel:?}: {eb}"));
+        }
+    }
+    out
+}
+
+fn report(what: &str, diffs: &[String]) -> TestResult {
+    if diffs.is_empty() {
+        return Ok(());
+    }
+    let mut msg = format!("{what}: {} difference(s)\n", diffs.len());
+    for d in diffs.iter().take(40) {
+        msg.push_str("  ");
+        msg.push_str(d);
+        msg.push('\n');
+    }
+    if diffs.len() > 40 {
+        msg.push_str("  ...\n");
+    }
+    Err(fail(msg))
+}
+
+/// Fails with a readable difference unless the trees under `a` and `b` hold the same paths, kinds,
+/// contents, symlink targets, permission bits (not for symlinks) and mtimes (nanoseconds).
+pub fn assert_trees_equal(a: &Path, b: &Path) -> TestResult {
+    let (sa, sb) = (snapshot(a)?, snapshot(b)?);
+    let mut diffs = diff(&sa, &sb);
+    for (rel, ea) in &sa {
+        if let (Node::File(Content::Large(_)), Some(eb)) = (&ea.node, sb.get(rel))
+            && ea.node == eb.node
+            && !files_equal(&a.join(rel), &b.join(rel))?
+        {
+            diffs.push(format!("differs: {rel:?}: same length, different content"));
+        }
+    }
+    report(
+        &format!("trees {} and {} differ", a.display(), b.display()),
+        &diffs,
+    )
+}
+
+/// Fails with a readable difference unless two snapshots are the same.
+pub fn assert_same(what: &str, before: &Snapshot, after: &Snapshot) -> TestResult {
+    report(what, &diff(before, after))
+}
+
+/// Whether two files have the same content (streamed, for large files).
+pub fn files_equal(a: &Path, b: &Path) -> Res<bool> {
+    let fa = File::open(a).context(|| format!("open {}", a.display()));
+    let fb = File::open(b).context(|| format!("open {}", b.display()));
+    let (mut fa, mut fb) = (fa?, fb?);
+    if fa.metadata()?.len() != fb.metadata()?.len() {
+        return Ok(false);
+    }
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let na = read_full(&mut fa, &mut ba)?;
+        let nb = read_full(&mut fb, &mut bb)?;
+        if na != nb || ba[..na] != bb[..nb] {
+            return Ok(false);
+        }
+        if na == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Every entry under `dir` whose name starts with `.oneway-tmp-`.
+pub fn temp_files(dir: &Path) -> Res<Vec<PathBuf>> {
+    Ok(snapshot(dir)?
+        .into_keys()
+        .filter(|rel| {
+            rel.file_name()
+                .is_some_and(|n| n.as_encoded_bytes().starts_with(TMP_PREFIX.as_bytes()))
+        })
+        .collect())
+}
+
+/// The kind of entry at `path` without following links, or `None` when nothing is there.
+pub fn kind_of(path: &Path) -> Res<Option<&'static str>> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Ok(Some("symlink")),
+        Ok(m) if m.is_dir() => Ok(Some("directory")),
+        Ok(m) if m.is_file() => Ok(Some("file")),
+        Ok(_) => Ok(Some("special")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
