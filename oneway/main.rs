@@ -24,10 +24,10 @@ struct Cli {
     /// Keep versions in BACKUP/_0 … instead of a plain mirror (_1 latest, _0 previous).
     #[arg(long, visible_alias = "versioned-backup")]
     versioned: bool,
-    /// With --versioned: how many versions to keep (at least 2); the latest is _{N-1}.
-    #[arg(long, value_name = "N", requires = "versioned", default_value_t = 2,
-          value_parser = clap::value_parser!(u64).range(2..1000))]
-    keep: u64,
+    /// With --versioned: how many versions to keep (at least 2, default 2); the latest is
+    /// _{N-1}.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(2..1000))]
+    keep: Option<u64>,
     /// One pass, then exit.
     #[arg(long)]
     once: bool,
@@ -52,12 +52,23 @@ fn main() {
         Err(err) if err.use_stderr() => {
             // clap's text spans several lines; the contract is one line, exit 2.
             let text = err.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("oneway: {}", first.trim_start_matches("error: "));
+            let message: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!(
+                "oneway: {}",
+                message.join(" ").trim_start_matches("error: ")
+            );
             std::process::exit(ExitCode::Usage.code());
         }
         Err(err) => err.exit(),
     };
+    if cli.keep.is_some() && !cli.versioned {
+        eprintln!("oneway: --keep applies only with --versioned");
+        std::process::exit(ExitCode::Usage.code());
+    }
     let args = OnewayArgs {
         source: cli.source,
         backup: cli.backup,
@@ -70,7 +81,7 @@ fn main() {
         force: cli.force,
     };
     let result = if cli.versioned {
-        let keep = cli.keep as usize;
+        let keep = cli.keep.unwrap_or(2) as usize;
         sync_core::run_oneway(&args, |opts, cache| {
             versioning::versioned_pass(opts, cache, keep)
         })

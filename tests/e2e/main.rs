@@ -3,3 +3,4 @@
 mod util;
 
 mod oneway;
+mod versioned;

@@ -36,7 +36,7 @@ pub fn versioned_pass(
 ) -> Result<PassStats, Error> {
     let mut store = Store::open(&opts.backup).map_err(store_error)?;
     store.check_names(keep).map_err(store_error)?;
-    store.clean(keep);
+    store.clean();
 
     let tree = scan::scan(&opts.source, "SOURCE", &opts.filter)?;
     let mut stats = PassStats::default();

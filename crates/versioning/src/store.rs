@@ -244,7 +244,9 @@ impl Store {
             std::os::unix::fs::symlink(Path::new("..").join(id), &link).map_err(io_err(&link))?;
         }
         sync_dir(&gen_dir)?;
-        for k in 0..keep {
+        // Public names for the versions the new generation holds; until the switch below
+        // they resolve to nothing, as they did before.
+        for k in first..keep {
             let name = format!("_{k}");
             let public = vdir.join(&name);
             if fs::symlink_metadata(&public).is_err() {
@@ -261,14 +263,15 @@ impl Store {
         sync_dir(&vdir)?;
         self.generation = generation;
         self.ids = ids;
-        self.clean(keep);
+        self.clean();
         Ok(version)
     }
 
     /// Removes leftovers: generations other than the current one, version trees and
-    /// manifests it does not reference, half-built versions, and public names beyond `keep`.
+    /// manifests it does not reference, half-built versions, and public names `_k` that name
+    /// no current version.
     /// Failures are logged, never fatal: they are retried at the next pass.
-    pub fn clean(&self, keep: usize) {
+    pub fn clean(&self) {
         let current_gen = format!("{GEN_PREFIX}{}", self.generation);
         let live: HashSet<&str> = self.ids.iter().map(String::as_str).collect();
         let Ok(listing) = fs::read_dir(&self.vdir) else {
@@ -287,9 +290,10 @@ impl Store {
                 || name == ".current.tmp"
             {
                 true
-            } else if let Some(k) = version_index(OsStr::new(name)) {
-                k as usize >= keep
-                    && fs::read_link(entry.path()).is_ok_and(|t| t == Path::new(CURRENT).join(name))
+            } else if version_index(OsStr::new(name)).is_some() {
+                // Ours, and naming no version of the current generation.
+                fs::read_link(entry.path()).is_ok_and(|t| t == Path::new(CURRENT).join(name))
+                    && fs::metadata(entry.path()).is_err()
             } else {
                 false
             };
