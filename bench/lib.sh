@@ -2,7 +2,8 @@
 # as --prepare, untimed, to put the trees into the state a scenario starts from). Keeping the
 # command lines here means the untimed set-up syncs run exactly what is timed.
 #
-# Expects, exported by run.sh: BENCH_DIR, W (the bench file system's work dir), CORPUS, LOGS, STATE, ONEWAY, TWOWAY, XDG_CACHE_HOME.
+# Expects, exported by run.sh: BENCH_DIR, W (the bench file system's work dir), CORPUS, LOGS,
+# STATE, ONEWAY, TWOWAY, XDG_CACHE_HOME.
 
 # Quote words for hyperfine -N (no shell; it splits with POSIX shell quoting rules).
 q() { printf '%q ' "$@"; }
@@ -19,6 +20,9 @@ tool_cmd() {
             q env RAYON_NUM_THREADS=1 "$ONEWAY" --once --checksum \
                 --log "$LOGS/oneway-checksum-1thread.log" "$src" "$dst" ;;
         rsync) q rsync -a --delete "$src/" "$dst/" ;;
+        # rsync does not wait for its writes to reach the disk, oneway does (fsync of replaced
+        # files, one syncfs per pass): this variant shows what rsync costs when made as durable.
+        rsync-durable) q sh -c 'rsync -a --delete "$1/" "$2/" && sync -f "$2"' sh "$src" "$dst" ;;
         cp) q cp -a "$src/." "$dst/" ;;
         seed) q python3 "$BENCH_DIR/seed_oneway.py" --once --log "$LOGS/seed.log" "$src" "$dst" ;;
         # twoway keeps its state (archive, log) in the directory it runs from.

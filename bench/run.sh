@@ -38,6 +38,8 @@ REPO=$(dirname "$BENCH_DIR")
 RESULTS=$BENCH_DIR/results
 if [[ $MODE == full ]]; then REPORT=$RESULTS/latest.md RAW=$RESULTS/raw; else REPORT=$RESULTS/latest-quick.md RAW=$RESULTS/raw-quick; fi
 STARTED=$(date +%s)
+# Other work on the machine skews the times (two cores here): recorded, not prevented.
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- Tools -------------------------------------------------------------------------------------
 missing=()
@@ -130,12 +132,13 @@ cp -a "$CORPUS/small" "$SRC"
 
 # --- small: oneway vs rsync, cp -a (the floor) and the seed ------------------------------------
 say "small: first copy into an empty directory"
-for t in oneway rsync cp seed; do
+for t in oneway rsync cp seed rsync-durable; do
     add small-first "$t" "$SRC" "$W/small-$t" "$(step empty "$t" "$W/small-$t")"
 done
 hf small-first
-check "$SRC" "$W/small-oneway" "$W/small-rsync" "$W/small-cp"
+check "$SRC" "$W/small-oneway" "$W/small-rsync" "$W/small-cp" "$W/small-rsync-durable"
 check --no-dir-mtime "$SRC" "$W/small-seed" # the seed never set directory times
+rm -rf "$W/small-rsync-durable"
 
 say "small: nothing changed"
 # Each mirror is as its tool's last first copy left it; the warm-up pass settles caches.
@@ -214,19 +217,20 @@ gen large "$LSRC" --count "$LARGE_COUNT" --mib "$LARGE_MIB"
 cp -a "$LSRC/f00.bin" "$CORPUS/large-f00.bin" # pristine copy of the file the mutation edits
 
 say "large: first copy into an empty directory"
-for t in oneway rsync cp; do
+for t in oneway rsync cp rsync-durable; do
     add large-first "$t" "$LSRC" "$W/large-$t" "$(step empty "$t" "$W/large-$t")"
 done
 hf large-first
-check "$LSRC" "$W/large-oneway" "$W/large-rsync" "$W/large-cp"
+check "$LSRC" "$W/large-oneway" "$W/large-rsync" "$W/large-cp" "$W/large-rsync-durable"
 rm -rf "$W/large-cp"
 
 say "large: 64 KiB changed inside one file"
-for t in oneway rsync; do
+for t in oneway rsync rsync-durable; do
     add large-64k "$t" "$LSRC" "$W/large-$t" "$(step changed large "$t" "$LSRC" "$W/large-$t")"
 done
 hf large-64k
-check "$LSRC" "$W/large-oneway" "$W/large-rsync"
+check "$LSRC" "$W/large-oneway" "$W/large-rsync" "$W/large-rsync-durable"
+rm -rf "$W/large-rsync-durable"
 
 say "large: oneway --checksum, nothing changed (SHA-256 throughput)"
 # Every file of both trees is read and hashed; with one rayon thread too, to see the scaling.
@@ -238,8 +242,10 @@ for v in oneway-checksum oneway-checksum-1thread; do
     grep -o '[0-9]* files hashed' "$LOGS/$v.log" | tail -1 | cut -d' ' -f1 >"$RAW/$v.hashed"
 done
 LARGE_BYTES=$(stat -c %s "$LSRC"/*.bin | awk '{s += $1} END {print s}')
-say "openssl speed -evp sha256 -bytes 16384 -seconds 3 (one core)"
-openssl speed -evp sha256 -bytes 16384 -seconds 3 2>/dev/null | tee "$RAW/openssl.txt" | tail -2
+say "openssl speed -evp sha256 -bytes 16384 -seconds 3 (one core, then all cores)"
+openssl speed -evp sha256 -bytes 16384 -seconds 3 2>/dev/null | tee "$RAW/openssl.txt" | tail -1
+openssl speed -evp sha256 -bytes 16384 -seconds 3 -multi "$(nproc)" 2>/dev/null |
+    tee "$RAW/openssl-multi.txt" | tail -1
 rm -rf "$W"/large-* "$CORPUS/large-f00.bin"
 
 # --- many: 200,000 files -----------------------------------------------------------------------
@@ -282,6 +288,7 @@ fi
     echo "twoway=${TWOWAY:+built}"
     echo "versions=$("$ONEWAY" --version 2>/dev/null | head -1); $(rsync --version | head -1 | awk '{print "rsync " $3}'); $(unison -version 2>/dev/null | awk '{print "unison " $3}'); $(hyperfine --version); $(openssl version | awk '{print "openssl " $2}'); $(python3 --version)"
     echo "elapsed=$(($(date +%s) - STARTED))"
+    echo "load=$LOAD_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
 } >"$RAW/meta.env"
 python3 "$BENCH_DIR/report.py" "$RAW" >"$REPORT"
 say "results (also in ${REPORT#"$REPO"/})"

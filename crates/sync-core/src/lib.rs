@@ -8,6 +8,7 @@ pub mod display;
 pub mod error;
 pub mod fsops;
 pub mod hashing;
+pub mod listing;
 pub mod lock;
 pub mod logging;
 pub mod mirror;

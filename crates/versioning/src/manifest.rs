@@ -2,56 +2,21 @@
 //! path, kind, size, modification time, mode and SHA-256 (or link target).
 //!
 //! A line-based text file, readable by people: `dirsync-manifest 1`, `digest HEX`, then one
-//! line per entry. Paths and link targets are percent-encoded bytes, so any name (newlines,
-//! spaces, bytes that are not UTF-8) round-trips exactly.
+//! line per entry in the format of [`sync_core::listing`]. Paths and link targets are
+//! percent-encoded bytes, so any name (newlines, spaces, bytes that are not UTF-8)
+//! round-trips exactly.
 
-use std::collections::BTreeMap;
-use std::ffi::OsString;
-use std::fmt::Write as _;
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use checksum::Digest;
-use sync_core::scan::Timestamp;
+pub use sync_core::listing::{Item, Items};
+use sync_core::listing::{decode_item, encode_item, parse_digest, write_atomically};
 
 use crate::digest::tree_digest;
 
 const HEADER: &str = "dirsync-manifest 1";
-
-/// One entry of a version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Item {
-    /// A regular file.
-    File {
-        /// SHA-256 of the content.
-        digest: Digest,
-        /// Size in bytes.
-        size: u64,
-        /// Permission bits.
-        mode: u32,
-        /// Modification time.
-        mtime: Timestamp,
-    },
-    /// A directory.
-    Dir {
-        /// Permission bits.
-        mode: u32,
-        /// Modification time.
-        mtime: Timestamp,
-    },
-    /// A symbolic link.
-    Symlink {
-        /// Where it points (never followed).
-        target: PathBuf,
-        /// Modification time of the link itself.
-        mtime: Timestamp,
-    },
-}
-
-/// Every entry of a tree by relative path, in path order.
-pub type Items = BTreeMap<PathBuf, Item>;
 
 /// A version's manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,31 +64,7 @@ impl Manifest {
     pub fn encode(&self) -> String {
         let mut out = format!("{HEADER}\ndigest {}\n", hex::encode(self.digest));
         for (rel, item) in &self.items {
-            let path = escape(rel.as_os_str().as_bytes());
-            let _ = match item {
-                Item::File {
-                    digest,
-                    size,
-                    mode,
-                    mtime,
-                } => writeln!(
-                    out,
-                    "F {} {size} {mode:o} {}.{:09} {path}",
-                    hex::encode(digest),
-                    mtime.secs,
-                    mtime.nanos
-                ),
-                Item::Dir { mode, mtime } => {
-                    writeln!(out, "D {mode:o} {}.{:09} {path}", mtime.secs, mtime.nanos)
-                }
-                Item::Symlink { target, mtime } => writeln!(
-                    out,
-                    "L {}.{:09} {path} {}",
-                    mtime.secs,
-                    mtime.nanos,
-                    escape(target.as_os_str().as_bytes())
-                ),
-            };
+            encode_item(&mut out, rel, item);
         }
         out
     }
@@ -151,7 +92,7 @@ impl Manifest {
         };
         let mut items = Items::new();
         for (n, line) in lines {
-            let (rel, item) = parse_item(line).ok_or_else(|| damaged(n, "bad entry"))?;
+            let (rel, item) = decode_item(line).ok_or_else(|| damaged(n, "bad entry"))?;
             if items.insert(rel, item).is_some() {
                 return Err(damaged(n, "duplicate path"));
             }
@@ -183,19 +124,10 @@ impl Manifest {
     ///
     /// Fails if it cannot be written.
     pub fn write(&self, path: &Path) -> Result<(), ManifestError> {
-        let io_err = |source| ManifestError::Io {
+        write_atomically(path, &self.encode()).map_err(|source| ManifestError::Io {
             path: path.to_path_buf(),
             source,
-        };
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".manifest-tmp-")
-            .tempfile_in(dir)
-            .map_err(io_err)?;
-        tmp.write_all(self.encode().as_bytes()).map_err(io_err)?;
-        tmp.as_file().sync_all().map_err(io_err)?;
-        tmp.persist(path).map_err(|e| io_err(e.error))?;
-        Ok(())
+        })
     }
 
     /// Number of entries that are not directories.
@@ -207,107 +139,12 @@ impl Manifest {
     }
 }
 
-fn parse_digest(s: &str) -> Option<Digest> {
-    let bytes = hex::decode(s).ok()?;
-    bytes.try_into().ok()
-}
-
-fn parse_time(s: &str) -> Option<Timestamp> {
-    let (secs, nanos) = s.split_once('.')?;
-    let nanos: u32 = nanos.parse().ok()?;
-    (nanos < 1_000_000_000).then_some(())?;
-    Some(Timestamp {
-        secs: secs.parse().ok()?,
-        nanos,
-    })
-}
-
-fn parse_mode(s: &str) -> Option<u32> {
-    u32::from_str_radix(s, 8).ok().filter(|m| *m <= 0o7777)
-}
-
-fn parse_path(s: &str) -> Option<PathBuf> {
-    let bytes = unescape(s)?;
-    let path = PathBuf::from(OsString::from_vec(bytes));
-    // Only plain relative paths: a manifest must never point a restore outside its tree.
-    let normal = path
-        .components()
-        .all(|c| matches!(c, std::path::Component::Normal(_)));
-    (normal && !path.as_os_str().is_empty()).then_some(path)
-}
-
-fn parse_item(line: &str) -> Option<(PathBuf, Item)> {
-    let mut f = line.split(' ');
-    let item = match f.next()? {
-        "F" => {
-            let digest = parse_digest(f.next()?)?;
-            let size = f.next()?.parse().ok()?;
-            let mode = parse_mode(f.next()?)?;
-            let mtime = parse_time(f.next()?)?;
-            let rel = parse_path(f.next()?)?;
-            (
-                rel,
-                Item::File {
-                    digest,
-                    size,
-                    mode,
-                    mtime,
-                },
-            )
-        }
-        "D" => {
-            let mode = parse_mode(f.next()?)?;
-            let mtime = parse_time(f.next()?)?;
-            (parse_path(f.next()?)?, Item::Dir { mode, mtime })
-        }
-        "L" => {
-            let mtime = parse_time(f.next()?)?;
-            let rel = parse_path(f.next()?)?;
-            let target = PathBuf::from(OsString::from_vec(unescape(f.next()?)?));
-            (rel, Item::Symlink { target, mtime })
-        }
-        _ => return None,
-    };
-    f.next().is_none().then_some(item)
-}
-
-/// Percent-encodes every byte that is not printable ASCII, plus `%` and space.
-fn escape(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for &b in bytes {
-        if b.is_ascii_graphic() && b != b'%' {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
-
-fn unescape(s: &str) -> Option<Vec<u8>> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = s.get(i + 1..i + 3)?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b if b.is_ascii_graphic() => {
-                out.push(b);
-                i += 1;
-            }
-            _ => return None,
-        }
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+    use sync_core::scan::Timestamp;
 
     fn sample() -> Manifest {
         let t = Timestamp { secs: -5, nanos: 7 };

@@ -1,0 +1,266 @@
+//! A tree written down as text, one entry per line: the format shared by version manifests
+//! and the two-way archive.
+//!
+//! `F <sha256> <size> <mode> <mtime> <path>`, `D <mode> <mtime> <path>`,
+//! `L <mtime> <path> <target>`; modes in octal, mtimes as `secs.nanos`. Paths and link targets
+//! are percent-encoded bytes, so any name (newlines, spaces, bytes that are not UTF-8)
+//! round-trips exactly, and a line never holds a space that is not a separator.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::io::{self, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use checksum::Digest;
+
+use crate::scan::Timestamp;
+
+/// One entry of a tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// A regular file.
+    File {
+        /// SHA-256 of the content.
+        digest: Digest,
+        /// Size in bytes.
+        size: u64,
+        /// Permission bits.
+        mode: u32,
+        /// Modification time.
+        mtime: Timestamp,
+    },
+    /// A directory.
+    Dir {
+        /// Permission bits.
+        mode: u32,
+        /// Modification time.
+        mtime: Timestamp,
+    },
+    /// A symbolic link.
+    Symlink {
+        /// Where it points (never followed).
+        target: PathBuf,
+        /// Modification time of the link itself.
+        mtime: Timestamp,
+    },
+}
+
+/// Every entry of a tree by relative path, in path order.
+pub type Items = BTreeMap<PathBuf, Item>;
+
+/// Appends the line of one entry (with its newline) to `out`.
+pub fn encode_item(out: &mut String, rel: &Path, item: &Item) {
+    let path = escape(rel.as_os_str().as_bytes());
+    let _ = match item {
+        Item::File {
+            digest,
+            size,
+            mode,
+            mtime,
+        } => writeln!(
+            out,
+            "F {} {size} {mode:o} {}.{:09} {path}",
+            hex::encode(digest),
+            mtime.secs,
+            mtime.nanos
+        ),
+        Item::Dir { mode, mtime } => {
+            writeln!(out, "D {mode:o} {}.{:09} {path}", mtime.secs, mtime.nanos)
+        }
+        Item::Symlink { target, mtime } => writeln!(
+            out,
+            "L {}.{:09} {path} {}",
+            mtime.secs,
+            mtime.nanos,
+            escape(target.as_os_str().as_bytes())
+        ),
+    };
+}
+
+/// Parses the line of one entry; `None` if it is malformed, or if its path is not a plain
+/// relative path (a listing must never point outside its tree).
+pub fn decode_item(line: &str) -> Option<(PathBuf, Item)> {
+    parse_item(line)
+}
+
+/// Writes `text` to `path` atomically: a temporary file in the same directory, flushed, then
+/// renamed over the old one.
+///
+/// Fails if the directory cannot be written.
+pub fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".listing-tmp-")
+        .tempfile_in(dir)?;
+    tmp.write_all(text.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Percent-encodes a path for one field of a line.
+pub fn encode_path(path: &Path) -> String {
+    escape(path.as_os_str().as_bytes())
+}
+
+/// Decodes a field written by [`encode_path`].
+pub fn decode_path(field: &str) -> Option<PathBuf> {
+    unescape(field).map(|b| PathBuf::from(OsString::from_vec(b)))
+}
+
+/// Parses a lowercase or uppercase hex SHA-256.
+pub fn parse_digest(s: &str) -> Option<Digest> {
+    let bytes = hex::decode(s).ok()?;
+    bytes.try_into().ok()
+}
+
+fn parse_time(s: &str) -> Option<Timestamp> {
+    let (secs, nanos) = s.split_once('.')?;
+    let nanos: u32 = nanos.parse().ok()?;
+    (nanos < 1_000_000_000).then_some(())?;
+    Some(Timestamp {
+        secs: secs.parse().ok()?,
+        nanos,
+    })
+}
+
+fn parse_mode(s: &str) -> Option<u32> {
+    u32::from_str_radix(s, 8).ok().filter(|m| *m <= 0o7777)
+}
+
+fn parse_path(s: &str) -> Option<PathBuf> {
+    let bytes = unescape(s)?;
+    let path = PathBuf::from(OsString::from_vec(bytes));
+    // Only plain relative paths: a manifest must never point a restore outside its tree.
+    let normal = path
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    (normal && !path.as_os_str().is_empty()).then_some(path)
+}
+
+fn parse_item(line: &str) -> Option<(PathBuf, Item)> {
+    let mut f = line.split(' ');
+    let item = match f.next()? {
+        "F" => {
+            let digest = parse_digest(f.next()?)?;
+            let size = f.next()?.parse().ok()?;
+            let mode = parse_mode(f.next()?)?;
+            let mtime = parse_time(f.next()?)?;
+            let rel = parse_path(f.next()?)?;
+            (
+                rel,
+                Item::File {
+                    digest,
+                    size,
+                    mode,
+                    mtime,
+                },
+            )
+        }
+        "D" => {
+            let mode = parse_mode(f.next()?)?;
+            let mtime = parse_time(f.next()?)?;
+            (parse_path(f.next()?)?, Item::Dir { mode, mtime })
+        }
+        "L" => {
+            let mtime = parse_time(f.next()?)?;
+            let rel = parse_path(f.next()?)?;
+            let target = PathBuf::from(OsString::from_vec(unescape(f.next()?)?));
+            (rel, Item::Symlink { target, mtime })
+        }
+        _ => return None,
+    };
+    f.next().is_none().then_some(item)
+}
+
+/// Percent-encodes every byte that is not printable ASCII, plus `%` and space.
+fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        if b.is_ascii_graphic() && b != b'%' {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+fn unescape(s: &str) -> Option<Vec<u8>> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b if b.is_ascii_graphic() => {
+                out.push(b);
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_round_trip_odd_names() {
+        let t = Timestamp { secs: -5, nanos: 7 };
+        let mut items = Items::new();
+        items.insert(
+            "d".into(),
+            Item::Dir {
+                mode: 0o755,
+                mtime: t,
+            },
+        );
+        items.insert(
+            PathBuf::from(OsString::from_vec(b"d/caf\xe9 %\n.txt".to_vec())),
+            Item::File {
+                digest: [9; 32],
+                size: 12,
+                mode: 0o640,
+                mtime: t,
+            },
+        );
+        items.insert(
+            "l".into(),
+            Item::Symlink {
+                target: "../a b".into(),
+                mtime: t,
+            },
+        );
+        let mut text = String::new();
+        for (rel, item) in &items {
+            encode_item(&mut text, rel, item);
+        }
+        let back: Items = text.lines().map(|l| decode_item(l).unwrap()).collect();
+        assert_eq!(back, items);
+        assert_eq!(
+            text.lines().count(),
+            3,
+            "one line per entry, whatever the names hold"
+        );
+    }
+
+    #[test]
+    fn paths_leaving_the_tree_are_rejected() {
+        for bad in [
+            "D 755 1.000000000 ../x",
+            "D 755 1.000000000 /etc",
+            "D 755 1.000000000 a/../b",
+        ] {
+            assert!(decode_item(bad).is_none(), "{bad}");
+        }
+    }
+}
