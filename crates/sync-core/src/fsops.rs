@@ -120,9 +120,17 @@ fn persist<F>(
 /// copy `src`'s permission bits and modification time.
 ///
 /// `expected` is the destination the scan saw (to be replaced), or `None` if there was none.
-/// Fails, leaving `dst` untouched, if `src` cannot be read or changes during the copy, if
-/// `dst` is no longer what the scan saw, or if writing fails.
-pub fn copy_file(src: &Path, dst: &Path, expected: Option<&Entry>) -> Result<Copied, OpError> {
+/// `content` is the digest the caller decided to copy, if it knows it: a source whose bytes
+/// no longer hash to it is not installed.
+///
+/// Fails, leaving `dst` untouched, if `src` cannot be read or changes during the copy (or no
+/// longer has `content`), if `dst` is no longer what the scan saw, or if writing fails.
+pub fn copy_file(
+    src: &Path,
+    dst: &Path,
+    expected: Option<&Entry>,
+    content: Option<&Digest>,
+) -> Result<Copied, OpError> {
     let read_err = |source| OpError::Read {
         path: src.to_path_buf(),
         source,
@@ -141,7 +149,7 @@ pub fn copy_file(src: &Path, dst: &Path, expected: Option<&Entry>) -> Result<Cop
         .map_err(write_err(dst))?;
     let digest = copy_and_hash(&mut input, tmp.as_file_mut(), before.size, src, dst)?;
     let after = Entry::from_metadata(&input.metadata().map_err(read_err)?, None);
-    if !after.unchanged_since(&before) {
+    if !after.unchanged_since(&before) || content.is_some_and(|c| *c != digest) {
         return Err(OpError::SourceChanged {
             path: src.to_path_buf(),
         });

@@ -13,6 +13,7 @@ pub mod lock;
 pub mod logging;
 pub mod mirror;
 pub mod oneway;
+pub mod reconcile;
 pub mod roots;
 pub mod scan;
 pub mod signal;

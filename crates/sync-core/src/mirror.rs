@@ -399,11 +399,13 @@ impl Pass<'_> {
             Op::CreateDir { .. } => fsops::create_dir(&dst),
             Op::Copy { replace, .. } => {
                 let started = SystemTime::now();
-                fsops::copy_file(&self.opts.source.join(rel), &dst, replace.as_ref()).map(|c| {
-                    let d = &self.digests;
-                    d.learn(Side::Source, rel, &c.source, c.digest, Some(started));
-                    d.learn(Side::Backup, rel, &c.destination, c.digest, None);
-                })
+                fsops::copy_file(&self.opts.source.join(rel), &dst, replace.as_ref(), None).map(
+                    |c| {
+                        let d = &self.digests;
+                        d.learn(Side::Source, rel, &c.source, c.digest, Some(started));
+                        d.learn(Side::Backup, rel, &c.destination, c.digest, None);
+                    },
+                )
             }
             Op::Link {
                 target,

@@ -308,7 +308,7 @@ fn fill(
                     Ok(item.clone())
                 } else {
                     let started = SystemTime::now();
-                    fsops::copy_file(&opts.source.join(rel), &dst, None).map(|c| {
+                    fsops::copy_file(&opts.source.join(rel), &dst, None, None).map(|c| {
                         copied.fetch_add(1, Ordering::Relaxed);
                         digests.learn(Side::Source, rel, &c.source, c.digest, Some(started));
                         Item::File {

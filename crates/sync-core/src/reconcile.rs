@@ -1,0 +1,908 @@
+//! Two-way reconciliation (SPEC §4): for every path, compare each side with the archive of
+//! the last completed pass and decide what both sides must hold, and which steps get there.
+//!
+//! Pure: no I/O, so the decisions are tested directly, property by property.
+//!
+//! The rules, per path: a side "changed" if its content (kind, SHA-256, link target) differs
+//! from the archive's. One side changed: its state wins, deletion included. Both changed
+//! alike: nothing to do. Both changed differently: a deletion loses to a modification; two
+//! modifications are a conflict, won by the policy, and the loser is kept under a conflict name
+//! on both sides. A directory keeps its name against a file, and a directory comes back if
+//! anything beneath it survives: a new or edited file inside a directory deleted on the other
+//! side is never lost. Mode and mtime changes alone travel without copying content.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::cache::Side;
+use crate::listing::{Item, Items};
+
+/// Who wins a conflict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// The later modification time (SOURCE on a tie).
+    Newer,
+    /// SOURCE always.
+    Source,
+    /// BACKUP always.
+    Backup,
+}
+
+/// Why a conflict went the way it did, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// By `--conflict`.
+    Policy(Policy),
+    /// A directory keeps its name against a file or link.
+    Directory,
+}
+
+/// One step of a two-way plan. `side` is the side that changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Move a conflict's loser aside on its own side: `rel` → `to`.
+    SaveLoser {
+        /// Where the loser is.
+        side: Side,
+        /// Its path.
+        rel: PathBuf,
+        /// The conflict name.
+        to: PathBuf,
+        /// What the scan saw there.
+        seen: Item,
+    },
+    /// Remove what the scan saw.
+    Remove {
+        /// The side.
+        side: Side,
+        /// The path.
+        rel: PathBuf,
+        /// What the scan saw.
+        seen: Item,
+    },
+    /// Create a directory.
+    MakeDir {
+        /// The side.
+        side: Side,
+        /// The path.
+        rel: PathBuf,
+    },
+    /// Copy a file from the other side's `from` to this side's `rel`.
+    Copy {
+        /// The side written.
+        side: Side,
+        /// The path written.
+        rel: PathBuf,
+        /// The path read on the other side (differs from `rel` for conflict copies).
+        from: PathBuf,
+        /// The file to copy (its digest is checked while copying).
+        item: Item,
+        /// What the scan saw at `rel` (to be replaced), if anything.
+        expected: Option<Item>,
+    },
+    /// Create a symbolic link.
+    Link {
+        /// The side written.
+        side: Side,
+        /// The path.
+        rel: PathBuf,
+        /// The link to create.
+        item: Item,
+        /// What the scan saw at `rel` (to be replaced), if anything.
+        expected: Option<Item>,
+    },
+    /// Set mode and mtime (same content).
+    Meta {
+        /// The side.
+        side: Side,
+        /// The path.
+        rel: PathBuf,
+        /// What the scan saw.
+        seen: Item,
+        /// The wanted state.
+        want: Item,
+    },
+}
+
+impl Step {
+    /// The path the step writes or removes.
+    pub fn rel(&self) -> &Path {
+        match self {
+            Step::SaveLoser { rel, .. }
+            | Step::Remove { rel, .. }
+            | Step::MakeDir { rel, .. }
+            | Step::Copy { rel, .. }
+            | Step::Link { rel, .. }
+            | Step::Meta { rel, .. } => rel,
+        }
+    }
+
+    /// The side the step changes.
+    pub fn side(&self) -> Side {
+        match self {
+            Step::SaveLoser { side, .. }
+            | Step::Remove { side, .. }
+            | Step::MakeDir { side, .. }
+            | Step::Copy { side, .. }
+            | Step::Link { side, .. }
+            | Step::Meta { side, .. } => *side,
+        }
+    }
+}
+
+/// A conflict and how it was settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The contested path.
+    pub rel: PathBuf,
+    /// The side whose version keeps the name.
+    pub winner: Side,
+    /// Why.
+    pub verdict: Verdict,
+    /// Where the loser's version is kept, on both sides.
+    pub saved_as: PathBuf,
+}
+
+/// What a pass must do.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Every decided path and what both sides hold once the pass is done (`None`: nothing).
+    /// Paths not in here (under a directory that could not be read) keep their archive entry.
+    pub finals: BTreeMap<PathBuf, Option<Item>>,
+    /// The steps, in no particular order (the apply step orders them).
+    pub steps: Vec<Step>,
+    /// The conflicts.
+    pub conflicts: Vec<Conflict>,
+}
+
+/// Same content: same kind, and same digest or link target. Absent equals absent.
+pub fn same_content(a: Option<&Item>, b: Option<&Item>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(Item::Dir { .. }), Some(Item::Dir { .. })) => true,
+        (Some(Item::File { digest: x, .. }), Some(Item::File { digest: y, .. })) => x == y,
+        (Some(Item::Symlink { target: x, .. }), Some(Item::Symlink { target: y, .. })) => x == y,
+        _ => false,
+    }
+}
+
+/// The metadata that travels: mode and mtime for files, mtime for links, mode for
+/// directories (whose mtime moves with every change inside and is not carried).
+fn same_meta(a: &Item, b: &Item) -> bool {
+    match (a, b) {
+        (Item::Dir { mode: x, .. }, Item::Dir { mode: y, .. }) => x == y,
+        (
+            Item::File {
+                mode: m1,
+                mtime: t1,
+                ..
+            },
+            Item::File {
+                mode: m2,
+                mtime: t2,
+                ..
+            },
+        ) => m1 == m2 && t1 == t2,
+        (Item::Symlink { mtime: t1, .. }, Item::Symlink { mtime: t2, .. }) => t1 == t2,
+        _ => false,
+    }
+}
+
+fn mtime(item: &Item) -> crate::scan::Timestamp {
+    match item {
+        Item::File { mtime, .. } | Item::Dir { mtime, .. } | Item::Symlink { mtime, .. } => *mtime,
+    }
+}
+
+fn is_dir(item: Option<&Item>) -> bool {
+    matches!(item, Some(Item::Dir { .. }))
+}
+
+/// The conflict name of `rel`: `NAME.conflict-STAMP.EXT`, or with `-2`, `-3` … before the
+/// extension when the name is taken.
+pub fn conflict_name(rel: &Path, stamp: &str, taken: impl Fn(&Path) -> bool) -> PathBuf {
+    let name = rel
+        .file_name()
+        .map(|n| n.as_encoded_bytes())
+        .unwrap_or_default();
+    // The extension starts at the last dot, unless that dot begins the name (".bashrc").
+    let (stem, ext) = match name.iter().rposition(|&b| b == b'.') {
+        Some(i) if i > 0 => (&name[..i], Some(&name[i..])),
+        _ => (name, None),
+    };
+    let mut n = 1u32;
+    loop {
+        let mut candidate = stem.to_vec();
+        candidate.extend_from_slice(format!(".conflict-{stamp}").as_bytes());
+        if n > 1 {
+            candidate.extend_from_slice(format!("-{n}").as_bytes());
+        }
+        if let Some(ext) = ext {
+            candidate.extend_from_slice(ext);
+        }
+        let path = rel.with_file_name(std::ffi::OsStr::from_bytes(&candidate));
+        if !taken(&path) {
+            return path;
+        }
+        n += 1;
+    }
+}
+
+/// Decides every path that is not under `protected`. `stamp` (`YYYYMMDD-HHMMSS`) names
+/// conflict copies.
+pub fn reconcile(
+    archive: &Items,
+    source: &Items,
+    backup: &Items,
+    protected: &HashSet<PathBuf>,
+    policy: Policy,
+    stamp: &str,
+) -> Plan {
+    let covered =
+        |rel: &Path| !protected.is_empty() && rel.ancestors().any(|a| protected.contains(a));
+    let paths: BTreeSet<&PathBuf> = archive
+        .keys()
+        .chain(source.keys())
+        .chain(backup.keys())
+        .filter(|p| !covered(p))
+        .collect();
+    let mut taken: HashSet<PathBuf> = archive
+        .keys()
+        .chain(source.keys())
+        .chain(backup.keys())
+        .cloned()
+        .collect();
+
+    let mut plan = Plan::default();
+    // Parents of paths that hold something at the end of the pass.
+    let mut alive_parents: HashSet<PathBuf> = HashSet::new();
+    // Deepest first: a directory is decided after everything beneath it.
+    for rel in paths.into_iter().rev() {
+        let a = archive.get(rel);
+        let s = source.get(rel);
+        let d = backup.get(rel);
+        let s_changed = !same_content(a, s);
+        let d_changed = !same_content(a, d);
+
+        // The final content, and the side whose version loses a conflict.
+        let (mut fin, mut loser): (Option<&Item>, Option<(Side, Verdict)>) =
+            match (s_changed, d_changed) {
+                (false, _) => (d, None),
+                (true, false) => (s, None),
+                (true, true) if same_content(s, d) => (s, None),
+                (true, true) => match (s, d) {
+                    // A modification beats a deletion.
+                    (None, _) => (d, None),
+                    (_, None) => (s, None),
+                    (Some(Item::Dir { .. }), Some(_)) => {
+                        (s, Some((Side::Backup, Verdict::Directory)))
+                    }
+                    (Some(_), Some(Item::Dir { .. })) => {
+                        (d, Some((Side::Source, Verdict::Directory)))
+                    }
+                    (Some(si), Some(di)) => {
+                        let source_wins = match policy {
+                            Policy::Source => true,
+                            Policy::Backup => false,
+                            Policy::Newer => mtime(si) >= mtime(di),
+                        };
+                        if source_wins {
+                            (s, Some((Side::Backup, Verdict::Policy(policy))))
+                        } else {
+                            (d, Some((Side::Source, Verdict::Policy(policy))))
+                        }
+                    }
+                },
+            };
+
+        // Something beneath survives (it is new or edited on the side that holds it): the
+        // directory stays whatever happened to it, and a file or link that replaced it on the
+        // other side is kept as a conflict copy.
+        if alive_parents.contains(rel.as_path()) && !is_dir(fin) {
+            let (dir_side, dir_item) = if is_dir(d) {
+                (Side::Backup, d)
+            } else {
+                (Side::Source, s)
+            };
+            let other = other_side(dir_side);
+            let other_item = if other == Side::Source { s } else { d };
+            loser = other_item
+                .filter(|i| !is_dir(Some(i)))
+                .map(|_| (other, Verdict::Directory));
+            fin = dir_item;
+        }
+
+        // Metadata: when both sides already hold the final content, the newest change of mode
+        // or mtime travels.
+        let mut fin_item = fin.cloned();
+        if let (Some(f), Some(si), Some(di)) = (fin, s, d)
+            && same_content(Some(si), Some(f))
+            && same_content(Some(di), Some(f))
+            && !same_meta(si, di)
+        {
+            let s_meta = a.is_none_or(|ai| !same_meta(ai, si));
+            let d_meta = a.is_none_or(|ai| !same_meta(ai, di));
+            let take_source = match (s_meta, d_meta) {
+                (true, false) => true,
+                (false, true) => false,
+                _ => mtime(si) >= mtime(di),
+            };
+            fin_item = Some(if take_source { si.clone() } else { di.clone() });
+        }
+
+        if fin_item.is_some()
+            && let Some(parent) = rel.parent()
+        {
+            alive_parents.insert(parent.to_path_buf());
+        }
+
+        // The loser, kept under a conflict name on both sides.
+        let mut vacated = None;
+        if let Some((lside, verdict)) = loser {
+            let lost = match lside {
+                Side::Source => s,
+                Side::Backup => d,
+            }
+            .cloned();
+            if let Some(lost) = lost {
+                let to = conflict_name(rel, stamp, |p| taken.contains(p));
+                taken.insert(to.clone());
+                plan.steps.push(Step::SaveLoser {
+                    side: lside,
+                    rel: rel.clone(),
+                    to: to.clone(),
+                    seen: lost.clone(),
+                });
+                let other = other_side(lside);
+                plan.steps.push(match &lost {
+                    Item::Symlink { .. } => Step::Link {
+                        side: other,
+                        rel: to.clone(),
+                        item: lost.clone(),
+                        expected: None,
+                    },
+                    _ => Step::Copy {
+                        side: other,
+                        rel: to.clone(),
+                        from: to.clone(),
+                        item: lost.clone(),
+                        expected: None,
+                    },
+                });
+                plan.finals.insert(to.clone(), Some(lost));
+                plan.conflicts.push(Conflict {
+                    rel: rel.clone(),
+                    winner: other_side(lside),
+                    verdict,
+                    saved_as: to,
+                });
+                vacated = Some(lside);
+            }
+        }
+
+        for side in [Side::Source, Side::Backup] {
+            let here = if vacated == Some(side) {
+                None
+            } else {
+                match side {
+                    Side::Source => s,
+                    Side::Backup => d,
+                }
+            };
+            steps_for_side(&mut plan.steps, side, rel, here, fin_item.as_ref());
+        }
+        plan.finals.insert(rel.clone(), fin_item);
+    }
+    plan
+}
+
+fn other_side(side: Side) -> Side {
+    match side {
+        Side::Source => Side::Backup,
+        Side::Backup => Side::Source,
+    }
+}
+
+/// The steps that turn `here` (what `side` holds at `rel`) into `fin`; content comes from the
+/// other side, which holds `fin` already.
+fn steps_for_side(
+    steps: &mut Vec<Step>,
+    side: Side,
+    rel: &Path,
+    here: Option<&Item>,
+    fin: Option<&Item>,
+) {
+    let rel = rel.to_path_buf();
+    match (here, fin) {
+        (None, None) => {}
+        (Some(h), None) => steps.push(Step::Remove {
+            side,
+            rel,
+            seen: h.clone(),
+        }),
+        (Some(h), Some(f)) if same_content(Some(h), Some(f)) => {
+            if !same_meta(h, f) {
+                steps.push(Step::Meta {
+                    side,
+                    rel,
+                    seen: h.clone(),
+                    want: f.clone(),
+                });
+            }
+        }
+        (here, Some(f)) => {
+            // A directory in the way goes first (its content is removed by its own steps); a
+            // file or link in the way is replaced atomically.
+            let expected = match here {
+                Some(h @ Item::Dir { .. }) => {
+                    steps.push(Step::Remove {
+                        side,
+                        rel: rel.clone(),
+                        seen: h.clone(),
+                    });
+                    None
+                }
+                Some(Item::File { .. } | Item::Symlink { .. }) if matches!(f, Item::Dir { .. }) => {
+                    steps.push(Step::Remove {
+                        side,
+                        rel: rel.clone(),
+                        seen: here.cloned().unwrap_or_else(|| f.clone()),
+                    });
+                    None
+                }
+                other => other.cloned(),
+            };
+            steps.push(match f {
+                Item::Dir { .. } => Step::MakeDir { side, rel },
+                Item::File { .. } => Step::Copy {
+                    side,
+                    from: rel.clone(),
+                    rel,
+                    item: f.clone(),
+                    expected,
+                },
+                Item::Symlink { .. } => Step::Link {
+                    side,
+                    rel,
+                    item: f.clone(),
+                    expected,
+                },
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scan::Timestamp;
+    use proptest::prelude::*;
+
+    fn file(content: u8, t: i64) -> Item {
+        Item::File {
+            digest: [content; 32],
+            size: 1,
+            mode: 0o644,
+            mtime: Timestamp { secs: t, nanos: 0 },
+        }
+    }
+
+    fn dir() -> Item {
+        Item::Dir {
+            mode: 0o755,
+            mtime: Timestamp::default(),
+        }
+    }
+
+    fn parent_ok(tree: &Items, rel: &Path) -> bool {
+        match rel.parent() {
+            Some(p) if !p.as_os_str().is_empty() => is_dir(tree.get(p)),
+            _ => true,
+        }
+    }
+
+    fn subtree(tree: &Items, rel: &Path) -> Vec<PathBuf> {
+        tree.keys()
+            .filter(|k| k.starts_with(rel))
+            .cloned()
+            .collect()
+    }
+
+    /// Applies a plan to in-memory sides in the order the real apply step uses, checking that
+    /// every step is legal at its turn.
+    fn apply(plan: &Plan, src: &mut Items, dst: &mut Items) {
+        fn side<'a>(
+            s: Side,
+            src: &'a mut Items,
+            dst: &'a mut Items,
+        ) -> (&'a mut Items, &'a mut Items) {
+            match s {
+                Side::Source => (src, dst),
+                Side::Backup => (dst, src),
+            }
+        }
+        for step in &plan.steps {
+            if let Step::SaveLoser {
+                side: s,
+                rel,
+                to,
+                seen,
+            } = step
+            {
+                let (here, _) = side(*s, src, dst);
+                assert_eq!(here.get(rel), Some(seen), "loser {rel:?} as seen");
+                assert!(!here.contains_key(to), "conflict name {to:?} free");
+                let item = here.remove(rel).unwrap();
+                here.insert(to.clone(), item);
+            }
+        }
+        let mut removals: Vec<&Step> = plan
+            .steps
+            .iter()
+            .filter(|s| matches!(s, Step::Remove { .. }))
+            .collect();
+        removals.sort_by(|a, b| b.rel().cmp(a.rel()));
+        for step in removals {
+            let Step::Remove { side: s, rel, seen } = step else {
+                unreachable!()
+            };
+            let (here, _) = side(*s, src, dst);
+            assert_eq!(here.get(rel), Some(seen), "removing {rel:?} as seen");
+            assert_eq!(subtree(here, rel).len(), 1, "{rel:?} empty when removed");
+            here.remove(rel);
+        }
+        let mut dirs: Vec<&Step> = plan
+            .steps
+            .iter()
+            .filter(|s| matches!(s, Step::MakeDir { .. }))
+            .collect();
+        dirs.sort_by(|a, b| a.rel().cmp(b.rel()));
+        for step in dirs {
+            let Step::MakeDir { side: s, rel } = step else {
+                unreachable!()
+            };
+            let (here, _) = side(*s, src, dst);
+            assert!(
+                parent_ok(here, rel) && !here.contains_key(rel),
+                "mkdir {rel:?}"
+            );
+            here.insert(rel.clone(), plan.finals[rel].clone().unwrap());
+        }
+        for step in &plan.steps {
+            match step {
+                Step::Copy {
+                    side: s,
+                    rel,
+                    from,
+                    item,
+                    expected,
+                } => {
+                    let (here, there) = side(*s, src, dst);
+                    assert!(
+                        same_content(there.get(from), Some(item)),
+                        "copy source {from:?} holds the content"
+                    );
+                    assert_eq!(
+                        there.get(from),
+                        Some(item),
+                        "copy source {from:?} has the metadata too"
+                    );
+                    assert!(parent_ok(here, rel), "parent of {rel:?}");
+                    assert_eq!(
+                        here.get(rel),
+                        expected.as_ref(),
+                        "replacing {rel:?} as seen"
+                    );
+                    here.insert(rel.clone(), item.clone());
+                }
+                Step::Link {
+                    side: s,
+                    rel,
+                    item,
+                    expected,
+                } => {
+                    let (here, _) = side(*s, src, dst);
+                    assert!(parent_ok(here, rel), "parent of {rel:?}");
+                    assert_eq!(
+                        here.get(rel),
+                        expected.as_ref(),
+                        "replacing {rel:?} as seen"
+                    );
+                    here.insert(rel.clone(), item.clone());
+                }
+                Step::Meta {
+                    side: s,
+                    rel,
+                    seen,
+                    want,
+                } => {
+                    let (here, _) = side(*s, src, dst);
+                    assert_eq!(here.get(rel), Some(seen));
+                    here.insert(rel.clone(), want.clone());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    const NAMES: [&str; 3] = ["a", "b", "c"];
+
+    fn path(i: u8) -> PathBuf {
+        // 39 paths: depth 1 to 3 over three names.
+        let i = usize::from(i) % 39;
+        let (depth, mut n) = if i < 3 {
+            (1, i)
+        } else if i < 12 {
+            (2, i - 3)
+        } else {
+            (3, i - 12)
+        };
+        let mut parts = Vec::new();
+        for _ in 0..depth {
+            parts.push(NAMES[n % 3]);
+            n /= 3;
+        }
+        parts.iter().collect()
+    }
+
+    /// Content for a change at time `t`: one of two shared values (so both sides sometimes
+    /// hold the same thing), else unique to the change (so a lost edit cannot hide behind a
+    /// copy of the same bytes elsewhere).
+    fn content_at(content: u8, t: i64) -> Item {
+        if content <= 2 {
+            return file(content, t);
+        }
+        let mut digest = [0xAA; 32];
+        digest[..8].copy_from_slice(&t.to_le_bytes());
+        Item::File {
+            digest,
+            size: 1,
+            mode: 0o644,
+            mtime: Timestamp { secs: t, nanos: 0 },
+        }
+    }
+
+    /// A user's change to one side; impossible ones are skipped.
+    fn mutate(tree: &mut Items, op: u8, p: u8, q: u8, content: u8, t: i64) {
+        let p = path(p);
+        let q = path(q);
+        match op % 7 {
+            // create a file (and missing parent directories)
+            0 => {
+                if tree.contains_key(&p) {
+                    return;
+                }
+                for anc in p.ancestors().skip(1).filter(|a| !a.as_os_str().is_empty()) {
+                    match tree.get(anc) {
+                        Some(Item::Dir { .. }) => {}
+                        Some(_) => return,
+                        None => {}
+                    }
+                }
+                let ancestors: Vec<PathBuf> = p
+                    .ancestors()
+                    .skip(1)
+                    .filter(|a| !a.as_os_str().is_empty())
+                    .map(Path::to_path_buf)
+                    .collect();
+                for anc in ancestors {
+                    tree.entry(anc).or_insert_with(dir);
+                }
+                tree.insert(p, content_at(content, t));
+            }
+            // edit a file
+            1 => {
+                let new = content_at(content, t);
+                if let Some(old @ Item::File { .. }) = tree.get(&p)
+                    && !same_content(Some(old), Some(&new))
+                {
+                    tree.insert(p, new);
+                }
+            }
+            // delete, recursively
+            2 => {
+                for k in subtree(tree, &p) {
+                    tree.remove(&k);
+                }
+            }
+            // rename a subtree
+            3 => {
+                if tree.contains_key(&p)
+                    && !tree.contains_key(&q)
+                    && !q.starts_with(&p)
+                    && parent_ok(tree, &q)
+                {
+                    for k in subtree(tree, &p) {
+                        let item = tree.remove(&k).unwrap();
+                        tree.insert(q.join(k.strip_prefix(&p).unwrap()), item);
+                    }
+                }
+            }
+            // type change: file -> empty directory, directory -> file
+            4 => match tree.get(&p) {
+                Some(Item::File { .. }) => {
+                    tree.insert(p, dir());
+                }
+                Some(Item::Dir { .. }) => {
+                    for k in subtree(tree, &p) {
+                        tree.remove(&k);
+                    }
+                    tree.insert(p, content_at(content, t));
+                }
+                _ => {}
+            },
+            // a symlink, created or retargeted
+            5 => {
+                if parent_ok(tree, &p) && !is_dir(tree.get(&p)) {
+                    tree.insert(
+                        p,
+                        Item::Symlink {
+                            target: PathBuf::from(NAMES[usize::from(content) % 3]),
+                            mtime: Timestamp { secs: t, nanos: 0 },
+                        },
+                    );
+                }
+            }
+            // a time-only change
+            _ => {
+                if let Some(Item::File {
+                    digest, size, mode, ..
+                }) = tree.get(&p).cloned()
+                {
+                    tree.insert(
+                        p,
+                        Item::File {
+                            digest,
+                            size,
+                            mode,
+                            mtime: Timestamp { secs: t, nanos: 1 },
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// The file contents a tree holds.
+    fn contents<'a>(items: impl IntoIterator<Item = &'a Item>) -> HashSet<checksum::Digest> {
+        items
+            .into_iter()
+            .filter_map(|i| match i {
+                Item::File { digest, .. } => Some(*digest),
+                _ => None,
+            })
+            .collect()
+    }
+
+    type Ops = Vec<(bool, u8, u8, u8, u8)>;
+
+    /// Mostly the three top-level names, so that both sides often touch the same path.
+    fn path_index() -> impl Strategy<Value = u8> {
+        prop_oneof![3 => 0u8..3, 1 => 3u8..12, 1 => 12u8..39]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Random edits on both sides between passes: after every pass both sides are equal
+        /// and equal to the new archive, every step was legal when applied, and every file
+        /// content either side held survives somewhere, unless it was the synced state of its
+        /// path and the other side has since changed or deleted that path.
+        #[test]
+        fn passes_converge_and_lose_nothing(
+            passes in prop::collection::vec(prop::collection::vec((any::<bool>(), 0u8..7, path_index(), path_index(), 1u8..5), 0..12), 1..6),
+            policy in prop_oneof![Just(Policy::Newer), Just(Policy::Source), Just(Policy::Backup)],
+        ) {
+            let (mut archive, mut src, mut dst) = (Items::new(), Items::new(), Items::new());
+            let mut t = 1;
+            for (n, ops) in passes.iter().enumerate() {
+                let ops: &Ops = ops;
+                for &(on_source, op, p, q, c) in ops {
+                    t += 1;
+                    mutate(if on_source { &mut src } else { &mut dst }, op, p, q, c, t);
+                }
+                // Contents that may legitimately vanish: a side's synced state at a path the
+                // other side changed.
+                let mut before = contents(src.values());
+                before.extend(contents(dst.values()));
+                let mut expendable = HashSet::new();
+                for (z, other) in [(&src, &dst), (&dst, &src)] {
+                    for (rel, item) in z.iter() {
+                        if same_content(archive.get(rel), Some(item)) && !same_content(archive.get(rel), other.get(rel)) {
+                            expendable.extend(contents([item]));
+                        }
+                    }
+                }
+                // One stamp for every pass: passes within one second must not reuse a name.
+                let plan = reconcile(&archive, &src, &dst, &HashSet::new(), policy, "20260101-000000");
+                apply(&plan, &mut src, &mut dst);
+                prop_assert_eq!(&src, &dst, "both sides equal after pass {}", n);
+                let finals: Items = plan.finals.iter().filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v))).collect();
+                prop_assert_eq!(&finals, &src, "the archive records what both sides hold");
+                let mut after = contents(src.values());
+                after.extend(contents(dst.values()));
+                for c in before.difference(&after) {
+                    prop_assert!(expendable.contains(c), "content {:?} lost in pass {}", c, n);
+                }
+                archive = finals;
+            }
+        }
+    }
+
+    #[test]
+    fn conflict_names_keep_the_extension_and_count_up() {
+        let taken: HashSet<PathBuf> = [PathBuf::from("d/a.conflict-20260101-000000.txt")].into();
+        assert_eq!(
+            conflict_name(Path::new("d/a.txt"), "20260101-000000", |p| taken
+                .contains(p)),
+            Path::new("d/a.conflict-20260101-000000-2.txt")
+        );
+        assert_eq!(
+            conflict_name(Path::new(".bashrc"), "S", |_| false),
+            Path::new(".bashrc.conflict-S")
+        );
+        assert_eq!(
+            conflict_name(Path::new("Makefile"), "S", |_| false),
+            Path::new("Makefile.conflict-S")
+        );
+    }
+
+    #[test]
+    fn edit_beats_delete_and_new_file_keeps_deleted_directory() {
+        let mut archive = Items::new();
+        archive.insert("d".into(), dir());
+        archive.insert("d/old".into(), file(1, 1));
+        archive.insert("f".into(), file(2, 1));
+        // SOURCE deleted d and f; BACKUP added d/new and edited f.
+        let src = Items::new();
+        let mut dst = archive.clone();
+        dst.insert("d/new".into(), file(3, 2));
+        dst.insert("f".into(), file(4, 2));
+        let plan = reconcile(&archive, &src, &dst, &HashSet::new(), Policy::Newer, "S");
+        assert_eq!(plan.finals[Path::new("d")], Some(dir()));
+        assert_eq!(plan.finals[Path::new("d/new")], Some(file(3, 2)));
+        assert_eq!(
+            plan.finals[Path::new("d/old")],
+            None,
+            "the unchanged sibling stays deleted"
+        );
+        assert_eq!(plan.finals[Path::new("f")], Some(file(4, 2)));
+        assert!(plan.conflicts.is_empty());
+    }
+
+    #[test]
+    fn conflict_goes_to_the_policy_and_keeps_the_loser_on_both_sides() {
+        let mut archive = Items::new();
+        archive.insert("f.txt".into(), file(1, 1));
+        let mut src = archive.clone();
+        let mut dst = archive.clone();
+        src.insert("f.txt".into(), file(2, 5));
+        dst.insert("f.txt".into(), file(3, 9));
+        for (policy, winner, kept) in [
+            (Policy::Newer, Side::Backup, file(2, 5)),
+            (Policy::Source, Side::Source, file(3, 9)),
+            (Policy::Backup, Side::Backup, file(2, 5)),
+        ] {
+            let plan = reconcile(&archive, &src, &dst, &HashSet::new(), policy, "S");
+            assert_eq!(plan.conflicts.len(), 1);
+            assert_eq!(plan.conflicts[0].winner, winner, "{policy:?}");
+            assert_eq!(plan.conflicts[0].saved_as, Path::new("f.conflict-S.txt"));
+            assert_eq!(plan.finals[Path::new("f.conflict-S.txt")], Some(kept));
+        }
+    }
+
+    #[test]
+    fn file_against_directory_lets_the_directory_keep_the_name() {
+        let archive = Items::new();
+        let mut src = Items::new();
+        src.insert("x".into(), file(1, 99));
+        let mut dst = Items::new();
+        dst.insert("x".into(), dir());
+        dst.insert("x/in".into(), file(2, 1));
+        let plan = reconcile(&archive, &src, &dst, &HashSet::new(), Policy::Source, "S");
+        assert_eq!(plan.finals[Path::new("x")], Some(dir()));
+        assert_eq!(plan.conflicts[0].verdict, Verdict::Directory);
+        assert_eq!(plan.finals[Path::new("x.conflict-S")], Some(file(1, 99)));
+    }
+}
