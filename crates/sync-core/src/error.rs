@@ -113,6 +113,35 @@ pub enum Error {
     /// taken by something else); the message names the file.
     #[error("{0}")]
     Versions(String),
+    /// A state file (archive, configuration) exists but cannot be read.
+    #[error("cannot read {path}")]
+    StateUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A state file is damaged or foreign; it is left as it is.
+    #[error("{path} is damaged: {what}; nothing was changed (move it away to start afresh)")]
+    StateDamaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// The directory twoway runs from (where its state lives) is inside a root.
+    #[error(
+        "the state directory {state} (the current directory) is inside {role} {root}; run twoway from a directory outside both"
+    )]
+    StateInsideRoot {
+        /// The state directory.
+        state: PathBuf,
+        /// `SOURCE` or `BACKUP`.
+        role: &'static str,
+        /// The root.
+        root: PathBuf,
+    },
     /// An `--exclude` pattern is not a valid glob.
     #[error("invalid --exclude pattern {pattern:?}: {message}")]
     BadExclude {

@@ -15,6 +15,18 @@ use crate::scan::{Entry, Kind, Timestamp};
 /// Every temporary name we create starts with this, so leftovers of a killed run are known.
 pub const TEMP_PREFIX: &str = ".oneway-tmp-";
 
+/// Length of the random part that follows [`TEMP_PREFIX`] (tempfile's default).
+const TEMP_RANDOM_LEN: usize = 6;
+
+/// True for a name of exactly our temporary form: the prefix, then six letters or digits.
+pub fn is_temp_name(name: &std::ffi::OsStr) -> bool {
+    name.as_encoded_bytes()
+        .strip_prefix(TEMP_PREFIX.as_bytes())
+        .is_some_and(|rest| {
+            rest.len() == TEMP_RANDOM_LEN && rest.iter().all(u8::is_ascii_alphanumeric)
+        })
+}
+
 /// Why a single-path operation did not happen. The path is added by the caller's log line.
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {
@@ -300,4 +312,57 @@ pub fn create_dir(path: &Path) -> Result<(), OpError> {
 /// Fails if the mode cannot be changed.
 pub fn make_writable(path: &Path, mode: u32) -> Result<(), OpError> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode | 0o700)).map_err(write_err(path))
+}
+
+/// Moves `from` to `to` in the same directory tree, if `from` is still what the scan saw and
+/// `to` does not exist (the check and the rename are one atomic step).
+///
+/// Fails, moving nothing, if `from` changed, `to` exists, or the rename fails.
+pub fn rename_noreplace(from: &Path, to: &Path, seen: &Entry) -> Result<(), OpError> {
+    match Entry::read(from) {
+        Ok(now) if now.unchanged_since(seen) => {}
+        _ => {
+            return Err(OpError::DestinationChanged {
+                path: from.to_path_buf(),
+            });
+        }
+    }
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        from,
+        rustix::fs::CWD,
+        to,
+        rustix::fs::RenameFlags::NOREPLACE,
+    )
+    .map_err(|e| {
+        let source = io::Error::from(e);
+        if source.kind() == io::ErrorKind::AlreadyExists {
+            OpError::DestinationChanged {
+                path: to.to_path_buf(),
+            }
+        } else {
+            OpError::Write {
+                path: to.to_path_buf(),
+                source,
+            }
+        }
+    })
+}
+
+/// Sets the permission bits of the directory at `path`, if it is still a directory.
+///
+/// Fails if it is not, or the change is refused.
+pub fn set_dir_mode(path: &Path, mode: u32) -> Result<(), OpError> {
+    match Entry::read(path) {
+        Ok(now) if now.is_dir() => {
+            if now.mode != mode {
+                fs::set_permissions(path, fs::Permissions::from_mode(mode))
+                    .map_err(write_err(path))?;
+            }
+            Ok(())
+        }
+        _ => Err(OpError::DestinationChanged {
+            path: path.to_path_buf(),
+        }),
+    }
 }

@@ -3,8 +3,10 @@
 //! file operations, the refusals that protect the user, the per-destination lock, logging to
 //! console and file, and the stop flag set by Ctrl+C and SIGTERM.
 
+pub mod archive;
 pub mod cache;
 pub mod display;
+pub mod driver;
 pub mod error;
 pub mod fsops;
 pub mod hashing;

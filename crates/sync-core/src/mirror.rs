@@ -49,6 +49,8 @@ pub struct PassStats {
     pub cache_hits: u64,
     /// True if a stop was requested before the pass finished.
     pub interrupted: bool,
+    /// Conflicts settled (two-way passes only).
+    pub conflicts: Option<u64>,
 }
 
 /// One step of a plan.
@@ -280,6 +282,7 @@ impl Counters {
             hashed: digests.hashed(),
             cache_hits: digests.cache_hits(),
             interrupted,
+            conflicts: None,
         }
     }
 }

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cache::{self, HashCache};
-use crate::error::{Error, ExitCode, one_line};
+use crate::driver::{Job, Schedule, run_passes};
+use crate::error::{Error, ExitCode};
 use crate::lock::DirLock;
 use crate::mirror::{PassOptions, PassStats};
 use crate::scan::Filter;
@@ -42,7 +43,7 @@ pub struct OnewayArgs {
 /// passes in periodic mode are logged and retried at the next interval.
 pub fn run(
     args: &OnewayArgs,
-    mut pass: impl FnMut(&PassOptions, &mut HashCache) -> Result<PassStats, Error>,
+    pass: impl FnMut(&PassOptions, &mut HashCache) -> Result<PassStats, Error>,
 ) -> Result<ExitCode, Error> {
     let (source, backup) = roots::validate(&args.source, &args.backup)?;
     let mut filter = Filter::new(&args.exclude)?;
@@ -63,7 +64,7 @@ pub fn run(
         log::warn!("cannot handle Ctrl+C: {err}");
     }
 
-    let mut cache = match cache::default_location(&source, &backup) {
+    let cache = match cache::default_location(&source, &backup) {
         Some((path, tag)) => HashCache::load(path, tag),
         None => {
             log::warn!(
@@ -91,52 +92,32 @@ pub fn run(
         }
     );
 
-    let mut total = 0u64;
-    let mut exit = ExitCode::Success;
-    let mut first = true;
-    loop {
-        match pass(&opts, &mut cache) {
-            Ok(stats) => {
-                total += stats.operations;
-                log_summary(&stats);
-                if stats.errors > 0 {
-                    exit = ExitCode::PartialFailure;
-                }
-                if !opts.dry_run
-                    && let Err(err) = cache.save()
-                {
-                    log::warn!("cannot save the hash cache: {err}");
-                }
-            }
-            Err(err) => {
-                log::error!("{}", one_line(&err));
-                if first || args.once {
-                    log::info!("Total number of operations: {total}");
-                    return Ok(ExitCode::Usage);
-                }
-            }
-        }
-        first = false;
-        if args.once || signal::stop_requested() || signal::sleep_unless_stopped(args.interval) {
-            break;
-        }
-    }
-    log::info!("Total number of operations: {total}");
-    // A stop by Ctrl+C or SIGTERM is a normal end of a periodic run (SPEC §5).
-    Ok(if args.once { exit } else { ExitCode::Success })
+    let mut job = OnewayJob { opts, cache, pass };
+    Ok(run_passes(
+        Schedule {
+            once: args.once,
+            interval: args.interval,
+        },
+        &mut job,
+    ))
 }
 
-fn log_summary(stats: &PassStats) {
-    log::info!(
-        "pass {}: {} operations, {} errors, {} files hashed, {} cached hashes reused",
-        if stats.interrupted {
-            "stopped"
-        } else {
-            "finished"
-        },
-        stats.operations,
-        stats.errors,
-        stats.hashed,
-        stats.cache_hits
-    );
+struct OnewayJob<F> {
+    opts: PassOptions,
+    cache: HashCache,
+    pass: F,
+}
+
+impl<F: FnMut(&PassOptions, &mut HashCache) -> Result<PassStats, Error>> Job for OnewayJob<F> {
+    fn pass(&mut self) -> Result<PassStats, Error> {
+        (self.pass)(&self.opts, &mut self.cache)
+    }
+
+    fn after_pass(&mut self, _stats: &PassStats) {
+        if !self.opts.dry_run
+            && let Err(err) = self.cache.save()
+        {
+            log::warn!("cannot save the hash cache: {err}");
+        }
+    }
 }

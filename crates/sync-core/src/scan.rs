@@ -120,6 +120,7 @@ pub struct Filter {
     names: GlobSet,
     paths: GlobSet,
     exact: HashSet<PathBuf>,
+    temp_names: bool,
 }
 
 impl Filter {
@@ -156,7 +157,15 @@ impl Filter {
             names: build(names, "")?,
             paths: build(paths, "")?,
             exact: HashSet::new(),
+            temp_names: false,
         })
+    }
+
+    /// Also leaves alone the temporary files of our own safe writes (`.oneway-tmp-XXXXXX`):
+    /// a two-way pass must never carry a half-written leftover of a killed run to the other
+    /// side. (A mirror needs no such rule: it removes whatever SOURCE does not hold.)
+    pub fn skip_temp_files(&mut self) {
+        self.temp_names = true;
     }
 
     /// Also leaves alone one exact relative path (our own log file, if it lies in a root).
@@ -166,7 +175,10 @@ impl Filter {
 
     /// True if `rel` (whose last component is `name`) is left alone.
     pub fn excludes(&self, rel: &Path, name: &OsStr) -> bool {
-        self.names.is_match(Path::new(name)) || self.paths.is_match(rel) || self.exact.contains(rel)
+        self.names.is_match(Path::new(name))
+            || self.paths.is_match(rel)
+            || self.exact.contains(rel)
+            || (self.temp_names && crate::fsops::is_temp_name(name))
     }
 }
 
