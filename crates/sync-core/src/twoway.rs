@@ -1,0 +1,707 @@
+//! One two-way pass (SPEC §4): scan both sides, hash, reconcile against the archive, check the
+//! refusals, apply with the safe operations, and record in the archive what was really done.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use rayon::prelude::*;
+
+use crate::archive;
+use crate::cache::{HashCache, Side};
+use crate::display::Escaped;
+use crate::error::Error;
+use crate::fsops::{self, OpError};
+use crate::hashing::Digests;
+use crate::listing::{Item, Items};
+use crate::mirror::PassStats;
+use crate::reconcile::{Plan, Policy, Step, Verdict, reconcile};
+use crate::scan::{self, Entry, Filter, Kind, Tree};
+use crate::signal;
+
+/// What a two-way pass works on and how.
+#[derive(Debug)]
+pub struct TwowayOptions {
+    /// Canonical SOURCE.
+    pub source: PathBuf,
+    /// Canonical BACKUP.
+    pub backup: PathBuf,
+    /// The archive file of this pair.
+    pub archive: PathBuf,
+    /// Paths left alone on both sides (our temporary files included).
+    pub filter: Filter,
+    /// Log what would be done; change nothing.
+    pub dry_run: bool,
+    /// Let the refusals of SPEC §8 through.
+    pub force: bool,
+    /// Who wins a conflict.
+    pub policy: Policy,
+}
+
+impl TwowayOptions {
+    fn root(&self, side: Side) -> &Path {
+        match side {
+            Side::Source => &self.source,
+            Side::Backup => &self.backup,
+        }
+    }
+}
+
+fn side_name(side: Side) -> &'static str {
+    match side {
+        Side::Source => "SOURCE",
+        Side::Backup => "BACKUP",
+    }
+}
+
+fn other(side: Side) -> Side {
+    match side {
+        Side::Source => Side::Backup,
+        Side::Backup => Side::Source,
+    }
+}
+
+/// Turns a scanned tree and its digests into the items reconcile compares. Files whose digest
+/// is missing (unreadable) are left out; the caller protects their paths.
+fn items_of(tree: &Tree, digests: &std::collections::HashMap<PathBuf, checksum::Digest>) -> Items {
+    tree.entries
+        .iter()
+        .filter_map(|(rel, e)| {
+            let item = match &e.kind {
+                Kind::File => Item::File {
+                    digest: *digests.get(rel)?,
+                    size: e.size,
+                    mode: e.mode,
+                    mtime: e.mtime,
+                },
+                Kind::Dir => Item::Dir {
+                    mode: e.mode,
+                    mtime: e.mtime,
+                },
+                Kind::Symlink(target) => Item::Symlink {
+                    target: target.clone(),
+                    mtime: e.mtime,
+                },
+                Kind::Special => return None,
+            };
+            Some((rel.clone(), item))
+        })
+        .collect()
+}
+
+/// Runs one two-way pass between `opts.source` and `opts.backup`.
+///
+/// Fails (changing nothing) if a root cannot be listed, the archive is damaged, or a
+/// refusal of SPEC §8 applies without `force`. Per-entry faults are logged and counted; their
+/// archive entries stay as they were, so they are retried next pass.
+pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassStats, Error> {
+    let archived = archive::load(&opts.archive, &opts.source, &opts.backup)?;
+    let first_pass = archived.is_none();
+    let archived = archived.unwrap_or_default();
+
+    let (src, dst) = rayon::join(
+        || scan::scan(&opts.source, "SOURCE", &opts.filter),
+        || scan::scan(&opts.backup, "BACKUP", &opts.filter),
+    );
+    let (src, dst) = (src?, dst?);
+
+    let mut stats = PassStats {
+        conflicts: Some(0),
+        ..PassStats::default()
+    };
+    let mut protected: HashSet<PathBuf> = HashSet::new();
+    for (side, tree) in [(Side::Source, &src), (Side::Backup, &dst)] {
+        for (rel, err) in &tree.unlistable {
+            log::error!(
+                "cannot list {} in {}: {err}; nothing under it is changed this pass",
+                Escaped(rel),
+                side_name(side)
+            );
+            stats.errors += 1;
+            protected.insert(rel.clone());
+        }
+        for (rel, entry) in &tree.entries {
+            if entry.kind == Kind::Special {
+                log::warn!(
+                    "skipped {} in {}: not a regular file, directory or symlink",
+                    Escaped(rel),
+                    side_name(side)
+                );
+                protected.insert(rel.clone());
+            }
+        }
+    }
+
+    refuse_empty_side(opts, &src, &dst, &archived)?;
+
+    let digests = Digests::new(cache, false, &opts.source, &opts.backup);
+    let read_errors = AtomicU64::new(0);
+    let hash_side = |side: Side, tree: &Tree| {
+        let root = opts.root(side);
+        tree.entries
+            .par_iter()
+            .filter(|(_, e)| e.kind == Kind::File)
+            .filter_map(|(rel, e)| match digests.digest(side, root, rel, e) {
+                Ok(d) => Some((rel.clone(), d)),
+                Err(err) => {
+                    log::error!("cannot read {} in {}: {err}", Escaped(rel), side_name(side));
+                    read_errors.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            })
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+    let (src_digests, dst_digests) = rayon::join(
+        || hash_side(Side::Source, &src),
+        || hash_side(Side::Backup, &dst),
+    );
+    stats.errors += read_errors.into_inner();
+    for (tree, d) in [(&src, &src_digests), (&dst, &dst_digests)] {
+        for (rel, e) in &tree.entries {
+            if e.kind == Kind::File && !d.contains_key(rel) {
+                // Unknown content decides nothing: the path waits for a pass that can read it.
+                protected.insert(rel.clone());
+            }
+        }
+    }
+    let src_items = items_of(&src, &src_digests);
+    let dst_items = items_of(&dst, &dst_digests);
+
+    let stamp = jiff::ZonedDateTime::now()
+        .strftime("%Y%m%d-%H%M%S")
+        .to_string();
+    let plan = reconcile(
+        &archived,
+        &src_items,
+        &dst_items,
+        &protected,
+        opts.policy,
+        &stamp,
+    );
+
+    refuse_mass_deletion(opts, &plan, &src_items, &dst_items)?;
+
+    for c in &plan.conflicts {
+        let why = match c.verdict {
+            Verdict::Policy(Policy::Newer) => "newer",
+            Verdict::Policy(Policy::Source) => "source",
+            Verdict::Policy(Policy::Backup) => "backup",
+            Verdict::Directory => "directory",
+        };
+        log::warn!(
+            "{}conflict on {}: kept the {} version ({why}); the {} version is saved as {} on both sides",
+            if opts.dry_run { "dry run: " } else { "" },
+            Escaped(&c.rel),
+            side_name(c.winner),
+            side_name(other(c.winner)),
+            Escaped(&c.saved_as)
+        );
+    }
+    stats.conflicts = Some(plan.conflicts.len() as u64);
+
+    if opts.dry_run {
+        for step in &plan.steps {
+            log::info!("dry run: {}", describe(step));
+            stats.operations += 1;
+        }
+        stats.hashed = digests.hashed();
+        stats.cache_hits = digests.cache_hits();
+        return Ok(stats);
+    }
+    if first_pass {
+        log::info!("no archive yet for this pair: first pass, merging both sides without deleting");
+    }
+
+    let applier = Applier {
+        opts,
+        src: &src,
+        dst: &dst,
+        digests: &digests,
+        failed: Mutex::new(HashSet::new()),
+        operations: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        made_dirs: Mutex::new(Vec::new()),
+    };
+    applier.apply(&plan);
+    stats.operations += applier.operations.load(Ordering::Relaxed);
+    stats.errors += applier.errors.load(Ordering::Relaxed);
+    stats.hashed = digests.hashed();
+    stats.cache_hits = digests.cache_hits();
+    stats.interrupted = signal::stop_requested();
+    let failed = applier
+        .failed
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+
+    let learnt = digests.finish();
+    learnt.record_into(cache);
+    cache.retain(Side::Source, |rel| {
+        src.entries.contains_key(rel) || plan.finals.contains_key(rel)
+    });
+    cache.retain(Side::Backup, |rel| {
+        dst.entries.contains_key(rel) || plan.finals.contains_key(rel)
+    });
+
+    // The archive is written only when a pass completes, and records what was really done:
+    // a path whose step failed keeps its old entry, so the next pass tries again.
+    if !stats.interrupted {
+        let mut next = archived;
+        let covered =
+            |rel: &Path| !failed.is_empty() && rel.ancestors().any(|a| failed.contains(a));
+        for (rel, fin) in &plan.finals {
+            if covered(rel) {
+                continue;
+            }
+            match fin {
+                Some(item) => next.insert(rel.clone(), item.clone()),
+                None => next.remove(rel),
+            };
+        }
+        archive::save(&opts.archive, &opts.source, &opts.backup, &next).map_err(|source| {
+            Error::StateUnreadable {
+                path: opts.archive.clone(),
+                source,
+            }
+        })?;
+    }
+    Ok(stats)
+}
+
+fn refuse_empty_side(
+    opts: &TwowayOptions,
+    src: &Tree,
+    dst: &Tree,
+    archived: &Items,
+) -> Result<(), Error> {
+    let archived_files = archived
+        .values()
+        .filter(|i| !matches!(i, Item::Dir { .. }))
+        .count();
+    if opts.force || archived_files == 0 {
+        return Ok(());
+    }
+    for (side, tree) in [(Side::Source, src), (Side::Backup, dst)] {
+        if tree.entries.is_empty() {
+            return Err(Error::Refused(format!(
+                "refusing to sync: {} {} is empty while the last sync left {archived_files} files \
+                 in it (an unmounted drive looks like this); run with --force if it is really \
+                 meant to be empty",
+                side_name(side),
+                opts.root(side).display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn refuse_mass_deletion(
+    opts: &TwowayOptions,
+    plan: &Plan,
+    src: &Items,
+    dst: &Items,
+) -> Result<(), Error> {
+    if opts.force {
+        return Ok(());
+    }
+    for (side, items) in [(Side::Source, src), (Side::Backup, dst)] {
+        let total = items
+            .values()
+            .filter(|i| !matches!(i, Item::Dir { .. }))
+            .count();
+        let removed = plan
+            .steps
+            .iter()
+            .filter(|s| {
+                matches!(s, Step::Remove { side: z, seen, .. } if *z == side && !matches!(seen, Item::Dir { .. }))
+            })
+            .count();
+        if removed * 2 > total {
+            return Err(Error::Refused(format!(
+                "refusing a pass that would delete {removed} of the {total} files in {} {} (more \
+                 than half); check both sides and run with --force if this is intended",
+                side_name(side),
+                opts.root(side).display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn describe(step: &Step) -> String {
+    match step {
+        Step::SaveLoser { side, rel, to, .. } => format!(
+            "saved {} as {} in {}",
+            Escaped(rel),
+            Escaped(to),
+            side_name(*side)
+        ),
+        Step::Remove { side, rel, seen } => format!(
+            "removed {}{} from {}",
+            if matches!(seen, Item::Dir { .. }) {
+                "directory "
+            } else {
+                ""
+            },
+            Escaped(rel),
+            side_name(*side)
+        ),
+        Step::MakeDir { side, rel } => {
+            format!("created directory {} in {}", Escaped(rel), side_name(*side))
+        }
+        Step::Copy {
+            side,
+            rel,
+            expected,
+            ..
+        } => format!(
+            "{} {} {} {}",
+            if expected.is_some() {
+                "replaced"
+            } else {
+                "copied"
+            },
+            Escaped(rel),
+            if expected.is_some() { "in" } else { "to" },
+            side_name(*side)
+        ),
+        Step::Link {
+            side,
+            rel,
+            item,
+            expected,
+        } => {
+            let target = match item {
+                Item::Symlink { target, .. } => target.as_path(),
+                _ => Path::new(""),
+            };
+            format!(
+                "{} symlink {} -> {} in {}",
+                if matches!(expected, Some(Item::Symlink { .. })) {
+                    "replaced"
+                } else {
+                    "created"
+                },
+                Escaped(rel),
+                Escaped(target),
+                side_name(*side)
+            )
+        }
+        Step::Meta { side, rel, .. } => format!(
+            "updated metadata of {} in {}",
+            Escaped(rel),
+            side_name(*side)
+        ),
+    }
+}
+
+struct Applier<'a> {
+    opts: &'a TwowayOptions,
+    src: &'a Tree,
+    dst: &'a Tree,
+    digests: &'a Digests<'a>,
+    /// Paths whose step failed: their archive entries stay, and nothing is done beneath them.
+    failed: Mutex<HashSet<PathBuf>>,
+    operations: AtomicU64,
+    errors: AtomicU64,
+    /// Directories created this pass, to get their final mode last.
+    made_dirs: Mutex<Vec<(Side, PathBuf)>>,
+}
+
+impl Applier<'_> {
+    fn tree(&self, side: Side) -> &Tree {
+        match side {
+            Side::Source => self.src,
+            Side::Backup => self.dst,
+        }
+    }
+
+    /// The scanned entry behind `seen` at `rel` on `side` (for the re-check before a change).
+    fn seen_entry(&self, side: Side, rel: &Path) -> Option<&Entry> {
+        self.tree(side).entries.get(rel)
+    }
+
+    fn blocked(&self, rel: &Path) -> bool {
+        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        !failed.is_empty() && rel.ancestors().skip(1).any(|a| failed.contains(a))
+    }
+
+    fn fail(&self, rel: &Path) {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(rel.to_path_buf());
+    }
+
+    fn apply(&self, plan: &Plan) {
+        let mut saves = Vec::new();
+        let mut removals = Vec::new();
+        let mut dirs = Vec::new();
+        let mut transfers = Vec::new();
+        for step in &plan.steps {
+            match step {
+                Step::SaveLoser { .. } => saves.push(step),
+                Step::Remove { .. } => removals.push(step),
+                Step::MakeDir { .. } => dirs.push(step),
+                _ => transfers.push(step),
+            }
+        }
+        // Losers are moved aside before anything could overwrite them; removals go children
+        // first; directories are made parents first; then files and links in parallel.
+        removals.sort_by(|a, b| b.rel().cmp(a.rel()));
+        dirs.sort_by(|a, b| a.rel().cmp(b.rel()));
+        for step in saves.into_iter().chain(removals).chain(dirs) {
+            self.run(step);
+        }
+        transfers.par_iter().for_each(|step| self.run(step));
+        self.finish_dirs(plan);
+    }
+
+    fn run(&self, step: &Step) {
+        if signal::stop_requested() {
+            return;
+        }
+        let rel = step.rel();
+        if self.blocked(rel) {
+            self.fail(rel);
+            return;
+        }
+        let side = step.side();
+        let root = self.opts.root(side);
+        let path = root.join(rel);
+        let seen = || self.seen_entry(side, rel);
+        let result: Result<(), OpError> = match step {
+            Step::SaveLoser { to, .. } => match seen() {
+                Some(entry) => fsops::rename_noreplace(&path, &root.join(to), entry),
+                None => Err(OpError::DestinationChanged { path: path.clone() }),
+            },
+            Step::Remove { .. } => match seen() {
+                Some(entry) => fsops::remove(&path, entry),
+                None => Err(OpError::DestinationChanged { path: path.clone() }),
+            },
+            Step::MakeDir { .. } => fsops::create_dir(&path).map(|()| {
+                self.made_dirs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((side, rel.to_path_buf()));
+            }),
+            Step::Copy {
+                from,
+                item,
+                expected,
+                ..
+            } => {
+                let Item::File { digest, .. } = item else {
+                    unreachable!("copies carry files")
+                };
+                let expected = match expected {
+                    Some(_) => seen(),
+                    None => None,
+                };
+                let started = SystemTime::now();
+                let from_path = self.opts.root(other(side)).join(from);
+                fsops::copy_file(&from_path, &path, expected, Some(digest)).map(|c| {
+                    self.digests
+                        .learn(other(side), from, &c.source, c.digest, Some(started));
+                    self.digests
+                        .learn(side, rel, &c.destination, c.digest, None);
+                })
+            }
+            Step::Link { item, expected, .. } => {
+                let Item::Symlink { target, mtime } = item else {
+                    unreachable!("links carry links")
+                };
+                let expected = match expected {
+                    Some(_) => seen(),
+                    None => None,
+                };
+                fsops::symlink(target, &path, expected, *mtime).map(drop)
+            }
+            Step::Meta { want, .. } => match (seen(), want) {
+                (Some(entry), Item::Dir { mode, .. }) => {
+                    let _ = entry;
+                    fsops::set_dir_mode(&path, *mode)
+                }
+                (
+                    Some(entry),
+                    Item::File {
+                        mode,
+                        mtime,
+                        digest,
+                        ..
+                    },
+                ) => fsops::set_metadata(&path, entry, *mode, *mtime).map(|now| {
+                    self.digests.learn(side, rel, &now, *digest, None);
+                }),
+                (Some(entry), Item::Symlink { mtime, .. }) => {
+                    fsops::set_metadata(&path, entry, entry.mode, *mtime).map(drop)
+                }
+                (None, _) => Err(OpError::DestinationChanged { path: path.clone() }),
+            },
+        };
+        match result {
+            Ok(()) => {
+                log::info!("{}", describe(step));
+                self.operations.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(err) => {
+                self.fail(rel);
+                if let Step::SaveLoser { to, .. } = step {
+                    self.fail(to);
+                }
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                let where_ = side_name(side);
+                match err {
+                    OpError::Read { source, .. } => {
+                        log::error!(
+                            "cannot read {} in {}: {source}",
+                            Escaped(rel),
+                            side_name(other(side))
+                        )
+                    }
+                    OpError::Write { source, .. } => {
+                        log::error!("cannot write {} in {where_}: {source}", Escaped(rel))
+                    }
+                    OpError::SourceChanged { .. } => log::error!(
+                        "skipped {} in {where_}: its other side changed while being copied; retried next pass",
+                        Escaped(rel)
+                    ),
+                    OpError::DestinationChanged { .. } => log::error!(
+                        "skipped {} in {where_}: it changed since the scan; retried next pass",
+                        Escaped(rel)
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Gives directories made this pass (created owner-writable) and directories whose mode
+    /// changed their final mode, deepest first.
+    fn finish_dirs(&self, plan: &Plan) {
+        let mut made =
+            std::mem::take(&mut *self.made_dirs.lock().unwrap_or_else(|e| e.into_inner()));
+        made.sort_by(|a, b| b.1.cmp(&a.1));
+        for (side, rel) in made {
+            if signal::stop_requested() {
+                return;
+            }
+            if let Some(Some(Item::Dir { mode, .. })) = plan.finals.get(&rel)
+                && let Err(err) = fsops::set_dir_mode(&self.opts.root(side).join(&rel), *mode)
+            {
+                self.fail(&rel);
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                log::error!("{err}");
+            }
+        }
+    }
+}
+
+/// The `twoway` command line, parsed (the recovery system is the binary's business).
+#[derive(Debug, Clone)]
+pub struct TwowayArgs {
+    /// One side.
+    pub source: PathBuf,
+    /// The other side.
+    pub backup: PathBuf,
+    /// Log file.
+    pub log: PathBuf,
+    /// Log what a pass would do; change nothing.
+    pub dry_run: bool,
+    /// Globs left alone on both sides.
+    pub exclude: Vec<String>,
+    /// Let the refusals of SPEC §8 through.
+    pub force: bool,
+    /// Who wins a conflict.
+    pub policy: Policy,
+}
+
+/// A running two-way sync of one pair: checked roots, both locks held, logging set up.
+pub struct TwowaySession {
+    /// The pass options.
+    pub opts: TwowayOptions,
+    /// The state directory (where twoway runs from).
+    pub state_dir: PathBuf,
+    cache: HashCache,
+    _locks: (crate::lock::DirLock, crate::lock::DirLock),
+}
+
+impl TwowaySession {
+    /// Checks the roots and the state directory (`state_dir`, which must lie outside both),
+    /// takes the pair's lock (an `flock` on each root, so it holds whatever directory twoway
+    /// runs from), and starts logging.
+    ///
+    /// Fails, having changed nothing, on bad paths, a bad pattern, a held lock or an unusable
+    /// log file.
+    pub fn open(args: &TwowayArgs, state_dir: &Path) -> Result<TwowaySession, Error> {
+        let (source, backup) = crate::roots::validate(&args.source, &args.backup)?;
+        let state_dir =
+            std::fs::canonicalize(state_dir).map_err(|source| Error::StateUnreadable {
+                path: state_dir.to_path_buf(),
+                source,
+            })?;
+        for (role, root) in [("SOURCE", &source), ("BACKUP", &backup)] {
+            if state_dir.starts_with(root) {
+                return Err(Error::StateInsideRoot {
+                    state: state_dir,
+                    role,
+                    root: root.clone(),
+                });
+            }
+        }
+        let mut filter = Filter::new(&args.exclude)?;
+        filter.skip_temp_files();
+        let locks = (
+            crate::lock::DirLock::acquire(&source)?,
+            crate::lock::DirLock::acquire(&backup)?,
+        );
+        crate::logging::init("TWOWAY", &args.log, log::LevelFilter::Info).map_err(|source| {
+            Error::LogFile {
+                path: args.log.clone(),
+                source,
+            }
+        })?;
+        for root in [&source, &backup] {
+            if let Some(rel) = crate::roots::relative_inside(root, &args.log) {
+                filter.exclude_exact(rel);
+            }
+        }
+        if let Err(err) = signal::install() {
+            log::warn!("cannot handle Ctrl+C: {err}");
+        }
+        let cache = match crate::cache::default_location(&source, &backup) {
+            Some((path, tag)) => HashCache::load(path, tag),
+            None => HashCache::in_memory(),
+        };
+        let archive = archive::path_for(&state_dir, &source, &backup);
+        log::info!("syncing {} and {}", source.display(), backup.display());
+        Ok(TwowaySession {
+            opts: TwowayOptions {
+                source,
+                backup,
+                archive,
+                filter,
+                dry_run: args.dry_run,
+                force: args.force,
+                policy: args.policy,
+            },
+            state_dir,
+            cache,
+            _locks: locks,
+        })
+    }
+}
+
+impl crate::driver::Job for TwowaySession {
+    fn pass(&mut self) -> Result<PassStats, Error> {
+        twoway_pass(&self.opts, &mut self.cache)
+    }
+
+    fn after_pass(&mut self, _stats: &PassStats) {
+        if !self.opts.dry_run
+            && let Err(err) = self.cache.save()
+        {
+            log::warn!("cannot save the hash cache: {err}");
+        }
+    }
+}
