@@ -85,6 +85,10 @@ pub fn decode_item(line: &str) -> Option<(PathBuf, Item)> {
     parse_item(line)
 }
 
+/// The name prefix of the temporary file [`write_atomically`] renames into place; a leftover
+/// of a killed write starts with it.
+pub const TEMP_PREFIX: &str = ".listing-tmp-";
+
 /// Writes `text` to `path` atomically: a temporary file in the same directory, flushed, then
 /// renamed over the old one.
 ///

@@ -286,7 +286,7 @@ impl Store {
             } else if name.starts_with(GEN_PREFIX) {
                 name != current_gen
             } else if name.starts_with(BUILD_PREFIX)
-                || name.starts_with(".manifest-tmp-")
+                || name.starts_with(sync_core::listing::TEMP_PREFIX)
                 || name == ".current.tmp"
             {
                 true
