@@ -2,8 +2,8 @@
 # as --prepare, untimed, to put the trees into the state a scenario starts from). Keeping the
 # command lines here means the untimed set-up syncs run exactly what is timed.
 #
-# Expects, exported by run.sh: BENCH_DIR, W (the bench file system's work dir), CORPUS, LOGS,
-# STATE, ONEWAY, TWOWAY, XDG_CACHE_HOME.
+# Expects, exported by run.sh: BENCH_DIR, RAW, W (the bench file system's work dir), CORPUS,
+# LOGS, STATE, ONEWAY, TWOWAY, XDG_CACHE_HOME.
 
 # Quote words for hyperfine -N (no shell; it splits with POSIX shell quoting rules).
 q() { printf '%q ' "$@"; }
@@ -35,12 +35,14 @@ tool_cmd() {
     esac
 }
 
-# run_untimed TOOL SRC DST: one sync, output kept in a file and shown only if it fails.
+# run_untimed TOOL SRC DST: one sync, its output kept in a file and shown only if it fails
+# (into $RAW/step-errors.txt too: hyperfine hides what a --prepare command prints).
 run_untimed() {
-    local out="$LOGS/untimed-$1.out"
-    if ! eval "$(tool_cmd "$@")" >"$out" 2>&1; then
-        echo "untimed $1 sync of $2 -> $3 failed:" >&2
-        tail -20 "$out" >&2
+    local out="$LOGS/untimed-$1.out" rc=0
+    eval "$(tool_cmd "$@")" >"$out" 2>&1 || rc=$?
+    if ((rc)); then
+        { echo "untimed $1 sync of $2 -> $3 failed (exit $rc):"; tail -c 3000 "$out"; } |
+            tee -a "$RAW/step-errors.txt" >&2
         return 1
     fi
 }

@@ -96,7 +96,7 @@ else
 fi
 echo "file system: $FS"
 
-export BENCH_DIR ONEWAY TWOWAY
+export BENCH_DIR RAW ONEWAY TWOWAY
 export W=$MNT/w CORPUS=$MNT/w/corpus LOGS=$MNT/w/logs STATE=$MNT/w/state
 # oneway's hash cache lives on the bench file system, apart from the user's own.
 export XDG_CACHE_HOME=$MNT/w/xdg-cache
@@ -121,7 +121,10 @@ hf() { # hf SCENARIO: time the queued commands; one warm-up run each, then $RUNS
     local args=(-N --style basic --warmup 1 --runs "$RUNS" --export-json "$RAW/$1.json") i
     for i in "${!HF_CMDS[@]}"; do args+=(-n "${HF_NAMES[$i]}" "${HF_CMDS[$i]}"); done
     for i in "${!HF_PREPS[@]}"; do args+=(--prepare "${HF_PREPS[$i]}"); done
-    hyperfine "${args[@]}"
+    if ! hyperfine "${args[@]}"; then
+        cat "$RAW/step-errors.txt" 2>/dev/null >&2 || true
+        die "hyperfine failed in $1"
+    fi
     HF_NAMES=() HF_CMDS=() HF_PREPS=()
 }
 

@@ -13,6 +13,7 @@
 #   step.sh drop-caches                     empty the page, dentry and inode caches
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+trap 'echo "step.sh $*: failed at line $LINENO" >>"$RAW/step-errors.txt"' ERR
 gen() { python3 "$BENCH_DIR/gen_corpus.py" "$@" >/dev/null; }
 
 case $1 in

@@ -1,13 +1,20 @@
-//! `twoway SOURCE BACKUP`: parse the command line, then hand over to `sync_core`.
+//! `twoway SOURCE BACKUP` and `twoway DIR --restore`: parse the command line, run the recovery
+//! system's processes, and hand the syncing and restoring over to the crates.
 
-use std::path::PathBuf;
+mod recovery;
+
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use sync_core::ExitCode;
-use sync_core::driver::{Schedule, run_passes};
+use sync_core::driver::{Job, Schedule, run_passes};
+use sync_core::mirror::PassStats;
 use sync_core::reconcile::Policy;
 use sync_core::twoway::{TwowayArgs, TwowaySession};
+use sync_core::{Error, ExitCode};
+use versioning::restore::{Which, restore};
+
+use recovery::{Recovery, worse};
 
 /// Who wins a conflict.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -20,14 +27,24 @@ enum ConflictPolicy {
     Backup,
 }
 
-/// Keep SOURCE and BACKUP in sync both ways, again at every interval.
+/// Which version `--restore` brings back.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum VersionChoice {
+    /// The newest version.
+    Latest,
+    /// The one before it.
+    Previous,
+}
+
+/// Keep SOURCE and BACKUP in sync both ways with versions of both, or bring a directory back
+/// from its versions (`twoway DIR --restore`).
 #[derive(Debug, Parser)]
-#[command(name = "twoway", version, about)]
+#[command(name = "twoway", version, about, disable_version_flag = true)]
 struct Cli {
-    /// One side (must exist).
+    /// One side (with --restore: the directory to restore, which may no longer exist).
     source: PathBuf,
-    /// The other side (must exist).
-    backup: PathBuf,
+    /// The other side.
+    backup: Option<PathBuf>,
     /// Seconds between passes (at least 1).
     #[arg(short, long, default_value_t = 3600, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
@@ -35,7 +52,10 @@ struct Cli {
     /// Log file.
     #[arg(short, long, default_value = "twoway.log", value_name = "FILE")]
     log: PathBuf,
-    /// One pass, then exit.
+    /// The recovery system's configuration.
+    #[arg(long, default_value = "config.json", value_name = "FILE")]
+    config: PathBuf,
+    /// One two-way pass and one snapshot of each side, then exit.
     #[arg(long)]
     once: bool,
     /// Log what a pass would do; change nothing.
@@ -53,6 +73,15 @@ struct Cli {
     /// Do not start the recovery system (the versioning children).
     #[arg(long)]
     no_recovery: bool,
+    /// Bring DIR back from its versions.
+    #[arg(long)]
+    restore: bool,
+    /// With --restore: which version.
+    #[arg(long, value_enum, value_name = "latest|previous")]
+    version: Option<VersionChoice>,
+    /// Print the program's version.
+    #[arg(short = 'V', action = clap::ArgAction::Version)]
+    print_version: Option<bool>,
 }
 
 fn usage_error(message: &str) -> ! {
@@ -60,8 +89,8 @@ fn usage_error(message: &str) -> ! {
     std::process::exit(ExitCode::Usage.code());
 }
 
-fn main() {
-    let cli = match Cli::try_parse() {
+fn parse() -> Cli {
+    match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) if err.use_stderr() => {
             // clap's text spans several lines; the contract is one line, exit 2.
@@ -74,16 +103,77 @@ fn main() {
             usage_error(message.join(" ").trim_start_matches("error: "));
         }
         Err(err) => err.exit(),
-    };
-    if !cli.no_recovery {
-        usage_error("the recovery system is not built yet; run with --no-recovery");
     }
+}
+
+fn main() {
+    let cli = parse();
+    let code = match (cli.restore, &cli.backup) {
+        (true, Some(_)) => usage_error("--restore takes one directory, not SOURCE and BACKUP"),
+        (true, None) => run_restore(&cli),
+        (false, None) => {
+            usage_error("BACKUP is missing: twoway SOURCE BACKUP, or twoway DIR --restore")
+        }
+        (false, Some(backup)) => {
+            if cli.version.is_some() {
+                usage_error("--version applies only with --restore (the program's version is -V)");
+            }
+            run_sync(&cli, backup)
+        }
+    };
+    std::process::exit(code.code());
+}
+
+fn run_restore(cli: &Cli) -> ExitCode {
+    if let Err(err) = sync_core::logging::init("TWOWAY", &cli.log, log::LevelFilter::Info) {
+        usage_error(&format!(
+            "cannot open log file {}: {err}",
+            cli.log.display()
+        ));
+    }
+    let which = match cli.version {
+        Some(VersionChoice::Previous) => Which::Previous,
+        _ => Which::Latest,
+    };
+    let state_dir = match std::env::current_dir() {
+        Ok(d) => d,
+        Err(err) => usage_error(&format!("cannot read the current directory: {err}")),
+    };
+    match restore(&state_dir, &cli.source, which) {
+        Ok(done) => {
+            log::info!(
+                "restored {} from its {} version ({} entries)",
+                done.dir.display(),
+                if which == Which::Latest {
+                    "latest"
+                } else {
+                    "previous"
+                },
+                done.entries
+            );
+            if let Some(kept) = done.kept {
+                log::info!(
+                    "what {} held before is kept in {} (move it back to undo the restore)",
+                    done.dir.display(),
+                    kept.display()
+                );
+            }
+            ExitCode::Success
+        }
+        Err(err) => {
+            log::error!("{}", sync_core::error::one_line(&err));
+            ExitCode::Usage
+        }
+    }
+}
+
+fn run_sync(cli: &Cli, backup: &Path) -> ExitCode {
     let args = TwowayArgs {
-        source: cli.source,
-        backup: cli.backup,
-        log: cli.log,
+        source: cli.source.clone(),
+        backup: backup.to_path_buf(),
+        log: cli.log.clone(),
         dry_run: cli.dry_run,
-        exclude: cli.exclude,
+        exclude: cli.exclude.clone(),
         force: cli.force,
         policy: match cli.conflict {
             ConflictPolicy::Newer => Policy::Newer,
@@ -91,13 +181,78 @@ fn main() {
             ConflictPolicy::Backup => Policy::Backup,
         },
     };
-    let mut session = match TwowaySession::open(&args, std::path::Path::new(".")) {
+    let session = match TwowaySession::open(&args, Path::new(".")) {
         Ok(s) => s,
         Err(err) => usage_error(&sync_core::error::one_line(&err)),
+    };
+    let recovery = if cli.no_recovery || cli.dry_run {
+        None
+    } else {
+        let roots = [session.opts.source.as_path(), session.opts.backup.as_path()];
+        match Recovery::prepare(&session.state_dir, &cli.config, roots) {
+            Ok(r) => Some(r),
+            Err(err) => {
+                log::error!("{}", sync_core::error::one_line(&err));
+                return ExitCode::Usage;
+            }
+        }
+    };
+    let mut job = TwowayJob {
+        session,
+        recovery,
+        once: cli.once,
+        started: false,
     };
     let schedule = Schedule {
         once: cli.once,
         interval: Duration::from_secs(cli.interval),
     };
-    std::process::exit(run_passes(schedule, &mut session).code());
+    run_passes(schedule, &mut job)
+}
+
+/// A two-way session plus, unless `--no-recovery`, its versioning children.
+struct TwowayJob {
+    session: TwowaySession,
+    recovery: Option<Recovery>,
+    once: bool,
+    started: bool,
+}
+
+impl Job for TwowayJob {
+    fn pass(&mut self) -> Result<PassStats, Error> {
+        self.session.pass()
+    }
+
+    fn after_pass(&mut self, stats: &PassStats) {
+        self.session.after_pass(stats);
+        // The children start after the first two-way pass, so their first versions hold the
+        // merged state of both sides.
+        if !self.once
+            && !self.started
+            && let Some(r) = self.recovery.as_mut()
+        {
+            r.start();
+            self.started = true;
+        }
+    }
+
+    fn tick(&mut self) {
+        if let Some(r) = self.recovery.as_mut() {
+            r.watch();
+        }
+    }
+
+    fn finish(&mut self, exit: ExitCode) -> ExitCode {
+        let Some(r) = self.recovery.as_mut() else {
+            return exit;
+        };
+        if self.once {
+            if exit == ExitCode::Usage {
+                return exit;
+            }
+            return worse(exit, r.snapshot_once());
+        }
+        r.stop();
+        exit
+    }
 }

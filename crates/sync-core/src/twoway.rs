@@ -616,6 +616,14 @@ pub struct TwowayArgs {
     pub policy: Policy,
 }
 
+/// One of the locks a session holds until it ends.
+#[derive(Debug)]
+#[allow(dead_code)] // held for its drop, never read
+enum Lock {
+    Path(crate::lock::PathLock),
+    Dir(crate::lock::DirLock),
+}
+
 /// A running two-way sync of one pair: checked roots, both locks held, logging set up.
 pub struct TwowaySession {
     /// The pass options.
@@ -623,7 +631,7 @@ pub struct TwowaySession {
     /// The state directory (where twoway runs from).
     pub state_dir: PathBuf,
     cache: HashCache,
-    _locks: (crate::lock::DirLock, crate::lock::DirLock),
+    _locks: [Lock; 4],
 }
 
 impl TwowaySession {
@@ -651,10 +659,14 @@ impl TwowaySession {
         }
         let mut filter = Filter::new(&args.exclude)?;
         filter.skip_temp_files();
-        let locks = (
-            crate::lock::DirLock::acquire(&source)?,
-            crate::lock::DirLock::acquire(&backup)?,
-        );
+        // Path locks hold the pair even while a root is missing (what a restore checks);
+        // directory locks keep a oneway off either root.
+        let locks = [
+            Lock::Path(crate::lock::PathLock::acquire(&source)?),
+            Lock::Path(crate::lock::PathLock::acquire(&backup)?),
+            Lock::Dir(crate::lock::DirLock::acquire(&source)?),
+            Lock::Dir(crate::lock::DirLock::acquire(&backup)?),
+        ];
         crate::logging::init("TWOWAY", &args.log, log::LevelFilter::Info).map_err(|source| {
             Error::LogFile {
                 path: args.log.clone(),

@@ -1,11 +1,14 @@
 //! Versioned snapshots for `oneway --versioned`: the tree digest that decides whether SOURCE
 //! changed, the manifest kept beside each version, the store that rotates versions
 //! atomically (`_0` oldest … `_{N-1}` latest), the versioned pass itself, and verification of
-//! a version against its manifest (used by restore).
+//! a version against its manifest; and the recovery system's state (`config.json`,
+//! `.info.json`, `__versions__/`) with the restore that brings a directory back.
 
 pub mod digest;
 pub mod manifest;
 pub mod pass;
+pub mod recovery;
+pub mod restore;
 pub mod store;
 pub mod verify;
 

@@ -1,0 +1,251 @@
+//! `twoway DIR --restore [--version latest|previous]`: bring a directory back from its
+//! versions, even after it was deleted, without ever leaving it half-restored.
+//!
+//! The chosen version is verified against its manifest, copied (never hard-linked, so later
+//! edits cannot reach into the history) into a temporary directory beside DIR, and swapped
+//! into place in one `rename` (an exchange when DIR exists). What DIR held before is kept
+//! under `__versions__/KEY/before-restore-STAMP`, so a restore can be undone.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use sync_core::display::Escaped;
+use sync_core::fsops;
+use sync_core::lock::{DirLock, PathLock};
+use sync_core::scan::{Entry, Kind, Timestamp};
+use sync_core::{Error, error::one_line};
+
+use crate::manifest::{Item, Manifest};
+use crate::recovery::{Info, VERSIONS_DIR, absolute_dir};
+use crate::store::Store;
+use crate::verify::verify;
+
+/// Which version to restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// The newest version (`_1` with two kept).
+    Latest,
+    /// The one before it (`_0`).
+    Previous,
+}
+
+/// What a restore did.
+#[derive(Debug)]
+pub struct Restored {
+    /// The restored directory.
+    pub dir: PathBuf,
+    /// Where its former content was put, if it existed.
+    pub kept: Option<PathBuf>,
+    /// Entries written.
+    pub entries: usize,
+}
+
+fn fail(message: String) -> Error {
+    Error::Versions(message)
+}
+
+/// Restores `dir` from the versions recorded in `state_dir`.
+///
+/// Fails, having changed nothing, if `dir` is unknown to `.info.json`, a twoway of its pair
+/// (or a versioning child) is running, the version does not exist or does not match its
+/// manifest, or the copy fails.
+pub fn restore(state_dir: &Path, dir: &Path, which: Which) -> Result<Restored, Error> {
+    let dir = absolute_dir(dir).map_err(|source| Error::Inaccessible {
+        role: "DIR",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let info = Info::load(state_dir)?;
+    let key = info.key_of(&dir).ok_or_else(|| {
+        fail(format!(
+            "{} is not known to the recovery system ({} has no entry for it); nothing was restored",
+            dir.display(),
+            state_dir.join(crate::recovery::INFO_FILE).display()
+        ))
+    })?;
+    let _pair = PathLock::acquire(&dir)?;
+    let vdir = state_dir.join(VERSIONS_DIR).join(key);
+    if !vdir.is_dir() {
+        return Err(fail(format!(
+            "no versions of {} in {}",
+            dir.display(),
+            vdir.display()
+        )));
+    }
+    let _versions = DirLock::acquire(&vdir)?;
+    let store = Store::open(&vdir).map_err(|e| fail(one_line(&e)))?;
+    let versions = store.versions(usize::MAX);
+    let chosen = match which {
+        Which::Latest => versions.last(),
+        Which::Previous => versions.len().checked_sub(2).and_then(|i| versions.get(i)),
+    }
+    .ok_or_else(|| {
+        fail(format!(
+            "there is no {} version of {} yet in {}",
+            if which == Which::Latest {
+                "latest"
+            } else {
+                "previous"
+            },
+            dir.display(),
+            vdir.display()
+        ))
+    })?;
+    let manifest = chosen.manifest().map_err(|e| fail(one_line(&e)))?;
+    let problems = verify(&chosen.dir, &manifest)?;
+    if let Some(first) = problems.first() {
+        return Err(fail(format!(
+            "the version in {} does not match its manifest ({} differences, first: {first}); nothing was restored",
+            chosen.dir.display(),
+            problems.len()
+        )));
+    }
+
+    let parent = dir.parent().ok_or_else(|| {
+        fail(format!(
+            "cannot restore the root directory {}",
+            dir.display()
+        ))
+    })?;
+    fs::create_dir_all(parent).map_err(|source| Error::Inaccessible {
+        role: "DIR",
+        path: parent.to_path_buf(),
+        source,
+    })?;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let work_prefix = format!(".{name}.restore-");
+    remove_leftovers(parent, &work_prefix);
+    let work = tempfile::Builder::new()
+        .prefix(&work_prefix)
+        .tempdir_in(parent)
+        .map_err(|source| Error::Inaccessible {
+            role: "DIR",
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    if let Err(message) = copy_version(&chosen.dir, &manifest, work.path()) {
+        return Err(fail(format!(
+            "cannot restore {}: {message}; nothing was changed",
+            dir.display()
+        )));
+    }
+    // The restored root gets the mode DIR had (a version records its content, not its root).
+    let root_mode = fs::metadata(&dir)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+        .unwrap_or(0o755);
+    let _ = fsops::set_dir_mode(work.path(), root_mode);
+    let work = work.keep();
+
+    let swap_err = |source: io::Error| {
+        fail(format!(
+            "cannot move the restored tree into {}: {source}",
+            dir.display()
+        ))
+    };
+    let kept = if fs::symlink_metadata(&dir).is_ok() {
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &work,
+            rustix::fs::CWD,
+            &dir,
+            rustix::fs::RenameFlags::EXCHANGE,
+        )
+        .map_err(|e| swap_err(e.into()))?;
+        // `work` now holds what DIR held: keep it with the versions, outside the rotation.
+        let stamp = jiff::ZonedDateTime::now()
+            .strftime("%Y%m%d-%H%M%S")
+            .to_string();
+        let mut keep = vdir.join(format!("before-restore-{stamp}"));
+        let mut n = 2;
+        while fs::symlink_metadata(&keep).is_ok() {
+            keep = vdir.join(format!("before-restore-{stamp}-{n}"));
+            n += 1;
+        }
+        match fs::rename(&work, &keep) {
+            Ok(()) => Some(keep),
+            Err(_) => {
+                // Another file system: leave it beside DIR, under a name that says what it is.
+                let beside = parent.join(format!(".{name}.before-restore-{stamp}"));
+                Some(if fs::rename(&work, &beside).is_ok() {
+                    beside
+                } else {
+                    work.clone()
+                })
+            }
+        }
+    } else {
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &work,
+            rustix::fs::CWD,
+            &dir,
+            rustix::fs::RenameFlags::NOREPLACE,
+        )
+        .map_err(|e| swap_err(e.into()))?;
+        None
+    };
+    Ok(Restored {
+        dir,
+        kept,
+        entries: manifest.items.len(),
+    })
+}
+
+/// Removes half-done restores of an earlier, killed run (our own prefix, beside DIR).
+fn remove_leftovers(parent: &Path, prefix: &str) {
+    let Ok(listing) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in listing.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(prefix)
+            && entry.file_type().is_ok_and(|t| t.is_dir())
+        {
+            log::info!("removing an unfinished restore {}", entry.path().display());
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Copies the version at `from` (as `manifest` lists it) into the empty directory `to`:
+/// directories first, then files (content checked against the manifest) and links, then
+/// directory modes and times, deepest first.
+fn copy_version(from: &Path, manifest: &Manifest, to: &Path) -> Result<(), String> {
+    for (rel, item) in &manifest.items {
+        if let Item::Dir { .. } = item {
+            fsops::create_dir(&to.join(rel)).map_err(|e| e.to_string())?;
+        }
+    }
+    manifest
+        .items
+        .par_iter()
+        .try_for_each(|(rel, item)| match item {
+            Item::Dir { .. } => Ok(()),
+            Item::File { digest, .. } => {
+                fsops::copy_file(&from.join(rel), &to.join(rel), None, Some(digest))
+                    .map(drop)
+                    .map_err(|e| format!("{}: {e}", Escaped(rel)))
+            }
+            Item::Symlink { target, mtime } => fsops::symlink(target, &to.join(rel), None, *mtime)
+                .map(drop)
+                .map_err(|e| format!("{}: {e}", Escaped(rel))),
+        })?;
+    for (rel, item) in manifest.items.iter().rev() {
+        if let Item::Dir { mode, mtime } = item {
+            let seen = Entry {
+                kind: Kind::Dir,
+                mode: 0o700,
+                size: 0,
+                mtime: Timestamp::default(),
+                ctime: Timestamp::default(),
+                ino: 0,
+            };
+            fsops::set_metadata(&to.join(rel), &seen, *mode, *mtime).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}

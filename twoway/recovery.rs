@@ -1,0 +1,264 @@
+//! The recovery system's processes: one `oneway --versioned` child per side, started after the
+//! first two-way pass, restarted if it dies, and stopped (SIGTERM, then SIGKILL) when twoway
+//! stops, so that none outlives it.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use sync_core::{Error, ExitCode};
+use versioning::recovery::{Config, Info, VERSIONS_DIR};
+
+/// How long a child may take to finish its file operation after SIGTERM.
+const GRACE: Duration = Duration::from_secs(10);
+/// Restart delays grow from this while a child keeps dying young, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+struct Keeper {
+    /// The directory kept in versions.
+    dir: PathBuf,
+    /// `__versions__/KEY`.
+    vdir: PathBuf,
+    process: Option<Child>,
+    started: Instant,
+    backoff: Duration,
+    next_start: Instant,
+}
+
+/// The two versioning children of one pair.
+pub struct Recovery {
+    config: Config,
+    state_dir: PathBuf,
+    keepers: Vec<Keeper>,
+}
+
+impl Recovery {
+    /// Reads (or writes with defaults) the configuration, records both roots in `.info.json`
+    /// and makes their version directories. Runs before any pass, so a bad configuration
+    /// stops twoway before anything is synced.
+    ///
+    /// Fails, naming the file, on a bad configuration or `.info.json`.
+    pub fn prepare(state_dir: &Path, config: &Path, roots: [&Path; 2]) -> Result<Recovery, Error> {
+        let config = Config::load_or_create(&state_dir.join(config))?;
+        let keys = Info::register(state_dir, &roots)?;
+        let mut keepers = Vec::new();
+        for (dir, key) in roots.into_iter().zip(keys) {
+            let vdir = state_dir.join(VERSIONS_DIR).join(&key);
+            std::fs::create_dir_all(&vdir).map_err(|source| Error::StateUnreadable {
+                path: vdir.clone(),
+                source,
+            })?;
+            keepers.push(Keeper {
+                dir: dir.to_path_buf(),
+                vdir,
+                process: None,
+                started: Instant::now(),
+                backoff: FIRST_BACKOFF,
+                next_start: Instant::now(),
+            });
+        }
+        Ok(Recovery {
+            config,
+            state_dir: state_dir.to_path_buf(),
+            keepers,
+        })
+    }
+
+    fn command(&self, keeper: &Keeper, once: bool) -> Command {
+        let mut cmd = Command::new(&self.config.program);
+        cmd.arg(&keeper.dir)
+            .arg(&keeper.vdir)
+            .arg("--versioned")
+            .args(&self.config.interval)
+            .arg("--log")
+            .arg(keeper.vdir.join("versionlogs.log"));
+        if once {
+            cmd.arg("--once");
+        }
+        // Its own process group: Ctrl+C reaches twoway only, which then stops the children
+        // itself; their console output is in their log files.
+        cmd.current_dir(&self.state_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        die_with_parent(&mut cmd);
+        cmd
+    }
+
+    /// Starts both children (periodic mode).
+    pub fn start(&mut self) {
+        for i in 0..self.keepers.len() {
+            self.spawn(i);
+        }
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let mut cmd = self.command(&self.keepers[i], false);
+        let keeper = &mut self.keepers[i];
+        match cmd.spawn() {
+            Ok(child) => {
+                log::info!(
+                    "recovery: keeping versions of {} in {} (pid {})",
+                    keeper.dir.display(),
+                    keeper.vdir.display(),
+                    child.id()
+                );
+                keeper.process = Some(child);
+                keeper.started = Instant::now();
+            }
+            Err(err) => {
+                log::error!(
+                    "recovery: cannot start {} for {}: {err}",
+                    self.config.program.display(),
+                    keeper.dir.display()
+                );
+                keeper.next_start = Instant::now() + keeper.backoff;
+                keeper.backoff = (keeper.backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+
+    /// Restarts a child that died (called while twoway waits between passes).
+    pub fn watch(&mut self) {
+        if sync_core::signal::stop_requested() {
+            return;
+        }
+        for i in 0..self.keepers.len() {
+            let keeper = &mut self.keepers[i];
+            if let Some(child) = keeper.process.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                log::warn!(
+                    "recovery: the versioning of {} stopped ({}); restarting it",
+                    keeper.dir.display(),
+                    describe(status)
+                );
+                keeper.process = None;
+                // A child that keeps dying young is restarted ever more slowly.
+                if keeper.started.elapsed() < Duration::from_secs(10) {
+                    keeper.next_start = Instant::now() + keeper.backoff;
+                    keeper.backoff = (keeper.backoff * 2).min(MAX_BACKOFF);
+                } else {
+                    keeper.backoff = FIRST_BACKOFF;
+                    keeper.next_start = Instant::now();
+                }
+            }
+            if self.keepers[i].process.is_none() && Instant::now() >= self.keepers[i].next_start {
+                self.spawn(i);
+            }
+        }
+    }
+
+    /// Stops the children: SIGTERM, then SIGKILL for any still running after the grace
+    /// period.
+    pub fn stop(&mut self) {
+        for keeper in &mut self.keepers {
+            if let Some(child) = keeper.process.as_ref()
+                && let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32)
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+        }
+        let deadline = Instant::now() + GRACE;
+        for keeper in &mut self.keepers {
+            let Some(mut child) = keeper.process.take() else {
+                continue;
+            };
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() >= deadline => {
+                        log::warn!(
+                            "recovery: the versioning of {} did not stop in time; killing it",
+                            keeper.dir.display()
+                        );
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+    }
+
+    /// `--once`: one snapshot of each side, waited for; the worst exit code of the two.
+    pub fn snapshot_once(&mut self) -> ExitCode {
+        let mut worst = ExitCode::Success;
+        for keeper in &self.keepers {
+            let status = self.command(keeper, true).status();
+            let code = match status {
+                Ok(s) if s.success() => ExitCode::Success,
+                Ok(s) => {
+                    log::error!(
+                        "recovery: the snapshot of {} failed ({}); see {}",
+                        keeper.dir.display(),
+                        describe(s),
+                        keeper.vdir.join("versionlogs.log").display()
+                    );
+                    if s.code() == Some(1) {
+                        ExitCode::PartialFailure
+                    } else {
+                        ExitCode::Usage
+                    }
+                }
+                Err(err) => {
+                    log::error!(
+                        "recovery: cannot run {}: {err}",
+                        self.config.program.display()
+                    );
+                    ExitCode::Usage
+                }
+            };
+            worst = worse(worst, code);
+        }
+        if worst == ExitCode::Success {
+            log::info!("recovery: snapshots of both sides are up to date");
+        }
+        worst
+    }
+}
+
+impl Drop for Recovery {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The worse of two exit codes.
+pub fn worse(a: ExitCode, b: ExitCode) -> ExitCode {
+    if b.code() > a.code() { b } else { a }
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => status.to_string(),
+    }
+}
+
+/// Asks the kernel to send the child SIGTERM if twoway dies without stopping it (a SIGKILL
+/// gives twoway no chance to), so no versioning child ever outlives it.
+fn die_with_parent(cmd: &mut Command) {
+    let parent = rustix::process::getpid();
+    // SAFETY: the closure runs in the child between fork and exec, and only makes two
+    // async-signal-safe system calls (prctl, getppid); it allocates nothing and takes no lock.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))?;
+            // The parent may have died before the call above: then nobody will stop us.
+            if rustix::process::getppid() != Some(parent) {
+                return Err(std::io::Error::other(
+                    "twoway exited while starting a child",
+                ));
+            }
+            Ok(())
+        });
+    }
+}
