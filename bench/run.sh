@@ -122,7 +122,7 @@ hf() { # hf SCENARIO: time the queued commands; one warm-up run each, then $RUNS
     for i in "${!HF_CMDS[@]}"; do args+=(-n "${HF_NAMES[$i]}" "${HF_CMDS[$i]}"); done
     for i in "${!HF_PREPS[@]}"; do args+=(--prepare "${HF_PREPS[$i]}"); done
     if ! hyperfine "${args[@]}"; then
-        cat "$RAW/step-errors.txt" 2>/dev/null >&2 || true
+        cat "$RAW/step-errors.txt" >&2 2>/dev/null || true
         die "hyperfine failed in $1"
     fi
     HF_NAMES=() HF_CMDS=() HF_PREPS=()

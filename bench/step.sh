@@ -8,8 +8,12 @@
 #                                           TOOL itself (so its cache/archive is as after a real
 #                                           pass), then SRC mutated: 1% of the small files, or
 #                                           64 KiB inside one large file
-#   step.sh tw-changed one|both TOOL A B    both sides pristine and synced by TOOL, then 1% of
-#                                           A changed (one) or 1% of each side (both)
+#   step.sh tw-changed one|both TOOL A B    A back to the pristine corpus and B brought back by
+#                                           TOOL itself (untimed), then 1% of A changed (one) or
+#                                           1% of each side (both). B is never restored from
+#                                           outside: a tool's own writes are what its archive
+#                                           knows (Unison stores times as floating point and
+#                                           would take an exact restored time for a change).
 #   step.sh drop-caches                     empty the page, dentry and inode caches
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -29,7 +33,6 @@ case $1 in
         ;;
     tw-changed)
         restore_small "$4"
-        restore_small "$5"
         sync -f "$W"
         run_untimed "$3" "$4" "$5"
         if [[ $2 == one ]]; then

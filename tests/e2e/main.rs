@@ -3,4 +3,5 @@
 mod util;
 
 mod oneway;
+mod restore;
 mod versioned;

@@ -576,8 +576,8 @@ impl Applier<'_> {
         }
     }
 
-    /// Gives directories made this pass (created owner-writable) and directories whose mode
-    /// changed their final mode, deepest first.
+    /// Gives directories made this pass (created owner-writable) their final mode and mtime,
+    /// deepest first.
     fn finish_dirs(&self, plan: &Plan) {
         let mut made =
             std::mem::take(&mut *self.made_dirs.lock().unwrap_or_else(|e| e.into_inner()));
@@ -586,8 +586,19 @@ impl Applier<'_> {
             if signal::stop_requested() {
                 return;
             }
-            if let Some(Some(Item::Dir { mode, .. })) = plan.finals.get(&rel)
-                && let Err(err) = fsops::set_dir_mode(&self.opts.root(side).join(&rel), *mode)
+            let seen = Entry {
+                kind: Kind::Dir,
+                mode: 0o700,
+                size: 0,
+                mtime: crate::scan::Timestamp::default(),
+                ctime: crate::scan::Timestamp::default(),
+                ino: 0,
+            };
+            // A directory made here takes the other side's mtime too, so a fresh copy of a
+            // tree matches it exactly; later the mtimes of directories are not compared.
+            if let Some(Some(Item::Dir { mode, mtime })) = plan.finals.get(&rel)
+                && let Err(err) =
+                    fsops::set_metadata(&self.opts.root(side).join(&rel), &seen, *mode, *mtime)
             {
                 self.fail(&rel);
                 self.errors.fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,437 @@
+//! The recovery system: `config.json`, `.info.json`, the versioning children and
+//! `twoway DIR --restore` (SPEC §4; issue 5). Every test runs the real `twoway` (which runs the
+//! real `oneway` beside it) from a state directory of its own.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+const TWOWAY: &str = env!("CARGO_BIN_EXE_twoway");
+
+/// A state directory with two synced directories `A` and `B` beside it (not inside it).
+struct Pair {
+    _dir: tempfile::TempDir,
+    state: PathBuf,
+    a: PathBuf,
+    b: PathBuf,
+    cache: PathBuf,
+}
+
+impl Pair {
+    fn new() -> Res<Pair> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path().to_path_buf();
+        let pair = Pair {
+            state: root.join("state"),
+            a: root.join("A"),
+            b: root.join("B"),
+            cache: root.join("cache"),
+            _dir: dir,
+        };
+        for d in [&pair.state, &pair.a, &pair.b, &pair.cache] {
+            fs::create_dir(d)?;
+        }
+        Ok(pair)
+    }
+
+    fn command(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Command {
+        let mut cmd = Command::new(TWOWAY);
+        cmd.current_dir(&self.state)
+            .env("XDG_CACHE_HOME", &self.cache)
+            .stdin(Stdio::null());
+        for a in args {
+            cmd.arg(a.as_ref());
+        }
+        cmd
+    }
+
+    fn run(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Res<Output> {
+        Ok(self.command(args).output()?)
+    }
+
+    fn sync_once(&self) -> Res<Output> {
+        let out = self.run(&[&self.a, &self.b, &"--once"])?;
+        expect_code(&out, 0)?;
+        Ok(out)
+    }
+
+    fn versions(&self, name: &str) -> PathBuf {
+        self.state.join("__versions__").join(name)
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.state.join("twoway.log")).unwrap_or_default()
+    }
+}
+
+fn expect_code(out: &Output, code: i32) -> TestResult {
+    ensure!(
+        out.status.code() == Some(code),
+        "expected exit code {code}, got {:?}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn fill(dir: &Path, tag: &str) -> TestResult {
+    set_mtime(&write(dir, "notes.txt", format!("notes {tag}\n"))?, T0, 1)?;
+    set_mtime(
+        &write(dir, "sub/data.bin", format!("data {tag}"))?,
+        T0 + 1,
+        2,
+    )?;
+    symlink(dir, "link", "notes.txt")?;
+    mkdir(dir, "empty")?;
+    Ok(())
+}
+
+#[test]
+fn first_once_run_writes_config_info_and_first_versions() -> TestResult {
+    let p = Pair::new()?;
+    fill(&p.a, "a")?;
+    write(&p.b, "only-in-b.txt", "b")?;
+
+    p.sync_once()?;
+
+    let config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(p.state.join("config.json"))?)?;
+    let beside = Path::new(TWOWAY).with_file_name("oneway");
+    ensure!(
+        config["script"] == beside.to_string_lossy().as_ref()
+            && config["interval"] == serde_json::json!(["--interval", "60"]),
+        "config.json does not hold the defaults: {config}"
+    );
+    let info: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(p.state.join(".info.json"))?)?;
+    let (a, b) = (fs::canonicalize(&p.a)?, fs::canonicalize(&p.b)?);
+    ensure!(
+        info["A"] == a.to_string_lossy().as_ref() && info["B"] == b.to_string_lossy().as_ref(),
+        ".info.json does not map A and B to their absolute paths: {info}"
+    );
+    assert_trees_equal(&p.a, &p.versions("A").join("_1"))?;
+    assert_trees_equal(&p.b, &p.versions("B").join("_1"))?;
+    assert_trees_equal(&p.a, &p.b)
+}
+
+#[test]
+fn deleted_directory_is_restored_at_latest_and_previous_version() -> TestResult {
+    let p = Pair::new()?;
+    fill(&p.a, "first")?;
+    p.sync_once()?;
+    let first = snapshot(&p.a)?;
+    set_mtime(
+        &write(&p.a, "notes.txt", "notes second, longer\n")?,
+        T0 + 50,
+        3,
+    )?;
+    set_mtime(&write(&p.a, "new.txt", "added later")?, T0 + 51, 4)?;
+    p.sync_once()?;
+    let second = snapshot(&p.a)?;
+
+    fs::remove_dir_all(&p.a)?;
+    let out = p.run(&[&p.a, &"--restore"])?;
+    expect_code(&out, 0)?;
+    assert_same(
+        "A restored at its latest version",
+        &second,
+        &snapshot(&p.a)?,
+    )?;
+    // A restore copies: nothing in A shares storage with the history.
+    let version = fs::canonicalize(p.versions("A").join("_1"))?;
+    for rel in ["notes.txt", "new.txt", "sub/data.bin"] {
+        ensure!(
+            inode(&p.a.join(rel))? != inode(&version.join(rel))?,
+            "restored {rel} shares its inode with the version"
+        );
+    }
+
+    let out = p.run(&[&p.a, &"--restore", &"--version", &"previous"])?;
+    expect_code(&out, 0)?;
+    assert_same(
+        "A restored at its previous version",
+        &first,
+        &snapshot(&p.a)?,
+    )?;
+    ensure!(
+        p.log().contains("restored "),
+        "no restore line in the log:\n{}",
+        p.log()
+    );
+    Ok(())
+}
+
+#[test]
+fn restore_over_existing_directory_keeps_its_content_under_versions() -> TestResult {
+    let p = Pair::new()?;
+    fill(&p.a, "synced")?;
+    p.sync_once()?;
+    write(&p.a, "unsynced.txt", "written after the last snapshot")?;
+
+    let out = p.run(&[&p.a, &"--restore"])?;
+
+    expect_code(&out, 0)?;
+    ensure!(!p.a.join("unsynced.txt").exists(), "A was not restored");
+    let kept: Vec<PathBuf> = snapshot(&p.state.join("__versions__"))?
+        .into_iter()
+        .filter(|(rel, e)| {
+            rel.ends_with("unsynced.txt")
+                && e.node == Node::File(Content::Bytes(b"written after the last snapshot".to_vec()))
+        })
+        .map(|(rel, _)| rel)
+        .collect();
+    ensure!(
+        !kept.is_empty(),
+        "A's unsynced file was not kept under __versions__"
+    );
+    ensure!(
+        p.log().contains("held before is kept in"),
+        "the log does not say where the old content went:\n{}",
+        p.log()
+    );
+    Ok(())
+}
+
+#[test]
+fn restoring_unknown_directory_is_refused_and_creates_nothing() -> TestResult {
+    let p = Pair::new()?;
+    fill(&p.a, "x")?;
+    p.sync_once()?;
+    let unknown = p.state.parent().ok_or("no parent")?.join("never-synced");
+
+    let out = p.run(&[&unknown, &"--restore"])?;
+
+    expect_code(&out, 2)?;
+    ensure!(!unknown.exists(), "the unknown directory was created");
+    ensure!(
+        p.log().contains("is not known to the recovery system"),
+        "no clear error in the log:\n{}",
+        p.log()
+    );
+    Ok(())
+}
+
+#[test]
+fn version_without_restore_is_refused() -> TestResult {
+    let p = Pair::new()?;
+    let out = p.run(&[&p.a, &p.b, &"--version", &"previous", &"--once"])?;
+    expect_code(&out, 2)?;
+    ensure!(stderr(&out).contains("--version"), "{}", stderr(&out));
+    ensure!(!p.state.join("config.json").exists(), "state was written");
+    Ok(())
+}
+
+#[test]
+fn corrupt_config_is_refused_naming_it_and_nothing_is_synced() -> TestResult {
+    let p = Pair::new()?;
+    fill(&p.a, "x")?;
+    for text in [
+        "{ not json",
+        "{\"script\": 5, \"interval\": [\"--interval\", \"60\"]}",
+        "{\"script\": \"./missing-program\", \"interval\": []}",
+    ] {
+        fs::write(p.state.join("config.json"), text)?;
+
+        let out = p.run(&[&p.a, &p.b, &"--once"])?;
+
+        expect_code(&out, 2)?;
+        ensure!(
+            stderr(&out).contains("config.json") && stderr(&out).contains("damaged"),
+            "the error does not name config.json for {text:?}:\n{}",
+            stderr(&out)
+        );
+        ensure!(
+            fs::read_dir(&p.b)?.next().is_none(),
+            "B was synced despite a bad config.json"
+        );
+        ensure!(
+            fs::read_to_string(p.state.join("config.json"))? == text,
+            "config.json was rewritten"
+        );
+    }
+    Ok(())
+}
+
+/// Children of `pid` (from /proc), with their command lines.
+fn children_of(pid: u32) -> Res<Vec<(u32, String)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The command name is in parentheses and may hold spaces: the fields follow the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid)
+            && fields.first() != Some(&"Z")
+        {
+            let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            out.push((child, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+        }
+    }
+    Ok(out)
+}
+
+fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+    })
+}
+
+fn wait_for_children(parent: u32, n: usize, timeout: Duration) -> Res<Vec<(u32, String)>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let kids: Vec<(u32, String)> = children_of(parent)?
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains("--versioned"))
+            .collect();
+        if kids.len() == n {
+            return Ok(kids);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "expected {n} versioning children of {parent}, found {kids:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn periodic_run_keeps_two_children_restarts_a_killed_one_and_stops_them_on_ctrl_c() -> TestResult {
+    let p = Pair::new()?;
+    fill(&p.a, "x")?;
+    let mut cmd = p.command(&[&p.a, &p.b, &"--interval", &"3600"]);
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut twoway = Running(cmd.spawn()?);
+    let pid = twoway.0.id();
+
+    let kids = wait_for_children(pid, 2, WAIT_TIMEOUT)?;
+    for (_, cmd) in &kids {
+        ensure!(
+            cmd.contains("--versioned") && cmd.contains("__versions__"),
+            "unexpected child {cmd}"
+        );
+    }
+
+    // A restore of a directory whose pair is being synced is refused by the pair's lock.
+    let out = p.run(&[&p.a, &"--restore"])?;
+    expect_code(&out, 2)?;
+    ensure!(
+        p.log().contains("lock"),
+        "the refused restore does not name the lock:\n{}",
+        p.log()
+    );
+
+    let (victim, _) = kids[0].clone();
+    Command::new("kill")
+        .args(["-s", "KILL", &victim.to_string()])
+        .status()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = wait_for_children(pid, 2, WAIT_TIMEOUT).unwrap_or_default();
+        if now.len() == 2 && now.iter().all(|(k, _)| *k != victim) {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the killed child was not restarted within 10 s: {now:?}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    ensure!(
+        p.log().contains("restarting it"),
+        "no restart line in the log:\n{}",
+        p.log()
+    );
+    let kids: Vec<u32> = wait_for_children(pid, 2, WAIT_TIMEOUT)?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+
+    Command::new("kill")
+        .args(["-s", "INT", &pid.to_string()])
+        .status()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = twoway.0.try_wait()? {
+            break status;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "twoway did not stop within 30 s of Ctrl+C"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    ensure!(
+        status.code() == Some(0),
+        "twoway exited with {status:?} after Ctrl+C"
+    );
+    for k in kids {
+        ensure!(!alive(k), "versioning child {k} outlived twoway");
+    }
+    ensure!(
+        p.log().contains("Total number of operations"),
+        "no operation count in the log"
+    );
+    Ok(())
+}
+
+#[test]
+fn sigkilled_twoway_takes_its_children_with_it() -> TestResult {
+    let p = Pair::new()?;
+    fill(&p.a, "x")?;
+    let mut cmd = p.command(&[&p.a, &p.b, &"--interval", &"3600"]);
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut twoway = Running(cmd.spawn()?);
+    let kids: Vec<u32> = wait_for_children(twoway.0.id(), 2, WAIT_TIMEOUT)?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+
+    twoway.0.kill()?;
+    twoway.0.wait()?;
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while kids.iter().any(|k| alive(*k)) {
+        ensure!(
+            Instant::now() < deadline,
+            "versioning children outlived a SIGKILLed twoway"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    // The mode of a state file is not the point here; it only must exist.
+    ensure!(
+        fs::metadata(p.state.join(".info.json"))?.mode() != 0,
+        ".info.json missing"
+    );
+    Ok(())
+}
