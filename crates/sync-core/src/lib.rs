@@ -19,6 +19,7 @@ pub mod reconcile;
 pub mod roots;
 pub mod scan;
 pub mod signal;
+pub mod testhook;
 pub mod twoway;
 
 pub use error::{Error, ExitCode};

@@ -544,6 +544,7 @@ pub fn mirror_pass(opts: &PassOptions, cache: &mut HashCache) -> Result<PassStat
         return Ok(pass.counters.stats(&pass.digests, false));
     }
 
+    crate::testhook::after_plan();
     apply(&pass, &plan, &dst);
 
     let interrupted = signal::stop_requested();

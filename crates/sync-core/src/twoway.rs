@@ -214,6 +214,7 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
         log::info!("no archive yet for this pair: first pass, merging both sides without deleting");
     }
 
+    crate::testhook::after_plan();
     let applier = Applier {
         opts,
         src: &src,

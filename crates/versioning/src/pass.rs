@@ -118,6 +118,7 @@ pub fn versioned_pass(
             stats.operations += 1;
             Ok(())
         } else {
+            sync_core::testhook::after_plan();
             let previous = latest.as_ref().zip(latest_manifest.as_ref());
             rotate(
                 opts,

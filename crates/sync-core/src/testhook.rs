@@ -1,0 +1,24 @@
+//! A test aid, documented as such and doing nothing else: when the environment variable
+//! `ONEWAY_TEST_HOOK_AFTER_PLAN` is set, a pass runs it as a shell command (`sh -c`) after it
+//! has scanned, hashed and decided what to do, and before it changes anything, and waits for
+//! it. Tests use it to change a tree between the scan and the apply step without sleeps or
+//! races ("a file edited after the scan is never overwritten").
+
+/// The variable's name.
+pub const AFTER_PLAN: &str = "ONEWAY_TEST_HOOK_AFTER_PLAN";
+
+/// Runs the hook, if set. Its failure is logged and otherwise ignored.
+pub fn after_plan() {
+    let Some(command) = std::env::var_os(AFTER_PLAN) else {
+        return;
+    };
+    match std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&command)
+        .status()
+    {
+        Ok(status) if status.success() => {}
+        Ok(status) => log::warn!("test hook {AFTER_PLAN} failed: {status}"),
+        Err(err) => log::warn!("cannot run test hook {AFTER_PLAN}: {err}"),
+    }
+}
