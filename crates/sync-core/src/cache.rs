@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::scan::{Entry, Timestamp};
 
-const MAGIC: &[u8; 8] = b"DSYNCHC1";
+const MAGIC: &[u8; 8] = b"DSYNCHC2";
 
 /// Which root a cached hash belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +53,8 @@ pub struct HashCache {
     location: Option<PathBuf>,
     tag: Vec<u8>,
     sides: [HashMap<PathBuf, (Stamp, Digest)>; 2],
+    /// Changed since loaded or saved: a pass that learnt nothing writes nothing.
+    dirty: bool,
 }
 
 /// How close to "now" a change time must be for a hash to be unsafe to cache, on a file
@@ -136,6 +138,7 @@ impl HashCache {
             location: Some(location),
             tag,
             sides: Default::default(),
+            dirty: false,
         };
         let path = cache.location.as_deref().unwrap_or(Path::new(""));
         match fs::read(path) {
@@ -168,38 +171,53 @@ impl HashCache {
 
     /// Records the digest of `rel` on `side` as it was when `entry` was read.
     pub fn insert(&mut self, side: Side, rel: PathBuf, entry: &Entry, digest: Digest) {
-        self.sides[side as usize].insert(rel, (Stamp::of(entry), digest));
+        let value = (Stamp::of(entry), digest);
+        if self.sides[side as usize].insert(rel, value) != Some(value) {
+            self.dirty = true;
+        }
     }
 
     /// Forgets `rel` on `side`.
     pub fn remove(&mut self, side: Side, rel: &Path) {
-        self.sides[side as usize].remove(rel);
+        if self.sides[side as usize].remove(rel).is_some() {
+            self.dirty = true;
+        }
     }
 
     /// Keeps only the paths of `side` for which `keep` is true (the ones still present).
     pub fn retain(&mut self, side: Side, mut keep: impl FnMut(&Path) -> bool) {
+        let before = self.sides[side as usize].len();
         self.sides[side as usize].retain(|rel, _| keep(rel));
+        if self.sides[side as usize].len() != before {
+            self.dirty = true;
+        }
     }
 
-    /// Writes the cache atomically (temporary file, flush, rename). An in-memory cache does
-    /// nothing.
+    /// Writes the cache atomically (temporary file, flush, rename), if it changed. An
+    /// in-memory cache does nothing.
     ///
     /// Fails if the cache directory cannot be created or written.
-    pub fn save(&self) -> io::Result<()> {
+    pub fn save(&mut self) -> io::Result<()> {
         let Some(path) = self.location.as_deref() else {
             return Ok(());
         };
+        if !self.dirty {
+            return Ok(());
+        }
         let dir = path.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(dir)?;
         let mut tmp = tempfile::Builder::new()
             .prefix(".hashcache-")
             .tempfile_in(dir)?;
-        let mut out = io::BufWriter::new(tmp.as_file_mut());
-        encode(&mut out, &self.tag, &self.sides)?;
-        out.flush()?;
-        drop(out);
-        tmp.as_file().sync_all()?;
+        let mut bytes = Vec::new();
+        encode(&mut bytes, &self.tag, &self.sides)?;
+        // A trailing digest of the whole content: whatever a crash leaves of this file is
+        // recognised and dropped, never trusted, so it needs no fsync of its own.
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        bytes.extend_from_slice(&digest);
+        tmp.write_all(&bytes)?;
         tmp.persist(path).map_err(|e| e.error)?;
+        self.dirty = false;
         Ok(())
     }
 }
@@ -304,6 +322,10 @@ impl<'a> Reader<'a> {
 }
 
 fn decode(bytes: &[u8], tag: &[u8]) -> Option<Sides> {
+    let (bytes, digest) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
+    if Sha256::digest(bytes).as_slice() != digest {
+        return None;
+    }
     let mut r = Reader(bytes);
     if r.take(MAGIC.len())? != MAGIC {
         return None;
