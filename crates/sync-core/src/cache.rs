@@ -412,6 +412,15 @@ mod tests {
                 None
             );
         }
+        // A flipped byte inside a digest keeps the structure valid: the trailer catches it.
+        let mut flipped = bytes.clone();
+        flipped[bytes.len() - 40] ^= 1;
+        fs::write(&file, &flipped).unwrap();
+        let loaded = HashCache::load(file.clone(), b"t".to_vec());
+        assert_eq!(
+            loaded.lookup(Side::Source, Path::new("f"), &entry(1, 1)),
+            None
+        );
     }
 
     #[test]
