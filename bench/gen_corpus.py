@@ -8,9 +8,11 @@ the same state again.
     gen_corpus.py small DIR                    20,000 files of 1-16 KiB in 1,000 directories
     gen_corpus.py large DIR [--count N --mib M] N files of M MiB (default 8 x 256 MiB)
     gen_corpus.py many DIR                     200,000 files of 256 B-4 KiB in 2,000 directories
-    gen_corpus.py mutate-small DIR --tag T [--part all|even|odd]
+    gen_corpus.py mutate-small DIR --tag T [--part all|even|odd] [--dir-times fixed|now]
                                                1% of the small profile's files changed, added
-                                               or deleted (changes the files of PART only)
+                                               or deleted (changes the files of PART only);
+                                               the directories touched get a fixed mtime, or
+                                               keep the one the kernel gave them
     gen_corpus.py mutate-large DIR             64 KiB overwritten inside the first large file
 """
 
@@ -109,7 +111,7 @@ def gen_large(root, count, mib):
     print(f"large: {count} files of {mib} MiB")
 
 
-def mutate_small(root, tag, part):
+def mutate_small(root, tag, part, dir_times):
     """1% of the files: 40% of those changed (half same size, half resized), 30% deleted,
     30% added (half in existing directories, half in three new ones). With part even/odd only
     files of even/odd index are changed or deleted, so two sides mutated with different parts
@@ -140,7 +142,8 @@ def mutate_small(root, tag, part):
         rel = f"{d}/added-{tag}-{j:03d}.dat"
         write_file(os.path.join(root, rel), rng.randbytes(rng.randint(1024, 16384)), 0o644, T_MUT)
         touched.add(d)
-    set_dir_times(root, touched, lambda rel: T_MUT)
+    if dir_times == "fixed":
+        set_dir_times(root, touched, lambda rel: T_MUT)
     print(f"mutated {root}: {n_mod} changed, {n_del} deleted, {n_add} added ({part}, tag {tag})")
 
 
@@ -163,6 +166,7 @@ def main():
     p.add_argument("--mib", type=int, default=256)
     p.add_argument("--tag", default="a")
     p.add_argument("--part", choices=["all", "even", "odd"], default="all")
+    p.add_argument("--dir-times", choices=["fixed", "now"], default="fixed")
     a = p.parse_args()
     os.umask(0o022)
     if a.what in ("small", "many"):
@@ -170,7 +174,7 @@ def main():
     elif a.what == "large":
         gen_large(a.dir, a.count, a.mib)
     elif a.what == "mutate-small":
-        mutate_small(a.dir, a.tag, a.part)
+        mutate_small(a.dir, a.tag, a.part, a.dir_times)
     else:
         mutate_large(a.dir)
 

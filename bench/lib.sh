@@ -35,22 +35,26 @@ tool_cmd() {
     esac
 }
 
-# run_untimed TOOL SRC DST: one sync, its output kept in a file and shown only if it fails
-# (into $RAW/step-errors.txt too: hyperfine hides what a --prepare command prints).
+# run_untimed TOOL SRC DST: one sync, its output kept in a file and shown only if it fails.
 run_untimed() {
     local out="$LOGS/untimed-$1.out" rc=0
     eval "$(tool_cmd "$@")" >"$out" 2>&1 || rc=$?
     if ((rc)); then
-        { echo "untimed $1 sync of $2 -> $3 failed (exit $rc):"; tail -c 3000 "$out"; } |
-            tee -a "$RAW/step-errors.txt" >&2
+        echo "untimed $1 sync of $2 -> $3 failed (exit $rc):" >&2
+        tail -c 3000 "$out" | tr '\r' '\n' | grep -v '^ *$' >&2
         return 1
     fi
 }
 
-# Fresh working copies of the pristine corpus. Small: the whole tree (the 1% mutation touches
-# 200 files in many directories). Large: the mutation only rewrites f00.bin, so only it is put
-# back (in place: the other files keep their inodes, and so their cached hashes).
-restore_small() { rm -rf "$1" && cp -a "$CORPUS/small" "$1"; }
+# Put a working copy back to the pristine corpus. Small: rsync rewrites only what a mutation
+# changed. restore_small DIR: directory times put back too, so one-way sources are the same
+# at every run, times included. restore_small_now DIR (two-way): directories keep the times the
+# kernel gives them. Unison skips a directory whose inode and mtime match its archive, so
+# putting back a recorded mtime on a directory whose entries changed - which no real edit does
+# - hides those changes from it (it then missed files).
+# Large: the mutation only edits f00.bin, in place.
+restore_small() { rsync -a --delete "$CORPUS/small/" "$1/"; }
+restore_small_now() { rsync -a --omit-dir-times --delete "$CORPUS/small/" "$1/"; }
 restore_large() { cp -a "$CORPUS/large-f00.bin" "$1/f00.bin"; }
 
 # Tool state (oneway's hash cache, twoway's archive, Unison's archive) is reset only for a

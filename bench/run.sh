@@ -122,7 +122,7 @@ hf() { # hf SCENARIO: time the queued commands; one warm-up run each, then $RUNS
     for i in "${!HF_CMDS[@]}"; do args+=(-n "${HF_NAMES[$i]}" "${HF_CMDS[$i]}"); done
     for i in "${!HF_PREPS[@]}"; do args+=(--prepare "${HF_PREPS[$i]}"); done
     if ! hyperfine "${args[@]}"; then
-        cat "$RAW/step-errors.txt" >&2 2>/dev/null || true
+        tail -40 "$RAW/step-errors.txt" >&2 2>/dev/null || true
         die "hyperfine failed in $1"
     fi
     HF_NAMES=() HF_CMDS=() HF_PREPS=()
@@ -173,17 +173,18 @@ rm -rf "$W/small-oneway" "$W/small-rsync"
 # --- two-way: twoway vs Unison -----------------------------------------------------------------
 if [[ -n $TWOWAY ]]; then
     # What both sides must hold after a pass with changes on one side or on both.
-    cp -a "$CORPUS/small" "$W/expected-one" && gen mutate-small "$W/expected-one" --tag a
+    cp -a "$CORPUS/small" "$W/expected-one"
+    gen mutate-small "$W/expected-one" --tag a --dir-times now
     cp -a "$CORPUS/small" "$W/expected-both"
-    gen mutate-small "$W/expected-both" --tag a --part even
-    gen mutate-small "$W/expected-both" --tag b --part odd
+    gen mutate-small "$W/expected-both" --tag a --part even --dir-times now
+    gen mutate-small "$W/expected-both" --tag b --part odd --dir-times now
     # Neither is asked to carry directory times; Unison's file times land within 2 us.
     twcheck() { # twcheck TOOL EXPECTED
         local flags=(--no-dir-mtime)
         if [[ $1 == unison ]]; then flags+=(--mtime-slack-ns 2000); fi
         check "${flags[@]}" "$2" "$W/tw-$1-A" "$W/tw-$1-B"
     }
-    for t in twoway unison; do restore_small "$W/tw-$t-A"; done
+    for t in twoway unison; do restore_small_now "$W/tw-$t-A"; done
 
     say "two-way: first sync (SOURCE full, BACKUP empty, no archive)"
     for t in twoway unison; do add tw-first "$t" "$W/tw-$t-A" "$W/tw-$t-B" "$(step empty "$t" "$W/tw-$t-B")"; done

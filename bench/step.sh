@@ -14,10 +14,13 @@
 #                                           outside: a tool's own writes are what its archive
 #                                           knows (Unison stores times as floating point and
 #                                           would take an exact restored time for a change).
+#                                           Directory times are left to the kernel (see lib.sh).
 #   step.sh drop-caches                     empty the page, dentry and inode caches
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-trap 'echo "step.sh $*: failed at line $LINENO" >>"$RAW/step-errors.txt"' ERR
+# hyperfine hides what a --prepare command prints: keep it where run.sh shows it on failure.
+exec 2>>"$RAW/step-errors.txt"
+trap 'echo "step.sh $*: failed at line $LINENO" >&2' ERR
 gen() { python3 "$BENCH_DIR/gen_corpus.py" "$@" >/dev/null; }
 
 case $1 in
@@ -32,14 +35,14 @@ case $1 in
         if [[ $2 == small ]]; then gen mutate-small "$4" --tag a; else gen mutate-large "$4"; fi
         ;;
     tw-changed)
-        restore_small "$4"
+        restore_small_now "$4"
         sync -f "$W"
         run_untimed "$3" "$4" "$5"
         if [[ $2 == one ]]; then
-            gen mutate-small "$4" --tag a
+            gen mutate-small "$4" --tag a --dir-times now
         else
-            gen mutate-small "$4" --tag a --part even
-            gen mutate-small "$5" --tag b --part odd
+            gen mutate-small "$4" --tag a --part even --dir-times now
+            gen mutate-small "$5" --tag b --part odd --dir-times now
         fi
         ;;
     drop-caches)

@@ -5,7 +5,7 @@
 //! pair of roots, never inside either root. Being a cache, a damaged or foreign file is
 //! dropped with a warning and rebuilt; it never decides anything on its own.
 
-use std::collections::HashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -52,7 +52,7 @@ impl Stamp {
 pub struct HashCache {
     location: Option<PathBuf>,
     tag: Vec<u8>,
-    sides: [HashMap<PathBuf, (Stamp, Digest)>; 2],
+    sides: Sides,
     /// Changed since loaded or saved: a pass that learnt nothing writes nothing.
     dirty: bool,
 }
@@ -163,7 +163,7 @@ impl HashCache {
 
     /// The digest recorded for `rel` on `side`, if the file is provably unchanged since.
     pub fn lookup(&self, side: Side, rel: &Path, entry: &Entry) -> Option<Digest> {
-        match self.sides[side as usize].get(rel) {
+        match self.sides[side as usize].get(rel.as_os_str().as_bytes()) {
             Some((stamp, digest)) if *stamp == Stamp::of(entry) => Some(*digest),
             _ => None,
         }
@@ -172,23 +172,29 @@ impl HashCache {
     /// Records the digest of `rel` on `side` as it was when `entry` was read.
     pub fn insert(&mut self, side: Side, rel: PathBuf, entry: &Entry, digest: Digest) {
         let value = (Stamp::of(entry), digest);
-        if self.sides[side as usize].insert(rel, value) != Some(value) {
+        let key = rel.into_os_string().into_vec().into_boxed_slice();
+        if self.sides[side as usize].insert(key, value) != Some(value) {
             self.dirty = true;
         }
     }
 
     /// Forgets `rel` on `side`.
     pub fn remove(&mut self, side: Side, rel: &Path) {
-        if self.sides[side as usize].remove(rel).is_some() {
+        if self.sides[side as usize]
+            .remove(rel.as_os_str().as_bytes())
+            .is_some()
+        {
             self.dirty = true;
         }
     }
 
-    /// Keeps only the paths of `side` for which `keep` is true (the ones still present).
-    pub fn retain(&mut self, side: Side, mut keep: impl FnMut(&Path) -> bool) {
-        let before = self.sides[side as usize].len();
-        self.sides[side as usize].retain(|rel, _| keep(rel));
-        if self.sides[side as usize].len() != before {
+    /// Forgets every path of `side` that is not in `live` (the paths a pass still saw).
+    pub fn retain_live<'a>(&mut self, side: Side, live: impl IntoIterator<Item = &'a Path>) {
+        let live: FxHashSet<&[u8]> = live.into_iter().map(|p| p.as_os_str().as_bytes()).collect();
+        let map = &mut self.sides[side as usize];
+        let before = map.len();
+        map.retain(|rel, _| live.contains(&**rel));
+        if map.len() != before {
             self.dirty = true;
         }
     }
@@ -270,7 +276,9 @@ fn resolve_existing_prefix(path: &Path) -> PathBuf {
     }
 }
 
-type Sides = [HashMap<PathBuf, (Stamp, Digest)>; 2];
+/// Per side, relative path (raw bytes: hashing them is much cheaper than hashing a `Path`
+/// component by component) → stamp and digest.
+type Sides = [FxHashMap<Box<[u8]>, (Stamp, Digest)>; 2];
 
 fn encode(out: &mut impl Write, tag: &[u8], sides: &Sides) -> io::Result<()> {
     out.write_all(MAGIC)?;
@@ -279,7 +287,7 @@ fn encode(out: &mut impl Write, tag: &[u8], sides: &Sides) -> io::Result<()> {
     for side in sides {
         out.write_all(&(side.len() as u64).to_le_bytes())?;
         for (rel, (stamp, digest)) in side {
-            let bytes = rel.as_os_str().as_bytes();
+            let bytes: &[u8] = rel;
             out.write_all(&(bytes.len() as u64).to_le_bytes())?;
             out.write_all(bytes)?;
             out.write_all(&stamp.size.to_le_bytes())?;
@@ -337,9 +345,11 @@ fn decode(bytes: &[u8], tag: &[u8]) -> Option<Sides> {
     let mut sides: Sides = Default::default();
     for side in &mut sides {
         let count = r.u64()?;
+        // Never trust a count to allocate more than the bytes left could hold.
+        side.reserve((count as usize).min(r.0.len() / 60));
         for _ in 0..count {
             let len = r.len()?;
-            let rel = PathBuf::from(std::ffi::OsString::from_vec(r.take(len)?.to_vec()));
+            let rel: Box<[u8]> = r.take(len)?.into();
             let stamp = Stamp {
                 size: r.u64()?,
                 mtime: Timestamp {

@@ -551,10 +551,14 @@ pub fn mirror_pass(opts: &PassOptions, cache: &mut HashCache) -> Result<PassStat
     let stats = pass.counters.stats(&pass.digests, interrupted);
     let learnt = pass.digests.finish();
     learnt.record_into(cache);
-    cache.retain(Side::Source, |rel| src.entries.contains_key(rel));
-    cache.retain(Side::Backup, |rel| {
-        src.entries.contains_key(rel) || dst.entries.contains_key(rel)
-    });
+    cache.retain_live(Side::Source, src.entries.keys().map(PathBuf::as_path));
+    cache.retain_live(
+        Side::Backup,
+        src.entries
+            .keys()
+            .chain(dst.entries.keys())
+            .map(PathBuf::as_path),
+    );
     if stats.operations > 0 {
         flush_backup(&opts.backup);
     }

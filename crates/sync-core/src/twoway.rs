@@ -238,12 +238,20 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
 
     let learnt = digests.finish();
     learnt.record_into(cache);
-    cache.retain(Side::Source, |rel| {
-        src.entries.contains_key(rel) || plan.finals.contains_key(rel)
-    });
-    cache.retain(Side::Backup, |rel| {
-        dst.entries.contains_key(rel) || plan.finals.contains_key(rel)
-    });
+    cache.retain_live(
+        Side::Source,
+        src.entries
+            .keys()
+            .chain(plan.finals.keys())
+            .map(PathBuf::as_path),
+    );
+    cache.retain_live(
+        Side::Backup,
+        dst.entries
+            .keys()
+            .chain(plan.finals.keys())
+            .map(PathBuf::as_path),
+    );
 
     // The archive is written only when a pass completes, and records what was really done:
     // a path whose step failed keeps its old entry, so the next pass tries again.

@@ -133,7 +133,7 @@ pub fn versioned_pass(
     };
     let learnt = digests.finish();
     learnt.record_into(cache);
-    cache.retain(Side::Source, |rel| tree.entries.contains_key(rel));
+    cache.retain_live(Side::Source, tree.entries.keys().map(PathBuf::as_path));
     result.map(|()| stats)
 }
 
