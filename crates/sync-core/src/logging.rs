@@ -90,10 +90,10 @@ impl Log for Logger {
             level_name(record.level()),
             record.args()
         );
+        // One lock around both writes, so the console and the file list lines in one order.
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
         let _ = io::stderr().lock().write_all(line.as_bytes());
-        if let Ok(mut file) = self.file.lock() {
-            file.write_line(&line);
-        }
+        file.write_line(&line);
     }
 
     fn flush(&self) {}
