@@ -36,10 +36,20 @@ fi
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$BENCH_DIR")
 RESULTS=$BENCH_DIR/results
-if [[ $MODE == full ]]; then REPORT=$RESULTS/latest.md RAW=$RESULTS/raw; else REPORT=$RESULTS/latest-quick.md RAW=$RESULTS/raw-quick; fi
+# The report, and the raw data it is made from (hyperfine JSON, peak RSS per run, openssl
+# output). Raw data is collected on the bench file system and copied here only when the run
+# succeeds, so a failed run leaves the last good results in place.
+if [[ $MODE == full ]]; then
+    REPORT=$RESULTS/latest.md KEEP_RAW=$RESULTS/raw
+else
+    REPORT=$RESULTS/latest-quick.md KEEP_RAW=$RESULTS/raw-quick
+fi
 STARTED=$(date +%s)
 # Other work on the machine skews the times (two cores here): recorded, not prevented.
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+if awk -v l="${LOAD_START%% *}" -v n="$(nproc)" 'BEGIN {exit !(l > n / 2)}'; then
+    echo "bench: warning: load average $LOAD_START on $(nproc) cores: other work will skew the times" >&2
+fi
 
 # --- Tools -------------------------------------------------------------------------------------
 missing=()
@@ -79,8 +89,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 mkdir "$MNT"
-# 16 GiB, sparse: the fullest moment (large section: source and four copies) holds ~10.5 GiB. The inode tables and
-# journal are written now (lazy_*_init=0), not by a kernel thread during the timed runs.
+# 16 GiB, sparse: at its fullest (the large section: source and four copies) it holds ~10.5 GiB.
+# Inode tables and journal are written now (lazy_*_init=0), not by a kernel thread later, during
+# the timed runs.
 truncate -s 16G "$TMP/fs.img"
 if mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$TMP/fs.img" &&
     mount -o loop "$TMP/fs.img" "$MNT" 2>"$TMP/mount.err"; then
@@ -96,12 +107,12 @@ else
 fi
 echo "file system: $FS"
 
-export BENCH_DIR RAW ONEWAY TWOWAY
-export W=$MNT/w CORPUS=$MNT/w/corpus LOGS=$MNT/w/logs STATE=$MNT/w/state
+export BENCH_DIR ONEWAY TWOWAY
+export W=$MNT/w CORPUS=$MNT/w/corpus LOGS=$MNT/w/logs STATE=$MNT/w/state RAW=$MNT/w/raw
 # oneway's hash cache lives on the bench file system, apart from the user's own.
 export XDG_CACHE_HOME=$MNT/w/xdg-cache
 mkdir -p "$CORPUS" "$LOGS" "$STATE" "$XDG_CACHE_HOME"
-rm -rf "$RAW" && mkdir -p "$RAW/rss"
+mkdir -p "$RAW/rss"
 source "$BENCH_DIR/lib.sh"
 
 gen() { python3 "$BENCH_DIR/gen_corpus.py" "$@"; }
@@ -294,6 +305,9 @@ fi
     echo "elapsed=$(($(date +%s) - STARTED))"
     echo "load=$LOAD_START at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
 } >"$RAW/meta.env"
-python3 "$BENCH_DIR/report.py" "$RAW" >"$REPORT"
+mkdir -p "$RESULTS"
+python3 "$BENCH_DIR/report.py" "$RAW" >"$REPORT.tmp"
+mv "$REPORT.tmp" "$REPORT"
+rm -rf "$KEEP_RAW" && cp -r "$RAW" "$KEEP_RAW" && rm -f "$KEEP_RAW/step-errors.txt"
 say "results (also in ${REPORT#"$REPO"/})"
 cat "$REPORT"

@@ -4,4 +4,5 @@ mod util;
 
 mod oneway;
 mod restore;
+mod twoway;
 mod versioned;

@@ -1,7 +1,7 @@
 //! Helpers for the end-to-end tests: a fixture holding SOURCE, BACKUP, an XDG cache directory and a
-//! log file in one fresh temporary directory; running the real `oneway` binary with a timeout
-//! (in the foreground, or in the background for periodic mode); building trees; snapshots of trees
-//! that never follow symlinks, compared with a readable difference; parsing the log.
+//! log file in one fresh temporary directory; running the real `oneway` or `twoway` binary with a
+//! timeout (in the foreground, or in the background for periodic mode); building trees; snapshots
+//! of trees that never follow symlinks, compared with a readable difference; parsing the log.
 //!
 //! `unsafe` is forbidden workspace-wide, so signals are sent with the shell's `kill` builtin and
 //! FIFOs are made with coreutils' `mkfifo` rather than through `libc`.
@@ -71,8 +71,10 @@ impl<T> Context<T> for io::Result<T> {
     }
 }
 
-/// The binary under test.
+/// The one-way binary under test.
 pub const ONEWAY: &str = env!("CARGO_BIN_EXE_oneway");
+/// The two-way binary under test.
+pub const TWOWAY: &str = env!("CARGO_BIN_EXE_twoway");
 /// How long a foreground run may take before it is killed and the test fails. Generous: it only
 /// catches hangs, it never decides an outcome.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
@@ -86,9 +88,59 @@ pub const NOBODY: u32 = 65534;
 /// A mtime used by tests that set times explicitly (2020-09-13).
 pub const T0: i64 = 1_600_000_000;
 
+/// The time zone `twoway` runs in: a POSIX rule for UTC+05:30 with no daylight saving, so that
+/// "local time" (conflict-copy names) is known to the tests and differs from UTC.
+pub const TWOWAY_TZ: &str = "<+0530>-05:30";
+/// The offset of [`TWOWAY_TZ`] from UTC, in seconds.
+pub const TWOWAY_TZ_OFFSET: i64 = 5 * 3600 + 30 * 60;
+
+/// Which binary a fixture runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Program {
+    /// `oneway`, the mirror.
+    Oneway,
+    /// `twoway`, the two-way sync.
+    Twoway,
+}
+
+impl Program {
+    /// `oneway` or `twoway`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Program::Oneway => "oneway",
+            Program::Twoway => "twoway",
+        }
+    }
+
+    /// The path of the built binary.
+    pub fn bin(self) -> &'static str {
+        match self {
+            Program::Oneway => ONEWAY,
+            Program::Twoway => TWOWAY,
+        }
+    }
+
+    /// The tag that opens each of its log lines: `[ONEWAY]` or `[TWOWAY]`.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Program::Oneway => "[ONEWAY]",
+            Program::Twoway => "[TWOWAY]",
+        }
+    }
+
+    /// The name of its default log file: `oneway.log` or `twoway.log`.
+    pub fn default_log(self) -> &'static str {
+        match self {
+            Program::Oneway => "oneway.log",
+            Program::Twoway => "twoway.log",
+        }
+    }
+}
+
 /// A fresh temporary directory holding `src/`, `dst/`, `cache/` (the XDG cache home) and the path
-/// of the log file `oneway.log`. The binary always runs with the temporary directory as its
-/// current directory, `XDG_CACHE_HOME` set to `cache/` and `--log oneway.log`.
+/// of the log file `oneway.log` (`twoway.log` for [`Env::twoway`]). The binary always runs with
+/// the temporary directory as its current directory (for twoway: its state directory, where the
+/// archive lives), `XDG_CACHE_HOME` set to `cache/` and `--log LOG`.
 pub struct Env {
     _dir: tempfile::TempDir,
     /// The temporary directory.
@@ -101,24 +153,48 @@ pub struct Env {
     pub cache: PathBuf,
     /// The log file given with `--log`.
     pub log: PathBuf,
+    /// The binary this fixture runs.
+    pub program: Program,
     bin: PathBuf,
     wrapper: Vec<OsString>,
+    /// Arguments given to every run right after `--log LOG`.
+    fixed_args: Vec<OsString>,
+    /// Environment variables set for every run.
+    vars: Vec<(OsString, OsString)>,
 }
 
 impl Env {
-    /// A new fixture with empty `src/`, `dst/` and `cache/`.
+    /// A new `oneway` fixture with empty `src/`, `dst/` and `cache/`.
     pub fn new() -> Res<Env> {
+        Env::for_program(Program::Oneway)
+    }
+
+    /// A new `twoway` fixture with empty `src/`, `dst/` and `cache/`, the log in `twoway.log`.
+    /// Every run gets `--no-recovery` (the recovery system is tested elsewhere) and runs in the
+    /// time zone [`TWOWAY_TZ`].
+    pub fn twoway() -> Res<Env> {
+        let mut env = Env::for_program(Program::Twoway)?;
+        env.fixed_args.push("--no-recovery".into());
+        env.vars.push(("TZ".into(), TWOWAY_TZ.into()));
+        Ok(env)
+    }
+
+    /// A new fixture for `program` with empty `src/`, `dst/` and `cache/`.
+    pub fn for_program(program: Program) -> Res<Env> {
         let dir = tempfile::tempdir()?;
         let root = dir.path().to_path_buf();
         let env = Env {
             src: root.join("src"),
             dst: root.join("dst"),
             cache: root.join("cache"),
-            log: root.join("oneway.log"),
+            log: root.join(program.default_log()),
             root,
             _dir: dir,
-            bin: PathBuf::from(ONEWAY),
+            program,
+            bin: PathBuf::from(program.bin()),
             wrapper: Vec::new(),
+            fixed_args: Vec::new(),
+            vars: Vec::new(),
         };
         for d in [&env.src, &env.dst, &env.cache] {
             fs::create_dir(d).context(|| format!("create {}", d.display()))?;
@@ -138,7 +214,8 @@ impl Env {
         let probe = Command::new("setpriv").arg("--version").output();
         ensure!(
             probe.as_ref().is_ok_and(|o| o.status.success()),
-            "setpriv (util-linux) is needed to run oneway as an unprivileged user: {probe:?}"
+            "setpriv (util-linux) is needed to run {} as an unprivileged user: {probe:?}",
+            self.program.name()
         );
         for ancestor in self.root.ancestors().skip(1) {
             let mode = fs::metadata(ancestor)?.mode();
@@ -152,8 +229,9 @@ impl Env {
         }
         let bindir = self.root.join("bin");
         fs::create_dir(&bindir)?;
-        let bin = bindir.join("oneway");
-        fs::copy(ONEWAY, &bin).context(|| format!("copy {ONEWAY} to {}", bin.display()))?;
+        let bin = bindir.join(self.program.name());
+        let built = self.program.bin();
+        fs::copy(built, &bin).context(|| format!("copy {built} to {}", bin.display()))?;
         chmod(&bindir, 0o755)?;
         chmod(&bin, 0o755)?;
         chown_tree(&self.root, NOBODY, NOBODY)?;
@@ -169,17 +247,18 @@ impl Env {
         Ok(())
     }
 
-    /// The command line `oneway --log LOG ARGS...`, ready to run in the fixture.
+    /// The command line `PROGRAM --log LOG [--no-recovery] ARGS...`, ready to run in the fixture.
     pub fn command(&self, args: &[&dyn AsRef<OsStr>]) -> Command {
         let mut cmd = self.command_without_log();
-        cmd.arg("--log").arg(&self.log);
+        cmd.arg("--log").arg(&self.log).args(&self.fixed_args);
         for a in args {
             cmd.arg(a.as_ref());
         }
         cmd
     }
 
-    /// The bare command (no arguments at all), ready to run in the fixture.
+    /// The bare command (no arguments at all, not even `--no-recovery`), ready to run in the
+    /// fixture.
     pub fn command_without_log(&self) -> Command {
         let mut cmd = match self.wrapper.split_first() {
             Some((prog, rest)) => {
@@ -192,39 +271,67 @@ impl Env {
         cmd.current_dir(&self.root)
             .env("XDG_CACHE_HOME", &self.cache)
             .env_remove("RUST_LOG")
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         cmd
     }
 
-    /// Runs `oneway --log LOG ARGS...` to its end (killed after [`RUN_TIMEOUT`]).
+    /// Runs `PROGRAM --log LOG ARGS...` to its end (killed after [`RUN_TIMEOUT`]).
+    pub fn run(&self, args: &[&dyn AsRef<OsStr>]) -> Res<Run> {
+        self.run_timeout(args, RUN_TIMEOUT)
+    }
+
+    /// Runs `PROGRAM --log LOG ARGS...`, killing it and failing after `timeout`.
+    pub fn run_timeout(&self, args: &[&dyn AsRef<OsStr>], timeout: Duration) -> Res<Run> {
+        run_program_command(self.program, self.command(args), &self.log, timeout)
+    }
+
+    /// Runs `oneway --log LOG ARGS...` to its end (killed after [`RUN_TIMEOUT`]); the same as
+    /// [`Env::run`].
     pub fn oneway(&self, args: &[&dyn AsRef<OsStr>]) -> Res<Run> {
-        self.oneway_timeout(args, RUN_TIMEOUT)
+        self.run(args)
     }
 
-    /// Runs `oneway --log LOG ARGS...`, killing it and failing after `timeout`.
+    /// Runs `oneway --log LOG ARGS...`, killing it and failing after `timeout`; the same as
+    /// [`Env::run_timeout`].
     pub fn oneway_timeout(&self, args: &[&dyn AsRef<OsStr>], timeout: Duration) -> Res<Run> {
-        run_command(self.command(args), &self.log, timeout)
+        self.run_timeout(args, timeout)
     }
 
-    /// Runs `oneway --log LOG --once EXTRA... SOURCE BACKUP`.
+    /// Runs `PROGRAM --log LOG --once EXTRA... SOURCE BACKUP`.
     pub fn once(&self, extra: &[&dyn AsRef<OsStr>]) -> Res<Run> {
         let mut args: Vec<&dyn AsRef<OsStr>> = vec![&"--once"];
         args.extend_from_slice(extra);
         args.push(&self.src);
         args.push(&self.dst);
-        self.oneway(&args)
+        self.run(&args)
     }
 
-    /// Starts `oneway --log LOG ARGS...` in the background; its stdout and stderr go to files in
+    /// Runs `cmd` (built with [`Env::command`] or [`Env::command_without_log`], then changed) to
+    /// its end; `log` is the log file it writes.
+    pub fn run_command(&self, cmd: Command, log: &Path) -> Res<Run> {
+        run_program_command(self.program, cmd, log, RUN_TIMEOUT)
+    }
+
+    /// Starts `PROGRAM --log LOG ARGS...` in the background; its stdout and stderr go to files in
     /// the fixture. The process is killed when the returned handle is dropped.
     pub fn spawn(&self, args: &[&dyn AsRef<OsStr>]) -> Res<Background> {
+        self.spawn_command(self.command(args))
+    }
+
+    /// Starts `cmd` (built with [`Env::command`], then changed) in the background, as
+    /// [`Env::spawn`] does.
+    pub fn spawn_command(&self, mut cmd: Command) -> Res<Background> {
         let n = fs::read_dir(&self.root)?.count();
         let stderr_path = self.root.join(format!("background-{n}.stderr"));
-        let mut cmd = self.command(args);
         cmd.stdout(Stdio::null())
             .stderr(Stdio::from(File::create(&stderr_path)?));
         let child = cmd.spawn()?;
-        Ok(Background { child, stderr_path })
+        Ok(Background {
+            child,
+            stderr_path,
+            program: self.program,
+        })
     }
 
     /// The whole log file as text ("" while it does not exist).
@@ -235,21 +342,79 @@ impl Env {
     }
 
     /// A snapshot of everything in the fixture that a run must leave alone when it refuses:
-    /// SOURCE, BACKUP and whatever else the test put there, without the log file and the cache.
+    /// SOURCE, BACKUP, the twoway archive and whatever else the test put there, without the log
+    /// file, the cache and the stderr files of background runs.
     pub fn snapshot_all(&self) -> Res<Snapshot> {
+        let log_name = self.log.file_name().map(PathBuf::from);
         let mut snap = snapshot(&self.root)?;
         snap.retain(|rel, _| {
             !(rel.starts_with("oneway.log")
+                || log_name.as_ref().is_some_and(|l| rel.starts_with(l))
                 || rel.starts_with("cache")
                 || rel.to_string_lossy().starts_with("background-"))
         });
         Ok(snap)
     }
+
+    /// The one twoway archive (`.twoway-archive-<hex>.txt`) in the state directory; fails unless
+    /// there is exactly one.
+    pub fn archive(&self) -> Res<PathBuf> {
+        let found = archives(&self.root)?;
+        match found.as_slice() {
+            [one] => Ok(one.clone()),
+            _ => Err(fail(format!(
+                "expected exactly one .twoway-archive-<hex>.txt in {}, found {found:?}",
+                self.root.display()
+            ))),
+        }
+    }
 }
 
-/// Runs `cmd` to its end with its output captured, killing it and failing after `timeout`; the
-/// log text is what the run appended to `log`.
-pub fn run_command(mut cmd: Command, log: &Path, timeout: Duration) -> Res<Run> {
+/// The twoway archives directly in `dir`: files named `.twoway-archive-<hex>.txt` (lowercase or
+/// uppercase hex digits, at least one).
+pub fn archives(dir: &Path) -> Res<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).context(|| format!("list {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let hex = name
+            .strip_prefix(".twoway-archive-")
+            .and_then(|n| n.strip_suffix(".txt"));
+        if hex.is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit())) {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Every twoway archive anywhere under `dir` (relative paths), for checks that none was written
+/// where it must not be.
+pub fn archives_under(dir: &Path) -> Res<Vec<PathBuf>> {
+    Ok(snapshot(dir)?
+        .into_keys()
+        .filter(|rel| {
+            rel.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".twoway-archive-"))
+        })
+        .collect())
+}
+
+/// Runs `cmd` (a `oneway` command line) to its end with its output captured, killing it and
+/// failing after `timeout`; the log text is what the run appended to `log`.
+pub fn run_command(cmd: Command, log: &Path, timeout: Duration) -> Res<Run> {
+    run_program_command(Program::Oneway, cmd, log, timeout)
+}
+
+/// Runs `cmd`, a command line of `program`, as [`run_command`] does; the run's log lines are
+/// parsed with `program`'s tag.
+pub fn run_program_command(
+    program: Program,
+    mut cmd: Command,
+    log: &Path,
+    timeout: Duration,
+) -> Res<Run> {
     let log_before = fs::metadata(log).map(|m| m.len()).unwrap_or(0);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn()?;
@@ -272,6 +437,7 @@ pub fn run_command(mut cmd: Command, log: &Path, timeout: Duration) -> Res<Run> 
     // A log file that shrank was created anew: all of it is this run's.
     let new_part = log_bytes.get(start..).unwrap_or(&log_bytes);
     let run = Run {
+        program,
         status,
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
@@ -302,6 +468,8 @@ fn wait_deadline(child: &mut Child, timeout: Duration) -> Res<(ExitStatus, bool)
 
 /// What a finished run showed: exit status, stdout, stderr and the lines it added to the log file.
 pub struct Run {
+    /// The binary that ran; its tag is the one its log lines must carry.
+    pub program: Program,
     /// The exit status.
     pub status: ExitStatus,
     /// Standard output.
@@ -356,9 +524,12 @@ impl Run {
         Ok(())
     }
 
-    /// The well-formed log lines this run wrote to the log file.
+    /// The well-formed log lines (with this program's tag) this run wrote to the log file.
     pub fn lines(&self) -> Vec<LogLine> {
-        self.log.lines().filter_map(parse_log_line).collect()
+        self.log
+            .lines()
+            .filter_map(|l| parse_program_log_line(self.program, l))
+            .collect()
     }
 
     /// Whether the log has a line with this level and exactly this message.
@@ -401,7 +572,7 @@ impl Run {
     }
 
     /// The messages of the operation lines (copied, replaced, created, removed, updated
-    /// metadata), `dry run: ` prefix included.
+    /// metadata, saved), `dry run: ` prefix included.
     pub fn operations(&self) -> Vec<String> {
         self.lines()
             .into_iter()
@@ -412,21 +583,30 @@ impl Run {
 
     /// The last `pass finished` summary of this run.
     pub fn summary(&self) -> Res<Summary> {
-        last_summary(&self.log)
+        self.lines()
+            .iter()
+            .filter(|l| l.level == "INFO")
+            .filter_map(|l| parse_summary(&l.message))
+            .next_back()
             .ok_or_else(|| fail(format!("no `pass finished` summary line\n{self}")))
     }
 
     /// Fails unless every log-file line has the `[ONEWAY][YYYY-MM-DD HH:MM:SS - LEVEL] - MESSAGE`
-    /// form, and the log lines on stderr are the same lines as in the log file.
+    /// form (`[TWOWAY]` for twoway), and the log lines on stderr are the same lines as in the
+    /// log file.
     pub fn expect_well_formed_log(&self) -> TestResult {
         for line in self.log.lines() {
             ensure!(
-                parse_log_line(line).is_some(),
+                parse_program_log_line(self.program, line).is_some(),
                 "malformed log line {line:?}\n{self}"
             );
         }
         let in_file = self.lines();
-        let on_stderr: Vec<LogLine> = self.stderr.lines().filter_map(parse_log_line).collect();
+        let on_stderr: Vec<LogLine> = self
+            .stderr
+            .lines()
+            .filter_map(|l| parse_program_log_line(self.program, l))
+            .collect();
         ensure!(
             in_file == on_stderr,
             "the log lines on stderr differ from those in the log file\n{self}"
@@ -444,9 +624,15 @@ pub struct LogLine {
     pub message: String,
 }
 
-/// Parses `[ONEWAY][YYYY-MM-DD HH:MM:SS - LEVEL] - MESSAGE`.
+/// Parses `[ONEWAY][YYYY-MM-DD HH:MM:SS - LEVEL] - MESSAGE` or the same with `[TWOWAY]`.
 pub fn parse_log_line(line: &str) -> Option<LogLine> {
-    let rest = line.strip_prefix("[ONEWAY][")?;
+    parse_program_log_line(Program::Oneway, line)
+        .or_else(|| parse_program_log_line(Program::Twoway, line))
+}
+
+/// Parses `TAG[YYYY-MM-DD HH:MM:SS - LEVEL] - MESSAGE` with `program`'s tag only.
+pub fn parse_program_log_line(program: Program, line: &str) -> Option<LogLine> {
+    let rest = line.strip_prefix(program.tag())?.strip_prefix('[')?;
     let (stamp, rest) = rest.split_at_checked(19)?;
     let well_formed_stamp = stamp.bytes().enumerate().all(|(i, b)| match i {
         4 | 7 => b == b'-',
@@ -467,7 +653,8 @@ pub fn parse_log_line(line: &str) -> Option<LogLine> {
     })
 }
 
-/// Whether a message (after an optional `dry run: `) reports a change to BACKUP.
+/// Whether a message (after an optional `dry run: `) reports a change to BACKUP (oneway) or to
+/// either side (twoway).
 pub fn is_operation(message: &str) -> bool {
     let m = message.strip_prefix("dry run: ").unwrap_or(message);
     [
@@ -477,12 +664,14 @@ pub fn is_operation(message: &str) -> bool {
         "created symlink ",
         "updated metadata of ",
         "removed ",
+        "saved ",
     ]
     .iter()
     .any(|p| m.starts_with(p))
 }
 
-/// The numbers of `pass finished: N operations, E errors, H files hashed, C cached hashes reused`.
+/// The numbers of `pass finished: N operations, E errors, H files hashed, C cached hashes reused`
+/// and, for twoway, `, K conflicts`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
     /// N.
@@ -493,12 +682,15 @@ pub struct Summary {
     pub hashed: u64,
     /// C.
     pub cached: u64,
+    /// K, only in twoway's summary.
+    pub conflicts: Option<u64>,
 }
 
 /// Parses a summary message (singular or plural words accepted).
 pub fn parse_summary(message: &str) -> Option<Summary> {
     let rest = message.strip_prefix("pass finished: ")?;
     let (mut ops, mut errors, mut hashed, mut cached) = (None, None, None, None);
+    let mut conflicts = None;
     for part in rest.split(", ") {
         let (num, words) = part.split_once(' ')?;
         let n: u64 = num.parse().ok()?;
@@ -510,6 +702,8 @@ pub fn parse_summary(message: &str) -> Option<Summary> {
             hashed = Some(n);
         } else if words.starts_with("cached hash") {
             cached = Some(n);
+        } else if words == "conflict" || words == "conflicts" {
+            conflicts = Some(n);
         } else {
             return None;
         }
@@ -519,6 +713,7 @@ pub fn parse_summary(message: &str) -> Option<Summary> {
         errors: errors?,
         hashed: hashed?,
         cached: cached?,
+        conflicts,
     })
 }
 
@@ -535,6 +730,7 @@ pub fn last_summary(log: &str) -> Option<Summary> {
 pub struct Background {
     child: Child,
     stderr_path: PathBuf,
+    program: Program,
 }
 
 impl Background {
@@ -597,7 +793,8 @@ impl Background {
             }
             if let Some(status) = self.try_wait()? {
                 return Err(fail(format!(
-                    "oneway exited ({}) before {what}\nstderr:\n{}\nlog:\n{}",
+                    "{} exited ({}) before {what}\nstderr:\n{}\nlog:\n{}",
+                    self.program.name(),
                     describe_status(status),
                     self.stderr(),
                     tail(&text)
@@ -909,7 +1106,38 @@ fn report(what: &str, diffs: &[String]) -> TestResult {
 /// Fails with a readable difference unless the trees under `a` and `b` hold the same paths, kinds,
 /// contents, symlink targets, permission bits (not for symlinks) and mtimes (nanoseconds).
 pub fn assert_trees_equal(a: &Path, b: &Path) -> TestResult {
-    let (sa, sb) = (snapshot(a)?, snapshot(b)?);
+    compare_trees(a, b, snapshot(a)?, snapshot(b)?)
+}
+
+/// The two-way version of [`assert_trees_equal`]: the same, except that directory mtimes are
+/// not compared (twoway does not carry them: they move with every change inside).
+pub fn assert_synced(a: &Path, b: &Path) -> TestResult {
+    let sa = without_dir_mtimes(snapshot(a)?);
+    let sb = without_dir_mtimes(snapshot(b)?);
+    compare_trees(a, b, sa, sb)
+}
+
+/// `snap` with every directory's mtime set to zero, for comparisons that ignore them.
+pub fn without_dir_mtimes(mut snap: Snapshot) -> Snapshot {
+    for entry in snap.values_mut() {
+        if entry.node == Node::Dir {
+            entry.mtime = (0, 0);
+        }
+    }
+    snap
+}
+
+/// `snap` without the entries named `.oneway-tmp-*` (and nothing else: an entry inside such a
+/// name would be too odd to hide).
+pub fn without_temp_files(mut snap: Snapshot) -> Snapshot {
+    snap.retain(|rel, _| {
+        !rel.file_name()
+            .is_some_and(|n| n.as_encoded_bytes().starts_with(TMP_PREFIX.as_bytes()))
+    });
+    snap
+}
+
+fn compare_trees(a: &Path, b: &Path, sa: Snapshot, sb: Snapshot) -> TestResult {
     let mut diffs = diff(&sa, &sb);
     for (rel, ea) in &sa {
         if let (Node::File(Content::Large(_)), Some(eb)) = (&ea.node, sb.get(rel))
@@ -983,4 +1211,146 @@ pub fn kind_of(path: &Path) -> Res<Option<&'static str>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Expected trees
+
+/// What a test expects at one path of a tree: kind and content only (no mode, no mtime).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Want {
+    /// A regular file with these bytes.
+    File(Vec<u8>),
+    /// A directory.
+    Dir,
+    /// A symlink to this target.
+    Link(PathBuf),
+}
+
+impl Want {
+    /// A regular file holding `bytes`.
+    pub fn file(bytes: impl AsRef<[u8]>) -> Want {
+        Want::File(bytes.as_ref().to_vec())
+    }
+
+    /// A symlink to `target`.
+    pub fn link(target: impl AsRef<Path>) -> Want {
+        Want::Link(target.as_ref().to_path_buf())
+    }
+}
+
+impl fmt::Display for Want {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Want::File(b) => write!(f, "file {:?}", String::from_utf8_lossy(b)),
+            Want::Dir => write!(f, "directory"),
+            Want::Link(t) => write!(f, "symlink -> {t:?}"),
+        }
+    }
+}
+
+/// What `entry` is, in the terms of [`Want`] (a large file is read from `path`).
+fn as_want(entry: &Entry, path: &Path) -> Res<Option<Want>> {
+    Ok(match &entry.node {
+        Node::File(Content::Bytes(b)) => Some(Want::File(b.clone())),
+        Node::File(Content::Large(_)) => Some(Want::File(read(path)?)),
+        Node::Dir => Some(Want::Dir),
+        Node::Symlink(t) => Some(Want::Link(t.clone())),
+        Node::Other(_) => None,
+    })
+}
+
+/// Fails with a readable difference unless `dir` holds exactly the entries `want` lists (every
+/// directory listed too), with those kinds, contents and link targets. `what` names the tree in
+/// the message ("SOURCE", "BACKUP").
+pub fn expect_tree(what: &str, dir: &Path, want: &[(&str, Want)]) -> TestResult {
+    expect_entries(what, dir, &snapshot(dir)?, want)
+}
+
+/// [`expect_tree`] on a snapshot `have` of `dir` that the caller has filtered (for example with
+/// [`without_temp_files`]).
+pub fn expect_entries(
+    what: &str,
+    dir: &Path,
+    have: &Snapshot,
+    want: &[(&str, Want)],
+) -> TestResult {
+    let mut wanted: BTreeMap<PathBuf, &Want> = BTreeMap::new();
+    for (rel, w) in want {
+        ensure!(
+            wanted.insert(PathBuf::from(rel), w).is_none(),
+            "expect_tree: {rel} listed twice"
+        );
+    }
+    let mut diffs = Vec::new();
+    for (rel, w) in &wanted {
+        match have.get(rel) {
+            None => diffs.push(format!("missing: {rel:?}: expected {w}")),
+            Some(entry) => {
+                let got = as_want(entry, &dir.join(rel))?;
+                if got.as_ref() != Some(*w) {
+                    diffs.push(format!(
+                        "differs: {rel:?}\n    expected: {w}\n    found:    {entry}"
+                    ));
+                }
+            }
+        }
+    }
+    for (rel, entry) in have {
+        if !wanted.contains_key(rel) {
+            diffs.push(format!("unexpected: {rel:?}: {entry}"));
+        }
+    }
+    report(
+        &format!("{what} ({}) is not as expected", dir.display()),
+        &diffs,
+    )
+}
+
+/// Removes everything inside `dir`, leaving it empty.
+pub fn empty_dir(dir: &Path) -> TestResult {
+    for entry in fs::read_dir(dir).context(|| format!("list {}", dir.display()))? {
+        let path = entry?.path();
+        if fs::symlink_metadata(&path)?.is_dir() {
+            fs::remove_dir_all(&path).context(|| format!("remove {}", path.display()))?;
+        } else {
+            fs::remove_file(&path).context(|| format!("remove {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clock
+
+/// Seconds since the Unix epoch, now.
+pub fn now_secs() -> Res<i64> {
+    Ok(i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs(),
+    )?)
+}
+
+/// `YYYYMMDD-HHMMSS` of the instant `unix_secs` in a zone `offset` seconds east of UTC (the
+/// proleptic Gregorian calendar, as every time library prints it).
+pub fn compact_stamp(unix_secs: i64, offset: i64) -> String {
+    let t = unix_secs + offset;
+    let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
+    // Days to civil date: Howard Hinnant's `civil_from_days`.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
