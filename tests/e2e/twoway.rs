@@ -1920,3 +1920,33 @@ fn give_back_to_nobody(env: &Env) -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn odd_names_round_trip_through_the_archive() -> TestResult {
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::twoway()?;
+    let (s, d) = (&env.src, &env.dst);
+    let latin1 = OsStr::from_bytes(b"caf\xe9 menu.txt");
+    set_mtime(&write(s, latin1, "non-UTF-8 name")?, T0, 0)?;
+    set_mtime(
+        &write(d, "line\nbreak %20.txt", "newline and percent")?,
+        T0,
+        0,
+    )?;
+
+    let first = env.once(&[])?;
+    first.expect_code(0)?;
+    first.expect("INFO", "copied caf\\xe9 menu.txt to BACKUP")?;
+    assert_synced(s, d)?;
+
+    // If the archive had not kept both names exactly, this pass would see changes.
+    let second = env.once(&[])?;
+    second.expect_code(0)?;
+    expect_operations(&second, &[])?;
+
+    fs::remove_file(d.join(latin1))?;
+    let third = env.once(&[])?;
+    third.expect_code(0)?;
+    expect_operations(&third, &["removed caf\\xe9 menu.txt from SOURCE"])?;
+    assert_synced(s, d)
+}
