@@ -11,7 +11,7 @@
 //! anything beneath it survives: a new or edited file inside a directory deleted on the other
 //! side is never lost. Mode and mtime changes alone travel without copying content.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -67,6 +67,8 @@ pub enum Step {
         side: Side,
         /// The path.
         rel: PathBuf,
+        /// Its final mode and mtime, set once its content is in place.
+        item: Item,
     },
     /// Copy a file from the other side's `from` to this side's `rel`.
     Copy {
@@ -147,8 +149,9 @@ pub struct Conflict {
 /// What a pass must do.
 #[derive(Debug, Default)]
 pub struct Plan {
-    /// Every decided path and what both sides hold once the pass is done (`None`: nothing).
-    /// Paths not in here (under a directory that could not be read) keep their archive entry.
+    /// Every path whose archive entry changes, and what both sides hold once the pass is
+    /// done (`None`: nothing). Paths not in here hold what the archive says (or are under a
+    /// directory that could not be read) and keep their archive entry.
     pub finals: BTreeMap<PathBuf, Option<Item>>,
     /// The steps, in no particular order (the apply step orders them).
     pub steps: Vec<Step>,
@@ -241,24 +244,19 @@ pub fn reconcile(
 ) -> Plan {
     let covered =
         |rel: &Path| !protected.is_empty() && rel.ancestors().any(|a| protected.contains(a));
-    let paths: BTreeSet<&PathBuf> = archive
-        .keys()
-        .chain(source.keys())
-        .chain(backup.keys())
-        .filter(|p| !covered(p))
-        .collect();
-    let mut taken: HashSet<PathBuf> = archive
-        .keys()
-        .chain(source.keys())
-        .chain(backup.keys())
-        .cloned()
-        .collect();
+    let paths = union_sorted(&[archive, source, backup]);
+    // Conflict names already handed out this pass; names on disk or in the archive are
+    // looked up in the three maps.
+    let mut planned: HashSet<PathBuf> = HashSet::new();
 
     let mut plan = Plan::default();
     // Parents of paths that hold something at the end of the pass.
-    let mut alive_parents: HashSet<PathBuf> = HashSet::new();
+    let mut alive_parents: HashSet<&Path> = HashSet::new();
     // Deepest first: a directory is decided after everything beneath it.
     for rel in paths.into_iter().rev() {
+        if covered(rel) {
+            continue;
+        }
         let a = archive.get(rel);
         let s = source.get(rel);
         let d = backup.get(rel);
@@ -334,7 +332,7 @@ pub fn reconcile(
         if fin_item.is_some()
             && let Some(parent) = rel.parent()
         {
-            alive_parents.insert(parent.to_path_buf());
+            alive_parents.insert(parent);
         }
 
         // The loser, kept under a conflict name on both sides.
@@ -346,8 +344,13 @@ pub fn reconcile(
             }
             .cloned();
             if let Some(lost) = lost {
-                let to = conflict_name(rel, stamp, |p| taken.contains(p));
-                taken.insert(to.clone());
+                let to = conflict_name(rel, stamp, |p| {
+                    archive.contains_key(p)
+                        || source.contains_key(p)
+                        || backup.contains_key(p)
+                        || planned.contains(p)
+                });
+                planned.insert(to.clone());
                 plan.steps.push(Step::SaveLoser {
                     side: lside,
                     rel: rel.clone(),
@@ -392,9 +395,37 @@ pub fn reconcile(
             };
             steps_for_side(&mut plan.steps, side, rel, here, fin_item.as_ref());
         }
-        plan.finals.insert(rel.clone(), fin_item);
+        if fin_item.as_ref() != a {
+            plan.finals.insert(rel.clone(), fin_item);
+        }
     }
     plan
+}
+
+/// The keys of several sorted maps, merged in order without duplicates.
+fn union_sorted<'a>(maps: &[&'a Items]) -> Vec<&'a PathBuf> {
+    let mut out: Vec<&PathBuf> = Vec::new();
+    for map in maps {
+        let mut merged = Vec::with_capacity(out.len() + map.len());
+        let (mut a, mut b) = (out.iter().copied().peekable(), map.keys().peekable());
+        loop {
+            match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) => match x.cmp(y) {
+                    std::cmp::Ordering::Less => merged.extend(a.next()),
+                    std::cmp::Ordering::Greater => merged.extend(b.next()),
+                    std::cmp::Ordering::Equal => {
+                        merged.extend(a.next());
+                        b.next();
+                    }
+                },
+                (Some(_), None) => merged.extend(a.next()),
+                (None, Some(_)) => merged.extend(b.next()),
+                (None, None) => break,
+            }
+        }
+        out = merged;
+    }
+    out
 }
 
 fn other_side(side: Side) -> Side {
@@ -454,7 +485,11 @@ fn steps_for_side(
                 other => other.cloned(),
             };
             steps.push(match f {
-                Item::Dir { .. } => Step::MakeDir { side, rel },
+                Item::Dir { .. } => Step::MakeDir {
+                    side,
+                    rel,
+                    item: f.clone(),
+                },
                 Item::File { .. } => Step::Copy {
                     side,
                     from: rel.clone(),
@@ -559,7 +594,7 @@ mod tests {
             .collect();
         dirs.sort_by(|a, b| a.rel().cmp(b.rel()));
         for step in dirs {
-            let Step::MakeDir { side: s, rel } = step else {
+            let Step::MakeDir { side: s, rel, item } = step else {
                 unreachable!()
             };
             let (here, _) = side(*s, src, dst);
@@ -567,7 +602,7 @@ mod tests {
                 parent_ok(here, rel) && !here.contains_key(rel),
                 "mkdir {rel:?}"
             );
-            here.insert(rel.clone(), plan.finals[rel].clone().unwrap());
+            here.insert(rel.clone(), item.clone());
         }
         for step in &plan.steps {
             match step {
@@ -627,6 +662,14 @@ mod tests {
     }
 
     const NAMES: [&str; 3] = ["a", "b", "c"];
+
+    /// What both sides hold at `rel` after the plan: its change, or the archive's entry.
+    fn final_of(plan: &Plan, archive: &Items, rel: &str) -> Option<Item> {
+        match plan.finals.get(Path::new(rel)) {
+            Some(change) => change.clone(),
+            None => archive.get(Path::new(rel)).cloned(),
+        }
+    }
 
     fn path(i: u8) -> PathBuf {
         // 39 paths: depth 1 to 3 over three names.
@@ -818,14 +861,20 @@ mod tests {
                 let plan = reconcile(&archive, &src, &dst, &HashSet::new(), policy, "20260101-000000");
                 apply(&plan, &mut src, &mut dst);
                 prop_assert_eq!(&src, &dst, "both sides equal after pass {}", n);
-                let finals: Items = plan.finals.iter().filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v))).collect();
-                prop_assert_eq!(&finals, &src, "the archive records what both sides hold");
+                let mut next = archive.clone();
+                for (k, v) in &plan.finals {
+                    match v {
+                        Some(v) => next.insert(k.clone(), v.clone()),
+                        None => next.remove(k),
+                    };
+                }
+                prop_assert_eq!(&next, &src, "the archive records what both sides hold");
                 let mut after = contents(src.values());
                 after.extend(contents(dst.values()));
                 for c in before.difference(&after) {
                     prop_assert!(expendable.contains(c), "content {:?} lost in pass {}", c, n);
                 }
-                archive = finals;
+                archive = next;
             }
         }
     }
@@ -860,14 +909,14 @@ mod tests {
         dst.insert("d/new".into(), file(3, 2));
         dst.insert("f".into(), file(4, 2));
         let plan = reconcile(&archive, &src, &dst, &HashSet::new(), Policy::Newer, "S");
-        assert_eq!(plan.finals[Path::new("d")], Some(dir()));
-        assert_eq!(plan.finals[Path::new("d/new")], Some(file(3, 2)));
+        assert_eq!(final_of(&plan, &archive, "d"), Some(dir()));
+        assert_eq!(final_of(&plan, &archive, "d/new"), Some(file(3, 2)));
         assert_eq!(
-            plan.finals[Path::new("d/old")],
+            final_of(&plan, &archive, "d/old"),
             None,
             "the unchanged sibling stays deleted"
         );
-        assert_eq!(plan.finals[Path::new("f")], Some(file(4, 2)));
+        assert_eq!(final_of(&plan, &archive, "f"), Some(file(4, 2)));
         assert!(plan.conflicts.is_empty());
     }
 
@@ -888,7 +937,7 @@ mod tests {
             assert_eq!(plan.conflicts.len(), 1);
             assert_eq!(plan.conflicts[0].winner, winner, "{policy:?}");
             assert_eq!(plan.conflicts[0].saved_as, Path::new("f.conflict-S.txt"));
-            assert_eq!(plan.finals[Path::new("f.conflict-S.txt")], Some(kept));
+            assert_eq!(final_of(&plan, &archive, "f.conflict-S.txt"), Some(kept));
         }
     }
 
@@ -901,8 +950,8 @@ mod tests {
         dst.insert("x".into(), dir());
         dst.insert("x/in".into(), file(2, 1));
         let plan = reconcile(&archive, &src, &dst, &HashSet::new(), Policy::Source, "S");
-        assert_eq!(plan.finals[Path::new("x")], Some(dir()));
+        assert_eq!(final_of(&plan, &archive, "x"), Some(dir()));
         assert_eq!(plan.conflicts[0].verdict, Verdict::Directory);
-        assert_eq!(plan.finals[Path::new("x.conflict-S")], Some(file(1, 99)));
+        assert_eq!(final_of(&plan, &archive, "x.conflict-S"), Some(file(1, 99)));
     }
 }

@@ -259,21 +259,26 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
         let mut next = archived;
         let covered =
             |rel: &Path| !failed.is_empty() && rel.ancestors().any(|a| failed.contains(a));
+        let mut changed = first_pass;
         for (rel, fin) in &plan.finals {
             if covered(rel) {
                 continue;
             }
+            changed = true;
             match fin {
                 Some(item) => next.insert(rel.clone(), item.clone()),
                 None => next.remove(rel),
             };
         }
-        archive::save(&opts.archive, &opts.source, &opts.backup, &next).map_err(|source| {
-            Error::StateUnreadable {
-                path: opts.archive.clone(),
-                source,
-            }
-        })?;
+        // A pass that changed nothing leaves the archive as it is: no rewrite to pay for.
+        if changed {
+            archive::save(&opts.archive, &opts.source, &opts.backup, &next).map_err(|source| {
+                Error::StateUnreadable {
+                    path: opts.archive.clone(),
+                    source,
+                }
+            })?;
+        }
     }
     Ok(stats)
 }
@@ -356,7 +361,7 @@ fn describe(step: &Step) -> String {
             Escaped(rel),
             side_name(*side)
         ),
-        Step::MakeDir { side, rel } => {
+        Step::MakeDir { side, rel, .. } => {
             format!("created directory {} in {}", Escaped(rel), side_name(*side))
         }
         Step::Copy {
@@ -415,7 +420,7 @@ struct Applier<'a> {
     operations: AtomicU64,
     errors: AtomicU64,
     /// Directories created this pass, to get their final mode last.
-    made_dirs: Mutex<Vec<(Side, PathBuf)>>,
+    made_dirs: Mutex<Vec<(Side, PathBuf, Item)>>,
 }
 
 impl Applier<'_> {
@@ -464,7 +469,7 @@ impl Applier<'_> {
             self.run(step);
         }
         transfers.par_iter().for_each(|step| self.run(step));
-        self.finish_dirs(plan);
+        self.finish_dirs();
     }
 
     fn run(&self, step: &Step) {
@@ -489,11 +494,11 @@ impl Applier<'_> {
                 Some(entry) => fsops::remove(&path, entry),
                 None => Err(OpError::DestinationChanged { path: path.clone() }),
             },
-            Step::MakeDir { .. } => fsops::create_dir(&path).map(|()| {
+            Step::MakeDir { item, .. } => fsops::create_dir(&path).map(|()| {
                 self.made_dirs
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .push((side, rel.to_path_buf()));
+                    .push((side, rel.to_path_buf(), item.clone()));
             }),
             Step::Copy {
                 from,
@@ -587,11 +592,11 @@ impl Applier<'_> {
 
     /// Gives directories made this pass (created owner-writable) their final mode and mtime,
     /// deepest first.
-    fn finish_dirs(&self, plan: &Plan) {
+    fn finish_dirs(&self) {
         let mut made =
             std::mem::take(&mut *self.made_dirs.lock().unwrap_or_else(|e| e.into_inner()));
         made.sort_by(|a, b| b.1.cmp(&a.1));
-        for (side, rel) in made {
+        for (side, rel, item) in made {
             if signal::stop_requested() {
                 return;
             }
@@ -605,9 +610,9 @@ impl Applier<'_> {
             };
             // A directory made here takes the other side's mtime too, so a fresh copy of a
             // tree matches it exactly; later the mtimes of directories are not compared.
-            if let Some(Some(Item::Dir { mode, mtime })) = plan.finals.get(&rel)
+            if let Item::Dir { mode, mtime } = item
                 && let Err(err) =
-                    fsops::set_metadata(&self.opts.root(side).join(&rel), &seen, *mode, *mtime)
+                    fsops::set_metadata(&self.opts.root(side).join(&rel), &seen, mode, mtime)
             {
                 self.fail(&rel);
                 self.errors.fetch_add(1, Ordering::Relaxed);
