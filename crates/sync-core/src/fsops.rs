@@ -107,7 +107,7 @@ fn persist<F>(
     tmp: tempfile::NamedTempFile<F>,
     dst: &Path,
     expected: Option<&Entry>,
-) -> Result<(), OpError> {
+) -> Result<F, OpError> {
     replace_check(dst, expected)?;
     let result = if expected.is_some() {
         tmp.persist(dst)
@@ -115,7 +115,7 @@ fn persist<F>(
         tmp.persist_noclobber(dst)
     };
     match result {
-        Ok(_) => Ok(()),
+        Ok(f) => Ok(f),
         Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
             Err(OpError::DestinationChanged {
                 path: dst.to_path_buf(),
@@ -128,20 +128,41 @@ fn persist<F>(
     }
 }
 
-/// Copies the regular file `src` to `dst` atomically, hashing what it copies, and gives the
-/// copy `src`'s permission bits and modification time.
+/// What a copy knows of its source's content.
+#[derive(Debug, Clone, Copy)]
+pub enum Content<'a> {
+    /// Hash the bytes while copying them; if a digest is given, a source whose bytes do not
+    /// hash to it is not installed.
+    Hash(Option<&'a Digest>),
+    /// The source, as `entry` (a stamp hashed or cached this pass and not racy), has
+    /// `digest`: if it still has that stamp, the bytes are copied by the kernel
+    /// (`copy_file_range`, a reflink where the file system offers one) without reading them,
+    /// and the copy is installed only if the stamp held throughout (the trust is the hash
+    /// cache's). If the stamp moved, the copy hashes what it copies, and with `exact` refuses
+    /// content other than `digest`.
+    Known {
+        /// The stamp the digest belongs to.
+        entry: &'a Entry,
+        /// The digest.
+        digest: Digest,
+        /// Only `digest` may be installed.
+        exact: bool,
+    },
+}
+
+/// Copies the regular file `src` to `dst` atomically and gives the copy `src`'s permission
+/// bits and modification time.
 ///
 /// `expected` is the destination the scan saw (to be replaced), or `None` if there was none.
-/// `content` is the digest the caller decided to copy, if it knows it: a source whose bytes
-/// no longer hash to it is not installed.
 ///
 /// Fails, leaving `dst` untouched, if `src` cannot be read or changes during the copy (or no
-/// longer has `content`), if `dst` is no longer what the scan saw, or if writing fails.
+/// longer has the content the caller expects), if `dst` is no longer what the scan saw, or if
+/// writing fails.
 pub fn copy_file(
     src: &Path,
     dst: &Path,
     expected: Option<&Entry>,
-    content: Option<&Digest>,
+    content: Content<'_>,
 ) -> Result<Copied, OpError> {
     let read_err = |source| OpError::Read {
         path: src.to_path_buf(),
@@ -159,9 +180,27 @@ pub fn copy_file(
         .prefix(TEMP_PREFIX)
         .tempfile_in(dir)
         .map_err(write_err(dst))?;
-    let digest = copy_and_hash(&mut input, tmp.as_file_mut(), before.size, src, dst)?;
+    let (digest, expect) = match content {
+        Content::Hash(expect) => (
+            copy_and_hash(&mut input, tmp.as_file_mut(), before.size, src, dst)?,
+            expect.copied(),
+        ),
+        Content::Known {
+            entry,
+            digest,
+            exact,
+        } => {
+            if before.unchanged_since(entry) {
+                io::copy(&mut input, tmp.as_file_mut()).map_err(write_err(dst))?;
+                (digest, None)
+            } else {
+                let copied = copy_and_hash(&mut input, tmp.as_file_mut(), before.size, src, dst)?;
+                (copied, exact.then_some(digest))
+            }
+        }
+    };
     let after = Entry::from_metadata(&input.metadata().map_err(read_err)?, None);
-    if !after.unchanged_since(&before) || content.is_some_and(|c| *c != digest) {
+    if !after.unchanged_since(&before) || expect.is_some_and(|c| c != digest) {
         return Err(OpError::SourceChanged {
             path: src.to_path_buf(),
         });
@@ -171,13 +210,11 @@ pub fn copy_file(
         .map_err(write_err(dst))?;
     filetime::set_file_handle_times(file, None, Some(before.mtime.to_filetime()))
         .map_err(write_err(dst))?;
-    if expected.is_some() {
-        // The old content is at stake only when replacing: make the new one durable before
-        // the rename. New files are flushed together at the end of the pass.
-        file.sync_all().map_err(write_err(dst))?;
-    }
-    persist(tmp, dst, expected)?;
-    let destination = Entry::read(dst).map_err(write_err(dst))?;
+    // No fsync per file: the pass flushes its whole file system once at its end (see
+    // `flush_fs`), before it records anything that relies on the data being on disk.
+    let file = persist(tmp, dst, expected)?;
+    // fstat of the file still open: its stamp after the rename, without a path lookup.
+    let destination = Entry::from_metadata(&file.metadata().map_err(write_err(dst))?, None);
     Ok(Copied {
         digest,
         source: before,
@@ -365,4 +402,13 @@ pub fn set_dir_mode(path: &Path, mode: u32) -> Result<(), OpError> {
             path: path.to_path_buf(),
         }),
     }
+}
+
+/// Makes everything written under `root` durable, once per pass instead of once per file (a
+/// pass's last step, before a state file records what it did).
+///
+/// Fails if the file system cannot be flushed.
+pub fn flush_fs(root: &Path) -> io::Result<()> {
+    let dir = File::open(root)?;
+    rustix::fs::syncfs(&dir).map_err(io::Error::from)
 }

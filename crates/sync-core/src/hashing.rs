@@ -66,6 +66,21 @@ impl<'a> Digests<'a> {
         Ok(digest)
     }
 
+    /// The cached digest of `rel` on `side`, if its stamp is unchanged; reads nothing and
+    /// counts nothing.
+    pub fn cached(&self, side: Side, rel: &Path, entry: &Entry) -> Option<Digest> {
+        if self.ignore_cache {
+            return None;
+        }
+        self.cache.lookup(side, rel, entry)
+    }
+
+    /// True if a digest of `entry` taken from its stamp can be trusted now: its file system
+    /// stamps every later change visibly (see [`is_racy`]).
+    pub fn trusted(&self, side: Side, entry: &Entry) -> bool {
+        !is_racy(entry, SystemTime::now(), self.stamps[side as usize])
+    }
+
     /// Remembers that `rel` on `side`, as `entry`, has `digest`. `hashed_at` is when reading
     /// began, or `None` for a file this pass wrote itself; a file changed within a timestamp
     /// tick of being read is not remembered (see [`is_racy`]).

@@ -64,6 +64,10 @@ enum Op {
     Copy {
         rel: PathBuf,
         replace: Option<Entry>,
+        /// The source as scanned.
+        from: Entry,
+        /// Its digest, if this pass hashed it.
+        known: Option<Digest>,
     },
     /// Create a link, over `replace` if set.
     Link {
@@ -104,10 +108,13 @@ impl Op {
                 _ => write!(s, "removed {}", Escaped(rel)),
             },
             Op::CreateDir { rel } => write!(s, "created directory {}", Escaped(rel)),
-            Op::Copy { rel, replace: None } => write!(s, "copied {}", Escaped(rel)),
+            Op::Copy {
+                rel, replace: None, ..
+            } => write!(s, "copied {}", Escaped(rel)),
             Op::Copy {
                 rel,
                 replace: Some(_),
+                ..
             } => write!(s, "replaced {}", Escaped(rel)),
             Op::Link {
                 rel,
@@ -213,6 +220,8 @@ fn plan(src: &Tree, dst: &Tree, protected: &Protected) -> Plan {
                     (Kind::File, d) => plan.transfers.push(Op::Copy {
                         rel,
                         replace: d.cloned(),
+                        from: s.clone(),
+                        known: None,
                     }),
                     (Kind::Symlink(_), Some(d)) if d.kind == s.kind => {
                         if d.mtime != s.mtime {
@@ -374,6 +383,8 @@ impl Pass<'_> {
             Some(Op::Copy {
                 rel: c.rel,
                 replace: Some(c.dst),
+                from: c.src,
+                known: Some(src),
             })
         } else if c.src.mode != c.dst.mode || c.src.mtime != c.dst.mtime {
             Some(Op::Meta {
@@ -400,9 +411,26 @@ impl Pass<'_> {
         let result = match op {
             Op::Remove { seen, .. } => fsops::remove(&dst, seen),
             Op::CreateDir { .. } => fsops::create_dir(&dst),
-            Op::Copy { replace, .. } => {
+            Op::Copy {
+                replace,
+                from,
+                known,
+                ..
+            } => {
                 let started = SystemTime::now();
-                fsops::copy_file(&self.opts.source.join(rel), &dst, replace.as_ref(), None).map(
+                // A digest hashed or cached this pass lets the kernel copy the bytes unread.
+                let digest = known.or_else(|| self.digests.cached(Side::Source, rel, from));
+                let content = match digest {
+                    Some(digest) if self.digests.trusted(Side::Source, from) => {
+                        fsops::Content::Known {
+                            entry: from,
+                            digest,
+                            exact: false,
+                        }
+                    }
+                    _ => fsops::Content::Hash(None),
+                };
+                fsops::copy_file(&self.opts.source.join(rel), &dst, replace.as_ref(), content).map(
                     |c| {
                         let d = &self.digests;
                         d.learn(Side::Source, rel, &c.source, c.digest, Some(started));
@@ -559,8 +587,10 @@ pub fn mirror_pass(opts: &PassOptions, cache: &mut HashCache) -> Result<PassStat
             .chain(dst.entries.keys())
             .map(PathBuf::as_path),
     );
-    if stats.operations > 0 {
-        flush_backup(&opts.backup);
+    if stats.operations > 0
+        && let Err(err) = fsops::flush_fs(&opts.backup)
+    {
+        log::warn!("cannot flush BACKUP {}: {err}", opts.backup.display());
     }
     Ok(stats)
 }
@@ -642,20 +672,6 @@ fn apply(pass: &Pass<'_>, plan: &Plan, dst: &Tree) {
             }
             Err(err) => pass.op_error(rel, &err),
         }
-    }
-}
-
-/// Makes new files durable once per pass instead of once per file (SPEC §7 asks for a
-/// flush; replaced files were already synced one by one, since their old content was at
-/// stake).
-fn flush_backup(backup: &Path) {
-    match std::fs::File::open(backup) {
-        Ok(dir) => {
-            if let Err(err) = rustix::fs::syncfs(&dir) {
-                log::warn!("cannot flush BACKUP {}: {err}", backup.display());
-            }
-        }
-        Err(err) => log::warn!("cannot flush BACKUP {}: {err}", backup.display()),
     }
 }
 
@@ -801,7 +817,12 @@ mod tests {
             let mut p = plan(&src, &dst, &protected);
             // Hashing is outside the plan: treat every same-size pair as differing content.
             for c in std::mem::take(&mut p.compares) {
-                p.transfers.push(Op::Copy { rel: c.rel, replace: Some(c.dst) });
+                p.transfers.push(Op::Copy {
+                    rel: c.rel,
+                    replace: Some(c.dst),
+                    from: c.src,
+                    known: None,
+                });
             }
             let model = simulate(&p, &dst, &src);
             for (rel, e) in &src.entries {
@@ -830,7 +851,7 @@ mod tests {
         assert_eq!(p.compares.len(), 1);
         assert_eq!(p.compares[0].rel, Path::new("same"));
         assert!(
-            matches!(&p.transfers[..], [Op::Copy { rel, replace: Some(_) }] if rel == Path::new("grown"))
+            matches!(&p.transfers[..], [Op::Copy { rel, replace: Some(_), .. }] if rel == Path::new("grown"))
         );
     }
 }

@@ -272,6 +272,14 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
         }
         // A pass that changed nothing leaves the archive as it is: no rewrite to pay for.
         if changed {
+            // The data first: an archive claiming content that a crash then lost would make
+            // the next pass carry the damage to the other side.
+            for root in [&opts.source, &opts.backup] {
+                fsops::flush_fs(root).map_err(|source| Error::StateUnreadable {
+                    path: root.clone(),
+                    source,
+                })?;
+            }
             archive::save(&opts.archive, &opts.source, &opts.backup, &next).map_err(|source| {
                 Error::StateUnreadable {
                     path: opts.archive.clone(),
@@ -515,7 +523,20 @@ impl Applier<'_> {
                 };
                 let started = SystemTime::now();
                 let from_path = self.opts.root(other(side)).join(from);
-                fsops::copy_file(&from_path, &path, expected, Some(digest)).map(|c| {
+                // The other side's file as scanned, when it is still at its scanned path (a
+                // conflict copy is read from the name it was just moved to, and hashed).
+                let scanned = self.seen_entry(other(side), from).filter(|_| from == rel);
+                let content = match scanned {
+                    Some(entry) if self.digests.trusted(other(side), entry) => {
+                        fsops::Content::Known {
+                            entry,
+                            digest: *digest,
+                            exact: true,
+                        }
+                    }
+                    _ => fsops::Content::Hash(Some(digest)),
+                };
+                fsops::copy_file(&from_path, &path, expected, content).map(|c| {
                     self.digests
                         .learn(other(side), from, &c.source, c.digest, Some(started));
                     self.digests

@@ -13,7 +13,7 @@ use sync_core::cache::{HashCache, Side};
 use sync_core::display::Escaped;
 use sync_core::hashing::Digests;
 use sync_core::mirror::{PassOptions, PassStats};
-use sync_core::scan::{self, Entry, Kind, Timestamp};
+use sync_core::scan::{self, Entry, Kind, Timestamp, Tree};
 use sync_core::{Error, fsops, signal};
 
 use crate::manifest::{Item, Items, Manifest};
@@ -120,13 +120,17 @@ pub fn versioned_pass(
         } else {
             sync_core::testhook::after_plan();
             let previous = latest.as_ref().zip(latest_manifest.as_ref());
-            rotate(
+            let source = Source {
                 opts,
+                tree: &tree,
+                digests: &digests,
+            };
+            rotate(
+                &source,
                 &mut store,
                 &wanted,
                 previous.map(|(v, m)| (v.dir.as_path(), m)),
                 keep,
-                &digests,
                 &mut stats,
             )
         }
@@ -175,17 +179,23 @@ fn refuse_if_unsafe(
 
 /// Builds the new version and commits it; on a stop or a failure the build is abandoned and
 /// the existing versions stay as they were.
+/// SOURCE as this pass saw it: where it is, its scan, and the digests of its files.
+struct Source<'a> {
+    opts: &'a PassOptions,
+    tree: &'a Tree,
+    digests: &'a Digests<'a>,
+}
+
 fn rotate(
-    opts: &PassOptions,
+    source: &Source<'_>,
     store: &mut Store,
     wanted: &Manifest,
     previous: Option<(&Path, &Manifest)>,
     keep: usize,
-    digests: &Digests<'_>,
     stats: &mut PassStats,
 ) -> Result<(), Error> {
     let build = store.start_build().map_err(store_error)?;
-    match fill(opts, &build.dir, wanted, previous, digests) {
+    match fill(source, &build.dir, wanted, previous) {
         Ok(Filled {
             items,
             linked,
@@ -241,12 +251,12 @@ struct Filled {
 /// Fills `dir` with `wanted`'s tree. Returns the entries as really written (a file that
 /// changed since it was hashed is recorded with what was copied), or the number of failures.
 fn fill(
-    opts: &PassOptions,
+    source: &Source<'_>,
     dir: &Path,
     wanted: &Manifest,
     previous: Option<(&Path, &Manifest)>,
-    digests: &Digests<'_>,
 ) -> Result<Filled, u64> {
+    let (opts, digests) = (source.opts, source.digests);
     // What the latest version already holds, by content and metadata: a file identical in
     // all of them can share its inode, since versions are never edited in place.
     let mut reusable: HashMap<(Digest, u64, u32, Timestamp), &Path> = HashMap::new();
@@ -309,7 +319,18 @@ fn fill(
                     Ok(item.clone())
                 } else {
                     let started = SystemTime::now();
-                    fsops::copy_file(&opts.source.join(rel), &dst, None, None).map(|c| {
+                    // The digest was hashed or cached this pass: the kernel copies the bytes.
+                    let content = match source.tree.entries.get(rel) {
+                        Some(entry) if digests.trusted(Side::Source, entry) => {
+                            fsops::Content::Known {
+                                entry,
+                                digest: *digest,
+                                exact: false,
+                            }
+                        }
+                        _ => fsops::Content::Hash(None),
+                    };
+                    fsops::copy_file(&opts.source.join(rel), &dst, None, content).map(|c| {
                         copied.fetch_add(1, Ordering::Relaxed);
                         digests.learn(Side::Source, rel, &c.source, c.digest, Some(started));
                         Item::File {

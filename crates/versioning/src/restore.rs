@@ -225,11 +225,14 @@ fn copy_version(from: &Path, manifest: &Manifest, to: &Path) -> Result<(), Strin
         .par_iter()
         .try_for_each(|(rel, item)| match item {
             Item::Dir { .. } => Ok(()),
-            Item::File { digest, .. } => {
-                fsops::copy_file(&from.join(rel), &to.join(rel), None, Some(digest))
-                    .map(drop)
-                    .map_err(|e| format!("{}: {e}", Escaped(rel)))
-            }
+            Item::File { digest, .. } => fsops::copy_file(
+                &from.join(rel),
+                &to.join(rel),
+                None,
+                fsops::Content::Hash(Some(digest)),
+            )
+            .map(drop)
+            .map_err(|e| format!("{}: {e}", Escaped(rel))),
             Item::Symlink { target, mtime } => fsops::symlink(target, &to.join(rel), None, *mtime)
                 .map(drop)
                 .map_err(|e| format!("{}: {e}", Escaped(rel))),

@@ -225,6 +225,8 @@ impl Store {
             name: format!("_{}", keep - 1),
             dir: final_dir.clone(),
         };
+        // The version's data reaches the disk before any name points to it.
+        sync_core::fsops::flush_fs(&build.dir).map_err(io_err(&build.dir))?;
         manifest.write(&version.manifest_path())?;
         fs::rename(&build.dir, &final_dir).map_err(io_err(&final_dir))?;
 
