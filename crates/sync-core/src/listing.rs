@@ -141,7 +141,9 @@ fn parse_path(s: &str) -> Option<PathBuf> {
     let normal = path
         .components()
         .all(|c| matches!(c, std::path::Component::Normal(_)));
-    (normal && !path.as_os_str().is_empty()).then_some(path)
+    // Written exactly as a scan names it: no `a//b`, no trailing `/`, no `./`.
+    let canonical = path.components().collect::<PathBuf>().as_os_str() == path.as_os_str();
+    (normal && canonical && !path.as_os_str().is_empty()).then_some(path)
 }
 
 fn parse_item(line: &str) -> Option<(PathBuf, Item)> {

@@ -244,22 +244,20 @@ pub fn reconcile(
 ) -> Plan {
     let covered =
         |rel: &Path| !protected.is_empty() && rel.ancestors().any(|a| protected.contains(a));
-    let paths = union_sorted(&[archive, source, backup]);
+    let rows = join3(archive, source, backup);
     // Conflict names already handed out this pass; names on disk or in the archive are
     // looked up in the three maps.
     let mut planned: HashSet<PathBuf> = HashSet::new();
 
     let mut plan = Plan::default();
     // Parents of paths that hold something at the end of the pass.
-    let mut alive_parents: HashSet<&Path> = HashSet::new();
+    // (Keyed by raw bytes: hashing a `Path` walks its components.)
+    let mut alive_parents: rustc_hash::FxHashSet<&[u8]> = Default::default();
     // Deepest first: a directory is decided after everything beneath it.
-    for rel in paths.into_iter().rev() {
+    for (rel, a, s, d) in rows.into_iter().rev() {
         if covered(rel) {
             continue;
         }
-        let a = archive.get(rel);
-        let s = source.get(rel);
-        let d = backup.get(rel);
         let s_changed = !same_content(a, s);
         let d_changed = !same_content(a, d);
 
@@ -297,7 +295,7 @@ pub fn reconcile(
         // Something beneath survives (it is new or edited on the side that holds it): the
         // directory stays whatever happened to it, and a file or link that replaced it on the
         // other side is kept as a conflict copy.
-        if alive_parents.contains(rel.as_path()) && !is_dir(fin) {
+        if alive_parents.contains(rel.as_os_str().as_bytes()) && !is_dir(fin) {
             let (dir_side, dir_item) = if is_dir(d) {
                 (Side::Backup, d)
             } else {
@@ -332,7 +330,7 @@ pub fn reconcile(
         if fin_item.is_some()
             && let Some(parent) = rel.parent()
         {
-            alive_parents.insert(parent);
+            alive_parents.insert(parent.as_os_str().as_bytes());
         }
 
         // The loser, kept under a conflict name on both sides.
@@ -402,28 +400,42 @@ pub fn reconcile(
     plan
 }
 
-/// The keys of several sorted maps, merged in order without duplicates.
-fn union_sorted<'a>(maps: &[&'a Items]) -> Vec<&'a PathBuf> {
-    let mut out: Vec<&PathBuf> = Vec::new();
-    for map in maps {
-        let mut merged = Vec::with_capacity(out.len() + map.len());
-        let (mut a, mut b) = (out.iter().copied().peekable(), map.keys().peekable());
-        loop {
-            match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) => match x.cmp(y) {
-                    std::cmp::Ordering::Less => merged.extend(a.next()),
-                    std::cmp::Ordering::Greater => merged.extend(b.next()),
-                    std::cmp::Ordering::Equal => {
-                        merged.extend(a.next());
-                        b.next();
-                    }
-                },
-                (Some(_), None) => merged.extend(a.next()),
-                (None, Some(_)) => merged.extend(b.next()),
-                (None, None) => break,
-            }
-        }
-        out = merged;
+/// One row per path of the three sorted maps, in order, with what each holds: a merge join,
+/// so no path is looked up in a map (each lookup would compare paths component by component).
+type Row<'a> = (
+    &'a PathBuf,
+    Option<&'a Item>,
+    Option<&'a Item>,
+    Option<&'a Item>,
+);
+
+fn join3<'a>(a: &'a Items, s: &'a Items, d: &'a Items) -> Vec<Row<'a>> {
+    let mut out = Vec::with_capacity(a.len().max(s.len()).max(d.len()));
+    let (mut ia, mut is, mut id) = (
+        a.iter().peekable(),
+        s.iter().peekable(),
+        d.iter().peekable(),
+    );
+    loop {
+        let next = [ia.peek(), is.peek(), id.peek()]
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| *k)
+            .min();
+        let Some(key) = next else { break };
+        let take =
+            |it: &mut std::iter::Peekable<std::collections::btree_map::Iter<'a, PathBuf, Item>>| {
+                if it
+                    .peek()
+                    .is_some_and(|(k, _)| k.as_os_str() == key.as_os_str())
+                {
+                    it.next().map(|(_, v)| v)
+                } else {
+                    None
+                }
+            };
+        let row = (key, take(&mut ia), take(&mut is), take(&mut id));
+        out.push(row);
     }
     out
 }
@@ -758,7 +770,13 @@ mod tests {
                 {
                     for k in subtree(tree, &p) {
                         let item = tree.remove(&k).unwrap();
-                        tree.insert(q.join(k.strip_prefix(&p).unwrap()), item);
+                        let rest = k.strip_prefix(&p).unwrap();
+                        let to = if rest.as_os_str().is_empty() {
+                            q.clone()
+                        } else {
+                            q.join(rest)
+                        };
+                        tree.insert(to, item);
                     }
                 }
             }
