@@ -2,6 +2,7 @@
 
 mod util;
 
+mod faults;
 mod oneway;
 mod restore;
 mod twoway;

@@ -70,10 +70,14 @@ pub fn load(path: &Path, source: &Path, backup: &Path) -> Result<Option<Items>, 
         }
     }
     let mut items = Items::new();
-    for (n, line) in lines {
+    for (n, line) in lines.by_ref() {
         if let Some(count) = line.strip_prefix("end ") {
             if count.parse::<usize>().ok() != Some(items.len()) {
                 return Err(damaged(format!("line {n}: entry count does not match")));
+            }
+            // Whatever follows the end is not ours to ignore (two archives run together).
+            if lines.next().is_some() {
+                return Err(damaged(format!("text after the end line {n}")));
             }
             return Ok(Some(items));
         }

@@ -262,8 +262,17 @@ fn scan_listing(root: &Path, rel: &Path, listing: fs::ReadDir, filter: &Filter) 
         if filter.excludes(&child, &name) {
             continue;
         }
-        // Vanished between listing and stat: it is simply not there any more.
-        let Ok(meta) = item.metadata() else { continue };
+        let meta = match item.metadata() {
+            Ok(meta) => meta,
+            // Vanished between listing and stat: it is simply not there any more.
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            // Listed but not searchable (a directory without its x bit), or any other fault:
+            // what is here is unknown, which must never read as "nothing is here".
+            Err(err) => {
+                out.unlistable.push((rel.to_path_buf(), err));
+                break;
+            }
+        };
         let ft = meta.file_type();
         let target = if ft.is_symlink() {
             match fs::read_link(item.path()) {

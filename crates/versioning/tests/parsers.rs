@@ -1,0 +1,420 @@
+//! Fuzzing the parsers of the versioning crate's state files with proptest (issue 7; see
+//! sync-core's `tests/parsers.rs` for why proptest): version manifests, `.info.json` and
+//! `config.json`. Whatever they are given, they return a value or an error that names the file,
+//! never panic, and never rewrite the file they read; a damaged manifest never reads as a version
+//! with other contents. Each property runs a few thousand cases; the whole file takes seconds.
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Component, Path, PathBuf};
+
+use proptest::prelude::*;
+use serde_json::Value;
+use sync_core::scan::Timestamp;
+use versioning::manifest::{Item, Items, Manifest};
+use versioning::recovery::{Config, INFO_FILE, Info};
+
+const CASES: u32 = 2000;
+
+/// `cases` cases, and no regression files written beside the tests: a failure prints its
+/// minimal input, which belongs in a named regression test.
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Manifests
+
+fn component() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "a",
+            "b",
+            "dir",
+            "x.txt",
+            "caf\u{e9}",
+            "sp ace",
+            "100%"
+        ])
+        .prop_map(|s| s.as_bytes().to_vec()),
+        prop::collection::vec(
+            any::<u8>().prop_filter("no / or NUL", |b| *b != b'/' && *b != 0),
+            1..10
+        ),
+    ]
+    .prop_filter("not . or ..", |c| c != b"." && c != b"..")
+}
+
+fn timestamp() -> impl Strategy<Value = Timestamp> {
+    (-5i64..2_000_000_000, 0u32..1_000_000_000).prop_map(|(secs, nanos)| Timestamp { secs, nanos })
+}
+
+fn leaf() -> impl Strategy<Value = Item> {
+    prop_oneof![
+        3 => (any::<[u8; 32]>(), 0u64..1 << 40, 0u32..=0o7777, timestamp()).prop_map(
+            |(digest, size, mode, mtime)| Item::File { digest, size, mode, mtime }
+        ),
+        1 => (0u32..=0o7777, timestamp()).prop_map(|(mode, mtime)| Item::Dir { mode, mtime }),
+        1 => (
+            prop::collection::vec(any::<u8>().prop_filter("no NUL", |b| *b != 0), 1..24),
+            timestamp()
+        )
+            .prop_map(|(target, mtime)| Item::Symlink {
+                target: PathBuf::from(OsString::from_vec(target)),
+                mtime,
+            }),
+    ]
+}
+
+/// A consistent tree, as a version holds: every ancestor of an entry is a directory entry.
+fn tree_items() -> impl Strategy<Value = Items> {
+    prop::collection::vec((prop::collection::vec(component(), 1..4), leaf()), 0..10).prop_map(
+        |raw| {
+            let mut items = Items::new();
+            for (parts, item) in raw {
+                let mut path = PathBuf::new();
+                let mut blocked = false;
+                for (i, part) in parts.iter().enumerate() {
+                    path.push(OsString::from_vec(part.clone()));
+                    if i + 1 < parts.len() {
+                        match items.get(&path) {
+                            Some(Item::Dir { .. }) => {}
+                            Some(_) => {
+                                blocked = true;
+                                break;
+                            }
+                            None => {
+                                items.insert(
+                                    path.clone(),
+                                    Item::Dir {
+                                        mode: 0o755,
+                                        mtime: Timestamp { secs: 7, nanos: 0 },
+                                    },
+                                );
+                            }
+                        }
+                    }
+                }
+                let has_children = items.keys().any(|k| k != &path && k.starts_with(&path));
+                if !blocked && !items.contains_key(&path) && !has_children {
+                    items.insert(path, item);
+                }
+            }
+            items
+        },
+    )
+}
+
+fn manifest_path() -> &'static Path {
+    Path::new("/versions/docs/.v-18a-1.manifest")
+}
+
+/// Decodes `text`; an error must name the manifest.
+fn decode(text: &str) -> Result<Manifest, String> {
+    Manifest::decode(text, manifest_path()).map_err(|e| {
+        let message = e.to_string();
+        assert!(
+            message.contains(&manifest_path().display().to_string()),
+            "the error does not name the manifest: {message}"
+        );
+        message
+    })
+}
+
+fn manifest_like_text() -> impl Strategy<Value = String> {
+    let token = prop::sample::select(vec![
+        "dirsync-manifest 1",
+        "digest ",
+        "digest e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "F",
+        "D",
+        "L",
+        " ",
+        "\n",
+        "755",
+        "1.000000000",
+        "-1.5",
+        "0",
+        "%",
+        "%2F",
+        "..",
+        "/",
+        "a",
+        "a/b",
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    ]);
+    prop::collection::vec(token, 0..40).prop_map(|t| t.concat())
+}
+
+fn is_plain_relative(path: &Path) -> bool {
+    !path.as_os_str().is_empty() && path.components().all(|c| matches!(c, Component::Normal(_)))
+}
+
+/// What the tree digest covers of an entry: its kind, and a file's content or a link's target.
+/// Size, mode and mtime are not in it (they are checked against the tree when a version is
+/// verified before a restore).
+fn digest_view(items: &Items) -> Vec<(PathBuf, String)> {
+    items
+        .iter()
+        .map(|(rel, item)| {
+            let what = match item {
+                Item::File { digest, .. } => format!("F {}", hex::encode(digest)),
+                Item::Dir { .. } => "D".to_string(),
+                Item::Symlink { target, .. } => format!("L {target:?}"),
+            };
+            (rel.clone(), what)
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(config(CASES))]
+
+    /// Random text decodes as a manifest or an error naming the file, never a panic; a decoded
+    /// manifest only holds plain relative paths (a restore never writes outside its directory).
+    #[test]
+    fn manifest_decode_never_panics(
+        text in prop_oneof![manifest_like_text(), ".*"],
+        bytes in prop::collection::vec(any::<u8>(), 0..300),
+    ) {
+        for t in [text, String::from_utf8_lossy(&bytes).into_owned()] {
+            if let Ok(m) = decode(&t) {
+                for rel in m.items.keys() {
+                    prop_assert!(is_plain_relative(rel), "{:?} leaves the version", rel);
+                }
+            }
+        }
+    }
+
+    /// What `encode` writes, `decode` reads back exactly.
+    #[test]
+    fn manifest_round_trips(items in tree_items()) {
+        let m = Manifest::new(items);
+        prop_assert_eq!(decode(&m.encode()), Ok(m));
+    }
+
+    /// A truncated manifest is always an error (dropping only the final newline loses nothing).
+    #[test]
+    fn truncated_manifest_is_always_an_error(
+        items in tree_items(),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let text = Manifest::new(items).encode();
+        let cut = cut.index(text.len() - 1);
+        prop_assume!(text.is_char_boundary(cut));
+        let result = decode(&text[..cut]);
+        prop_assert!(
+            result.is_err(),
+            "truncated to {} of {} bytes, decoded as {:?}", cut, text.len(), result
+        );
+    }
+
+    /// A manifest with one line removed or repeated is an error, except the line of a directory
+    /// that has entries beneath it: the tree digest (the seed's directory checksum, extended)
+    /// implies such a directory rather than recording it, so its line can go unnoticed. A restore
+    /// still refuses such a version: it verifies the tree against the manifest first.
+    #[test]
+    fn manifest_with_a_line_removed_or_repeated_is_an_error(
+        items in tree_items(),
+        which in any::<prop::sample::Index>(),
+        repeat in any::<bool>(),
+    ) {
+        let m = Manifest::new(items);
+        let text = m.encode();
+        let lines: Vec<&str> = text.lines().collect();
+        let n = which.index(lines.len());
+        let mut edited: Vec<&str> = Vec::new();
+        for (i, l) in lines.iter().enumerate() {
+            if i != n || repeat {
+                edited.push(l);
+            }
+            if i == n && repeat {
+                edited.push(l);
+            }
+        }
+        let edited = edited.join("\n") + "\n";
+        if let Ok(got) = decode(&edited) {
+            prop_assert!(!repeat, "line {} repeated and it still decoded", n + 1);
+            let gone: Vec<&PathBuf> =
+                m.items.keys().filter(|k| !got.items.contains_key(*k)).collect();
+            prop_assert_eq!(gone.len(), 1);
+            let rel = gone[0];
+            let is_parent = matches!(m.items[rel], Item::Dir { .. })
+                && m.items.keys().any(|k| k != rel && k.starts_with(rel));
+            prop_assert!(is_parent, "line {} ({:?}) removed and it still decoded", n + 1, lines[n]);
+        }
+    }
+
+    /// One byte changed anywhere: an error, or a manifest whose digest and whose entries, as far
+    /// as the digest covers them (paths, kinds, file contents, link targets), are unchanged.
+    #[test]
+    fn manifest_with_one_byte_changed_never_reads_as_other_contents(
+        items in tree_items(),
+        at in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+    ) {
+        let m = Manifest::new(items);
+        let mut bytes = m.encode().into_bytes();
+        let i = at.index(bytes.len());
+        prop_assume!(bytes[i] != byte);
+        bytes[i] = byte;
+        let Ok(text) = String::from_utf8(bytes) else {
+            // Not text: `Manifest::read` refuses it before decoding.
+            return Ok(());
+        };
+        if let Ok(got) = decode(&text) {
+            prop_assert_eq!(got.digest, m.digest);
+            prop_assert_eq!(digest_view(&got.items), digest_view(&m.items));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// config.json and .info.json
+
+/// Any JSON value, shaped often enough like the files to reach every check.
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        (-1e9f64..1e9).prop_map(Value::from),
+        prop::sample::select(vec![
+            "",
+            "oneway",
+            "sh",
+            "/bin/sh",
+            "./missing",
+            "/no/such/program",
+            "--interval",
+            "60",
+            "/abs/dir",
+            "relative/dir",
+            "..",
+            "a/b",
+            "\u{0}",
+            "caf\u{e9}",
+        ])
+        .prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map(
+                prop::sample::select(vec![
+                    "script", "interval", "docs", "docs-2", "", ".", "..", "a/b", "name"
+                ])
+                .prop_map(str::to_owned),
+                inner,
+                0..4
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// JSON-ish text: whole values, values cut short or with one byte changed, token soup, and
+/// arbitrary text.
+fn json_text() -> impl Strategy<Value = Vec<u8>> {
+    let tokens = prop::collection::vec(
+        prop::sample::select(vec![
+            "{",
+            "}",
+            "[",
+            "]",
+            ":",
+            ",",
+            "\"",
+            "\"script\"",
+            "\"interval\"",
+            "\"--interval\"",
+            "\"60\"",
+            "\"/bin/sh\"",
+            "\"/abs\"",
+            "null",
+            "true",
+            "1e400",
+            "-0",
+            " ",
+            "\n",
+            "\\u0000",
+            "\\ud800",
+        ]),
+        0..30,
+    )
+    .prop_map(|t| t.concat().into_bytes());
+    prop_oneof![
+        json_value().prop_map(|v| v.to_string().into_bytes()),
+        (json_value(), any::<prop::sample::Index>()).prop_map(|(v, cut)| {
+            let text = serde_json::to_string_pretty(&v).unwrap().into_bytes();
+            let n = cut.index(text.len() + 1);
+            text[..n].to_vec()
+        }),
+        (json_value(), any::<prop::sample::Index>(), any::<u8>()).prop_map(|(v, at, b)| {
+            let mut text = v.to_string().into_bytes();
+            let i = at.index(text.len());
+            text[i] = b;
+            text
+        }),
+        tokens,
+        prop::collection::vec(any::<u8>(), 0..200),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(CASES))]
+
+    /// `.info.json` of any content loads or fails naming the file, never panics, and is never
+    /// rewritten; what loads maps plain names to absolute paths.
+    #[test]
+    fn info_load_never_panics_and_never_rewrites(bytes in json_text()) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(INFO_FILE);
+        std::fs::write(&path, &bytes).unwrap();
+        match Info::load(dir.path()) {
+            Ok(info) => {
+                for (key, target) in &info.keys {
+                    prop_assert!(!key.is_empty() && !key.contains('/') && key != "." && key != "..",
+                        "key {:?} is not a plain name", key);
+                    prop_assert!(target.is_absolute(), "{:?} is not absolute", target);
+                }
+            }
+            Err(err) => {
+                let message = sync_core::error::one_line(&err);
+                prop_assert!(
+                    message.contains(INFO_FILE),
+                    "the error does not name the file: {}", message
+                );
+            }
+        }
+        prop_assert_eq!(std::fs::read(&path).unwrap(), bytes, ".info.json was rewritten");
+    }
+
+    /// `config.json` of any content loads or fails naming the file, never panics, and is never
+    /// rewritten; what loads names a program that exists.
+    #[test]
+    fn config_load_never_panics_and_never_rewrites(bytes in json_text()) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, &bytes).unwrap();
+        match Config::load_or_create(&path) {
+            Ok(config) => prop_assert!(config.program.is_file(), "{:?}", config.program),
+            Err(err) => {
+                let message = sync_core::error::one_line(&err);
+                prop_assert!(
+                    message.contains("config.json"),
+                    "the error does not name the file: {}", message
+                );
+            }
+        }
+        prop_assert_eq!(std::fs::read(&path).unwrap(), bytes, "config.json was rewritten");
+        let others: BTreeSet<_> = std::fs::read_dir(dir.path()).unwrap()
+            .map(|e| e.unwrap().file_name()).collect();
+        prop_assert_eq!(others.len(), 1, "files left beside config.json: {:?}", others);
+    }
+}
