@@ -1088,8 +1088,6 @@ fn leftovers_of_a_killed_rotation_are_removed_by_the_next_pass() -> TestResult {
 }
 
 #[test]
-#[ignore = "bug: nothing removes a `.listing-tmp-*` that a kill during an archive (or .info.json, \
-            config.json) write leaves in twoway's state directory"]
 fn leftover_state_temp_file_of_a_killed_twoway_is_removed_by_the_next_pass() -> TestResult {
     let env = Env::twoway()?;
     put(&env.src, "a.txt", "a\n", T0)?;
@@ -1418,8 +1416,6 @@ fn sigkill_during_a_restore_leaves_old_or_restored_and_the_rerun_completes() -> 
 }
 
 #[test]
-#[ignore = "bug: a restore killed between its swap and moving DIR's old content under \
-            __versions__ leaves that content in .DIR.restore-*, which the next restore deletes"]
 fn restore_killed_after_its_swap_never_loses_what_the_directory_held() -> TestResult {
     let env = recovery_env(|env| {
         put(&env.src, "a.txt", "in the version\n", T0)?;
@@ -2428,8 +2424,6 @@ fn symlinks_pointing_outside_are_never_followed_nor_written_through() -> TestRes
 }
 
 #[test]
-#[ignore = "bug: a BACKUP directory swapped for a symlink after the scan is written through: \
-            oneway creates new files in the link's target, outside BACKUP"]
 fn backup_directory_swapped_for_a_link_after_the_scan_is_never_written_through() -> TestResult {
     let env = Env::new()?;
     let outside = mkdir(&env.root, "outside")?;
@@ -2471,8 +2465,6 @@ fn backup_directory_swapped_for_a_link_after_the_scan_is_never_written_through()
 }
 
 #[test]
-#[ignore = "bug: a directory swapped for a symlink after the scan is written through: twoway \
-            creates new files in the link's target, outside the synced root"]
 fn twoway_directory_swapped_for_a_link_after_the_scan_is_never_written_through() -> TestResult {
     let env = Env::twoway()?;
     let outside = mkdir(&env.root, "outside")?;
@@ -2756,8 +2748,6 @@ fn directory_deleted_on_one_side_keeps_a_users_temp_named_file_on_the_other() ->
 }
 
 #[test]
-#[ignore = "bug: twoway fails (exit 1) at every pass, for ever, to delete a directory that \
-            holds an excluded file or a file named like ours; oneway keeps it with a warning"]
 fn directory_deleted_on_one_side_but_holding_excluded_files_settles() -> TestResult {
     for (extra, name) in [
         (None, "sub/.oneway-tmp-abc123"),
@@ -2792,8 +2782,6 @@ fn directory_deleted_on_one_side_but_holding_excluded_files_settles() -> TestRes
 }
 
 #[test]
-#[ignore = "bug: a restore deletes any directory beside DIR whose name starts with \
-            `.DIR.restore-`, a user's own directory included"]
 fn users_directory_named_like_a_restore_leftover_is_kept() -> TestResult {
     let env = recovery_env(|env| put(&env.src, "a.txt", "a\n", T0).map(drop))?;
     put(

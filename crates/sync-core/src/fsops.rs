@@ -412,3 +412,24 @@ pub fn flush_fs(root: &Path) -> io::Result<()> {
     let dir = File::open(root)?;
     rustix::fs::syncfs(&dir).map_err(io::Error::from)
 }
+
+/// Checks that every directory between `root` and `rel`'s parent is still a real directory,
+/// not a link: a directory swapped for a symlink after the scan must never be written through
+/// (the new entry would land outside the tree). Called right before creating anything.
+///
+/// Fails with [`OpError::DestinationChanged`] naming the first ancestor that is not a
+/// directory.
+pub fn check_parents(root: &Path, rel: &Path) -> Result<(), OpError> {
+    let Some(parent) = rel.parent() else {
+        return Ok(());
+    };
+    let mut path = root.to_path_buf();
+    for part in parent.components() {
+        path.push(part);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_dir() => {}
+            _ => return Err(OpError::DestinationChanged { path }),
+        }
+    }
+    Ok(())
+}

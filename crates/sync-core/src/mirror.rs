@@ -408,6 +408,14 @@ impl Pass<'_> {
             return;
         }
         let dst = self.opts.backup.join(rel);
+        // Whatever this step creates, it creates inside BACKUP, never through a link.
+        if !matches!(op, Op::Remove { .. })
+            && let Err(err) = fsops::check_parents(&self.opts.backup, rel)
+        {
+            self.mark_failed(rel);
+            self.op_error(rel, &err);
+            return;
+        }
         let result = match op {
             Op::Remove { seen, .. } => fsops::remove(&dst, seen),
             Op::CreateDir { .. } => fsops::create_dir(&dst),

@@ -492,6 +492,15 @@ impl Applier<'_> {
         let side = step.side();
         let root = self.opts.root(side);
         let path = root.join(rel);
+        // Whatever this step creates, it creates inside its side, never through a link.
+        if !matches!(step, Step::Remove { .. })
+            && let Err(err) = fsops::check_parents(root, rel)
+        {
+            self.fail(rel);
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            log::error!("skipped {} in {}: {err}", Escaped(rel), side_name(side));
+            return;
+        }
         let seen = || self.seen_entry(side, rel);
         let result: Result<(), OpError> = match step {
             Step::SaveLoser { to, .. } => match seen() {
@@ -584,6 +593,20 @@ impl Applier<'_> {
                 self.fail(rel);
                 if let Step::SaveLoser { to, .. } = step {
                     self.fail(to);
+                }
+                if let (Step::Remove { seen, .. }, OpError::Write { source, .. }) = (step, &err)
+                    && matches!(seen, Item::Dir { .. })
+                    && source.kind() == std::io::ErrorKind::DirectoryNotEmpty
+                {
+                    // Excluded entries (or ones created since the scan) keep it: that is what
+                    // --exclude promises, not a fault. Its archive entry stays, so the removal
+                    // is tried again, with this warning, until it can happen.
+                    log::warn!(
+                        "kept directory {} in {}: it holds entries that are excluded or new",
+                        Escaped(rel),
+                        side_name(side)
+                    );
+                    return;
                 }
                 self.errors.fetch_add(1, Ordering::Relaxed);
                 let where_ = side_name(side);
@@ -731,6 +754,7 @@ impl TwowaySession {
             Some((path, tag)) => HashCache::load(path, tag),
             None => HashCache::in_memory(),
         };
+        remove_stale_state_temps(&state_dir);
         let archive = archive::path_for(&state_dir, &source, &backup);
         log::info!("syncing {} and {}", source.display(), backup.display());
         Ok(TwowaySession {
@@ -747,6 +771,31 @@ impl TwowaySession {
             cache,
             _locks: locks,
         })
+    }
+}
+
+/// Removes what a killed write of a state file left in the state directory. Several pairs
+/// may share the directory and write at any moment, so only files older than a minute (far
+/// longer than any such write takes) are taken for leftovers.
+fn remove_stale_state_temps(state_dir: &Path) {
+    let Ok(listing) = std::fs::read_dir(state_dir) else {
+        return;
+    };
+    let minute_ago = SystemTime::now() - std::time::Duration::from_secs(60);
+    for entry in listing.flatten() {
+        let ours = entry
+            .file_name()
+            .as_encoded_bytes()
+            .starts_with(crate::listing::TEMP_PREFIX.as_bytes());
+        let stale = entry
+            .metadata()
+            .is_ok_and(|m| m.is_file() && m.modified().is_ok_and(|t| t < minute_ago));
+        if ours && stale {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => log::info!("removed leftover {}", entry.path().display()),
+                Err(err) => log::warn!("cannot remove leftover {}: {err}", entry.path().display()),
+            }
+        }
     }
 }
 

@@ -119,7 +119,10 @@ pub fn restore(state_dir: &Path, dir: &Path, which: Which) -> Result<Restored, E
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let work_prefix = format!(".{name}.restore-");
-    remove_leftovers(parent, &work_prefix);
+    let stamp = jiff::ZonedDateTime::now()
+        .strftime("%Y%m%d-%H%M%S")
+        .to_string();
+    keep_leftovers(parent, &work_prefix, &vdir, &stamp);
     let work = tempfile::Builder::new()
         .prefix(&work_prefix)
         .tempdir_in(parent)
@@ -148,29 +151,26 @@ pub fn restore(state_dir: &Path, dir: &Path, which: Which) -> Result<Restored, E
         ))
     };
     let kept = if fs::symlink_metadata(&dir).is_ok() {
-        rustix::fs::renameat_with(
-            rustix::fs::CWD,
-            &work,
-            rustix::fs::CWD,
-            &dir,
-            rustix::fs::RenameFlags::EXCHANGE,
-        )
-        .map_err(|e| swap_err(e.into()))?;
-        // `work` now holds what DIR held: keep it with the versions, outside the rotation.
-        let stamp = jiff::ZonedDateTime::now()
-            .strftime("%Y%m%d-%H%M%S")
-            .to_string();
-        let mut keep = vdir.join(format!("before-restore-{stamp}"));
-        let mut n = 2;
-        while fs::symlink_metadata(&keep).is_ok() {
-            keep = vdir.join(format!("before-restore-{stamp}-{n}"));
-            n += 1;
-        }
-        match fs::rename(&work, &keep) {
-            Ok(()) => Some(keep),
+        let keep = free_name(&vdir, &format!("before-restore-{stamp}"));
+        match fs::rename(&dir, &keep) {
+            // What DIR held is safe with the versions first; a kill before the next rename
+            // leaves DIR absent (never half-restored) and a rerun completes.
+            Ok(()) => {
+                rename_noreplace(&work, &dir).map_err(swap_err)?;
+                Some(keep)
+            }
+            // Another file system: swap both trees in one step, then keep the old one beside
+            // DIR under a name no cleanup ever takes for a leftover.
             Err(_) => {
-                // Another file system: leave it beside DIR, under a name that says what it is.
-                let beside = parent.join(format!(".{name}.before-restore-{stamp}"));
+                rustix::fs::renameat_with(
+                    rustix::fs::CWD,
+                    &work,
+                    rustix::fs::CWD,
+                    &dir,
+                    rustix::fs::RenameFlags::EXCHANGE,
+                )
+                .map_err(|e| swap_err(e.into()))?;
+                let beside = free_name(parent, &format!(".{name}.before-restore-{stamp}"));
                 Some(if fs::rename(&work, &beside).is_ok() {
                     beside
                 } else {
@@ -179,14 +179,7 @@ pub fn restore(state_dir: &Path, dir: &Path, which: Which) -> Result<Restored, E
             }
         }
     } else {
-        rustix::fs::renameat_with(
-            rustix::fs::CWD,
-            &work,
-            rustix::fs::CWD,
-            &dir,
-            rustix::fs::RenameFlags::NOREPLACE,
-        )
-        .map_err(|e| swap_err(e.into()))?;
+        rename_noreplace(&work, &dir).map_err(swap_err)?;
         None
     };
     Ok(Restored {
@@ -196,17 +189,55 @@ pub fn restore(state_dir: &Path, dir: &Path, which: Which) -> Result<Restored, E
     })
 }
 
-/// Removes half-done restores of an earlier, killed run (our own prefix, beside DIR).
-fn remove_leftovers(parent: &Path, prefix: &str) {
+/// `name` in `dir`, or `name-2`, `name-3` … if taken.
+fn free_name(dir: &Path, name: &str) -> PathBuf {
+    let mut path = dir.join(name);
+    let mut n = 2;
+    while fs::symlink_metadata(&path).is_ok() {
+        path = dir.join(format!("{name}-{n}"));
+        n += 1;
+    }
+    path
+}
+
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        from,
+        rustix::fs::CWD,
+        to,
+        rustix::fs::RenameFlags::NOREPLACE,
+    )
+    .map_err(io::Error::from)
+}
+
+/// Moves what an earlier, killed restore left beside DIR (our work directories, exactly
+/// `PREFIX` plus six letters or digits) in with the versions. Never deletes: such a directory
+/// may hold a half-built restore, or, after a kill right after the swap, what DIR held.
+fn keep_leftovers(parent: &Path, prefix: &str, vdir: &Path, stamp: &str) {
     let Ok(listing) = fs::read_dir(parent) else {
         return;
     };
     for entry in listing.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(prefix)
-            && entry.file_type().is_ok_and(|t| t.is_dir())
-        {
-            log::info!("removing an unfinished restore {}", entry.path().display());
-            let _ = fs::remove_dir_all(entry.path());
+        let name = entry.file_name();
+        let ours = name
+            .as_encoded_bytes()
+            .strip_prefix(prefix.as_bytes())
+            .is_some_and(|rest| rest.len() == 6 && rest.iter().all(u8::is_ascii_alphanumeric));
+        if !ours || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let to = free_name(vdir, &format!("unfinished-restore-{stamp}"));
+        match fs::rename(entry.path(), &to) {
+            Ok(()) => log::warn!(
+                "an earlier restore was interrupted; what it left in {} is kept in {}",
+                entry.path().display(),
+                to.display()
+            ),
+            Err(err) => log::warn!(
+                "an earlier restore was interrupted and left {}; it is left there ({err})",
+                entry.path().display()
+            ),
         }
     }
 }
