@@ -20,8 +20,8 @@ tool_cmd() {
             q env RAYON_NUM_THREADS=1 "$ONEWAY" --once --checksum \
                 --log "$LOGS/oneway-checksum-1thread.log" "$src" "$dst" ;;
         rsync) q rsync -a --delete "$src/" "$dst/" ;;
-        # rsync does not wait for its writes to reach the disk, oneway does (fsync of replaced
-        # files, one syncfs per pass): this variant shows what rsync costs when made as durable.
+        # rsync does not wait for its writes to reach the disk, oneway does (SPEC §7): this
+        # variant shows what rsync costs when made as durable.
         rsync-durable) q sh -c 'rsync -a --delete "$1/" "$2/" && sync -f "$2"' sh "$src" "$dst" ;;
         cp) q cp -a "$src/." "$dst/" ;;
         seed) q python3 "$BENCH_DIR/seed_oneway.py" --once --log "$LOGS/seed.log" "$src" "$dst" ;;
@@ -49,9 +49,9 @@ run_untimed() {
 # Put a working copy back to the pristine corpus. Small: rsync rewrites only what a mutation
 # changed. restore_small DIR: directory times put back too, so one-way sources are the same
 # at every run, times included. restore_small_now DIR (two-way): directories keep the times the
-# kernel gives them. Unison skips a directory whose inode and mtime match its archive, so
-# putting back a recorded mtime on a directory whose entries changed - which no real edit does
-# - hides those changes from it (it then missed files).
+# kernel gives them. Putting a recorded mtime back on a directory whose entries changed is
+# something no real edit does, and Unison 2.52 was seen to miss the changed files when the
+# directory's inode and mtime matched its archive.
 # Large: the mutation only edits f00.bin, in place.
 restore_small() { rsync -a --delete "$CORPUS/small/" "$1/"; }
 restore_small_now() { rsync -a --omit-dir-times --delete "$CORPUS/small/" "$1/"; }

@@ -128,8 +128,8 @@ add() { # add SCENARIO TOOL SRC DST [PREPARE]
     HF_CMDS+=("$(q /usr/bin/time -f %M -a -o "$RAW/rss/$1-$2.txt") $(tool_cmd "$2" "$3" "$4")")
     if (($# > 4)); then HF_PREPS+=("$5"); fi
 }
-hf() { # hf SCENARIO: time the queued commands; one warm-up run each, then $RUNS timed runs
-    local args=(-N --style basic --warmup 1 --runs "$RUNS" --export-json "$RAW/$1.json") i
+hf() { # hf SCENARIO [RUNS]: time the queued commands; one warm-up run each, then RUNS timed
+    local args=(-N --style basic --warmup 1 --runs "${2:-$RUNS}" --export-json "$RAW/$1.json") i
     for i in "${!HF_CMDS[@]}"; do args+=(-n "${HF_NAMES[$i]}" "${HF_CMDS[$i]}"); done
     for i in "${!HF_PREPS[@]}"; do args+=(--prepare "${HF_PREPS[$i]}"); done
     if ! hyperfine "${args[@]}"; then
@@ -157,7 +157,8 @@ rm -rf "$W/small-rsync-durable"
 say "small: nothing changed"
 # Each mirror is as its tool's last first copy left it; the warm-up pass settles caches.
 for t in oneway rsync seed; do add small-nochange "$t" "$SRC" "$W/small-$t"; done
-hf small-nochange
+# Passes with nothing to do are short and cheap to repeat: twice the runs, a steadier median.
+hf small-nochange $((2 * RUNS))
 check "$SRC" "$W/small-oneway" "$W/small-rsync"
 check --no-dir-mtime "$SRC" "$W/small-seed"
 rm -rf "$W/small-cp" "$W/small-seed"
@@ -176,7 +177,7 @@ if [[ $MODE == full ]] && (sync && echo 3 >/proc/sys/vm/drop_caches) 2>/dev/null
     COLD=yes
     say "small: nothing changed, cold caches (dropped before every run)"
     for t in oneway rsync; do add small-nochange-cold "$t" "$SRC" "$W/small-$t" "$(step drop-caches)"; done
-    hf small-nochange-cold
+    hf small-nochange-cold $((2 * RUNS))
     check "$SRC" "$W/small-oneway" "$W/small-rsync"
 fi
 rm -rf "$W/small-oneway" "$W/small-rsync"
@@ -204,7 +205,7 @@ if [[ -n $TWOWAY ]]; then
 
     say "two-way: nothing changed"
     for t in twoway unison; do add tw-nochange "$t" "$W/tw-$t-A" "$W/tw-$t-B"; done
-    hf tw-nochange
+    hf tw-nochange $((2 * RUNS))
     for t in twoway unison; do twcheck "$t" "$CORPUS/small"; done
 
     say "two-way: 1% changed on one side"
@@ -256,7 +257,7 @@ check "$LSRC" "$W/large-oneway"
 for v in oneway-checksum oneway-checksum-1thread; do
     grep -o '[0-9]* files hashed' "$LOGS/$v.log" | tail -1 | cut -d' ' -f1 >"$RAW/$v.hashed"
 done
-LARGE_BYTES=$(stat -c %s "$LSRC"/*.bin | awk '{s += $1} END {print s}')
+LARGE_BYTES=$(stat -c %s "$LSRC"/*.bin | awk '{s += $1} END {printf "%.0f\n", s}')
 say "openssl speed -evp sha256 -bytes 16384 -seconds 3 (one core, then all cores)"
 openssl speed -evp sha256 -bytes 16384 -seconds 3 2>/dev/null | tee "$RAW/openssl.txt" | tail -1
 openssl speed -evp sha256 -bytes 16384 -seconds 3 -multi "$(nproc)" 2>/dev/null |
@@ -277,7 +278,7 @@ if [[ $MODE == full ]]; then
     done
     say "many: nothing changed"
     for t in oneway rsync; do add many-nochange "$t" "$MSRC" "$W/many-$t"; done
-    hf many-nochange
+    hf many-nochange $((2 * RUNS))
     say "many: peak RSS of all processes (sampled, one more untimed pass each)"
     for t in oneway rsync; do
         eval "python3 $(q "$BENCH_DIR/peak_rss.py") $(tool_cmd "$t" "$MSRC" "$W/many-$t")" | tee "$RAW/many-procs-$t.txt"
