@@ -859,11 +859,26 @@ fn write_pattern(path: &Path, mib: u32) -> TestResult {
 }
 
 /// The first entry of `dir` (not recursive) whose name starts with `.oneway-tmp-`.
-fn temp_file_in(dir: &Path) -> Res<Option<String>> {
+/// The file `pid` is writing in `dir` before it has its final name: a temporary file
+/// `.oneway-tmp-*` there, or a file without any name yet (`O_TMPFILE`, which /proc shows as
+/// `DIR/#INODE (deleted)` among the process's open files).
+fn temp_file_in(dir: &Path, pid: u32) -> Res<Option<String>> {
     for entry in fs::read_dir(dir)? {
         let name = entry?.file_name();
         if name.as_bytes().starts_with(TMP_PREFIX.as_bytes()) {
             return Ok(Some(name.to_string_lossy().into_owned()));
+        }
+    }
+    let dir = fs::canonicalize(dir)?;
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Ok(None);
+    };
+    for fd in fds.flatten() {
+        if let Ok(target) = fs::read_link(fd.path()) {
+            let shown = target.to_string_lossy();
+            if target.starts_with(&dir) && shown.ends_with(" (deleted)") {
+                return Ok(Some(shown.into_owned()));
+            }
         }
     }
     Ok(None)
@@ -880,7 +895,7 @@ fn sigkill_during_large_copy_leaves_no_partial_file() -> TestResult {
     let mut child = env.spawn(&[&"--once", &env.src, &env.dst])?;
     let deadline = Instant::now() + RUN_TIMEOUT;
     let temp = loop {
-        if let Some(name) = temp_file_in(&env.dst)? {
+        if let Some(name) = temp_file_in(&env.dst, child.pid())? {
             child.kill()?;
             break name;
         }

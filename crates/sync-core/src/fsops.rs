@@ -69,6 +69,86 @@ fn write_err(path: &Path) -> impl FnOnce(io::Error) -> OpError + '_ {
     }
 }
 
+/// A file being written before it gets its final name. Where the file system allows, it has
+/// no name at all until it is complete (`O_TMPFILE`): a kill then leaves nothing behind. Else
+/// it is a temporary file `.oneway-tmp-XXXXXX` beside its final name.
+enum Staged {
+    Unnamed(File),
+    Named(tempfile::NamedTempFile),
+}
+
+impl Staged {
+    fn new(dir: &Path) -> io::Result<Staged> {
+        use rustix::fs::{Mode, OFlags};
+        match rustix::fs::openat(
+            rustix::fs::CWD,
+            dir,
+            OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        ) {
+            Ok(fd) => Ok(Staged::Unnamed(File::from(fd))),
+            // Not supported by this file system (or kernel): a named temporary file.
+            Err(_) => tempfile::Builder::new()
+                .prefix(TEMP_PREFIX)
+                .tempfile_in(dir)
+                .map(Staged::Named),
+        }
+    }
+
+    fn file_mut(&mut self) -> &mut File {
+        match self {
+            Staged::Unnamed(f) => f,
+            Staged::Named(t) => t.as_file_mut(),
+        }
+    }
+
+    /// Gives the complete file its final name `dst`: over `expected` after re-checking it,
+    /// or only if `dst` does not exist when `expected` is `None`.
+    fn install(self, dir: &Path, dst: &Path, expected: Option<&Entry>) -> Result<File, OpError> {
+        match self {
+            Staged::Named(tmp) => persist(tmp, dst, expected),
+            Staged::Unnamed(file) => {
+                use std::os::fd::AsRawFd;
+                let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+                let link = |to: &Path| {
+                    rustix::fs::linkat(
+                        rustix::fs::CWD,
+                        fd_path.as_str(),
+                        rustix::fs::CWD,
+                        to,
+                        rustix::fs::AtFlags::SYMLINK_FOLLOW,
+                    )
+                    .map_err(io::Error::from)
+                };
+                match expected {
+                    // A new name: linking fails if it exists, so nothing is ever overwritten.
+                    None => match link(dst) {
+                        Ok(()) => Ok(file),
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                            Err(OpError::DestinationChanged {
+                                path: dst.to_path_buf(),
+                            })
+                        }
+                        Err(e) => Err(OpError::Write {
+                            path: dst.to_path_buf(),
+                            source: e,
+                        }),
+                    },
+                    // A replacement needs a rename over the old file: a name for an instant.
+                    Some(_) => {
+                        let tmp = tempfile::Builder::new()
+                            .prefix(TEMP_PREFIX)
+                            .make_in(dir, |p| link(p))
+                            .map_err(write_err(dst))?;
+                        persist(tmp, dst, expected)?;
+                        Ok(file)
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A completed copy: the content's digest and both files as they are now.
 #[derive(Debug)]
 pub struct Copied {
@@ -176,13 +256,10 @@ pub fn copy_file(
         });
     }
     let dir = dst.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .tempfile_in(dir)
-        .map_err(write_err(dst))?;
+    let mut staged = Staged::new(dir).map_err(write_err(dst))?;
     let (digest, expect) = match content {
         Content::Hash(expect) => (
-            copy_and_hash(&mut input, tmp.as_file_mut(), before.size, src, dst)?,
+            copy_and_hash(&mut input, staged.file_mut(), before.size, src, dst)?,
             expect.copied(),
         ),
         Content::Known {
@@ -191,10 +268,10 @@ pub fn copy_file(
             exact,
         } => {
             if before.unchanged_since(entry) {
-                io::copy(&mut input, tmp.as_file_mut()).map_err(write_err(dst))?;
+                io::copy(&mut input, staged.file_mut()).map_err(write_err(dst))?;
                 (digest, None)
             } else {
-                let copied = copy_and_hash(&mut input, tmp.as_file_mut(), before.size, src, dst)?;
+                let copied = copy_and_hash(&mut input, staged.file_mut(), before.size, src, dst)?;
                 (copied, exact.then_some(digest))
             }
         }
@@ -205,14 +282,14 @@ pub fn copy_file(
             path: src.to_path_buf(),
         });
     }
-    let file = tmp.as_file();
+    let file = staged.file_mut();
     file.set_permissions(fs::Permissions::from_mode(before.mode))
         .map_err(write_err(dst))?;
     filetime::set_file_handle_times(file, None, Some(before.mtime.to_filetime()))
         .map_err(write_err(dst))?;
     // No fsync per file: the pass flushes its whole file system once at its end (see
     // `flush_fs`), before it records anything that relies on the data being on disk.
-    let file = persist(tmp, dst, expected)?;
+    let file = staged.install(dir, dst, expected)?;
     // fstat of the file still open: its stamp after the rename, without a path lookup.
     let destination = Entry::from_metadata(&file.metadata().map_err(write_err(dst))?, None);
     Ok(Copied {
