@@ -134,31 +134,29 @@ impl HashCache {
     /// Loads the cache of the pair `tag` from `location`. A missing file gives an empty cache;
     /// an unreadable, damaged or foreign one too, with a warning.
     pub fn load(location: PathBuf, tag: Vec<u8>) -> HashCache {
-        let mut cache = HashCache {
+        let sides = match fs::read(&location) {
+            Ok(bytes) => decode(&bytes, &tag).unwrap_or_else(|| {
+                log::warn!(
+                    "hash cache {} is damaged or belongs to other roots; rebuilding it",
+                    location.display()
+                );
+                Sides::default()
+            }),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Sides::default(),
+            Err(err) => {
+                log::warn!(
+                    "cannot read hash cache {}: {err}; rebuilding it",
+                    location.display()
+                );
+                Sides::default()
+            }
+        };
+        HashCache {
             location: Some(location),
             tag,
-            sides: Default::default(),
+            sides,
             dirty: false,
-        };
-        let path = cache.location.as_deref().unwrap_or(Path::new(""));
-        match fs::read(path) {
-            Ok(bytes) => {
-                if let Some(sides) = decode(&bytes, &cache.tag) {
-                    cache.sides = sides;
-                } else {
-                    log::warn!(
-                        "hash cache {} is damaged or belongs to other roots; rebuilding it",
-                        path.display()
-                    );
-                }
-            }
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => log::warn!(
-                "cannot read hash cache {}: {err}; rebuilding it",
-                path.display()
-            ),
         }
-        cache
     }
 
     /// The digest recorded for `rel` on `side`, if the file is provably unchanged since.

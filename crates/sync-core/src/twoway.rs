@@ -563,10 +563,7 @@ impl Applier<'_> {
                 fsops::symlink(target, &path, expected, *mtime).map(drop)
             }
             Step::Meta { want, .. } => match (seen(), want) {
-                (Some(entry), Item::Dir { mode, .. }) => {
-                    let _ = entry;
-                    fsops::set_dir_mode(&path, *mode)
-                }
+                (Some(_), Item::Dir { mode, .. }) => fsops::set_dir_mode(&path, *mode),
                 (
                     Some(entry),
                     Item::File {
