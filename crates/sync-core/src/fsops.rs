@@ -80,6 +80,18 @@ enum Staged {
 impl Staged {
     fn new(dir: &Path) -> io::Result<Staged> {
         use rustix::fs::{Mode, OFlags};
+        // Naming an unnamed file goes through /proc/self/fd; without /proc (some containers)
+        // only named temporary files work.
+        static PROC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let named = || {
+            tempfile::Builder::new()
+                .prefix(TEMP_PREFIX)
+                .tempfile_in(dir)
+                .map(Staged::Named)
+        };
+        if !*PROC.get_or_init(|| Path::new("/proc/self/fd").is_dir()) {
+            return named();
+        }
         match rustix::fs::openat(
             rustix::fs::CWD,
             dir,
@@ -88,10 +100,7 @@ impl Staged {
         ) {
             Ok(fd) => Ok(Staged::Unnamed(File::from(fd))),
             // Not supported by this file system (or kernel): a named temporary file.
-            Err(_) => tempfile::Builder::new()
-                .prefix(TEMP_PREFIX)
-                .tempfile_in(dir)
-                .map(Staged::Named),
+            Err(_) => named(),
         }
     }
 
