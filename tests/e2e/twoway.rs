@@ -1950,3 +1950,40 @@ fn odd_names_round_trip_through_the_archive() -> TestResult {
     expect_operations(&third, &["removed caf\\xe9 menu.txt from SOURCE"])?;
     assert_synced(s, d)
 }
+
+/// A killed pass can leave a replacement's temporary file (`.oneway-tmp-XXXXXX`, named for an
+/// instant before its rename) on a side. The pass notes every such name in a journal beside
+/// its archive first, so the next pass removes exactly those and never a user's look-alike.
+#[test]
+fn temporary_files_noted_by_a_killed_pass_are_removed_and_look_alikes_kept() -> TestResult {
+    let env = Env::twoway()?;
+    let (s, d) = (&env.src, &env.dst);
+    put(s, "a.txt", "a\n", T0)?;
+    sync(&env)?;
+    // What a kill between naming and renaming leaves: the file, and the journal naming it.
+    let leftover = put(s, ".oneway-tmp-Ab12Cd", "half of a replacement", T0)?;
+    let users = put(d, ".oneway-tmp-Zz99Yy", "the user's own file", T0)?;
+    let journal = env.archive()?.with_extension("pending");
+    fs::write(
+        &journal,
+        format!("{}\n", fs::canonicalize(&leftover)?.display()),
+    )?;
+
+    let run = env.once(&[])?;
+
+    run.expect_code(0)?;
+    ensure!(
+        !leftover.exists(),
+        "the noted leftover is still there\n{run}"
+    );
+    ensure!(
+        read(&users)? == b"the user's own file",
+        "a look-alike that no pass noted was touched\n{run}"
+    );
+    ensure!(!journal.exists(), "the journal outlived a completed pass");
+    ensure!(
+        !s.join(".oneway-tmp-Zz99Yy").exists(),
+        "a temporary-looking file was carried to the other side"
+    );
+    Ok(())
+}

@@ -86,7 +86,15 @@ impl Staged {
         let named = || {
             tempfile::Builder::new()
                 .prefix(TEMP_PREFIX)
-                .tempfile_in(dir)
+                .make_in(dir, |p| {
+                    note_temp_name(p);
+                    OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(p)
+                })
                 .map(Staged::Named)
         };
         if !*PROC.get_or_init(|| Path::new("/proc/self/fd").is_dir()) {
@@ -147,7 +155,10 @@ impl Staged {
                     Some(_) => {
                         let tmp = tempfile::Builder::new()
                             .prefix(TEMP_PREFIX)
-                            .make_in(dir, |p| link(p))
+                            .make_in(dir, |p| {
+                                note_temp_name(p);
+                                link(p)
+                            })
                             .map_err(write_err(dst))?;
                         persist(tmp, dst, expected)?;
                         Ok(file)
@@ -351,7 +362,10 @@ pub fn symlink(
     let dir = dst.parent().unwrap_or(Path::new("."));
     let tmp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
-        .make_in(dir, |path| std::os::unix::fs::symlink(target, path))
+        .make_in(dir, |path| {
+            note_temp_name(path);
+            std::os::unix::fs::symlink(target, path)
+        })
         .map_err(write_err(dst))?;
     let ft = mtime.to_filetime();
     filetime::set_symlink_file_times(tmp.path(), ft, ft).map_err(write_err(dst))?;
@@ -518,4 +532,54 @@ pub fn check_parents(root: &Path, rel: &Path) -> Result<(), OpError> {
         }
     }
     Ok(())
+}
+
+/// Where every temporary name is noted just before it is created, while a two-way pass runs:
+/// a kill can leave such a file on a side that is not a mirror, and only a name we noted
+/// ourselves is ever removed as ours (a user's file may look like one).
+static TEMP_JOURNAL: std::sync::Mutex<Option<File>> = std::sync::Mutex::new(None);
+
+fn note_temp_name(path: &Path) {
+    let mut journal = TEMP_JOURNAL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(file) = journal.as_mut() {
+        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let line = format!("{}\n", crate::listing::encode_path(&abs));
+        // One write per line; a kill leaves whole lines or a torn last one, which decodes to
+        // nothing and is skipped.
+        let _ = file.write_all(line.as_bytes());
+    }
+}
+
+/// Starts noting temporary names in `journal` (created or appended to).
+///
+/// Fails if the journal cannot be opened.
+pub fn start_temp_journal(journal: &Path) -> io::Result<()> {
+    let file = OpenOptions::new().create(true).append(true).open(journal)?;
+    *TEMP_JOURNAL.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+    Ok(())
+}
+
+/// Stops noting temporary names and deletes `journal`: nothing it lists can be left now.
+pub fn end_temp_journal(journal: &Path) {
+    *TEMP_JOURNAL.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    let _ = fs::remove_file(journal);
+}
+
+/// Removes what an earlier, killed run left under the names `journal` lists (only names of
+/// our exact temporary form, only files and links), then the journal itself. Returns the
+/// paths removed.
+pub fn remove_journaled_leftovers(journal: &Path) -> Vec<PathBuf> {
+    let Ok(text) = fs::read_to_string(journal) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for path in text.lines().filter_map(crate::listing::decode_path) {
+        let ours = path.file_name().is_some_and(is_temp_name);
+        let leftover = fs::symlink_metadata(&path).is_ok_and(|m| !m.is_dir());
+        if ours && leftover && fs::remove_file(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    let _ = fs::remove_file(journal);
+    removed
 }

@@ -98,6 +98,12 @@ fn items_of(tree: &Tree, digests: &std::collections::HashMap<PathBuf, checksum::
 /// archive entries stay as they were, so they are retried next pass.
 pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassStats, Error> {
     let archived = archive::load(&opts.archive, &opts.source, &opts.backup)?;
+    // Before the scan, so that a killed pass's half-written files are gone rather than
+    // taken for the user's.
+    let journal = opts.archive.with_extension("pending");
+    for path in fsops::remove_journaled_leftovers(&journal) {
+        log::info!("removed leftover temporary file {}", path.display());
+    }
     let first_pass = archived.is_none();
     let archived = archived.unwrap_or_default();
 
@@ -215,6 +221,12 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
     }
 
     crate::testhook::after_plan();
+    if let Err(err) = fsops::start_temp_journal(&journal) {
+        log::warn!(
+            "cannot note temporary names in {}: {err}",
+            journal.display()
+        );
+    }
     let applier = Applier {
         opts,
         src: &src,
@@ -226,6 +238,7 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
         made_dirs: Mutex::new(Vec::new()),
     };
     applier.apply(&plan);
+    fsops::end_temp_journal(&journal);
     stats.operations += applier.operations.load(Ordering::Relaxed);
     stats.errors += applier.errors.load(Ordering::Relaxed);
     stats.hashed = digests.hashed();
