@@ -257,7 +257,7 @@ fn merge<'a>(
     let mut ia = a.iter().peekable();
     let mut ib = b.iter().peekable();
     std::iter::from_fn(move || match (ia.peek(), ib.peek()) {
-        (Some((ka, _)), Some((kb, _))) => match ka.cmp(kb) {
+        (Some((ka, _)), Some((kb, _))) => match crate::scan::path_order(ka, kb) {
             std::cmp::Ordering::Less => ia.next().map(|(k, v)| (k, (Some(v), None))),
             std::cmp::Ordering::Greater => ib.next().map(|(k, v)| (k, (None, Some(v)))),
             std::cmp::Ordering::Equal => {

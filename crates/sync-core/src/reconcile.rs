@@ -421,8 +421,10 @@ fn join3<'a>(a: &'a Items, s: &'a Items, d: &'a Items) -> Vec<Row<'a>> {
             .into_iter()
             .flatten()
             .map(|(k, _)| *k)
-            .min();
+            .min_by(|x, y| crate::scan::path_order(x, y));
         let Some(key) = next else { break };
+        // Keys come from scans and from listings, which accept only canonical paths, so equal
+        // paths have equal bytes.
         let take =
             |it: &mut std::iter::Peekable<std::collections::btree_map::Iter<'a, PathBuf, Item>>| {
                 if it
