@@ -1,7 +1,8 @@
-//! The engine behind `oneway` (and later `twoway`): scanning a tree without following links,
-//! comparing by SHA-256 with a hash cache, planning and applying a one-way mirror with safe
-//! file operations, the refusals that protect the user, the per-destination lock, logging to
-//! console and file, and the stop flag set by Ctrl+C and SIGTERM.
+//! The engine behind `oneway` and `twoway`: scanning a tree without following links,
+//! comparing by SHA-256 with a hash cache, planning and applying a one-way mirror, reconciling
+//! two sides against the archive of the last pass, the safe file operations both use, the
+//! refusals that protect the user, locks, logging to console and file, the pass loop, and the
+//! stop flag set by Ctrl+C and SIGTERM.
 
 pub mod archive;
 pub mod cache;
