@@ -125,7 +125,8 @@ pub struct Filter {
 
 impl Filter {
     /// Builds the filter from `--exclude` globs: a pattern without `/` matches a base name at
-    /// any depth (as in rsync), one with `/` matches the path relative to the root.
+    /// any depth (as in rsync), one with `/` (a leading one included) matches the path
+    /// relative to the root.
     ///
     /// Fails if a pattern is not a valid glob.
     pub fn new(patterns: &[String]) -> Result<Filter, Error> {
@@ -141,7 +142,9 @@ impl Filter {
                     pattern: pattern.clone(),
                     message: e.kind().to_string(),
                 })?;
-            if trimmed.contains('/') {
+            // A leading `/` anchors a pattern at the root, as in rsync: `/build` is only the
+            // top-level build, `build` is any.
+            if pattern.starts_with('/') || trimmed.contains('/') {
                 paths.add(glob);
             } else {
                 names.add(glob);
@@ -316,6 +319,19 @@ pub fn path_order(a: &Path, b: &Path) -> std::cmp::Ordering {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn exclude_patterns_match_names_anywhere_and_anchored_paths_from_the_root() {
+        let f = Filter::new(&["*.log".into(), "/build".into(), "cache/tmp".into()]).unwrap();
+        let ex = |rel: &str| {
+            let p = Path::new(rel);
+            f.excludes(p, p.file_name().unwrap())
+        };
+        assert!(ex("a.log") && ex("deep/down/b.log"));
+        assert!(ex("build") && !ex("src/build"));
+        assert!(ex("cache/tmp") && !ex("x/cache/tmp"));
+        assert!(!ex("notes.txt"));
+    }
 
     proptest! {
         /// Byte order with `/` lowest agrees with `Path`'s component order on scan paths.
