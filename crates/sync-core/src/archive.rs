@@ -69,23 +69,28 @@ pub fn load(path: &Path, source: &Path, backup: &Path) -> Result<Option<Items>, 
             None => return Err(damaged(format!("bad {role} line"))),
         }
     }
-    let mut items = Items::new();
+    // `save` writes entries in path order: read them into a list, check that order (which
+    // also rules out duplicates), and build the map in one go rather than entry by entry.
+    let mut entries: Vec<(PathBuf, crate::listing::Item)> = Vec::new();
     for (n, line) in lines.by_ref() {
         if let Some(count) = line.strip_prefix("end ") {
-            if count.parse::<usize>().ok() != Some(items.len()) {
+            if count.parse::<usize>().ok() != Some(entries.len()) {
                 return Err(damaged(format!("line {n}: entry count does not match")));
             }
             // Whatever follows the end is not ours to ignore (two archives run together).
             if lines.next().is_some() {
                 return Err(damaged(format!("text after the end line {n}")));
             }
-            return Ok(Some(items));
+            return Ok(Some(entries.into_iter().collect()));
         }
         let (rel, item) =
             decode_item(line).ok_or_else(|| damaged(format!("line {n}: bad entry")))?;
-        if items.insert(rel, item).is_some() {
-            return Err(damaged(format!("line {n}: duplicate path")));
+        if let Some((last, _)) = entries.last()
+            && crate::scan::path_order(last, &rel) != std::cmp::Ordering::Less
+        {
+            return Err(damaged(format!("line {n}: duplicate or out-of-order path")));
         }
+        entries.push((rel, item));
     }
     Err(damaged("truncated (no end line)".into()))
 }
