@@ -65,13 +65,16 @@ fn other(side: Side) -> Side {
 
 /// Turns a scanned tree and its digests into the items reconcile compares. Files whose digest
 /// is missing (unreadable) are left out; the caller protects their paths.
-fn items_of(tree: &Tree, digests: &std::collections::HashMap<PathBuf, checksum::Digest>) -> Items {
+/// Digests of one side's files by path bytes (hashing a `Path` walks its components).
+type SideDigests<'a> = rustc_hash::FxHashMap<&'a [u8], checksum::Digest>;
+
+fn items_of(tree: &Tree, digests: &SideDigests<'_>) -> Items {
     tree.entries
         .iter()
         .filter_map(|(rel, e)| {
             let item = match &e.kind {
                 Kind::File => Item::File {
-                    digest: *digests.get(rel)?,
+                    digest: *digests.get(rel.as_os_str().as_encoded_bytes())?,
                     size: e.size,
                     mode: e.mode,
                     mtime: e.mtime,
@@ -87,6 +90,30 @@ fn items_of(tree: &Tree, digests: &std::collections::HashMap<PathBuf, checksum::
                 Kind::Special => return None,
             };
             Some((rel.clone(), item))
+        })
+        .collect()
+}
+
+/// The digests of one side's files (cached or read); a file that cannot be read is logged,
+/// counted in `read_errors`, and left out.
+fn hash_files<'t>(
+    opts: &TwowayOptions,
+    digests: &Digests<'_>,
+    read_errors: &AtomicU64,
+    side: Side,
+    tree: &'t Tree,
+) -> SideDigests<'t> {
+    let root = opts.root(side);
+    tree.entries
+        .par_iter()
+        .filter(|(_, e)| e.kind == Kind::File)
+        .filter_map(|(rel, e)| match digests.digest(side, root, rel, e) {
+            Ok(d) => Some((rel.as_os_str().as_encoded_bytes(), d)),
+            Err(err) => {
+                log::error!("cannot read {} in {}: {err}", Escaped(rel), side_name(side));
+                read_errors.fetch_add(1, Ordering::Relaxed);
+                None
+            }
         })
         .collect()
 }
@@ -144,21 +171,7 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
 
     let digests = Digests::new(cache, false, &opts.source, &opts.backup);
     let read_errors = AtomicU64::new(0);
-    let hash_side = |side: Side, tree: &Tree| {
-        let root = opts.root(side);
-        tree.entries
-            .par_iter()
-            .filter(|(_, e)| e.kind == Kind::File)
-            .filter_map(|(rel, e)| match digests.digest(side, root, rel, e) {
-                Ok(d) => Some((rel.clone(), d)),
-                Err(err) => {
-                    log::error!("cannot read {} in {}: {err}", Escaped(rel), side_name(side));
-                    read_errors.fetch_add(1, Ordering::Relaxed);
-                    None
-                }
-            })
-            .collect::<std::collections::HashMap<_, _>>()
-    };
+    let hash_side = |side: Side, tree| hash_files(opts, &digests, &read_errors, side, tree);
     let (src_digests, dst_digests) = rayon::join(
         || hash_side(Side::Source, &src),
         || hash_side(Side::Backup, &dst),
@@ -166,7 +179,7 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
     stats.errors += read_errors.into_inner();
     for (tree, d) in [(&src, &src_digests), (&dst, &dst_digests)] {
         for (rel, e) in &tree.entries {
-            if e.kind == Kind::File && !d.contains_key(rel) {
+            if e.kind == Kind::File && !d.contains_key(rel.as_os_str().as_encoded_bytes()) {
                 // Unknown content decides nothing: the path waits for a pass that can read it.
                 protected.insert(rel.clone());
             }
