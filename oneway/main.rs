@@ -51,15 +51,9 @@ fn main() {
         Ok(cli) => cli,
         Err(err) if err.use_stderr() => {
             // clap's text spans several lines; the contract is one line, exit 2.
-            let text = err.render().to_string();
-            let message: Vec<&str> = text
-                .lines()
-                .take_while(|l| !l.trim().is_empty())
-                .map(str::trim)
-                .collect();
             eprintln!(
                 "oneway: {}",
-                message.join(" ").trim_start_matches("error: ")
+                sync_core::error::usage_line(&err.render().to_string())
             );
             std::process::exit(ExitCode::Usage.code());
         }

@@ -163,3 +163,14 @@ pub fn one_line(err: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// Folds a usage message that spans several lines (clap's, for one) into the single line the
+/// binaries print: the text up to its first blank line, without the leading `error: `.
+pub fn usage_line(text: &str) -> String {
+    let parts: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    parts.join(" ").trim_start_matches("error: ").to_string()
+}
