@@ -398,8 +398,8 @@ pub fn remove(path: &Path, seen: &Entry) -> Result<(), OpError> {
     .map_err(write_err(path))
 }
 
-/// Sets the permission bits and modification time of the file or directory at `path`,
-/// if it is still what the scan saw (for a directory: still a directory).
+/// Sets the permission bits and modification time of the file or link at `path`, if it is
+/// still what the scan saw.
 ///
 /// Fails if it changed or the change is refused.
 pub fn set_metadata(
@@ -409,12 +409,7 @@ pub fn set_metadata(
     mtime: Timestamp,
 ) -> Result<Entry, OpError> {
     let now = Entry::read(path).map_err(write_err(path))?;
-    let same = if seen.is_dir() {
-        now.is_dir()
-    } else {
-        now.unchanged_since(seen)
-    };
-    if !same {
+    if !now.unchanged_since(seen) {
         return Err(OpError::DestinationChanged {
             path: path.to_path_buf(),
         });
@@ -430,6 +425,16 @@ pub fn set_metadata(
         filetime::set_file_mtime(path, mtime.to_filetime()).map_err(write_err(path))?;
     }
     Entry::read(path).map_err(write_err(path))
+}
+
+/// Gives the directory at `path` its final mode and modification time, once its content is
+/// in place (filling it moves its mtime, and a read-only mode would have blocked filling it).
+///
+/// Fails if it is no longer a directory or the change is refused.
+pub fn finish_dir(path: &Path, mode: u32, mtime: Timestamp) -> Result<(), OpError> {
+    set_dir_mode(path, mode)?;
+    // A directory (checked just above): following the path is safe here.
+    filetime::set_file_mtime(path, mtime.to_filetime()).map_err(write_err(path))
 }
 
 /// Creates the directory `path`, owner-writable for now: its real mode is set once its

@@ -670,8 +670,7 @@ fn apply(pass: &Pass<'_>, plan: &Plan, dst: &Tree) {
             continue;
         }
         let path = pass.opts.backup.join(rel);
-        let current = seen.cloned().unwrap_or_else(|| want.clone());
-        match fsops::set_metadata(&path, &current, want.mode, want.mtime) {
+        match fsops::finish_dir(&path, want.mode, want.mtime) {
             Ok(_) => {
                 if seen.is_some() && differs {
                     log::info!("updated metadata of {}", Escaped(rel));

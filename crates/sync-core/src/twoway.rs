@@ -667,19 +667,10 @@ impl Applier<'_> {
             if signal::stop_requested() {
                 return;
             }
-            let seen = Entry {
-                kind: Kind::Dir,
-                mode: 0o700,
-                size: 0,
-                mtime: crate::scan::Timestamp::default(),
-                ctime: crate::scan::Timestamp::default(),
-                ino: 0,
-            };
             // A directory made here takes the other side's mtime too, so a fresh copy of a
             // tree matches it exactly; later the mtimes of directories are not compared.
             if let Item::Dir { mode, mtime } = item
-                && let Err(err) =
-                    fsops::set_metadata(&self.opts.root(side).join(&rel), &seen, mode, mtime)
+                && let Err(err) = fsops::finish_dir(&self.opts.root(side).join(&rel), mode, mtime)
             {
                 self.fail(&rel);
                 self.errors.fetch_add(1, Ordering::Relaxed);

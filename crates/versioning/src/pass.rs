@@ -367,15 +367,7 @@ fn fill(
     for (rel, item) in wanted.items.iter().rev() {
         if let Item::Dir { mode, mtime } = item {
             let path = dir.join(rel);
-            let seen = Entry {
-                kind: Kind::Dir,
-                mode: 0o700,
-                size: 0,
-                mtime: Timestamp::default(),
-                ctime: Timestamp::default(),
-                ino: 0,
-            };
-            if let Err(err) = fsops::set_metadata(&path, &seen, *mode, *mtime) {
+            if let Err(err) = fsops::finish_dir(&path, *mode, *mtime) {
                 log::error!("{err}");
                 return Err(1);
             }

@@ -14,7 +14,6 @@ use rayon::prelude::*;
 use sync_core::display::Escaped;
 use sync_core::fsops;
 use sync_core::lock::{DirLock, PathLock};
-use sync_core::scan::{Entry, Kind, Timestamp};
 use sync_core::{Error, error::one_line};
 
 use crate::manifest::{Item, Manifest};
@@ -270,15 +269,7 @@ fn copy_version(from: &Path, manifest: &Manifest, to: &Path) -> Result<(), Strin
         })?;
     for (rel, item) in manifest.items.iter().rev() {
         if let Item::Dir { mode, mtime } = item {
-            let seen = Entry {
-                kind: Kind::Dir,
-                mode: 0o700,
-                size: 0,
-                mtime: Timestamp::default(),
-                ctime: Timestamp::default(),
-                ino: 0,
-            };
-            fsops::set_metadata(&to.join(rel), &seen, *mode, *mtime).map_err(|e| e.to_string())?;
+            fsops::finish_dir(&to.join(rel), *mode, *mtime).map_err(|e| e.to_string())?;
         }
     }
     Ok(())
