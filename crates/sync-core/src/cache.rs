@@ -10,11 +10,13 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use checksum::Digest;
 use sha2::{Digest as _, Sha256};
 
+use crate::dircache::DirCache;
 use crate::scan::{Entry, Timestamp};
 
 const MAGIC: &[u8; 8] = b"DSYNCHC2";
@@ -28,16 +30,22 @@ pub enum Side {
     Backup = 1,
 }
 
+/// What identifies one state of a file's content: it changes whenever the content may have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    size: u64,
-    mtime: Timestamp,
-    ctime: Timestamp,
-    ino: u64,
+pub struct Stamp {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time.
+    pub mtime: Timestamp,
+    /// Change time.
+    pub ctime: Timestamp,
+    /// Inode number.
+    pub ino: u64,
 }
 
 impl Stamp {
-    fn of(entry: &Entry) -> Stamp {
+    /// The stamp of a scanned file.
+    pub fn of(entry: &Entry) -> Stamp {
         Stamp {
             size: entry.size,
             mtime: entry.mtime,
@@ -52,9 +60,11 @@ impl Stamp {
 pub struct HashCache {
     location: Option<PathBuf>,
     tag: Vec<u8>,
-    sides: Sides,
+    /// Loaded on first use: a mirror pass never needs it (it uses [`HashCache::per_directory`]).
+    sides: OnceLock<Sides>,
     /// Changed since loaded or saved: a pass that learnt nothing writes nothing.
     dirty: bool,
+    dirs: Option<DirCache>,
 }
 
 /// How close to "now" a change time must be for a hash to be unsafe to cache, on a file
@@ -134,34 +144,58 @@ impl HashCache {
     /// Loads the cache of the pair `tag` from `location`. A missing file gives an empty cache;
     /// an unreadable, damaged or foreign one too, with a warning.
     pub fn load(location: PathBuf, tag: Vec<u8>) -> HashCache {
-        let sides = match fs::read(&location) {
-            Ok(bytes) => decode(&bytes, &tag).unwrap_or_else(|| {
-                log::warn!(
-                    "hash cache {} is damaged or belongs to other roots; rebuilding it",
-                    location.display()
-                );
-                Sides::default()
-            }),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Sides::default(),
-            Err(err) => {
-                log::warn!(
-                    "cannot read hash cache {}: {err}; rebuilding it",
-                    location.display()
-                );
-                Sides::default()
-            }
-        };
         HashCache {
             location: Some(location),
             tag,
-            sides,
+            sides: OnceLock::new(),
             dirty: false,
+            dirs: None,
         }
+    }
+
+    fn sides(&self) -> &Sides {
+        self.sides.get_or_init(|| {
+            let Some(location) = self.location.as_deref() else {
+                return Sides::default();
+            };
+            match fs::read(location) {
+                Ok(bytes) => decode(&bytes, &self.tag).unwrap_or_else(|| {
+                    log::warn!(
+                        "hash cache {} is damaged or belongs to other roots; rebuilding it",
+                        location.display()
+                    );
+                    Sides::default()
+                }),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => Sides::default(),
+                Err(err) => {
+                    log::warn!(
+                        "cannot read hash cache {}: {err}; rebuilding it",
+                        location.display()
+                    );
+                    Sides::default()
+                }
+            }
+        })
+    }
+
+    fn sides_mut(&mut self) -> &mut Sides {
+        self.sides();
+        self.sides.get_mut().expect("initialised just above")
+    }
+
+    /// The per-directory cache of a mirror pass, beside this one (`.dircache`), opened on
+    /// first use.
+    pub fn per_directory(&mut self) -> &mut DirCache {
+        let (location, tag) = (&self.location, &self.tag);
+        self.dirs.get_or_insert_with(|| match location {
+            Some(path) => DirCache::open(path.with_extension("dircache"), tag.clone()),
+            None => DirCache::in_memory(),
+        })
     }
 
     /// The digest recorded for `rel` on `side`, if the file is provably unchanged since.
     pub fn lookup(&self, side: Side, rel: &Path, entry: &Entry) -> Option<Digest> {
-        match self.sides[side as usize].get(rel.as_os_str().as_bytes()) {
+        match self.sides()[side as usize].get(rel.as_os_str().as_bytes()) {
             Some((stamp, digest)) if *stamp == Stamp::of(entry) => Some(*digest),
             _ => None,
         }
@@ -171,14 +205,14 @@ impl HashCache {
     pub fn insert(&mut self, side: Side, rel: PathBuf, entry: &Entry, digest: Digest) {
         let value = (Stamp::of(entry), digest);
         let key = rel.into_os_string().into_vec().into_boxed_slice();
-        if self.sides[side as usize].insert(key, value) != Some(value) {
+        if self.sides_mut()[side as usize].insert(key, value) != Some(value) {
             self.dirty = true;
         }
     }
 
     /// Forgets `rel` on `side`.
     pub fn remove(&mut self, side: Side, rel: &Path) {
-        if self.sides[side as usize]
+        if self.sides_mut()[side as usize]
             .remove(rel.as_os_str().as_bytes())
             .is_some()
         {
@@ -189,7 +223,7 @@ impl HashCache {
     /// Forgets every path of `side` that is not in `live` (the paths a pass still saw).
     pub fn retain_live<'a>(&mut self, side: Side, live: impl IntoIterator<Item = &'a Path>) {
         let live: FxHashSet<&[u8]> = live.into_iter().map(|p| p.as_os_str().as_bytes()).collect();
-        let map = &mut self.sides[side as usize];
+        let map = &mut self.sides_mut()[side as usize];
         let before = map.len();
         map.retain(|rel, _| live.contains(&**rel));
         if map.len() != before {
@@ -214,7 +248,7 @@ impl HashCache {
             .prefix(".hashcache-")
             .tempfile_in(dir)?;
         let mut bytes = Vec::new();
-        encode(&mut bytes, &self.tag, &self.sides)?;
+        encode(&mut bytes, &self.tag, self.sides())?;
         // A trailing digest of the whole content: whatever a crash leaves of this file is
         // recognised and dropped, never trusted, so it needs no fsync of its own.
         let digest: [u8; 32] = Sha256::digest(&bytes).into();

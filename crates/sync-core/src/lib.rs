@@ -6,6 +6,7 @@
 
 pub mod archive;
 pub mod cache;
+pub mod dircache;
 pub mod display;
 pub mod driver;
 pub mod error;

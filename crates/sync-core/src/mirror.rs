@@ -1,22 +1,24 @@
-//! One mirror pass (SPEC §3): scan both roots, compare, plan, check the refusals of SPEC §8,
+//! One mirror pass (SPEC §3): walk both roots together, compare, check the refusals of SPEC §8,
 //! apply with the safe operations of [`crate::fsops`], and record what was hashed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use checksum::Digest;
 use rayon::prelude::*;
 
-use crate::cache::{HashCache, Side};
+use crate::cache::{HashCache, Side, Stamp, Timestamps, is_racy};
+use crate::dircache::{BlockOut, DirCache, Record};
 use crate::display::Escaped;
 use crate::error::Error;
 use crate::fsops::{self, OpError, TEMP_PREFIX};
-use crate::hashing::Digests;
-use crate::scan::{self, Entry, Filter, Kind, Timestamp, Tree};
+use crate::scan::{self, Entry, Filter, Kind, Timestamp};
 use crate::signal;
 
 /// What a mirror pass works on and how.
@@ -147,129 +149,447 @@ fn is_temp_name(rel: &Path) -> bool {
         .is_some_and(|n| n.as_encoded_bytes().starts_with(TEMP_PREFIX.as_bytes()))
 }
 
-/// A comparison waiting for digests: both sides hold a file of one size.
-struct Compare {
+/// Which side of the pair.
+const SIDES: [(Side, &str); 2] = [(Side::Source, "SOURCE"), (Side::Backup, "BACKUP")];
+
+/// A BACKUP directory the pass works in, or a SOURCE directory whose mode and mtime BACKUP
+/// must end with.
+#[derive(Debug)]
+struct DirState {
     rel: PathBuf,
-    src: Entry,
-    dst: Entry,
+    /// The SOURCE directory, if it is one there.
+    want: Option<Entry>,
+    /// The BACKUP directory as the walk saw it, if it is one there.
+    seen: Option<Entry>,
+    /// Entries are added to, replaced in or removed from it.
+    holds_ops: bool,
 }
 
-struct Plan {
+/// What the walk found to do. Only what differs is kept, never the trees themselves, so a
+/// pass with little to do needs little memory however large the trees are.
+#[derive(Default)]
+struct Found {
     removals: Vec<Op>,
     creates: Vec<Op>,
     transfers: Vec<Op>,
-    compares: Vec<Compare>,
-    /// SOURCE directories whose mode and mtime BACKUP must end with.
-    dirs: Vec<(PathBuf, Entry)>,
+    dirs: Vec<DirState>,
+    blocks: Vec<(Box<[u8]>, BlockOut)>,
+    /// Directories that could not be listed: nothing under them is touched.
+    protected: Vec<PathBuf>,
 }
 
-/// Paths under which nothing may be done this pass: directories whose listing failed on
-/// either side (their content is unknown, never empty) and SOURCE entries we do not copy.
-struct Protected(HashSet<PathBuf>);
-
-impl Protected {
-    fn covers(&self, rel: &Path) -> bool {
-        !self.0.is_empty() && rel.ancestors().any(|a| self.0.contains(a))
+impl Found {
+    fn append(&mut self, mut other: Found) {
+        self.removals.append(&mut other.removals);
+        self.creates.append(&mut other.creates);
+        self.transfers.append(&mut other.transfers);
+        self.dirs.append(&mut other.dirs);
+        self.blocks.append(&mut other.blocks);
+        self.protected.append(&mut other.protected);
     }
 }
 
-fn plan(src: &Tree, dst: &Tree, protected: &Protected) -> Plan {
-    let mut plan = Plan {
-        removals: Vec::new(),
-        creates: Vec::new(),
-        transfers: Vec::new(),
-        compares: Vec::new(),
-        dirs: Vec::new(),
-    };
-    for (rel, pair) in merge(&src.entries, &dst.entries) {
-        if protected.covers(rel) {
-            continue;
+/// A child that is a directory on at least one side: walked on its own.
+struct Sub {
+    rel: PathBuf,
+    src: Option<Entry>,
+    dst: Option<Entry>,
+    /// The digest of a SOURCE file that replaces a BACKUP directory, if known.
+    src_known: Option<Digest>,
+}
+
+/// One name of a directory, as both sides hold it.
+struct Pair<'l> {
+    name: &'l OsStr,
+    src: Option<&'l Entry>,
+    dst: Option<&'l Entry>,
+    digests: [Option<Digest>; 2],
+    /// The digest may be remembered (from the cache, or hashed and not racy).
+    cacheable: [bool; 2],
+    /// Reading one side failed: nothing is done with this name.
+    failed: bool,
+}
+
+/// Both trees walked together, directory by directory and in parallel, comparing as it goes.
+struct Walk<'a> {
+    opts: &'a PassOptions,
+    cache: &'a DirCache,
+    stamps: [Timestamps; 2],
+    found: Mutex<Found>,
+    hashed: AtomicU64,
+    cache_hits: AtomicU64,
+    errors: AtomicU64,
+    backup_files: AtomicU64,
+    removed_files: AtomicU64,
+    backup_has_content: AtomicBool,
+}
+
+impl Walk<'_> {
+    fn root(&self, side: Side) -> &Path {
+        match side {
+            Side::Source => &self.opts.source,
+            Side::Backup => &self.opts.backup,
         }
-        let rel = rel.clone();
-        match pair {
-            (None, Some(d)) => plan.removals.push(Op::Remove {
-                rel,
-                seen: d.clone(),
-            }),
-            (Some(s), d) => {
-                // A directory on the BACKUP side that SOURCE does not have as a directory goes
-                // first; its children, absent from SOURCE, are removed before it.
-                let d = match d {
-                    Some(d) if d.is_dir() != s.is_dir() => {
-                        plan.removals.push(Op::Remove {
-                            rel: rel.clone(),
-                            seen: d.clone(),
-                        });
-                        None
-                    }
-                    other => other,
+    }
+
+    /// Lists `rel` on `side`, or records it as unlistable and gives `None`.
+    fn list(&self, side: Side, rel: &Path, found: &mut Found) -> Option<Vec<(OsString, Entry)>> {
+        let role = SIDES[side as usize].1;
+        match scan::list_dir(&self.root(side).join(rel), rel, &self.opts.filter) {
+            Ok(list) => Some(list),
+            Err(err) => {
+                log::error!(
+                    "cannot list {} in {role}: {err}; nothing under it is changed this pass",
+                    Escaped(rel)
+                );
+                Counters::bump(&self.errors);
+                found.protected.push(rel.to_path_buf());
+                None
+            }
+        }
+    }
+
+    /// Walks a directory that is one on at least one side, then its subdirectories.
+    fn visit(&self, sub: Sub) {
+        let Sub {
+            rel,
+            src,
+            dst,
+            src_known,
+        } = sub;
+        let mut found = Found::default();
+        let src_dir = src.as_ref().filter(|e| e.is_dir());
+        let dst_dir = dst.as_ref().filter(|e| e.is_dir());
+        let lists = match (src_dir, dst_dir) {
+            (Some(_), _) => self.list(Side::Source, &rel, &mut found).and_then(|s| {
+                let d = match dst_dir {
+                    Some(_) => self.list(Side::Backup, &rel, &mut found)?,
+                    None => Vec::new(),
                 };
-                match (&s.kind, d) {
-                    (Kind::Dir, None) => {
-                        plan.creates.push(Op::CreateDir { rel: rel.clone() });
-                        plan.dirs.push((rel, s.clone()));
-                    }
-                    (Kind::Dir, Some(_)) => plan.dirs.push((rel, s.clone())),
-                    (Kind::File, Some(d)) if d.kind == Kind::File && d.size == s.size => {
-                        plan.compares.push(Compare {
-                            rel,
-                            src: s.clone(),
-                            dst: d.clone(),
-                        });
-                    }
-                    (Kind::File, d) => plan.transfers.push(Op::Copy {
-                        rel,
-                        replace: d.cloned(),
+                Some((s, d))
+            }),
+            (None, _) => self
+                .list(Side::Backup, &rel, &mut found)
+                .map(|d| (Vec::new(), d)),
+        };
+        let Some((src_list, dst_list)) = lists else {
+            self.found
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .append(found);
+            return;
+        };
+        match (src_dir, dst_dir) {
+            (None, Some(d)) => {
+                // The directory goes (after its children, by the order removals run in), and
+                // whatever SOURCE holds under the name takes its place.
+                found.removals.push(Op::Remove {
+                    rel: rel.clone(),
+                    seen: d.clone(),
+                });
+                match src.as_ref().map(|s| (s, &s.kind)) {
+                    Some((s, Kind::File)) => found.transfers.push(Op::Copy {
+                        rel: rel.clone(),
+                        replace: None,
                         from: s.clone(),
-                        known: None,
+                        known: src_known,
                     }),
-                    (Kind::Symlink(_), Some(d)) if d.kind == s.kind => {
-                        if d.mtime != s.mtime {
-                            plan.transfers.push(Op::Meta {
-                                rel,
-                                seen: d.clone(),
-                                mode: s.mode,
-                                mtime: s.mtime,
-                                digest: None,
-                            });
-                        }
-                    }
-                    (Kind::Symlink(target), d) => plan.transfers.push(Op::Link {
-                        rel,
+                    Some((s, Kind::Symlink(target))) => found.transfers.push(Op::Link {
+                        rel: rel.clone(),
                         target: target.clone(),
                         mtime: s.mtime,
-                        replace: d.cloned(),
+                        replace: None,
                     }),
-                    (Kind::Special, _) => {}
+                    _ => {}
                 }
             }
-            (None, None) => {}
+            (Some(_), None) => {
+                if let Some(d) = &dst {
+                    self.count_removal(&rel, d);
+                    found.removals.push(Op::Remove {
+                        rel: rel.clone(),
+                        seen: d.clone(),
+                    });
+                }
+                found.creates.push(Op::CreateDir { rel: rel.clone() });
+            }
+            _ => {}
+        }
+        let subs = self.children(&rel, &src_list, &dst_list, &mut found);
+        drop((src_list, dst_list));
+        let holds_ops = subs.1;
+        let differs = |s: &Entry| dst_dir.is_none_or(|d| d.mode != s.mode || d.mtime != s.mtime);
+        if holds_ops || src_dir.is_some_and(differs) {
+            found.dirs.push(DirState {
+                rel,
+                want: src_dir.cloned(),
+                seen: dst_dir.cloned(),
+                holds_ops,
+            });
+        }
+        self.found
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .append(found);
+        subs.0.into_par_iter().for_each(|sub| self.visit(sub));
+    }
+
+    fn count_removal(&self, rel: &Path, seen: &Entry) {
+        if !seen.is_dir() && !is_temp_name(rel) {
+            Counters::bump(&self.removed_files);
         }
     }
-    plan
-}
 
-/// Walks two sorted maps together, yielding each path once with what each side holds.
-fn merge<'a>(
-    a: &'a BTreeMap<PathBuf, Entry>,
-    b: &'a BTreeMap<PathBuf, Entry>,
-) -> impl Iterator<Item = (&'a PathBuf, (Option<&'a Entry>, Option<&'a Entry>))> {
-    let mut ia = a.iter().peekable();
-    let mut ib = b.iter().peekable();
-    std::iter::from_fn(move || match (ia.peek(), ib.peek()) {
-        (Some((ka, _)), Some((kb, _))) => match crate::scan::path_order(ka, kb) {
-            std::cmp::Ordering::Less => ia.next().map(|(k, v)| (k, (Some(v), None))),
-            std::cmp::Ordering::Greater => ib.next().map(|(k, v)| (k, (None, Some(v)))),
-            std::cmp::Ordering::Equal => {
-                let (k, va) = ia.next()?;
-                let (_, vb) = ib.next()?;
-                Some((k, (Some(va), Some(vb))))
+    /// Compares the entries of one directory, adding to `found` what must change; gives the
+    /// subdirectories to walk and whether anything in this directory itself changes.
+    fn children(
+        &self,
+        rel: &Path,
+        src_list: &[(OsString, Entry)],
+        dst_list: &[(OsString, Entry)],
+        found: &mut Found,
+    ) -> (Vec<Sub>, bool) {
+        for (name, entry) in dst_list {
+            if !fsops::is_temp_name(name) {
+                self.backup_has_content.store(true, Ordering::Relaxed);
+                if !entry.is_dir() {
+                    Counters::bump(&self.backup_files);
+                }
             }
-        },
-        (Some(_), None) => ia.next().map(|(k, v)| (k, (Some(v), None))),
-        (None, Some(_)) => ib.next().map(|(k, v)| (k, (None, Some(v)))),
-        (None, None) => None,
-    })
+        }
+        let dir_key = rel.as_os_str().as_bytes();
+        let old = self.cache.block(dir_key);
+        let mut pairs = self.pair_up(src_list, dst_list, &old);
+
+        // Same-size files are compared by digest; those not cached are read now, in parallel
+        // when there are several (a directory of large files).
+        let mut reads = Vec::new();
+        for (i, p) in pairs.iter().enumerate() {
+            if let (Some(s), Some(d)) = (p.src, p.dst)
+                && s.kind == Kind::File
+                && d.kind == Kind::File
+                && s.size == d.size
+            {
+                for (side, _) in SIDES {
+                    if p.digests[side as usize].is_none() {
+                        reads.push((i, side));
+                    }
+                }
+            }
+        }
+        let read = |&(i, side): &(usize, Side)| {
+            let p: &Pair<'_> = &pairs[i];
+            let entry = [p.src, p.dst][side as usize].expect("compared files exist");
+            let started = SystemTime::now();
+            let result = checksum::file_digest(&self.root(side).join(rel).join(p.name));
+            (
+                i,
+                side,
+                result,
+                !is_racy(entry, started, self.stamps[side as usize]),
+            )
+        };
+        let results: Vec<_> = if reads.len() > 1 {
+            reads.par_iter().map(read).collect()
+        } else {
+            reads.iter().map(read).collect()
+        };
+        for (i, side, result, cacheable) in results {
+            let p = &mut pairs[i];
+            match result {
+                Ok(digest) => {
+                    Counters::bump(&self.hashed);
+                    p.digests[side as usize] = Some(digest);
+                    p.cacheable[side as usize] = cacheable;
+                }
+                Err(err) => {
+                    let child = rel.join(p.name);
+                    let within = if side == Side::Backup {
+                        " in BACKUP"
+                    } else {
+                        ""
+                    };
+                    log::error!("cannot read {}{within}: {err}", Escaped(&child));
+                    Counters::bump(&self.errors);
+                    p.failed = true;
+                }
+            }
+        }
+
+        let mut subs = Vec::new();
+        let mut holds_ops = false;
+        let mut records = Vec::new();
+        for p in &pairs {
+            let child = || rel.join(p.name);
+            let mut record = Record {
+                name: p.name.as_bytes().into(),
+                sides: [None, None],
+            };
+            for (side, _) in SIDES {
+                let s = side as usize;
+                if let (Some(e), Some(d), true) = ([p.src, p.dst][s], p.digests[s], p.cacheable[s])
+                    && e.kind == Kind::File
+                {
+                    record.sides[s] = Some((Stamp::of(e), d));
+                }
+            }
+            if record.sides.iter().any(Option::is_some) {
+                records.push(record);
+            }
+            if p.failed {
+                continue;
+            }
+            let before = found.removals.len() + found.creates.len() + found.transfers.len();
+            match (p.src, p.dst) {
+                (Some(s), _) if s.kind == Kind::Special => {
+                    log::warn!(
+                        "skipped {}: not a regular file, directory or symlink",
+                        Escaped(&child())
+                    );
+                    continue;
+                }
+                (s, d) if s.is_some_and(Entry::is_dir) || d.is_some_and(Entry::is_dir) => {
+                    holds_ops |= !(s.is_some_and(Entry::is_dir) && d.is_some_and(Entry::is_dir));
+                    subs.push(Sub {
+                        rel: child(),
+                        src: s.cloned(),
+                        dst: d.cloned(),
+                        src_known: p.digests[0],
+                    });
+                }
+                (None, Some(d)) => {
+                    let rel = child();
+                    self.count_removal(&rel, d);
+                    found.removals.push(Op::Remove {
+                        rel,
+                        seen: d.clone(),
+                    });
+                }
+                (Some(s), d) => match &s.kind {
+                    Kind::File => match (d, p.digests) {
+                        (Some(d), [Some(a), Some(b)]) if d.kind == Kind::File && a == b => {
+                            if s.mode != d.mode || s.mtime != d.mtime {
+                                found.transfers.push(Op::Meta {
+                                    rel: child(),
+                                    seen: d.clone(),
+                                    mode: s.mode,
+                                    mtime: s.mtime,
+                                    digest: Some(b),
+                                });
+                            }
+                        }
+                        _ => found.transfers.push(Op::Copy {
+                            rel: child(),
+                            replace: d.cloned(),
+                            from: s.clone(),
+                            known: p.digests[0],
+                        }),
+                    },
+                    Kind::Symlink(target) => match d {
+                        Some(d) if d.kind == s.kind => {
+                            if d.mtime != s.mtime {
+                                found.transfers.push(Op::Meta {
+                                    rel: child(),
+                                    seen: d.clone(),
+                                    mode: s.mode,
+                                    mtime: s.mtime,
+                                    digest: None,
+                                });
+                            }
+                        }
+                        _ => found.transfers.push(Op::Link {
+                            rel: child(),
+                            target: target.clone(),
+                            mtime: s.mtime,
+                            replace: d.cloned(),
+                        }),
+                    },
+                    Kind::Dir | Kind::Special => {}
+                },
+                (None, None) => {}
+            }
+            holds_ops |=
+                found.removals.len() + found.creates.len() + found.transfers.len() > before;
+        }
+
+        // A directory with changes gets a new block, which takes the digests its copies learn.
+        let block = if holds_ops || records != old {
+            BlockOut::New(records)
+        } else {
+            BlockOut::Keep
+        };
+        if matches!(&block, BlockOut::New(r) if !r.is_empty() || holds_ops)
+            || self.cache.has(dir_key)
+        {
+            found.blocks.push((dir_key.into(), block));
+        }
+        (subs, holds_ops)
+    }
+
+    /// Merges the two sorted listings by name, with the cached digests of unchanged files.
+    fn pair_up<'l>(
+        &self,
+        src_list: &'l [(OsString, Entry)],
+        dst_list: &'l [(OsString, Entry)],
+        old: &[Record],
+    ) -> Vec<Pair<'l>> {
+        let hit = |side: Side, name: &OsStr, entry: &Entry| -> Option<Digest> {
+            if self.opts.checksum || entry.kind != Kind::File {
+                return None;
+            }
+            let i = old
+                .binary_search_by(|r| (*r.name).cmp(name.as_bytes()))
+                .ok()?;
+            match old[i].sides[side as usize] {
+                Some((stamp, digest)) if stamp == Stamp::of(entry) => {
+                    Counters::bump(&self.cache_hits);
+                    Some(digest)
+                }
+                _ => None,
+            }
+        };
+        let mut pairs = Vec::with_capacity(src_list.len().max(dst_list.len()));
+        let (mut i, mut j) = (0, 0);
+        while i < src_list.len() || j < dst_list.len() {
+            let order = match (src_list.get(i), dst_list.get(j)) {
+                (Some((a, _)), Some((b, _))) => a.as_bytes().cmp(b.as_bytes()),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                _ => std::cmp::Ordering::Greater,
+            };
+            let (name, src, dst) = match order {
+                std::cmp::Ordering::Less => {
+                    i += 1;
+                    (&src_list[i - 1].0, Some(&src_list[i - 1].1), None)
+                }
+                std::cmp::Ordering::Greater => {
+                    j += 1;
+                    (&dst_list[j - 1].0, None, Some(&dst_list[j - 1].1))
+                }
+                std::cmp::Ordering::Equal => {
+                    i += 1;
+                    j += 1;
+                    (
+                        &src_list[i - 1].0,
+                        Some(&src_list[i - 1].1),
+                        Some(&dst_list[j - 1].1),
+                    )
+                }
+            };
+            let digests = [
+                src.and_then(|e| hit(Side::Source, name, e)),
+                dst.and_then(|e| hit(Side::Backup, name, e)),
+            ];
+            pairs.push(Pair {
+                name,
+                src,
+                dst,
+                cacheable: digests.map(|d| d.is_some()),
+                digests,
+                failed: false,
+            });
+        }
+        pairs
+    }
 }
 
 /// Counters shared by parallel workers.
@@ -283,23 +603,21 @@ impl Counters {
     fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
+}
 
-    fn stats(&self, digests: &Digests<'_>, interrupted: bool) -> PassStats {
-        PassStats {
-            operations: self.operations.load(Ordering::Relaxed),
-            errors: self.errors.load(Ordering::Relaxed),
-            hashed: digests.hashed(),
-            cache_hits: digests.cache_hits(),
-            interrupted,
-            conflicts: None,
-        }
-    }
+/// A digest learnt while applying, for the cache.
+struct Learnt {
+    side: Side,
+    rel: PathBuf,
+    stamp: Stamp,
+    digest: Digest,
 }
 
 struct Pass<'a> {
     opts: &'a PassOptions,
-    digests: Digests<'a>,
+    stamps: [Timestamps; 2],
     counters: Counters,
+    learnt: Mutex<Vec<Learnt>>,
     /// Paths whose creation or removal failed: nothing is done beneath them this pass, so a
     /// link left where a directory should be is never written through.
     failed: Mutex<HashSet<PathBuf>>,
@@ -353,50 +671,29 @@ impl Pass<'_> {
         }
     }
 
-    /// Turns a same-size pair into a copy, a metadata update, or nothing.
-    fn resolve(&self, c: Compare) -> Option<Op> {
-        let opts = self.opts;
-        let src = match self
-            .digests
-            .digest(Side::Source, &opts.source, &c.rel, &c.src)
-        {
-            Ok(d) => d,
-            Err(err) => {
-                self.error(format_args!("cannot read {}: {err}", Escaped(&c.rel)));
-                return None;
-            }
-        };
-        let dst = match self
-            .digests
-            .digest(Side::Backup, &opts.backup, &c.rel, &c.dst)
-        {
-            Ok(d) => d,
-            Err(err) => {
-                self.error(format_args!(
-                    "cannot read {} in BACKUP: {err}",
-                    Escaped(&c.rel)
-                ));
-                return None;
-            }
-        };
-        if src != dst {
-            Some(Op::Copy {
-                rel: c.rel,
-                replace: Some(c.dst),
-                from: c.src,
-                known: Some(src),
-            })
-        } else if c.src.mode != c.dst.mode || c.src.mtime != c.dst.mtime {
-            Some(Op::Meta {
-                rel: c.rel,
-                seen: c.dst,
-                mode: c.src.mode,
-                mtime: c.src.mtime,
-                digest: Some(dst),
-            })
-        } else {
-            None
+    /// Remembers a digest for the cache. `hashed_at` is when reading began, or `None` for a
+    /// file this pass wrote itself; a file changed within a timestamp tick of being read is
+    /// not remembered (see [`is_racy`]).
+    fn learn(
+        &self,
+        side: Side,
+        rel: &Path,
+        entry: &Entry,
+        digest: Digest,
+        hashed_at: Option<SystemTime>,
+    ) {
+        if hashed_at.is_some_and(|t| is_racy(entry, t, self.stamps[side as usize])) {
+            return;
         }
+        self.learnt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Learnt {
+                side,
+                rel: rel.to_path_buf(),
+                stamp: Stamp::of(entry),
+                digest,
+            });
     }
 
     fn execute(&self, op: &Op) {
@@ -427,12 +724,11 @@ impl Pass<'_> {
             } => {
                 let started = SystemTime::now();
                 // A digest hashed or cached this pass lets the kernel copy the bytes unread.
-                let digest = known.or_else(|| self.digests.cached(Side::Source, rel, from));
-                let content = match digest {
-                    Some(digest) if self.digests.trusted(Side::Source, from) => {
+                let content = match known {
+                    Some(digest) if !is_racy(from, started, self.stamps[0]) => {
                         fsops::Content::Known {
                             entry: from,
-                            digest,
+                            digest: *digest,
                             exact: false,
                         }
                     }
@@ -440,9 +736,8 @@ impl Pass<'_> {
                 };
                 fsops::copy_file(&self.opts.source.join(rel), &dst, replace.as_ref(), content).map(
                     |c| {
-                        let d = &self.digests;
-                        d.learn(Side::Source, rel, &c.source, c.digest, Some(started));
-                        d.learn(Side::Backup, rel, &c.destination, c.digest, None);
+                        self.learn(Side::Source, rel, &c.source, c.digest, Some(started));
+                        self.learn(Side::Backup, rel, &c.destination, c.digest, None);
                     },
                 )
             }
@@ -460,7 +755,7 @@ impl Pass<'_> {
                 ..
             } => fsops::set_metadata(&dst, seen, *mode, *mtime).map(|now| {
                 if let Some(d) = digest {
-                    self.digests.learn(Side::Backup, rel, &now, *d, None);
+                    self.learn(Side::Backup, rel, &now, *d, None);
                 }
             }),
         };
@@ -500,64 +795,67 @@ impl Pass<'_> {
 
 /// Runs one mirror pass of `opts.source` into `opts.backup`.
 ///
+/// Both trees are walked together, directory by directory, and only what differs is kept:
+/// the memory a pass needs grows with the changes, not with the tree.
+///
 /// Fails (changing nothing) if a root cannot be listed, or if a safety check of SPEC §8
 /// refuses the pass and `force` is off. Per-entry faults are logged and counted instead.
 pub fn mirror_pass(opts: &PassOptions, cache: &mut HashCache) -> Result<PassStats, Error> {
-    let (src, dst) = rayon::join(
-        || scan::scan(&opts.source, "SOURCE", &opts.filter),
-        || scan::scan(&opts.backup, "BACKUP", &opts.filter),
-    );
-    let (src, dst) = (src?, dst?);
-
-    let counters = Counters::default();
-    let mut protected = HashSet::new();
-    for (side, tree) in [("SOURCE", &src), ("BACKUP", &dst)] {
-        for (rel, err) in &tree.unlistable {
-            log::error!(
-                "cannot list {} in {side}: {err}; nothing under it is changed this pass",
-                Escaped(rel)
-            );
-            Counters::bump(&counters.errors);
-            protected.insert(rel.clone());
-        }
-    }
-    for (rel, entry) in &src.entries {
-        if entry.kind == Kind::Special {
-            log::warn!(
-                "skipped {}: not a regular file, directory or symlink",
-                Escaped(rel)
-            );
-            protected.insert(rel.clone());
-        }
-    }
-    let protected = Protected(protected);
-
-    refuse_if_unsafe(opts, &src, &dst)?;
-
-    let mut plan = plan(&src, &dst, &protected);
-    let pass = Pass {
+    let dir_cache = cache.per_directory();
+    let walk = Walk {
         opts,
-        digests: Digests::new(cache, opts.checksum, &opts.source, &opts.backup),
-        counters,
-        failed: Mutex::new(HashSet::new()),
-        dirty: Mutex::new(HashSet::new()),
+        cache: dir_cache,
+        stamps: [Timestamps::of(&opts.source), Timestamps::of(&opts.backup)],
+        found: Mutex::new(Found::default()),
+        hashed: AtomicU64::new(0),
+        cache_hits: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        backup_files: AtomicU64::new(0),
+        removed_files: AtomicU64::new(0),
+        backup_has_content: AtomicBool::new(false),
     };
-    let resolved: Vec<Op> = std::mem::take(&mut plan.compares)
-        .into_par_iter()
-        .filter_map(|c| pass.resolve(c))
-        .collect();
-    plan.transfers.extend(resolved);
+    let list_root = |side: Side| {
+        scan::list_dir(walk.root(side), Path::new(""), &opts.filter).map_err(|source| {
+            Error::ListRoot {
+                role: SIDES[side as usize].1,
+                path: walk.root(side).to_path_buf(),
+                source,
+            }
+        })
+    };
+    let (src_list, dst_list) = rayon::join(|| list_root(Side::Source), || list_root(Side::Backup));
+    let (src_list, dst_list) = (src_list?, dst_list?);
+    let source_empty = src_list.is_empty();
+    let mut found = Found::default();
+    let (subs, _) = walk.children(Path::new(""), &src_list, &dst_list, &mut found);
+    drop((src_list, dst_list));
+    walk.found
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .append(found);
+    subs.into_par_iter().for_each(|sub| walk.visit(sub));
 
-    let removed_files = plan
-        .removals
-        .iter()
-        .filter(|op| matches!(op, Op::Remove { seen, rel } if !seen.is_dir() && !is_temp_name(rel)))
-        .count();
-    let backup_files = dst
-        .entries
-        .iter()
-        .filter(|(rel, e)| !e.is_dir() && !is_temp_name(rel))
-        .count();
+    let Walk {
+        found,
+        hashed,
+        cache_hits,
+        errors,
+        backup_files,
+        removed_files,
+        backup_has_content,
+        stamps,
+        ..
+    } = walk;
+    let mut found = found.into_inner().unwrap_or_else(|e| e.into_inner());
+    if !opts.force && source_empty && backup_has_content.into_inner() {
+        return Err(Error::Refused(format!(
+            "refusing to mirror: SOURCE {} is empty while BACKUP {} is not (an unmounted drive \
+             looks like this); run with --force if SOURCE is really meant to be empty",
+            opts.source.display(),
+            opts.backup.display()
+        )));
+    }
+    let (removed_files, backup_files) = (removed_files.into_inner(), backup_files.into_inner());
     if !opts.force && removed_files * 2 > backup_files {
         return Err(Error::Refused(format!(
             "refusing a pass that would delete {removed_files} of the {backup_files} files in BACKUP {} \
@@ -567,34 +865,66 @@ pub fn mirror_pass(opts: &PassOptions, cache: &mut HashCache) -> Result<PassStat
         )));
     }
 
+    // Children before parents for removals (run in reverse), parents before children for
+    // creations; logs read in path order.
+    let by_path = |a: &Op, b: &Op| scan::path_order(a.rel(), b.rel());
+    found.removals.sort_unstable_by(by_path);
+    found.creates.sort_unstable_by(by_path);
+    found.transfers.par_sort_unstable_by(by_path);
+    found
+        .dirs
+        .sort_unstable_by(|a, b| scan::path_order(&a.rel, &b.rel));
+
+    let pass = Pass {
+        opts,
+        stamps,
+        counters: Counters {
+            operations: AtomicU64::new(0),
+            errors,
+        },
+        learnt: Mutex::new(Vec::new()),
+        failed: Mutex::new(HashSet::new()),
+        dirty: Mutex::new(HashSet::new()),
+    };
+    let stats = |pass: &Pass<'_>, interrupted| PassStats {
+        operations: pass.counters.operations.load(Ordering::Relaxed),
+        errors: pass.counters.errors.load(Ordering::Relaxed),
+        hashed: hashed.load(Ordering::Relaxed),
+        cache_hits: cache_hits.load(Ordering::Relaxed),
+        interrupted,
+        conflicts: None,
+    };
+
     if opts.dry_run {
-        let ops = plan
+        for op in found
             .removals
             .iter()
-            .chain(&plan.creates)
-            .chain(&plan.transfers);
-        for op in ops {
+            .chain(&found.creates)
+            .chain(&found.transfers)
+        {
             log::info!("dry run: {}", op.describe());
             Counters::bump(&pass.counters.operations);
         }
-        return Ok(pass.counters.stats(&pass.digests, false));
+        return Ok(stats(&pass, false));
     }
 
     crate::testhook::after_plan();
-    apply(&pass, &plan, &dst);
+    apply(&pass, &found);
 
-    let interrupted = signal::stop_requested();
-    let stats = pass.counters.stats(&pass.digests, interrupted);
-    let learnt = pass.digests.finish();
-    learnt.record_into(cache);
-    cache.retain_live(Side::Source, src.entries.keys().map(PathBuf::as_path));
-    cache.retain_live(
-        Side::Backup,
-        src.entries
-            .keys()
-            .chain(dst.entries.keys())
-            .map(PathBuf::as_path),
-    );
+    let stats = stats(&pass, signal::stop_requested());
+    let learnt = pass.learnt.into_inner().unwrap_or_else(|e| e.into_inner());
+    record_learnt(&mut found.blocks, learnt, dir_cache);
+    let protected = std::mem::take(&mut found.protected);
+    let under_protected = |dir: &[u8]| {
+        protected.iter().any(|p| {
+            let p = p.as_os_str().as_bytes();
+            dir.strip_prefix(p)
+                .is_some_and(|rest| rest.is_empty() || rest[0] == b'/')
+        })
+    };
+    if let Err(err) = dir_cache.save(found.blocks, under_protected) {
+        log::warn!("cannot save the hash cache: {err}");
+    }
     if stats.operations > 0
         && let Err(err) = fsops::flush_fs(&opts.backup)
     {
@@ -603,262 +933,103 @@ pub fn mirror_pass(opts: &PassOptions, cache: &mut HashCache) -> Result<PassStat
     Ok(stats)
 }
 
-fn refuse_if_unsafe(opts: &PassOptions, src: &Tree, dst: &Tree) -> Result<(), Error> {
-    let backup_has_content = dst.entries.keys().any(|rel| !is_temp_name(rel));
-    if !opts.force && src.entries.is_empty() && backup_has_content {
-        return Err(Error::Refused(format!(
-            "refusing to mirror: SOURCE {} is empty while BACKUP {} is not (an unmounted drive \
-             looks like this); run with --force if SOURCE is really meant to be empty",
-            opts.source.display(),
-            opts.backup.display()
-        )));
+/// Puts the digests learnt while applying into the blocks of their directories.
+fn record_learnt(blocks: &mut Vec<(Box<[u8]>, BlockOut)>, learnt: Vec<Learnt>, cache: &DirCache) {
+    if learnt.is_empty() {
+        return;
     }
-    Ok(())
+    let mut at: rustc_hash::FxHashMap<Box<[u8]>, usize> = blocks
+        .iter()
+        .enumerate()
+        .map(|(i, (dir, _))| (dir.clone(), i))
+        .collect();
+    for l in learnt {
+        let dir = l
+            .rel
+            .parent()
+            .map_or(&b""[..], |p| p.as_os_str().as_bytes());
+        let Some(name) = l.rel.file_name() else {
+            continue;
+        };
+        let i = *at.entry(dir.into()).or_insert_with(|| {
+            blocks.push((dir.into(), BlockOut::Keep));
+            blocks.len() - 1
+        });
+        let out = &mut blocks[i].1;
+        if let BlockOut::Keep = out {
+            *out = BlockOut::New(cache.block(dir));
+        }
+        let BlockOut::New(records) = out else {
+            unreachable!("made new just above")
+        };
+        let name = name.as_bytes();
+        let k = match records.binary_search_by(|r| (*r.name).cmp(name)) {
+            Ok(k) => k,
+            Err(k) => {
+                records.insert(
+                    k,
+                    Record {
+                        name: name.into(),
+                        sides: [None, None],
+                    },
+                );
+                k
+            }
+        };
+        records[k].sides[l.side as usize] = Some((l.stamp, l.digest));
+    }
 }
 
-fn apply(pass: &Pass<'_>, plan: &Plan, dst: &Tree) {
+fn apply(pass: &Pass<'_>, found: &Found) {
     // Directories we must add to or remove from, that our own mode would forbid us to.
-    let mut parents: HashSet<&Path> = HashSet::new();
-    for op in plan
-        .removals
-        .iter()
-        .chain(&plan.creates)
-        .chain(&plan.transfers)
-    {
-        if let Some(parent) = op.rel().parent()
-            && !parent.as_os_str().is_empty()
+    for dir in &found.dirs {
+        if let Some(seen) = &dir.seen
+            && dir.holds_ops
+            && seen.mode & 0o700 != 0o700
         {
-            parents.insert(parent);
-        }
-    }
-    for parent in parents {
-        if let Some(entry) = dst.entries.get(parent)
-            && entry.is_dir()
-            && entry.mode & 0o700 != 0o700
-        {
-            match fsops::make_writable(&pass.opts.backup.join(parent), entry.mode) {
+            match fsops::make_writable(&pass.opts.backup.join(&dir.rel), seen.mode) {
                 Ok(()) => {
                     pass.dirty
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .insert(parent.to_path_buf());
+                        .insert(dir.rel.clone());
                 }
-                Err(err) => pass.op_error(parent, &err),
+                Err(err) => pass.op_error(&dir.rel, &err),
             }
         }
     }
 
     // Children before parents, so a directory is empty when its turn comes.
-    for op in plan.removals.iter().rev() {
+    for op in found.removals.iter().rev() {
         pass.execute(op);
     }
-    for op in &plan.creates {
+    for op in &found.creates {
         pass.execute(op);
     }
-    plan.transfers.par_iter().for_each(|op| pass.execute(op));
+    found.transfers.par_iter().for_each(|op| pass.execute(op));
 
     // Directory modes and times last, deepest first: adding or removing an entry moves a
     // directory's mtime, and a read-only mode would have blocked the steps above.
     let dirty = std::mem::take(&mut *pass.dirty.lock().unwrap_or_else(|e| e.into_inner()));
-    for (rel, want) in plan.dirs.iter().rev() {
-        if signal::stop_requested() || pass.blocked(rel) {
+    for dir in found.dirs.iter().rev() {
+        let Some(want) = &dir.want else { continue };
+        if signal::stop_requested() || pass.blocked(&dir.rel) {
             continue;
         }
-        let seen = dst.entries.get(rel).filter(|e| e.is_dir());
+        let seen = dir.seen.as_ref();
         let differs = seen.is_none_or(|s| s.mode != want.mode || s.mtime != want.mtime);
-        if !differs && !dirty.contains(rel) {
+        if !differs && !dirty.contains(&dir.rel) {
             continue;
         }
-        let path = pass.opts.backup.join(rel);
+        let path = pass.opts.backup.join(&dir.rel);
         match fsops::finish_dir(&path, want.mode, want.mtime) {
             Ok(_) => {
                 if seen.is_some() && differs {
-                    log::info!("updated metadata of {}", Escaped(rel));
+                    log::info!("updated metadata of {}", Escaped(&dir.rel));
                     Counters::bump(&pass.counters.operations);
                 }
             }
-            Err(err) => pass.op_error(rel, &err),
+            Err(err) => pass.op_error(&dir.rel, &err),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn entry(kind: Kind, size: u64) -> Entry {
-        Entry {
-            kind,
-            mode: 0o644,
-            size,
-            mtime: Timestamp::default(),
-            ctime: Timestamp::default(),
-            ino: 0,
-        }
-    }
-
-    /// Builds a consistent tree from arbitrary paths: every ancestor is a directory, and
-    /// nothing lies beneath a non-directory.
-    fn tree(raw: Vec<(Vec<u8>, u8)>) -> Tree {
-        let mut entries: BTreeMap<PathBuf, Entry> = BTreeMap::new();
-        for (parts, kind) in raw {
-            let mut path = PathBuf::new();
-            for (i, p) in parts.iter().enumerate() {
-                path.push(["a", "b", "c"][*p as usize % 3]);
-                if i + 1 < parts.len() {
-                    entries.insert(path.clone(), entry(Kind::Dir, 0));
-                }
-            }
-            let kind = match kind % 4 {
-                0 => Kind::Dir,
-                1 => Kind::File,
-                2 => Kind::Symlink(PathBuf::from(format!("t{}", kind / 4))),
-                _ => Kind::Special,
-            };
-            entries.insert(path, entry(kind, parts.len() as u64 % 2));
-        }
-        // Drop entries under non-directories (a later path may have turned an ancestor into one).
-        let non_dirs: Vec<PathBuf> = entries
-            .iter()
-            .filter(|(_, e)| !e.is_dir())
-            .map(|(p, _)| p.clone())
-            .collect();
-        entries.retain(|p, _| !non_dirs.iter().any(|n| p != n && p.starts_with(n)));
-        let orphans: Vec<PathBuf> = entries
-            .keys()
-            .filter(|p| {
-                p.ancestors()
-                    .skip(1)
-                    .filter(|a| !a.as_os_str().is_empty())
-                    .any(|a| !entries.get(a).is_some_and(Entry::is_dir))
-            })
-            .cloned()
-            .collect();
-        for p in orphans {
-            entries.remove(&p);
-        }
-        Tree {
-            entries,
-            unlistable: Vec::new(),
-        }
-    }
-
-    fn parent_is_dir(model: &BTreeMap<PathBuf, Entry>, rel: &Path) -> bool {
-        match rel.parent() {
-            Some(p) if !p.as_os_str().is_empty() => model.get(p).is_some_and(Entry::is_dir),
-            _ => true,
-        }
-    }
-
-    /// Applies a plan to an in-memory model of BACKUP, checking each step is legal in the
-    /// order `apply` runs them.
-    fn simulate(plan: &Plan, dst: &Tree, src: &Tree) -> BTreeMap<PathBuf, Entry> {
-        let mut model = dst.entries.clone();
-        for op in plan.removals.iter().rev() {
-            let Op::Remove { rel, seen } = op else {
-                panic!("not a removal")
-            };
-            assert_eq!(model.get(rel), Some(seen), "removing what the scan saw");
-            if seen.is_dir() {
-                assert!(
-                    !model.keys().any(|p| p != rel && p.starts_with(rel)),
-                    "directory {rel:?} empty when removed"
-                );
-            }
-            model.remove(rel);
-        }
-        for op in &plan.creates {
-            let Op::CreateDir { rel } = op else {
-                panic!("not a create")
-            };
-            assert!(parent_is_dir(&model, rel) && !model.contains_key(rel));
-            model.insert(rel.clone(), src.entries[rel].clone());
-        }
-        assert!(
-            plan.compares.is_empty(),
-            "compares are resolved before apply"
-        );
-        for op in &plan.transfers {
-            let rel = op.rel();
-            assert!(
-                parent_is_dir(&model, rel),
-                "parent of {rel:?} is a directory"
-            );
-            match op {
-                Op::Copy { replace, .. } | Op::Link { replace, .. } => {
-                    assert_eq!(
-                        model.get(rel),
-                        replace.as_ref(),
-                        "replacing what the scan saw"
-                    );
-                    assert!(!replace.as_ref().is_some_and(Entry::is_dir));
-                }
-                Op::Meta { seen, .. } => assert_eq!(model.get(rel), Some(seen)),
-                _ => panic!("unexpected transfer"),
-            }
-            model.insert(rel.to_path_buf(), src.entries[rel].clone());
-        }
-        model
-    }
-
-    fn arb_tree() -> impl Strategy<Value = Tree> {
-        prop::collection::vec((prop::collection::vec(0u8..3, 1..4), any::<u8>()), 0..14)
-            .prop_map(tree)
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2000))]
-
-        /// Whatever the two trees, the plan's steps are legal in apply's order, and BACKUP
-        /// ends holding exactly SOURCE's copyable entries (specials are left alone).
-        #[test]
-        fn plan_turns_backup_into_source(src in arb_tree(), dst in arb_tree()) {
-            let mut specials = HashSet::new();
-            for (rel, e) in &src.entries {
-                if e.kind == Kind::Special {
-                    specials.insert(rel.clone());
-                }
-            }
-            let protected = Protected(specials);
-            let mut p = plan(&src, &dst, &protected);
-            // Hashing is outside the plan: treat every same-size pair as differing content.
-            for c in std::mem::take(&mut p.compares) {
-                p.transfers.push(Op::Copy {
-                    rel: c.rel,
-                    replace: Some(c.dst),
-                    from: c.src,
-                    known: None,
-                });
-            }
-            let model = simulate(&p, &dst, &src);
-            for (rel, e) in &src.entries {
-                if protected.covers(rel) {
-                    prop_assert_eq!(model.get(rel), dst.entries.get(rel));
-                } else {
-                    prop_assert_eq!(model.get(rel).map(|m| &m.kind), Some(&e.kind));
-                }
-            }
-            for rel in model.keys() {
-                prop_assert!(src.entries.contains_key(rel) || protected.covers(rel),
-                    "{:?} left in BACKUP", rel);
-            }
-        }
-    }
-
-    #[test]
-    fn same_size_files_are_compared_and_others_copied() {
-        let mut src = Tree::default();
-        let mut dst = Tree::default();
-        src.entries.insert("same".into(), entry(Kind::File, 3));
-        dst.entries.insert("same".into(), entry(Kind::File, 3));
-        src.entries.insert("grown".into(), entry(Kind::File, 4));
-        dst.entries.insert("grown".into(), entry(Kind::File, 3));
-        let p = plan(&src, &dst, &Protected(HashSet::new()));
-        assert_eq!(p.compares.len(), 1);
-        assert_eq!(p.compares[0].rel, Path::new("same"));
-        assert!(
-            matches!(&p.transfers[..], [Op::Copy { rel, replace: Some(_), .. }] if rel == Path::new("grown"))
-        );
     }
 }

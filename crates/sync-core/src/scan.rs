@@ -1,7 +1,7 @@
 //! Walking one root into a sorted map of relative path → entry, without following links.
 
 use std::collections::{BTreeMap, HashSet};
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, Metadata};
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -250,52 +250,71 @@ fn scan_dir(root: &Path, rel: &Path, filter: &Filter) -> Partial {
 
 fn scan_listing(root: &Path, rel: &Path, listing: fs::ReadDir, filter: &Filter) -> Partial {
     let mut out = Partial::default();
-    let mut subdirs = Vec::new();
-    for item in listing {
-        let item = match item {
-            Ok(item) => item,
-            Err(err) => {
-                // A listing that breaks off half-way is as unknown as one that never started.
-                out.unlistable.push((rel.to_path_buf(), err));
-                break;
-            }
-        };
-        let name = item.file_name();
-        let child = rel.join(&name);
-        if filter.excludes(&child, &name) {
-            continue;
+    let children = match read_listing(listing, &root.join(rel), rel, filter) {
+        Ok(children) => children,
+        Err(err) => {
+            out.unlistable.push((rel.to_path_buf(), err));
+            return out;
         }
-        let meta = match item.metadata() {
-            Ok(meta) => meta,
-            // Vanished between listing and stat: it is simply not there any more.
-            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
-            // Listed but not searchable (a directory without its x bit), or any other fault:
-            // what is here is unknown, which must never read as "nothing is here".
-            Err(err) => {
-                out.unlistable.push((rel.to_path_buf(), err));
-                break;
-            }
-        };
-        let ft = meta.file_type();
-        let target = if ft.is_symlink() {
-            match fs::read_link(item.path()) {
-                Ok(t) => Some(t),
-                Err(_) => continue,
-            }
-        } else {
-            None
-        };
-        if ft.is_dir() {
+    };
+    let mut subdirs = Vec::new();
+    for (name, entry) in children {
+        let child = rel.join(&name);
+        if entry.is_dir() {
             subdirs.push(child.clone());
         }
-        out.entries
-            .push((child, Entry::from_metadata(&meta, target)));
+        out.entries.push((child, entry));
     }
     subdirs
         .par_iter()
         .map(|d| scan_dir(root, d, filter))
         .reduce(Partial::default, Partial::merge)
         .merge(out)
+}
+
+/// One directory's entries (`dir` is its path, `rel` its path relative to the root), by name
+/// in byte order, without what `filter` excludes or what vanished while it was listed.
+///
+/// Fails if the directory cannot be listed completely, or an entry in it cannot be examined:
+/// what it holds is then unknown, which must never read as "nothing is here".
+pub fn list_dir(dir: &Path, rel: &Path, filter: &Filter) -> io::Result<Vec<(OsString, Entry)>> {
+    let mut children = read_listing(fs::read_dir(dir)?, dir, rel, filter)?;
+    children.sort_unstable_by(|a, b| a.0.as_encoded_bytes().cmp(b.0.as_encoded_bytes()));
+    Ok(children)
+}
+
+fn read_listing(
+    listing: fs::ReadDir,
+    dir: &Path,
+    rel: &Path,
+    filter: &Filter,
+) -> io::Result<Vec<(OsString, Entry)>> {
+    let mut out = Vec::new();
+    for item in listing {
+        // A listing that breaks off half-way is as unknown as one that never started.
+        let item = item?;
+        let name = item.file_name();
+        if filter.excludes(&rel.join(&name), &name) {
+            continue;
+        }
+        let meta = match item.metadata() {
+            Ok(meta) => meta,
+            // Vanished between listing and stat: it is simply not there any more.
+            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+            // Listed but not searchable (a directory without its x bit), or any other fault.
+            Err(err) => return Err(err),
+        };
+        let target = if meta.file_type().is_symlink() {
+            match fs::read_link(dir.join(&name)) {
+                Ok(t) => Some(t),
+                Err(_) => continue,
+            }
+        } else {
+            None
+        };
+        out.push((name, Entry::from_metadata(&meta, target)));
+    }
+    Ok(out)
 }
 
 /// The order of `Path`'s `Ord` (component by component), computed on the raw bytes: for the

@@ -1,12 +1,13 @@
 //! Fuzzing the parsers of sync-core's state files with proptest (issue 7), which runs bounded
 //! inside `cargo test` on stable, as CI does (cargo-fuzz needs nightly and a runner of its own):
 //! the two-way archive, the listing line format it shares with version manifests, and the hash
-//! cache. Whatever bytes they are given, they must return a value or an error, never panic;
-//! damage must never read as a valid state that differs from what was written beyond what one
-//! edited line can say; and a damaged hash cache must never hand out a digest. Each property runs
-//! a few thousand cases; the whole file takes seconds.
+//! caches (the per-path one, and the mirror's per-directory one). Whatever bytes they are given,
+//! they must return a value or an error, never panic; damage must never read as a valid state
+//! that differs from what was written beyond what one edited line can say; and a damaged hash
+//! cache must never hand out a digest that was not written. Each property runs a few thousand
+//! cases; the whole file takes seconds.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
@@ -14,7 +15,8 @@ use std::sync::OnceLock;
 
 use proptest::prelude::*;
 use sync_core::archive;
-use sync_core::cache::{HashCache, Side};
+use sync_core::cache::{HashCache, Side, Stamp};
+use sync_core::dircache::{BlockOut, DirCache, Record};
 use sync_core::listing::{Item, Items, decode_item, encode_item};
 use sync_core::scan::{Entry, Kind, Timestamp};
 
@@ -505,5 +507,100 @@ fn text_after_the_end_line_is_refused() {
             result.is_err(),
             "archive with {tail:?} after its end line loaded as {result:?}"
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The mirror's per-directory hash cache
+
+fn stamp() -> impl Strategy<Value = Stamp> {
+    (any::<u64>(), timestamp(), timestamp(), any::<u64>()).prop_map(|(size, mtime, ctime, ino)| {
+        Stamp {
+            size,
+            mtime,
+            ctime,
+            ino,
+        }
+    })
+}
+
+/// Up to four directories, each with up to five file records sorted by name.
+fn dir_blocks() -> impl Strategy<Value = BTreeMap<Vec<u8>, Vec<Record>>> {
+    let side = || prop::option::of((stamp(), any::<[u8; 32]>()));
+    let records = prop::collection::btree_map(component(), (side(), side()), 0..5).prop_map(|m| {
+        m.into_iter()
+            .map(|(name, (src, dst))| Record {
+                name: name.into(),
+                sides: [src, dst],
+            })
+            .collect::<Vec<_>>()
+    });
+    prop::collection::btree_map(
+        prop::collection::vec(any::<u8>().prop_filter("no NUL", |b| *b != 0), 0..12),
+        records,
+        1..4,
+    )
+}
+
+fn save_blocks(path: &Path, tag: &[u8], blocks: &BTreeMap<Vec<u8>, Vec<Record>>) {
+    let _ = std::fs::remove_file(path);
+    let mut cache = DirCache::open(path.to_path_buf(), tag.to_vec());
+    let out = blocks
+        .iter()
+        .map(|(dir, records)| {
+            (
+                dir.clone().into_boxed_slice(),
+                BlockOut::New(records.clone()),
+            )
+        })
+        .collect();
+    cache.save(out, |_| false).unwrap();
+}
+
+proptest! {
+    #![proptest_config(config(CASES))]
+
+    /// Random bytes open as an empty cache.
+    #[test]
+    fn dir_cache_of_random_bytes_holds_nothing(
+        bytes in prop::collection::vec(any::<u8>(), 0..300),
+        dir in prop::collection::vec(any::<u8>(), 0..12),
+    ) {
+        let path = scratch("random.dircache");
+        std::fs::write(&path, &bytes).unwrap();
+        let cache = DirCache::open(path, b"/s\0/b".to_vec());
+        prop_assert!(cache.block(&dir).is_empty());
+    }
+
+    /// A saved cache gives back every block; damaged anywhere, each block it still gives is
+    /// exactly the one written (damage to one directory's block drops only that block).
+    #[test]
+    fn damaged_dir_cache_never_returns_a_record_not_written(
+        blocks in dir_blocks(),
+        damage in damage(),
+    ) {
+        let path = scratch("saved.dircache");
+        let tag = b"/s\0/b";
+        save_blocks(&path, tag, &blocks);
+        let good = DirCache::open(path.clone(), tag.to_vec());
+        for (dir, records) in &blocks {
+            prop_assert_eq!(&good.block(dir), records);
+        }
+        let other_pair = DirCache::open(path.clone(), b"/s\0/c".to_vec());
+        for dir in blocks.keys() {
+            prop_assert!(other_pair.block(dir).is_empty());
+        }
+
+        let saved = std::fs::read(&path).unwrap();
+        let mut bytes = saved.clone();
+        apply(&damage, &mut bytes);
+        prop_assume!(bytes != saved);
+        std::fs::write(&path, &bytes).unwrap();
+        let damaged = DirCache::open(path, tag.to_vec());
+        for (dir, records) in &blocks {
+            let got = damaged.block(dir);
+            prop_assert!(got.is_empty() || &got == records,
+                "a damaged cache ({:?}) returned other records for {:?}", damage, dir);
+        }
     }
 }

@@ -1,0 +1,241 @@
+//! The mirror pass on real directories, with proptest: whatever SOURCE and BACKUP hold (files,
+//! directories, links and FIFOs, of any kind at any name on either side), one pass leaves BACKUP
+//! equal to SOURCE (contents, link targets, modes, file and directory mtimes), leaves alone
+//! whatever lies at a name where SOURCE has a FIFO, and the next pass finds nothing to do and
+//! reads nothing. A same-size edit that keeps the mtime is still seen (by its change time).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use filetime::FileTime;
+use proptest::prelude::*;
+use sync_core::cache::HashCache;
+use sync_core::mirror::{PassOptions, mirror_pass};
+use sync_core::scan::Filter;
+
+#[derive(Debug, Clone)]
+enum Spec {
+    Dir(u32),
+    File(u8, u32),
+    Link(u8),
+    Fifo,
+}
+
+/// What a path holds, as compared between the trees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Held {
+    Dir {
+        mode: u32,
+        mtime: i64,
+    },
+    File {
+        bytes: Vec<u8>,
+        mode: u32,
+        mtime: i64,
+    },
+    Link {
+        target: PathBuf,
+        mtime: i64,
+    },
+    Fifo,
+}
+
+fn arb_tree() -> impl Strategy<Value = Vec<(Vec<u8>, Spec)>> {
+    let spec = prop_oneof![
+        3 => prop::sample::select(vec![0o755, 0o700, 0o555]).prop_map(Spec::Dir),
+        4 => (0u8..4, prop::sample::select(vec![0o644, 0o600, 0o755])).prop_map(|(c, m)| Spec::File(c, m)),
+        1 => (0u8..3).prop_map(Spec::Link),
+        1 => Just(Spec::Fifo),
+    ];
+    prop::collection::vec((prop::collection::vec(0u8..3, 1..4), spec), 0..14)
+}
+
+/// Makes the tree: each entry's missing ancestors become directories; an entry that would lie
+/// under a non-directory, or at a name already taken, is left out.
+fn build(root: &Path, raw: &[(Vec<u8>, Spec)], stamp: i64) {
+    let mut taken: BTreeMap<PathBuf, bool> = BTreeMap::new();
+    let mut dirs = Vec::new();
+    'entries: for (parts, spec) in raw {
+        let mut rel = PathBuf::new();
+        for (i, p) in parts.iter().enumerate() {
+            rel.push(["a", "b", "c"][*p as usize]);
+            let last = i + 1 == parts.len();
+            match taken.get(&rel) {
+                Some(true) if !last => continue,
+                Some(_) => continue 'entries,
+                None if !last => {
+                    fs::create_dir(root.join(&rel)).unwrap();
+                    taken.insert(rel.clone(), true);
+                    dirs.push((rel.clone(), 0o755));
+                }
+                None => {}
+            }
+        }
+        let path = root.join(&rel);
+        match spec {
+            Spec::Dir(mode) => {
+                fs::create_dir(&path).unwrap();
+                dirs.push((rel.clone(), *mode));
+            }
+            Spec::File(content, mode) => {
+                // Contents 0 and 1 have one size: telling them apart takes their digests.
+                let bytes = match content {
+                    0 => b"same size A".to_vec(),
+                    1 => b"same size B".to_vec(),
+                    2 => Vec::new(),
+                    _ => vec![7; 5000],
+                };
+                fs::write(&path, bytes).unwrap();
+                fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).unwrap();
+                let t = FileTime::from_unix_time(stamp + i64::from(*content), 0);
+                filetime::set_file_mtime(&path, t).unwrap();
+            }
+            Spec::Link(target) => {
+                std::os::unix::fs::symlink(format!("target-{target}"), &path).unwrap();
+            }
+            Spec::Fifo => {
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    &path,
+                    rustix::fs::FileType::Fifo,
+                    rustix::fs::Mode::from_raw_mode(0o644),
+                    0,
+                )
+                .unwrap();
+            }
+        }
+        taken.insert(rel, matches!(spec, Spec::Dir(_)));
+    }
+    // Deepest first: a read-only directory is finished after its content. One mtime for the
+    // directories of both trees, so that a pass must keep as well as set them.
+    for (rel, mode) in dirs.iter().rev() {
+        let path = root.join(rel);
+        filetime::set_file_mtime(&path, FileTime::from_unix_time(1_700_000_000, 0)).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).unwrap();
+    }
+}
+
+fn read_tree(root: &Path) -> BTreeMap<PathBuf, Held> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for item in fs::read_dir(root.join(&rel)).unwrap() {
+            let item = item.unwrap();
+            let child = rel.join(item.file_name());
+            let meta = fs::symlink_metadata(item.path()).unwrap();
+            let ft = meta.file_type();
+            let held = if ft.is_dir() {
+                stack.push(child.clone());
+                Held::Dir {
+                    mode: meta.mode() & 0o7777,
+                    mtime: meta.mtime(),
+                }
+            } else if ft.is_file() {
+                Held::File {
+                    bytes: fs::read(item.path()).unwrap(),
+                    mode: meta.mode() & 0o7777,
+                    mtime: meta.mtime(),
+                }
+            } else if ft.is_symlink() {
+                Held::Link {
+                    target: fs::read_link(item.path()).unwrap(),
+                    mtime: meta.mtime(),
+                }
+            } else {
+                Held::Fifo
+            };
+            out.insert(child, held);
+        }
+    }
+    out
+}
+
+/// BACKUP after a pass: SOURCE, except that at and under a name where SOURCE has a FIFO,
+/// BACKUP keeps what it had.
+fn expected(
+    src: &BTreeMap<PathBuf, Held>,
+    dst: &BTreeMap<PathBuf, Held>,
+) -> BTreeMap<PathBuf, Held> {
+    let fifos: Vec<&PathBuf> = src
+        .iter()
+        .filter(|(_, h)| **h == Held::Fifo)
+        .map(|(p, _)| p)
+        .collect();
+    let mut out: BTreeMap<PathBuf, Held> = src
+        .iter()
+        .filter(|(_, h)| **h != Held::Fifo)
+        .map(|(p, h)| (p.clone(), h.clone()))
+        .collect();
+    for (p, h) in dst {
+        if fifos.iter().any(|f| p.starts_with(f)) {
+            out.insert(p.clone(), h.clone());
+        }
+    }
+    out
+}
+
+fn options(source: &Path, backup: &Path) -> PassOptions {
+    PassOptions {
+        source: source.to_path_buf(),
+        backup: backup.to_path_buf(),
+        filter: Filter::new(&[]).unwrap(),
+        dry_run: false,
+        checksum: false,
+        force: true,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn one_pass_makes_backup_equal_source_and_the_next_finds_nothing(
+        src in arb_tree(),
+        dst in arb_tree(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, b) = (dir.path().join("s"), dir.path().join("b"));
+        fs::create_dir(&s).unwrap();
+        fs::create_dir(&b).unwrap();
+        build(&s, &src, 1_600_000_000);
+        build(&b, &dst, 1_500_000_000);
+        let want = expected(&read_tree(&s), &read_tree(&b));
+
+        let opts = options(&s, &b);
+        let mut cache = HashCache::in_memory();
+        let first = mirror_pass(&opts, &mut cache).unwrap();
+        prop_assert_eq!(first.errors, 0);
+        prop_assert_eq!(&read_tree(&b), &want);
+
+        let second = mirror_pass(&opts, &mut cache).unwrap();
+        prop_assert_eq!((second.operations, second.errors, second.hashed), (0, 0, 0));
+        prop_assert_eq!(&read_tree(&b), &want);
+    }
+}
+
+#[test]
+fn same_size_edit_with_the_old_mtime_is_copied() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, b) = (dir.path().join("s"), dir.path().join("b"));
+    fs::create_dir_all(s.join("d")).unwrap();
+    fs::create_dir(&b).unwrap();
+    let file = s.join("d/f");
+    fs::write(&file, b"before").unwrap();
+    let opts = options(&s, &b);
+    let mut cache = HashCache::in_memory();
+    mirror_pass(&opts, &mut cache).unwrap();
+    let again = mirror_pass(&opts, &mut cache).unwrap();
+    assert_eq!(
+        (again.operations, again.hashed, again.cache_hits),
+        (0, 0, 2)
+    );
+
+    let mtime = FileTime::from_last_modification_time(&fs::metadata(&file).unwrap());
+    fs::write(&file, b"after!").unwrap();
+    filetime::set_file_mtime(&file, mtime).unwrap();
+    let third = mirror_pass(&opts, &mut cache).unwrap();
+    assert_eq!(third.operations, 1);
+    assert_eq!(fs::read(b.join("d/f")).unwrap(), b"after!");
+}
