@@ -62,7 +62,10 @@ def main():
     if os.waitstatus_to_exitcode(status) != 0:
         print(f"command failed: {sys.argv[1:]}", file=sys.stderr)
         return 1
-    print(f"max_single_kib={usage.ru_maxrss} sum_of_peaks_kib={sum(peaks.values())} "
+    # Not wait4's ru_maxrss: the child was forked from this Python process, and ru_maxrss keeps
+    # the high-water mark it had before exec (Python's own size). VmHWM starts afresh at exec.
+    del usage
+    print(f"max_single_kib={max(peaks.values(), default=0)} sum_of_peaks_kib={sum(peaks.values())} "
           f"processes={len(peaks)}")
     return 0
 
