@@ -1,23 +1,29 @@
-//! The mirror's hash cache, stored one block per directory: a pass reads the block of each
-//! directory as it reaches it and keeps in memory only the blocks it changes, so the memory a
-//! pass needs does not grow with the number of files in the tree.
+//! The hash cache of mirror and two-way passes, stored one block per directory: a pass reads
+//! the block of each directory as it reaches it and keeps in memory only the blocks it
+//! changes, so the cache costs a pass no memory per file. Also what a pass learns while it
+//! copies ([`Learner`]), and the digests of whole scanned trees ([`tree_digests`]).
 //!
 //! File layout: a header (magic, the pair's tag), the blocks, an index (directory → offset,
 //! length and a SHA-256 prefix of the block), the index's offset, and a SHA-256 of header and
 //! index. A damaged index drops the whole cache, a damaged block only its directory; being a
 //! cache, neither ever decides anything on its own.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
 
 use checksum::Digest;
+use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 use sha2::{Digest as _, Sha256};
 
-use crate::cache::Stamp;
-use crate::scan::Timestamp;
+use crate::cache::{Side, Stamp, Timestamps, is_racy};
+use crate::scan::{Entry, Kind, Timestamp, Tree};
 
 const MAGIC: &[u8; 8] = b"DSYNCDC1";
 /// Bytes of SHA-256 kept per block: enough to catch damage, which is all they are for.
@@ -28,14 +34,16 @@ const DST: u8 = 2;
 /// The BACKUP digest equals the SOURCE one and is not stored twice (the usual case).
 const SAME: u8 = 4;
 
-/// What is known of one file name in a directory, per side (SOURCE, BACKUP): the stamp it
-/// had when hashed and its digest.
+/// A file's stamp when it was hashed, and its digest.
+pub type Known = (Stamp, Digest);
+
+/// What is known of one file name in a directory, per side (SOURCE, BACKUP).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// The file's name (raw bytes).
     pub name: Box<[u8]>,
     /// SOURCE and BACKUP.
-    pub sides: [Option<(Stamp, Digest)>; 2],
+    pub sides: [Option<Known>; 2],
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -248,6 +256,255 @@ impl DirCache {
         self.damaged = false;
         self.reopen();
         Ok(())
+    }
+}
+
+/// A digest learnt while applying a pass, waiting to be put in its directory's block.
+struct Learnt {
+    side: Side,
+    rel: PathBuf,
+    stamp: Stamp,
+    digest: Digest,
+}
+
+/// Collects the digests a pass learns while it copies (safe to share between workers), and
+/// says which digests taken from a stamp can be trusted now.
+pub struct Learner {
+    stamps: [Timestamps; 2],
+    learnt: Mutex<Vec<Learnt>>,
+}
+
+impl Learner {
+    /// For the roots `source` and `backup`, whose file systems decide which digests may be
+    /// remembered.
+    pub fn new(source: &Path, backup: &Path) -> Learner {
+        Learner {
+            stamps: [Timestamps::of(source), Timestamps::of(backup)],
+            learnt: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// How the file system of `side` stamps changes.
+    pub fn stamps(&self, side: Side) -> Timestamps {
+        self.stamps[side as usize]
+    }
+
+    /// True if a digest of `entry` taken from its stamp can be trusted now (see [`is_racy`]).
+    pub fn trusted(&self, side: Side, entry: &Entry) -> bool {
+        !is_racy(entry, SystemTime::now(), self.stamps(side))
+    }
+
+    /// Remembers that `rel` on `side`, as `entry`, has `digest`. `hashed_at` is when reading
+    /// began, or `None` for a file this pass wrote itself; a file changed within a timestamp
+    /// tick of being read is not remembered (see [`is_racy`]).
+    pub fn learn(
+        &self,
+        side: Side,
+        rel: &Path,
+        entry: &Entry,
+        digest: Digest,
+        hashed_at: Option<SystemTime>,
+    ) {
+        if hashed_at.is_some_and(|t| is_racy(entry, t, self.stamps(side))) {
+            return;
+        }
+        self.learnt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Learnt {
+                side,
+                rel: rel.to_path_buf(),
+                stamp: Stamp::of(entry),
+                digest,
+            });
+    }
+
+    /// Puts what was learnt into the blocks of the directories concerned (read from `cache`
+    /// where the pass kept a block as it was).
+    pub fn record_into(self, blocks: &mut Vec<(Box<[u8]>, BlockOut)>, cache: &DirCache) {
+        let learnt = self.learnt.into_inner().unwrap_or_else(|e| e.into_inner());
+        if learnt.is_empty() {
+            return;
+        }
+        let mut at: FxHashMap<Box<[u8]>, usize> = blocks
+            .iter()
+            .enumerate()
+            .map(|(i, (dir, _))| (dir.clone(), i))
+            .collect();
+        for l in learnt {
+            let dir = l
+                .rel
+                .parent()
+                .map_or(&b""[..], |p| p.as_os_str().as_bytes());
+            let Some(name) = l.rel.file_name() else {
+                continue;
+            };
+            let i = *at.entry(dir.into()).or_insert_with(|| {
+                blocks.push((dir.into(), BlockOut::Keep));
+                blocks.len() - 1
+            });
+            let out = &mut blocks[i].1;
+            if let BlockOut::Keep = out {
+                *out = BlockOut::New(cache.block(dir));
+            }
+            let BlockOut::New(records) = out else {
+                unreachable!("made new just above")
+            };
+            let name = name.as_bytes();
+            let k = match records.binary_search_by(|r| (*r.name).cmp(name)) {
+                Ok(k) => k,
+                Err(k) => {
+                    records.insert(
+                        k,
+                        Record {
+                            name: name.into(),
+                            sides: [None, None],
+                        },
+                    );
+                    k
+                }
+            };
+            records[k].sides[l.side as usize] = Some((l.stamp, l.digest));
+        }
+    }
+}
+
+/// The digests of every file of two scanned trees, by path bytes, per side.
+pub struct TreeDigests<'t> {
+    /// SOURCE and BACKUP: relative path → digest, for every file that could be read.
+    pub sides: [FxHashMap<&'t [u8], Digest>; 2],
+    /// Files that could not be read.
+    pub failed: Vec<(Side, &'t Path, io::Error)>,
+    /// How each directory's block ends, for [`DirCache::save`].
+    pub blocks: Vec<(Box<[u8]>, BlockOut)>,
+    /// Files read.
+    pub hashed: u64,
+    /// Digests taken from the cache.
+    pub cache_hits: u64,
+}
+
+/// Digests every file of `trees` (SOURCE, BACKUP, under `roots`): from `cache` while a file's
+/// stamp is unchanged, otherwise read, directory by directory in parallel (and the files of
+/// one directory in parallel when several must be read).
+pub fn tree_digests<'t>(
+    cache: &DirCache,
+    learner: &Learner,
+    roots: [&Path; 2],
+    trees: [&'t Tree; 2],
+) -> TreeDigests<'t> {
+    /// Per side: path, name (its last component) and entry.
+    type Files<'t> = [Vec<(&'t Path, &'t [u8], &'t Entry)>; 2];
+    let mut by_dir: FxHashMap<&'t [u8], Files<'t>> = FxHashMap::default();
+    let mut files = [0; 2];
+    for (side, tree) in trees.iter().enumerate() {
+        for (rel, entry) in &tree.entries {
+            if entry.kind == Kind::File {
+                let (dir, name) = split_dir(rel);
+                by_dir.entry(dir).or_default()[side].push((rel.as_path(), name, entry));
+                files[side] += 1;
+            }
+        }
+    }
+    let sides = [Side::Source, Side::Backup];
+    let per_dir: Vec<_> = by_dir
+        .into_par_iter()
+        .map(|(dir, files)| {
+            let old = cache.block(dir);
+            let mut hits = 0u64;
+            let mut records: BTreeMap<&[u8], [Option<Known>; 2]> = BTreeMap::new();
+            let mut found = Vec::new();
+            let mut reads = Vec::new();
+            for side in sides {
+                for &(rel, name, entry) in &files[side as usize] {
+                    let hit = old
+                        .binary_search_by(|r| (*r.name).cmp(name))
+                        .ok()
+                        .and_then(|i| old[i].sides[side as usize])
+                        .filter(|(stamp, _)| *stamp == Stamp::of(entry));
+                    match hit {
+                        Some(known) => {
+                            hits += 1;
+                            records.entry(name).or_default()[side as usize] = Some(known);
+                            found.push((side, rel, Ok(known.1)));
+                        }
+                        None => reads.push((side, rel, entry, name)),
+                    }
+                }
+            }
+            let read = |&(side, rel, entry, name): &(Side, &'t Path, &'t Entry, &'t [u8])| {
+                let started = SystemTime::now();
+                let result = checksum::file_digest(&roots[side as usize].join(rel));
+                let cacheable = !is_racy(entry, started, learner.stamps(side));
+                (side, rel, entry, name, result, cacheable)
+            };
+            let results: Vec<_> = if reads.len() > 1 {
+                reads.par_iter().map(read).collect()
+            } else {
+                reads.iter().map(read).collect()
+            };
+            let hashed = results.len() as u64;
+            let stored = old.iter().flat_map(|r| r.sides.iter().flatten()).count();
+            if reads.is_empty() && stored as u64 == hits {
+                // Every file came from the cache, and the block holds nothing else.
+                let keep = Some(BlockOut::Keep);
+                return (dir, keep, found, hits, hashed);
+            }
+            for (side, rel, entry, name, result, cacheable) in results {
+                if let (Ok(digest), true) = (&result, cacheable) {
+                    records.entry(name).or_default()[side as usize] =
+                        Some((Stamp::of(entry), *digest));
+                }
+                found.push((side, rel, result));
+            }
+            let records: Vec<Record> = records
+                .into_iter()
+                .map(|(name, sides)| Record {
+                    name: name.into(),
+                    sides,
+                })
+                .collect();
+            let block = if records == old {
+                BlockOut::Keep
+            } else {
+                BlockOut::New(records)
+            };
+            let keep = !matches!(&block, BlockOut::New(r) if r.is_empty()) || cache.has(dir);
+            (dir, keep.then_some(block), found, hits, hashed)
+        })
+        .collect();
+
+    let mut out = TreeDigests {
+        sides: files.map(|n| FxHashMap::with_capacity_and_hasher(n, Default::default())),
+        failed: Vec::new(),
+        blocks: Vec::new(),
+        hashed: 0,
+        cache_hits: 0,
+    };
+    for (dir, block, found, hits, hashed) in per_dir {
+        if let Some(block) = block {
+            out.blocks.push((dir.into(), block));
+        }
+        out.cache_hits += hits;
+        out.hashed += hashed;
+        for (side, rel, result) in found {
+            match result {
+                Ok(digest) => {
+                    out.sides[side as usize].insert(rel.as_os_str().as_bytes(), digest);
+                }
+                Err(err) => out.failed.push((side, rel, err)),
+            }
+        }
+    }
+    out
+}
+
+/// A relative path's directory and last component, as bytes (relative paths of a scan have
+/// no trailing `/`, so the last `/` separates them).
+fn split_dir(rel: &Path) -> (&[u8], &[u8]) {
+    let bytes = rel.as_os_str().as_bytes();
+    match bytes.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&bytes[..i], &bytes[i + 1..]),
+        None => (&b""[..], bytes),
     }
 }
 

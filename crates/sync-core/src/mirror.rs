@@ -13,8 +13,8 @@ use std::time::SystemTime;
 use checksum::Digest;
 use rayon::prelude::*;
 
-use crate::cache::{HashCache, Side, Stamp, Timestamps, is_racy};
-use crate::dircache::{BlockOut, DirCache, Record};
+use crate::cache::{HashCache, Side, Stamp, is_racy};
+use crate::dircache::{BlockOut, DirCache, Learner, Record};
 use crate::display::Escaped;
 use crate::error::Error;
 use crate::fsops::{self, OpError, TEMP_PREFIX};
@@ -214,7 +214,8 @@ struct Pair<'l> {
 struct Walk<'a> {
     opts: &'a PassOptions,
     cache: &'a DirCache,
-    stamps: [Timestamps; 2],
+    /// Decides which digests may be remembered; what the copies learn goes here later.
+    learner: Learner,
     found: Mutex<Found>,
     hashed: AtomicU64,
     cache_hits: AtomicU64,
@@ -386,7 +387,7 @@ impl Walk<'_> {
                 i,
                 side,
                 result,
-                !is_racy(entry, started, self.stamps[side as usize]),
+                !is_racy(entry, started, self.learner.stamps(side)),
             )
         };
         let results: Vec<_> = if reads.len() > 1 {
@@ -605,19 +606,10 @@ impl Counters {
     }
 }
 
-/// A digest learnt while applying, for the cache.
-struct Learnt {
-    side: Side,
-    rel: PathBuf,
-    stamp: Stamp,
-    digest: Digest,
-}
-
 struct Pass<'a> {
     opts: &'a PassOptions,
-    stamps: [Timestamps; 2],
     counters: Counters,
-    learnt: Mutex<Vec<Learnt>>,
+    learner: Learner,
     /// Paths whose creation or removal failed: nothing is done beneath them this pass, so a
     /// link left where a directory should be is never written through.
     failed: Mutex<HashSet<PathBuf>>,
@@ -671,31 +663,6 @@ impl Pass<'_> {
         }
     }
 
-    /// Remembers a digest for the cache. `hashed_at` is when reading began, or `None` for a
-    /// file this pass wrote itself; a file changed within a timestamp tick of being read is
-    /// not remembered (see [`is_racy`]).
-    fn learn(
-        &self,
-        side: Side,
-        rel: &Path,
-        entry: &Entry,
-        digest: Digest,
-        hashed_at: Option<SystemTime>,
-    ) {
-        if hashed_at.is_some_and(|t| is_racy(entry, t, self.stamps[side as usize])) {
-            return;
-        }
-        self.learnt
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Learnt {
-                side,
-                rel: rel.to_path_buf(),
-                stamp: Stamp::of(entry),
-                digest,
-            });
-    }
-
     fn execute(&self, op: &Op) {
         if signal::stop_requested() {
             return;
@@ -725,7 +692,7 @@ impl Pass<'_> {
                 let started = SystemTime::now();
                 // A digest hashed or cached this pass lets the kernel copy the bytes unread.
                 let content = match known {
-                    Some(digest) if !is_racy(from, started, self.stamps[0]) => {
+                    Some(digest) if !is_racy(from, started, self.learner.stamps(Side::Source)) => {
                         fsops::Content::Known {
                             entry: from,
                             digest: *digest,
@@ -736,8 +703,10 @@ impl Pass<'_> {
                 };
                 fsops::copy_file(&self.opts.source.join(rel), &dst, replace.as_ref(), content).map(
                     |c| {
-                        self.learn(Side::Source, rel, &c.source, c.digest, Some(started));
-                        self.learn(Side::Backup, rel, &c.destination, c.digest, None);
+                        self.learner
+                            .learn(Side::Source, rel, &c.source, c.digest, Some(started));
+                        self.learner
+                            .learn(Side::Backup, rel, &c.destination, c.digest, None);
                     },
                 )
             }
@@ -755,7 +724,7 @@ impl Pass<'_> {
                 ..
             } => fsops::set_metadata(&dst, seen, *mode, *mtime).map(|now| {
                 if let Some(d) = digest {
-                    self.learn(Side::Backup, rel, &now, *d, None);
+                    self.learner.learn(Side::Backup, rel, &now, *d, None);
                 }
             }),
         };
@@ -805,7 +774,7 @@ pub fn mirror_pass(opts: &PassOptions, cache: &mut HashCache) -> Result<PassStat
     let walk = Walk {
         opts,
         cache: dir_cache,
-        stamps: [Timestamps::of(&opts.source), Timestamps::of(&opts.backup)],
+        learner: Learner::new(&opts.source, &opts.backup),
         found: Mutex::new(Found::default()),
         hashed: AtomicU64::new(0),
         cache_hits: AtomicU64::new(0),
@@ -843,7 +812,7 @@ pub fn mirror_pass(opts: &PassOptions, cache: &mut HashCache) -> Result<PassStat
         backup_files,
         removed_files,
         backup_has_content,
-        stamps,
+        learner,
         ..
     } = walk;
     let mut found = found.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -877,12 +846,11 @@ pub fn mirror_pass(opts: &PassOptions, cache: &mut HashCache) -> Result<PassStat
 
     let pass = Pass {
         opts,
-        stamps,
         counters: Counters {
             operations: AtomicU64::new(0),
             errors,
         },
-        learnt: Mutex::new(Vec::new()),
+        learner,
         failed: Mutex::new(HashSet::new()),
         dirty: Mutex::new(HashSet::new()),
     };
@@ -912,8 +880,7 @@ pub fn mirror_pass(opts: &PassOptions, cache: &mut HashCache) -> Result<PassStat
     apply(&pass, &found);
 
     let stats = stats(&pass, signal::stop_requested());
-    let learnt = pass.learnt.into_inner().unwrap_or_else(|e| e.into_inner());
-    record_learnt(&mut found.blocks, learnt, dir_cache);
+    pass.learner.record_into(&mut found.blocks, dir_cache);
     let protected = std::mem::take(&mut found.protected);
     let under_protected = |dir: &[u8]| {
         protected.iter().any(|p| {
@@ -931,53 +898,6 @@ pub fn mirror_pass(opts: &PassOptions, cache: &mut HashCache) -> Result<PassStat
         log::warn!("cannot flush BACKUP {}: {err}", opts.backup.display());
     }
     Ok(stats)
-}
-
-/// Puts the digests learnt while applying into the blocks of their directories.
-fn record_learnt(blocks: &mut Vec<(Box<[u8]>, BlockOut)>, learnt: Vec<Learnt>, cache: &DirCache) {
-    if learnt.is_empty() {
-        return;
-    }
-    let mut at: rustc_hash::FxHashMap<Box<[u8]>, usize> = blocks
-        .iter()
-        .enumerate()
-        .map(|(i, (dir, _))| (dir.clone(), i))
-        .collect();
-    for l in learnt {
-        let dir = l
-            .rel
-            .parent()
-            .map_or(&b""[..], |p| p.as_os_str().as_bytes());
-        let Some(name) = l.rel.file_name() else {
-            continue;
-        };
-        let i = *at.entry(dir.into()).or_insert_with(|| {
-            blocks.push((dir.into(), BlockOut::Keep));
-            blocks.len() - 1
-        });
-        let out = &mut blocks[i].1;
-        if let BlockOut::Keep = out {
-            *out = BlockOut::New(cache.block(dir));
-        }
-        let BlockOut::New(records) = out else {
-            unreachable!("made new just above")
-        };
-        let name = name.as_bytes();
-        let k = match records.binary_search_by(|r| (*r.name).cmp(name)) {
-            Ok(k) => k,
-            Err(k) => {
-                records.insert(
-                    k,
-                    Record {
-                        name: name.into(),
-                        sides: [None, None],
-                    },
-                );
-                k
-            }
-        };
-        records[k].sides[l.side as usize] = Some((l.stamp, l.digest));
-    }
 }
 
 fn apply(pass: &Pass<'_>, found: &Found) {

@@ -176,6 +176,17 @@ impl Filter {
         self.exact.insert(rel);
     }
 
+    /// True if `name`, a child of the directory `dir` (relative to the root), is left alone.
+    /// Builds the child's path only when a rule needs it (patterns with `/`, exact paths).
+    pub fn excludes_child(&self, dir: &Path, name: &OsStr) -> bool {
+        if self.paths.is_empty() && self.exact.is_empty() {
+            self.names.is_match(Path::new(name))
+                || (self.temp_names && crate::fsops::is_temp_name(name))
+        } else {
+            self.excludes(&dir.join(name), name)
+        }
+    }
+
     /// True if `rel` (whose last component is `name`) is left alone.
     pub fn excludes(&self, rel: &Path, name: &OsStr) -> bool {
         self.names.is_match(Path::new(name))
@@ -294,7 +305,7 @@ fn read_listing(
         // A listing that breaks off half-way is as unknown as one that never started.
         let item = item?;
         let name = item.file_name();
-        if filter.excludes(&rel.join(&name), &name) {
+        if filter.excludes_child(rel, &name) {
             continue;
         }
         let meta = match item.metadata() {

@@ -11,10 +11,10 @@ use rayon::prelude::*;
 
 use crate::archive;
 use crate::cache::{HashCache, Side};
+use crate::dircache::{Learner, tree_digests};
 use crate::display::Escaped;
 use crate::error::Error;
 use crate::fsops::{self, OpError};
-use crate::hashing::Digests;
 use crate::listing::{Item, Items};
 use crate::mirror::PassStats;
 use crate::reconcile::{Plan, Policy, Step, Verdict, reconcile};
@@ -63,11 +63,11 @@ fn other(side: Side) -> Side {
     }
 }
 
-/// Turns a scanned tree and its digests into the items reconcile compares. Files whose digest
-/// is missing (unreadable) are left out; the caller protects their paths.
 /// Digests of one side's files by path bytes (hashing a `Path` walks its components).
 type SideDigests<'a> = rustc_hash::FxHashMap<&'a [u8], checksum::Digest>;
 
+/// Turns a scanned tree and its digests into the items reconcile compares. Files whose digest
+/// is missing (unreadable) are left out; the caller protects their paths.
 fn items_of(tree: &Tree, digests: &SideDigests<'_>) -> Items {
     tree.entries
         .iter()
@@ -94,50 +94,32 @@ fn items_of(tree: &Tree, digests: &SideDigests<'_>) -> Items {
         .collect()
 }
 
-/// The digests of one side's files (cached or read); a file that cannot be read is logged,
-/// counted in `read_errors`, and left out.
-fn hash_files<'t>(
-    opts: &TwowayOptions,
-    digests: &Digests<'_>,
-    read_errors: &AtomicU64,
-    side: Side,
-    tree: &'t Tree,
-) -> SideDigests<'t> {
-    let root = opts.root(side);
-    tree.entries
-        .par_iter()
-        .filter(|(_, e)| e.kind == Kind::File)
-        .filter_map(|(rel, e)| match digests.digest(side, root, rel, e) {
-            Ok(d) => Some((rel.as_os_str().as_encoded_bytes(), d)),
-            Err(err) => {
-                log::error!("cannot read {} in {}: {err}", Escaped(rel), side_name(side));
-                read_errors.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-        })
-        .collect()
-}
-
 /// Runs one two-way pass between `opts.source` and `opts.backup`.
 ///
 /// Fails (changing nothing) if a root cannot be listed, the archive is damaged, or a
 /// refusal of SPEC §8 applies without `force`. Per-entry faults are logged and counted; their
 /// archive entries stay as they were, so they are retried next pass.
 pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassStats, Error> {
-    let archived = archive::load(&opts.archive, &opts.source, &opts.backup)?;
     // Before the scan, so that a killed pass's half-written files are gone rather than
     // taken for the user's.
     let journal = opts.archive.with_extension("pending");
     for path in fsops::remove_journaled_leftovers(&journal) {
         log::info!("removed leftover temporary file {}", path.display());
     }
+    // The archive is parsed while the trees are scanned: the scan waits on the file system
+    // more than it computes.
+    let (archived, (src, dst)) = rayon::join(
+        || archive::load(&opts.archive, &opts.source, &opts.backup),
+        || {
+            rayon::join(
+                || scan::scan(&opts.source, "SOURCE", &opts.filter),
+                || scan::scan(&opts.backup, "BACKUP", &opts.filter),
+            )
+        },
+    );
+    let archived = archived?;
     let first_pass = archived.is_none();
     let archived = archived.unwrap_or_default();
-
-    let (src, dst) = rayon::join(
-        || scan::scan(&opts.source, "SOURCE", &opts.filter),
-        || scan::scan(&opts.backup, "BACKUP", &opts.filter),
-    );
     let (src, dst) = (src?, dst?);
 
     let mut stats = PassStats {
@@ -169,15 +151,26 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
 
     refuse_empty_side(opts, &src, &dst, &archived)?;
 
-    let digests = Digests::new(cache, false, &opts.source, &opts.backup);
-    let read_errors = AtomicU64::new(0);
-    let hash_side = |side: Side, tree| hash_files(opts, &digests, &read_errors, side, tree);
-    let (src_digests, dst_digests) = rayon::join(
-        || hash_side(Side::Source, &src),
-        || hash_side(Side::Backup, &dst),
+    let dir_cache = cache.per_directory();
+    let learner = Learner::new(&opts.source, &opts.backup);
+    let digests = tree_digests(
+        dir_cache,
+        &learner,
+        [&opts.source, &opts.backup],
+        [&src, &dst],
     );
-    stats.errors += read_errors.into_inner();
-    for (tree, d) in [(&src, &src_digests), (&dst, &dst_digests)] {
+    for (side, rel, err) in &digests.failed {
+        log::error!(
+            "cannot read {} in {}: {err}",
+            Escaped(rel),
+            side_name(*side)
+        );
+        stats.errors += 1;
+    }
+    stats.hashed = digests.hashed;
+    stats.cache_hits = digests.cache_hits;
+    let [src_digests, dst_digests] = &digests.sides;
+    for (tree, d) in [(&src, src_digests), (&dst, dst_digests)] {
         for (rel, e) in &tree.entries {
             if e.kind == Kind::File && !d.contains_key(rel.as_os_str().as_encoded_bytes()) {
                 // Unknown content decides nothing: the path waits for a pass that can read it.
@@ -185,8 +178,10 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
             }
         }
     }
-    let src_items = items_of(&src, &src_digests);
-    let dst_items = items_of(&dst, &dst_digests);
+    let (src_items, dst_items) = rayon::join(
+        || items_of(&src, src_digests),
+        || items_of(&dst, dst_digests),
+    );
 
     let stamp = jiff::ZonedDateTime::now()
         .strftime("%Y%m%d-%H%M%S")
@@ -225,8 +220,6 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
             log::info!("dry run: {}", describe(step));
             stats.operations += 1;
         }
-        stats.hashed = digests.hashed();
-        stats.cache_hits = digests.cache_hits();
         return Ok(stats);
     }
     if first_pass {
@@ -244,7 +237,7 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
         opts,
         src: &src,
         dst: &dst,
-        digests: &digests,
+        learner: &learner,
         failed: Mutex::new(HashSet::new()),
         operations: AtomicU64::new(0),
         errors: AtomicU64::new(0),
@@ -254,30 +247,30 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
     fsops::end_temp_journal(&journal);
     stats.operations += applier.operations.load(Ordering::Relaxed);
     stats.errors += applier.errors.load(Ordering::Relaxed);
-    stats.hashed = digests.hashed();
-    stats.cache_hits = digests.cache_hits();
     stats.interrupted = signal::stop_requested();
     let failed = applier
         .failed
         .into_inner()
         .unwrap_or_else(|e| e.into_inner());
 
-    let learnt = digests.finish();
-    learnt.record_into(cache);
-    cache.retain_live(
-        Side::Source,
-        src.entries
-            .keys()
-            .chain(plan.finals.keys())
-            .map(PathBuf::as_path),
-    );
-    cache.retain_live(
-        Side::Backup,
-        dst.entries
-            .keys()
-            .chain(plan.finals.keys())
-            .map(PathBuf::as_path),
-    );
+    let mut blocks = digests.blocks;
+    learner.record_into(&mut blocks, dir_cache);
+    let unlistable: Vec<&[u8]> = src
+        .unlistable
+        .iter()
+        .chain(&dst.unlistable)
+        .map(|(rel, _)| rel.as_os_str().as_encoded_bytes())
+        .collect();
+    // Blocks of directories the pass could not see into are kept for a later pass.
+    let unseen = |dir: &[u8]| {
+        unlistable.iter().any(|u| {
+            dir.strip_prefix(*u)
+                .is_some_and(|rest| rest.is_empty() || rest[0] == b'/')
+        })
+    };
+    if let Err(err) = dir_cache.save(blocks, unseen) {
+        log::warn!("cannot save the hash cache: {err}");
+    }
 
     // The archive is written only when a pass completes, and records what was really done:
     // a path whose step failed keeps its old entry, so the next pass tries again.
@@ -448,7 +441,7 @@ struct Applier<'a> {
     opts: &'a TwowayOptions,
     src: &'a Tree,
     dst: &'a Tree,
-    digests: &'a Digests<'a>,
+    learner: &'a Learner,
     /// Paths whose step failed: their archive entries stay, and nothing is done beneath them.
     failed: Mutex<HashSet<PathBuf>>,
     operations: AtomicU64,
@@ -562,7 +555,7 @@ impl Applier<'_> {
                 // conflict copy is read from the name it was just moved to, and hashed).
                 let scanned = self.seen_entry(other(side), from).filter(|_| from == rel);
                 let content = match scanned {
-                    Some(entry) if self.digests.trusted(other(side), entry) => {
+                    Some(entry) if self.learner.trusted(other(side), entry) => {
                         fsops::Content::Known {
                             entry,
                             digest: *digest,
@@ -572,9 +565,9 @@ impl Applier<'_> {
                     _ => fsops::Content::Hash(Some(digest)),
                 };
                 fsops::copy_file(&from_path, &path, expected, content).map(|c| {
-                    self.digests
+                    self.learner
                         .learn(other(side), from, &c.source, c.digest, Some(started));
-                    self.digests
+                    self.learner
                         .learn(side, rel, &c.destination, c.digest, None);
                 })
             }
@@ -599,7 +592,7 @@ impl Applier<'_> {
                         ..
                     },
                 ) => fsops::set_metadata(&path, entry, *mode, *mtime).map(|now| {
-                    self.digests.learn(side, rel, &now, *digest, None);
+                    self.learner.learn(side, rel, &now, *digest, None);
                 }),
                 (Some(entry), Item::Symlink { mtime, .. }) => {
                     fsops::set_metadata(&path, entry, entry.mode, *mtime).map(drop)
