@@ -24,8 +24,11 @@ use sha2::{Digest as _, Sha256};
 /// A raw SHA-256 digest.
 pub type Digest = [u8; 32];
 
-/// Read buffer size: large enough to amortise syscalls, small enough to live on any machine.
-const BUF_SIZE: usize = 256 * 1024;
+/// Read buffer size: the fastest measured on the benchmark machine for files in the page cache
+/// (against 64 KiB, 128 KiB, 256 KiB and 4 MiB): large enough to amortise syscalls, small
+/// enough to stay in a core's L2 cache between the kernel's copy and the hash. (A buffer
+/// reused across files measured slower than a fresh one per file.)
+const BUF_SIZE: usize = 1024 * 1024;
 
 /// An error from [`directory_checksum`]; every variant names the path it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -59,10 +62,14 @@ pub enum Error {
 /// # Errors
 ///
 /// Fails with the first error `reader` returns other than [`io::ErrorKind::Interrupted`].
-pub fn digest_reader(mut reader: impl Read) -> io::Result<Digest> {
+pub fn digest_reader(reader: impl Read) -> io::Result<Digest> {
+    digest_with_buffer(reader, BUF_SIZE)
+}
+
+fn digest_with_buffer(mut reader: impl Read, capacity: usize) -> io::Result<Digest> {
     let mut hasher = Sha256::new();
-    // On the heap: 256 KiB on the stack could overflow a small thread stack.
-    let mut buf = vec![0u8; BUF_SIZE];
+    // On the heap: 1 MiB on the stack could overflow a small thread stack.
+    let mut buf = vec![0u8; capacity];
     loop {
         match reader.read(&mut buf) {
             Ok(0) => break,
@@ -84,7 +91,13 @@ pub fn digest_reader(mut reader: impl Read) -> io::Result<Digest> {
 /// Fails if `path` cannot be opened or read (it does not exist, permission is denied, it is a
 /// directory, ...).
 pub fn file_digest(path: &Path) -> io::Result<Digest> {
-    digest_reader(File::open(path)?)
+    let file = File::open(path)?;
+    // A small file gets a buffer its size (plus the byte that shows the end): clearing a
+    // large one for each of thousands of small files costs more than hashing them.
+    let capacity = file.metadata().map_or(BUF_SIZE, |m| {
+        usize::try_from(m.len().saturating_add(1)).map_or(BUF_SIZE, |n| n.clamp(4096, BUF_SIZE))
+    });
+    digest_with_buffer(file, capacity)
 }
 
 /// Lowercase hex SHA-256 of the content of the file at `path`: the seed's `file_checksum`.
