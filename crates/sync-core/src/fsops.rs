@@ -288,7 +288,11 @@ pub fn copy_file(
             exact,
         } => {
             if before.unchanged_since(entry) {
-                io::copy(&mut input, staged.file_mut()).map_err(write_err(dst))?;
+                if before.size < KERNEL_COPY_FROM {
+                    copy_through_buffer(&mut input, staged.file_mut(), before.size, src, dst)?;
+                } else {
+                    io::copy(&mut input, staged.file_mut()).map_err(write_err(dst))?;
+                }
                 (digest, None)
             } else {
                 let copied = copy_and_hash(&mut input, staged.file_mut(), before.size, src, dst)?;
@@ -317,6 +321,39 @@ pub fn copy_file(
         source: before,
         destination,
     })
+}
+
+/// Files from this size on are copied by the kernel (`copy_file_range`, which `io::copy`
+/// uses between files); below it, one read and one write cost less than its setup.
+const KERNEL_COPY_FROM: u64 = 1024 * 1024;
+
+fn copy_through_buffer(
+    input: &mut File,
+    output: &mut File,
+    size_hint: u64,
+    src: &Path,
+    dst: &Path,
+) -> Result<(), OpError> {
+    let mut buf = vec![
+        0u8;
+        (size_hint as usize)
+            .saturating_add(1)
+            .clamp(4096, 256 * 1024)
+    ];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(source) => {
+                return Err(OpError::Read {
+                    path: src.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        output.write_all(&buf[..n]).map_err(write_err(dst))?;
+    }
 }
 
 fn copy_and_hash(
@@ -516,6 +553,27 @@ pub fn set_dir_mode(path: &Path, mode: u32) -> Result<(), OpError> {
 pub fn flush_fs(root: &Path) -> io::Result<()> {
     let dir = File::open(root)?;
     rustix::fs::syncfs(&dir).map_err(io::Error::from)
+}
+
+/// Runs `work` while a helper thread flushes the file system of `root` every `every`, so that
+/// the disk writes what `work` writes while it goes on, and the final [`flush_fs`] has little
+/// left to wait for. (The kernel on its own starts writing only once a tenth or so of the
+/// memory is dirty.) A failed early flush is not an error: the final one decides.
+pub fn flushing_while<R>(root: &Path, every: std::time::Duration, work: impl FnOnce() -> R) -> R {
+    let Ok(dir) = File::open(root) else {
+        return work();
+    };
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(every) {
+                let _ = rustix::fs::syncfs(&dir);
+            }
+        });
+        let result = work();
+        drop(done);
+        result
+    })
 }
 
 /// Checks that every directory between `root` and `rel`'s parent is still a real directory,

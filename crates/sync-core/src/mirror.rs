@@ -149,6 +149,10 @@ fn is_temp_name(rel: &Path) -> bool {
         .is_some_and(|n| n.as_encoded_bytes().starts_with(TEMP_PREFIX.as_bytes()))
 }
 
+/// How often the file system of BACKUP is flushed while files are copied (see
+/// [`fsops::flushing_while`]).
+const EARLY_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Which side of the pair.
 const SIDES: [(Side, &str); 2] = [(Side::Source, "SOURCE"), (Side::Backup, "BACKUP")];
 
@@ -926,7 +930,12 @@ fn apply(pass: &Pass<'_>, found: &Found) {
     for op in &found.creates {
         pass.execute(op);
     }
-    found.transfers.par_iter().for_each(|op| pass.execute(op));
+    let transfer = || found.transfers.par_iter().for_each(|op| pass.execute(op));
+    if found.transfers.is_empty() {
+        transfer();
+    } else {
+        fsops::flushing_while(&pass.opts.backup, EARLY_FLUSH, transfer);
+    }
 
     // Directory modes and times last, deepest first: adding or removing an entry moves a
     // directory's mtime, and a read-only mode would have blocked the steps above.
