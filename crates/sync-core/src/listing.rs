@@ -116,8 +116,9 @@ pub fn decode_path(field: &str) -> Option<PathBuf> {
 
 /// Parses a lowercase or uppercase hex SHA-256.
 pub fn parse_digest(s: &str) -> Option<Digest> {
-    let bytes = hex::decode(s).ok()?;
-    bytes.try_into().ok()
+    let mut digest = [0; 32];
+    hex::decode_to_slice(s, &mut digest).ok()?;
+    Some(digest)
 }
 
 fn parse_time(s: &str) -> Option<Timestamp> {
@@ -136,14 +137,13 @@ fn parse_mode(s: &str) -> Option<u32> {
 
 fn parse_path(s: &str) -> Option<PathBuf> {
     let bytes = unescape(s)?;
-    let path = PathBuf::from(OsString::from_vec(bytes));
-    // Only plain relative paths: a manifest must never point a restore outside its tree.
-    let normal = path
-        .components()
-        .all(|c| matches!(c, std::path::Component::Normal(_)));
-    // Written exactly as a scan names it: no `a//b`, no trailing `/`, no `./`.
-    let canonical = path.components().collect::<PathBuf>().as_os_str() == path.as_os_str();
-    (normal && canonical && !path.as_os_str().is_empty()).then_some(path)
+    // Only plain relative paths, written exactly as a scan names them: every component a
+    // name, so no leading or trailing `/`, no `a//b`, no `.` or `..` (a manifest must never
+    // point a restore outside its tree).
+    let plain = bytes
+        .split(|&b| b == b'/')
+        .all(|c| !c.is_empty() && c != b"." && c != b"..");
+    plain.then(|| PathBuf::from(OsString::from_vec(bytes)))
 }
 
 fn parse_item(line: &str) -> Option<(PathBuf, Item)> {

@@ -213,21 +213,11 @@ impl Tree {
     }
 }
 
+/// A scanned subtree, its entries in path order.
 #[derive(Default)]
 struct Partial {
     entries: Vec<(PathBuf, Entry)>,
     unlistable: Vec<(PathBuf, io::Error)>,
-}
-
-impl Partial {
-    fn merge(mut self, mut other: Partial) -> Partial {
-        if self.entries.len() < other.entries.len() {
-            std::mem::swap(&mut self, &mut other);
-        }
-        self.entries.append(&mut other.entries);
-        self.unlistable.append(&mut other.unlistable);
-        self
-    }
 }
 
 /// Scans `root`, directories in parallel, skipping what `filter` excludes.
@@ -241,10 +231,9 @@ pub fn scan(root: &Path, role: &'static str, filter: &Filter) -> Result<Tree, Er
         source,
     })?;
     let partial = scan_listing(root, Path::new(""), listing, filter);
-    let mut entries = partial.entries;
-    entries.par_sort_unstable_by(|a, b| path_order(&a.0, &b.0));
     Ok(Tree {
-        entries: entries.into_iter().collect(),
+        // Already in path order: building the map finds one sorted run and moves nothing.
+        entries: partial.entries.into_iter().collect(),
         unlistable: partial.unlistable,
     })
 }
@@ -259,28 +248,44 @@ fn scan_dir(root: &Path, rel: &Path, filter: &Filter) -> Partial {
     }
 }
 
+/// A directory's subtree in path order: its children by name, each directory followed by its
+/// own subtree (scanned in parallel). Names in byte order, depth first, is path order
+/// ([`path_order`]).
 fn scan_listing(root: &Path, rel: &Path, listing: fs::ReadDir, filter: &Filter) -> Partial {
-    let mut out = Partial::default();
-    let children = match read_listing(listing, &root.join(rel), rel, filter) {
+    let mut children = match read_listing(listing, &root.join(rel), rel, filter) {
         Ok(children) => children,
         Err(err) => {
-            out.unlistable.push((rel.to_path_buf(), err));
-            return out;
+            return Partial {
+                entries: Vec::new(),
+                unlistable: vec![(rel.to_path_buf(), err)],
+            };
         }
     };
-    let mut subdirs = Vec::new();
-    for (name, entry) in children {
-        let child = rel.join(&name);
-        if entry.is_dir() {
-            subdirs.push(child.clone());
-        }
-        out.entries.push((child, entry));
-    }
-    subdirs
+    children.sort_unstable_by(|a, b| a.0.as_encoded_bytes().cmp(b.0.as_encoded_bytes()));
+    let children: Vec<(PathBuf, Entry)> = children
+        .into_iter()
+        .map(|(name, entry)| (rel.join(name), entry))
+        .collect();
+    let subtrees: Vec<Partial> = children
         .par_iter()
-        .map(|d| scan_dir(root, d, filter))
-        .reduce(Partial::default, Partial::merge)
-        .merge(out)
+        .filter(|(_, e)| e.is_dir())
+        .map(|(child, _)| scan_dir(root, child, filter))
+        .collect();
+    let total = children.len() + subtrees.iter().map(|p| p.entries.len()).sum::<usize>();
+    let mut out = Partial {
+        entries: Vec::with_capacity(total),
+        unlistable: Vec::new(),
+    };
+    let mut subtrees = subtrees.into_iter();
+    for (child, entry) in children {
+        let is_dir = entry.is_dir();
+        out.entries.push((child, entry));
+        if is_dir && let Some(mut sub) = subtrees.next() {
+            out.entries.append(&mut sub.entries);
+            out.unlistable.append(&mut sub.unlistable);
+        }
+    }
+    out
 }
 
 /// One directory's entries (`dir` is its path, `rel` its path relative to the root), by name
