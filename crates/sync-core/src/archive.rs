@@ -99,6 +99,11 @@ pub fn load(path: &Path, source: &Path, backup: &Path) -> Result<Option<Items>, 
 ///
 /// Fails if the state directory cannot be written.
 pub fn save(path: &Path, source: &Path, backup: &Path, items: &Items) -> io::Result<()> {
+    write_atomically(path, &encode(source, backup, items))
+}
+
+/// The text of the archive of `items` for the pair (`source`, `backup`), as [`save`] writes it.
+pub fn encode(source: &Path, backup: &Path, items: &Items) -> String {
     let mut text = format!(
         "{HEADER}\nsource {}\nbackup {}\n",
         encode_path(source),
@@ -108,7 +113,7 @@ pub fn save(path: &Path, source: &Path, backup: &Path, items: &Items) -> io::Res
         encode_item(&mut text, rel, item);
     }
     text.push_str(&format!("end {}\n", items.len()));
-    write_atomically(path, &text)
+    text
 }
 
 #[cfg(test)]

@@ -893,14 +893,21 @@ pub fn mirror_pass(opts: &PassOptions, cache: &mut HashCache) -> Result<PassStat
                 .is_some_and(|rest| rest.is_empty() || rest[0] == b'/')
         })
     };
-    if let Err(err) = dir_cache.save(found.blocks, under_protected) {
-        log::warn!("cannot save the hash cache: {err}");
-    }
-    if stats.operations > 0
-        && let Err(err) = fsops::flush_fs(&opts.backup)
-    {
-        log::warn!("cannot flush BACKUP {}: {err}", opts.backup.display());
-    }
+    // The cache decides nothing: it is written while the data is flushed.
+    let blocks = found.blocks;
+    let save_cache = move || {
+        if let Err(err) = dir_cache.save(blocks, under_protected) {
+            log::warn!("cannot save the hash cache: {err}");
+        }
+    };
+    let flush = || {
+        if stats.operations > 0
+            && let Err(err) = fsops::flush_fs(&opts.backup)
+        {
+            log::warn!("cannot flush BACKUP {}: {err}", opts.backup.display());
+        }
+    };
+    rayon::join(save_cache, flush);
     Ok(stats)
 }
 

@@ -268,13 +268,19 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
                 .is_some_and(|rest| rest.is_empty() || rest[0] == b'/')
         })
     };
-    if let Err(err) = dir_cache.save(blocks, unseen) {
-        log::warn!("cannot save the hash cache: {err}");
-    }
-
-    // The archive is written only when a pass completes, and records what was really done:
-    // a path whose step failed keeps its old entry, so the next pass tries again.
-    if !stats.interrupted {
+    // The cache is written while the data is flushed and the archive written: it decides
+    // nothing, so it need not wait for them, nor they for it.
+    let save_cache = move || {
+        if let Err(err) = dir_cache.save(blocks, unseen) {
+            log::warn!("cannot save the hash cache: {err}");
+        }
+    };
+    let save_archive = || -> Result<(), Error> {
+        // The archive is written only when a pass completes, and records what was really
+        // done: a path whose step failed keeps its old entry, so the next pass tries again.
+        if stats.interrupted {
+            return Ok(());
+        }
         let mut next = archived;
         let covered =
             |rel: &Path| !failed.is_empty() && rel.ancestors().any(|a| failed.contains(a));
@@ -290,23 +296,32 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
             };
         }
         // A pass that changed nothing leaves the archive as it is: no rewrite to pay for.
-        if changed {
-            // The data first: an archive claiming content that a crash then lost would make
-            // the next pass carry the damage to the other side.
+        if !changed {
+            return Ok(());
+        }
+        // The data first: an archive claiming content that a crash then lost would make the
+        // next pass carry the damage to the other side. (The text is made meanwhile.)
+        let flush = || {
             for root in [&opts.source, &opts.backup] {
                 fsops::flush_fs(root).map_err(|source| Error::StateUnreadable {
                     path: root.clone(),
                     source,
                 })?;
             }
-            archive::save(&opts.archive, &opts.source, &opts.backup, &next).map_err(|source| {
-                Error::StateUnreadable {
-                    path: opts.archive.clone(),
-                    source,
-                }
-            })?;
-        }
-    }
+            Ok(())
+        };
+        let (text, flushed) =
+            rayon::join(|| archive::encode(&opts.source, &opts.backup, &next), flush);
+        flushed?;
+        crate::listing::write_atomically(&opts.archive, &text).map_err(|source| {
+            Error::StateUnreadable {
+                path: opts.archive.clone(),
+                source,
+            }
+        })
+    };
+    let ((), saved) = rayon::join(save_cache, save_archive);
+    saved?;
     Ok(stats)
 }
 
