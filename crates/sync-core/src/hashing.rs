@@ -1,5 +1,6 @@
-//! Digests of files during a pass: from the hash cache while a file is provably unchanged,
-//! otherwise read, and remembered for the next pass (shared by every kind of pass).
+//! Digests of files during a versioned pass, by path: from the per-path hash cache while a file
+//! is provably unchanged, otherwise read, and remembered for the next pass. (Mirror and two-way
+//! passes use the per-directory cache of [`crate::dircache`] instead.)
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
 //! The engine behind `oneway` and `twoway`: scanning a tree without following links,
-//! comparing by SHA-256 with a hash cache, planning and applying a one-way mirror, reconciling
+//! comparing by SHA-256 with hash caches, a one-way mirror that walks both trees together
+//! directory by directory (its memory grows with the changes, not the tree), reconciling
 //! two sides against the archive of the last pass, the safe file operations both use, the
 //! refusals that protect the user, locks, logging to console and file, the pass loop, and the
 //! stop flag set by Ctrl+C and SIGTERM.
