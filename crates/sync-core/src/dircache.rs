@@ -37,13 +37,30 @@ const SAME: u8 = 4;
 /// A file's stamp when it was hashed, and its digest.
 pub type Known = (Stamp, Digest);
 
-/// What is known of one file name in a directory, per side (SOURCE, BACKUP).
+/// What is known of one file name in a directory, per side (SOURCE, BACKUP). The name is
+/// owned (`Box<[u8]>`, the default) or borrowed from a block just read (`&[u8]`): a pass
+/// that finds a directory unchanged allocates nothing for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
+pub struct Record<N = Box<[u8]>> {
     /// The file's name (raw bytes).
-    pub name: Box<[u8]>,
+    pub name: N,
     /// SOURCE and BACKUP.
     pub sides: [Option<Known>; 2],
+}
+
+/// The records of a block's bytes (from [`DirCache::block_bytes`]), borrowing their names;
+/// none if the bytes do not decode.
+pub fn records(bytes: &[u8]) -> Vec<Record<&[u8]>> {
+    decode_block(bytes).unwrap_or_default()
+}
+
+/// True if `new` holds exactly the records `old` does.
+pub fn same_records(new: &[Record], old: &[Record<&[u8]>]) -> bool {
+    new.len() == old.len()
+        && new
+            .iter()
+            .zip(old)
+            .all(|(a, b)| *a.name == *b.name && a.sides == b.sides)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -135,21 +152,24 @@ impl DirCache {
     /// The records of directory `dir` (relative path bytes), sorted by name; none if it has
     /// no block or its block is damaged.
     pub fn block(&self, dir: &[u8]) -> Vec<Record> {
+        self.block_bytes(dir)
+            .and_then(|b| decode_block(&b))
+            .unwrap_or_default()
+    }
+
+    /// The stored bytes of directory `dir`'s block, checked; see [`records`].
+    pub fn block_bytes(&self, dir: &[u8]) -> Option<Vec<u8>> {
         if self.location.is_none() {
-            return self
-                .memory
-                .get(dir)
-                .and_then(|b| decode_block(b))
-                .unwrap_or_default();
+            return self.memory.get(dir).cloned();
         }
         let (Some(file), Some(at)) = (&self.file, self.index.get(dir)) else {
-            return Vec::new();
+            return None;
         };
         let mut bytes = vec![0; at.len as usize];
         if file.read_exact_at(&mut bytes, at.offset).is_err() || check_of(&bytes) != at.check {
-            return Vec::new();
+            return None;
         }
-        decode_block(&bytes).unwrap_or_default()
+        Some(bytes)
     }
 
     /// Ends a pass: `blocks` holds every directory the pass saw and how its block ends;
@@ -369,10 +389,11 @@ impl Learner {
     }
 }
 
-/// The digests of every file of two scanned trees, by path bytes, per side.
+/// The digests of every file of two scanned trees, per side.
 pub struct TreeDigests<'t> {
-    /// SOURCE and BACKUP: relative path → digest, for every file that could be read.
-    pub sides: [FxHashMap<&'t [u8], Digest>; 2],
+    /// SOURCE and BACKUP: for each entry of the tree, in the tree's order, its digest (`None`
+    /// for what is not a file, or could not be read).
+    pub sides: [Vec<Option<Digest>>; 2],
     /// Files that could not be read.
     pub failed: Vec<(Side, &'t Path, io::Error)>,
     /// How each directory's block ends, for [`DirCache::save`].
@@ -383,6 +404,9 @@ pub struct TreeDigests<'t> {
     pub cache_hits: u64,
 }
 
+/// One file of a tree: its place in the tree's order, path, name and entry.
+type TreeFile<'t> = (usize, &'t Path, &'t [u8], &'t Entry);
+
 /// Digests every file of `trees` (SOURCE, BACKUP, under `roots`): from `cache` while a file's
 /// stamp is unchanged, otherwise read, directory by directory in parallel (and the files of
 /// one directory in parallel when several must be read).
@@ -392,16 +416,12 @@ pub fn tree_digests<'t>(
     roots: [&Path; 2],
     trees: [&'t Tree; 2],
 ) -> TreeDigests<'t> {
-    /// Per side: path, name (its last component) and entry.
-    type Files<'t> = [Vec<(&'t Path, &'t [u8], &'t Entry)>; 2];
-    let mut by_dir: FxHashMap<&'t [u8], Files<'t>> = FxHashMap::default();
-    let mut files = [0; 2];
+    let mut by_dir: FxHashMap<&'t [u8], [Vec<TreeFile<'t>>; 2]> = FxHashMap::default();
     for (side, tree) in trees.iter().enumerate() {
-        for (rel, entry) in &tree.entries {
+        for (i, (rel, entry)) in tree.entries.iter().enumerate() {
             if entry.kind == Kind::File {
                 let (dir, name) = split_dir(rel);
-                by_dir.entry(dir).or_default()[side].push((rel.as_path(), name, entry));
-                files[side] += 1;
+                by_dir.entry(dir).or_default()[side].push((i, rel.as_path(), name, entry));
             }
         }
     }
@@ -409,72 +429,76 @@ pub fn tree_digests<'t>(
     let per_dir: Vec<_> = by_dir
         .into_par_iter()
         .map(|(dir, files)| {
-            let old = cache.block(dir);
-            let mut hits = 0u64;
-            let mut records: BTreeMap<&[u8], [Option<Known>; 2]> = BTreeMap::new();
+            let bytes = cache.block_bytes(dir);
+            let old = bytes.as_deref().map(records).unwrap_or_default();
             let mut found = Vec::new();
+            let mut hits = Vec::new();
             let mut reads = Vec::new();
             for side in sides {
-                for &(rel, name, entry) in &files[side as usize] {
+                for &(i, rel, name, entry) in &files[side as usize] {
                     let hit = old
-                        .binary_search_by(|r| (*r.name).cmp(name))
+                        .binary_search_by(|r| r.name.cmp(name))
                         .ok()
-                        .and_then(|i| old[i].sides[side as usize])
+                        .and_then(|k| old[k].sides[side as usize])
                         .filter(|(stamp, _)| *stamp == Stamp::of(entry));
                     match hit {
                         Some(known) => {
-                            hits += 1;
-                            records.entry(name).or_default()[side as usize] = Some(known);
-                            found.push((side, rel, Ok(known.1)));
+                            hits.push((side, name, known));
+                            found.push((side, i, rel, Ok(known.1)));
                         }
-                        None => reads.push((side, rel, entry, name)),
+                        None => reads.push((side, i, rel, name, entry)),
                     }
                 }
             }
-            let read = |&(side, rel, entry, name): &(Side, &'t Path, &'t Entry, &'t [u8])| {
-                let started = SystemTime::now();
-                let result = checksum::file_digest(&roots[side as usize].join(rel));
-                let cacheable = !is_racy(entry, started, learner.stamps(side));
-                (side, rel, entry, name, result, cacheable)
-            };
+            let hit_count = hits.len() as u64;
+            let stored = old.iter().flat_map(|r| r.sides.iter().flatten()).count();
+            if reads.is_empty() && stored == hits.len() {
+                // Every file came from the cache, and the block holds nothing else.
+                return (dir, Some(BlockOut::Keep), found, hit_count, 0);
+            }
+            let read =
+                |&(side, i, rel, name, entry): &(Side, usize, &'t Path, &'t [u8], &'t Entry)| {
+                    let started = SystemTime::now();
+                    let result = checksum::file_digest(&roots[side as usize].join(rel));
+                    let cacheable = !is_racy(entry, started, learner.stamps(side));
+                    (side, i, rel, name, entry, result, cacheable)
+                };
             let results: Vec<_> = if reads.len() > 1 {
                 reads.par_iter().map(read).collect()
             } else {
                 reads.iter().map(read).collect()
             };
             let hashed = results.len() as u64;
-            let stored = old.iter().flat_map(|r| r.sides.iter().flatten()).count();
-            if reads.is_empty() && stored as u64 == hits {
-                // Every file came from the cache, and the block holds nothing else.
-                let keep = Some(BlockOut::Keep);
-                return (dir, keep, found, hits, hashed);
+            let mut known: BTreeMap<&[u8], [Option<Known>; 2]> = BTreeMap::new();
+            for (side, name, k) in hits {
+                known.entry(name).or_default()[side as usize] = Some(k);
             }
-            for (side, rel, entry, name, result, cacheable) in results {
+            for (side, i, rel, name, entry, result, cacheable) in results {
                 if let (Ok(digest), true) = (&result, cacheable) {
-                    records.entry(name).or_default()[side as usize] =
+                    known.entry(name).or_default()[side as usize] =
                         Some((Stamp::of(entry), *digest));
                 }
-                found.push((side, rel, result));
+                found.push((side, i, rel, result));
             }
-            let records: Vec<Record> = records
+            let new: Vec<Record> = known
                 .into_iter()
                 .map(|(name, sides)| Record {
                     name: name.into(),
                     sides,
                 })
                 .collect();
-            let block = if records == old {
+            let block = if same_records(&new, &old) {
                 BlockOut::Keep
             } else {
-                BlockOut::New(records)
+                BlockOut::New(new)
             };
             let keep = !matches!(&block, BlockOut::New(r) if r.is_empty()) || cache.has(dir);
-            (dir, keep.then_some(block), found, hits, hashed)
+            (dir, keep.then_some(block), found, hit_count, hashed)
         })
         .collect();
 
     let mut out = TreeDigests {
-        sides: files.map(|n| FxHashMap::with_capacity_and_hasher(n, Default::default())),
+        sides: trees.map(|t| vec![None; t.entries.len()]),
         failed: Vec::new(),
         blocks: Vec::new(),
         hashed: 0,
@@ -486,11 +510,9 @@ pub fn tree_digests<'t>(
         }
         out.cache_hits += hits;
         out.hashed += hashed;
-        for (side, rel, result) in found {
+        for (side, i, rel, result) in found {
             match result {
-                Ok(digest) => {
-                    out.sides[side as usize].insert(rel.as_os_str().as_bytes(), digest);
-                }
+                Ok(digest) => out.sides[side as usize][i] = Some(digest),
                 Err(err) => out.failed.push((side, rel, err)),
             }
         }
@@ -612,14 +634,14 @@ fn encode_stamp(out: &mut Vec<u8>, stamp: &Stamp) {
     out.extend_from_slice(&stamp.ino.to_le_bytes());
 }
 
-fn decode_block(bytes: &[u8]) -> Option<Vec<Record>> {
+fn decode_block<'a, N: From<&'a [u8]>>(bytes: &'a [u8]) -> Option<Vec<Record<N>>> {
     let mut r = Bytes(bytes);
     let count = r.u32()? as usize;
     // Never trust a count to allocate more than the bytes could hold.
     let mut records = Vec::with_capacity(count.min(bytes.len() / (4 + 1 + STAMP_LEN)));
     for _ in 0..count {
         let name_len = r.u32()? as usize;
-        let name: Box<[u8]> = r.take(name_len)?.into();
+        let name = N::from(r.take(name_len)?);
         let flags = r.take(1)?[0];
         let src = if flags & SRC != 0 {
             Some((r.stamp()?, r.digest()?))

@@ -14,7 +14,7 @@ use checksum::Digest;
 use rayon::prelude::*;
 
 use crate::cache::{HashCache, Side, Stamp, is_racy};
-use crate::dircache::{BlockOut, DirCache, Learner, Record};
+use crate::dircache::{self, BlockOut, DirCache, Learner, Record};
 use crate::display::Escaped;
 use crate::error::Error;
 use crate::fsops::{self, OpError, TEMP_PREFIX};
@@ -363,7 +363,11 @@ impl Walk<'_> {
             }
         }
         let dir_key = rel.as_os_str().as_bytes();
-        let old = self.cache.block(dir_key);
+        let old_bytes = self.cache.block_bytes(dir_key);
+        let old = old_bytes
+            .as_deref()
+            .map(dircache::records)
+            .unwrap_or_default();
         let mut pairs = self.pair_up(src_list, dst_list, &old);
 
         // Same-size files are compared by digest; those not cached are read now, in parallel
@@ -423,23 +427,26 @@ impl Walk<'_> {
 
         let mut subs = Vec::new();
         let mut holds_ops = false;
-        let mut records = Vec::new();
+        // What the cache will know of each name, checked against the old block as it goes:
+        // an unchanged directory allocates no record.
+        let mut known = Vec::new();
+        let mut same_as_old = true;
         for p in &pairs {
             let child = || rel.join(p.name);
-            let mut record = Record {
-                name: p.name.as_bytes().into(),
-                sides: [None, None],
-            };
+            let mut sides = [None, None];
             for (side, _) in SIDES {
                 let s = side as usize;
                 if let (Some(e), Some(d), true) = ([p.src, p.dst][s], p.digests[s], p.cacheable[s])
                     && e.kind == Kind::File
                 {
-                    record.sides[s] = Some((Stamp::of(e), d));
+                    sides[s] = Some((Stamp::of(e), d));
                 }
             }
-            if record.sides.iter().any(Option::is_some) {
-                records.push(record);
+            if sides.iter().any(Option::is_some) {
+                same_as_old &= old
+                    .get(known.len())
+                    .is_some_and(|r| r.name == p.name.as_bytes() && r.sides == sides);
+                known.push((p.name, sides));
             }
             if p.failed {
                 continue;
@@ -518,8 +525,12 @@ impl Walk<'_> {
         }
 
         // A directory with changes gets a new block, which takes the digests its copies learn.
-        let block = if holds_ops || records != old {
-            BlockOut::New(records)
+        let block = if holds_ops || !same_as_old || known.len() != old.len() {
+            let records = known.into_iter().map(|(name, sides)| Record {
+                name: name.as_bytes().into(),
+                sides,
+            });
+            BlockOut::New(records.collect())
         } else {
             BlockOut::Keep
         };
@@ -536,7 +547,7 @@ impl Walk<'_> {
         &self,
         src_list: &'l [(OsString, Entry)],
         dst_list: &'l [(OsString, Entry)],
-        old: &[Record],
+        old: &[Record<&[u8]>],
     ) -> Vec<Pair<'l>> {
         let hit = |side: Side, name: &OsStr, entry: &Entry| -> Option<Digest> {
             if self.opts.checksum || entry.kind != Kind::File {

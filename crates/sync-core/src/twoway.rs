@@ -63,18 +63,17 @@ fn other(side: Side) -> Side {
     }
 }
 
-/// Digests of one side's files by path bytes (hashing a `Path` walks its components).
-type SideDigests<'a> = rustc_hash::FxHashMap<&'a [u8], checksum::Digest>;
-
-/// Turns a scanned tree and its digests into the items reconcile compares. Files whose digest
-/// is missing (unreadable) are left out; the caller protects their paths.
-fn items_of(tree: &Tree, digests: &SideDigests<'_>) -> Items {
+/// Turns a scanned tree and its digests (one per entry, in the tree's order) into the items
+/// reconcile compares. Files whose digest is missing (unreadable) are left out; the caller
+/// protects their paths.
+fn items_of(tree: &Tree, digests: &[Option<checksum::Digest>]) -> Items {
     tree.entries
         .iter()
-        .filter_map(|(rel, e)| {
+        .zip(digests)
+        .filter_map(|((rel, e), digest)| {
             let item = match &e.kind {
                 Kind::File => Item::File {
-                    digest: *digests.get(rel.as_os_str().as_encoded_bytes())?,
+                    digest: (*digest)?,
                     size: e.size,
                     mode: e.mode,
                     mtime: e.mtime,
@@ -171,8 +170,8 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
     stats.cache_hits = digests.cache_hits;
     let [src_digests, dst_digests] = &digests.sides;
     for (tree, d) in [(&src, src_digests), (&dst, dst_digests)] {
-        for (rel, e) in &tree.entries {
-            if e.kind == Kind::File && !d.contains_key(rel.as_os_str().as_encoded_bytes()) {
+        for ((rel, e), digest) in tree.entries.iter().zip(d) {
+            if e.kind == Kind::File && digest.is_none() {
                 // Unknown content decides nothing: the path waits for a pass that can read it.
                 protected.insert(rel.clone());
             }
