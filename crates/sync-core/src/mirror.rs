@@ -628,8 +628,8 @@ struct Pass<'a> {
     /// Paths whose creation or removal failed: nothing is done beneath them this pass, so a
     /// link left where a directory should be is never written through.
     failed: Mutex<HashSet<PathBuf>>,
-    /// BACKUP directories whose content changed: their mtime must be set again.
-    dirty: Mutex<HashSet<PathBuf>>,
+    /// Something is in `failed` (read without a lock by every step).
+    any_failed: AtomicBool,
 }
 
 impl Pass<'_> {
@@ -658,8 +658,11 @@ impl Pass<'_> {
     }
 
     fn blocked(&self, rel: &Path) -> bool {
+        if !self.any_failed.load(Ordering::Acquire) {
+            return false;
+        }
         let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-        !failed.is_empty() && rel.ancestors().skip(1).any(|a| failed.contains(a))
+        rel.ancestors().skip(1).any(|a| failed.contains(a))
     }
 
     fn mark_failed(&self, rel: &Path) {
@@ -667,15 +670,7 @@ impl Pass<'_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(rel.to_path_buf());
-    }
-
-    fn mark_dirty(&self, rel: &Path) {
-        if let Some(parent) = rel.parent() {
-            self.dirty
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(parent.to_path_buf());
-        }
+        self.any_failed.store(true, Ordering::Release);
     }
 
     fn execute(&self, op: &Op) {
@@ -747,13 +742,6 @@ impl Pass<'_> {
             Ok(()) => {
                 log::info!("{}", op.describe());
                 Counters::bump(&self.counters.operations);
-                self.mark_dirty(rel);
-                if matches!(op, Op::CreateDir { .. }) {
-                    self.dirty
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(rel.to_path_buf());
-                }
             }
             Err(err) => {
                 if matches!(op, Op::Remove { .. } | Op::CreateDir { .. }) {
@@ -867,7 +855,7 @@ pub fn mirror_pass(opts: &PassOptions, cache: &mut HashCache) -> Result<PassStat
         },
         learner,
         failed: Mutex::new(HashSet::new()),
-        dirty: Mutex::new(HashSet::new()),
+        any_failed: AtomicBool::new(false),
     };
     let stats = |pass: &Pass<'_>, interrupted| PassStats {
         operations: pass.counters.operations.load(Ordering::Relaxed),
@@ -928,16 +916,9 @@ fn apply(pass: &Pass<'_>, found: &Found) {
         if let Some(seen) = &dir.seen
             && dir.holds_ops
             && seen.mode & 0o700 != 0o700
+            && let Err(err) = fsops::make_writable(&pass.opts.backup.join(&dir.rel), seen.mode)
         {
-            match fsops::make_writable(&pass.opts.backup.join(&dir.rel), seen.mode) {
-                Ok(()) => {
-                    pass.dirty
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(dir.rel.clone());
-                }
-                Err(err) => pass.op_error(&dir.rel, &err),
-            }
+            pass.op_error(&dir.rel, &err);
         }
     }
 
@@ -945,8 +926,9 @@ fn apply(pass: &Pass<'_>, found: &Found) {
     for op in found.removals.iter().rev() {
         pass.execute(op);
     }
-    for op in &found.creates {
-        pass.execute(op);
+    // Parents before children: one depth at a time, each in parallel.
+    for level in by_depth(&found.creates, |op| op.rel()) {
+        level.into_par_iter().for_each(|op| pass.execute(op));
     }
     let transfer = || found.transfers.par_iter().for_each(|op| pass.execute(op));
     if found.transfers.is_empty() {
@@ -956,17 +938,17 @@ fn apply(pass: &Pass<'_>, found: &Found) {
     }
 
     // Directory modes and times last, deepest first: adding or removing an entry moves a
-    // directory's mtime, and a read-only mode would have blocked the steps above.
-    let dirty = std::mem::take(&mut *pass.dirty.lock().unwrap_or_else(|e| e.into_inner()));
-    for dir in found.dirs.iter().rev() {
-        let Some(want) = &dir.want else { continue };
+    // directory's mtime, and a read-only mode would have blocked the steps above. So every
+    // directory whose entries changed (or were made writable) is finished again.
+    let finish = |dir: &DirState| {
+        let Some(want) = &dir.want else { return };
         if signal::stop_requested() || pass.blocked(&dir.rel) {
-            continue;
+            return;
         }
         let seen = dir.seen.as_ref();
         let differs = seen.is_none_or(|s| s.mode != want.mode || s.mtime != want.mtime);
-        if !differs && !dirty.contains(&dir.rel) {
-            continue;
+        if !differs && !dir.holds_ops {
+            return;
         }
         let path = pass.opts.backup.join(&dir.rel);
         match fsops::finish_dir(&path, want.mode, want.mtime) {
@@ -978,5 +960,27 @@ fn apply(pass: &Pass<'_>, found: &Found) {
             }
             Err(err) => pass.op_error(&dir.rel, &err),
         }
+    };
+    // Children before parents: the deepest directories first, each depth in parallel.
+    for level in by_depth(&found.dirs, |d| &d.rel).into_iter().rev() {
+        level.into_par_iter().for_each(finish);
     }
+}
+
+/// `items` grouped by the depth of their path, shallowest first.
+fn by_depth<T>(items: &[T], rel: impl Fn(&T) -> &Path) -> Vec<Vec<&T>> {
+    let mut levels: Vec<Vec<&T>> = Vec::new();
+    for item in items {
+        let depth = rel(item)
+            .as_os_str()
+            .as_bytes()
+            .iter()
+            .filter(|&&b| b == b'/')
+            .count();
+        if levels.len() <= depth {
+            levels.resize_with(depth + 1, Vec::new);
+        }
+        levels[depth].push(item);
+    }
+    levels
 }
