@@ -188,7 +188,12 @@ impl HashCache {
     pub fn per_directory(&mut self) -> &mut DirCache {
         let (location, tag) = (&self.location, &self.tag);
         self.dirs.get_or_insert_with(|| match location {
-            Some(path) => DirCache::open(path.with_extension("dircache"), tag.clone()),
+            Some(path) => {
+                // A per-path cache of this pair, left by an earlier version, is never read
+                // again by the passes that use this one: it would only take room.
+                let _ = fs::remove_file(path);
+                DirCache::open(path.with_extension("dircache"), tag.clone())
+            }
             None => DirCache::in_memory(),
         })
     }
@@ -463,6 +468,23 @@ mod tests {
             loaded.lookup(Side::Source, Path::new("f"), &entry(1, 1)),
             None
         );
+    }
+
+    #[test]
+    fn the_per_directory_cache_drops_an_older_per_path_file_of_the_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pair.cache");
+        let mut old = HashCache::load(file.clone(), b"t".to_vec());
+        old.insert(Side::Source, "f".into(), &entry(1, 1), [1; 32]);
+        old.save().unwrap();
+        assert!(file.exists());
+
+        let mut cache = HashCache::load(file.clone(), b"t".to_vec());
+        cache.per_directory();
+        assert!(!file.exists());
+        // Nothing was learnt per path: nothing is written back.
+        cache.save().unwrap();
+        assert!(!file.exists());
     }
 
     #[test]
