@@ -253,7 +253,7 @@ impl HashCache {
             .prefix(".hashcache-")
             .tempfile_in(dir)?;
         let mut bytes = Vec::new();
-        encode(&mut bytes, &self.tag, self.sides())?;
+        encode(&mut bytes, &self.tag, self.sides());
         // A trailing digest of the whole content: whatever a crash leaves of this file is
         // recognised and dropped, never trusted, so it needs no fsync of its own.
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
@@ -317,47 +317,67 @@ fn resolve_existing_prefix(path: &Path) -> PathBuf {
 /// component by component) → stamp and digest.
 type Sides = [FxHashMap<Box<[u8]>, (Stamp, Digest)>; 2];
 
-fn encode(out: &mut impl Write, tag: &[u8], sides: &Sides) -> io::Result<()> {
-    out.write_all(MAGIC)?;
-    out.write_all(&(tag.len() as u64).to_le_bytes())?;
-    out.write_all(tag)?;
+fn encode(out: &mut Vec<u8>, tag: &[u8], sides: &Sides) {
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(tag.len() as u64).to_le_bytes());
+    out.extend_from_slice(tag);
     for side in sides {
-        out.write_all(&(side.len() as u64).to_le_bytes())?;
+        out.extend_from_slice(&(side.len() as u64).to_le_bytes());
         for (rel, (stamp, digest)) in side {
-            let bytes: &[u8] = rel;
-            out.write_all(&(bytes.len() as u64).to_le_bytes())?;
-            out.write_all(bytes)?;
-            out.write_all(&stamp.size.to_le_bytes())?;
-            out.write_all(&stamp.mtime.secs.to_le_bytes())?;
-            out.write_all(&stamp.mtime.nanos.to_le_bytes())?;
-            out.write_all(&stamp.ctime.secs.to_le_bytes())?;
-            out.write_all(&stamp.ctime.nanos.to_le_bytes())?;
-            out.write_all(&stamp.ino.to_le_bytes())?;
-            out.write_all(digest)?;
+            out.extend_from_slice(&(rel.len() as u64).to_le_bytes());
+            out.extend_from_slice(rel);
+            encode_stamp(out, stamp);
+            out.extend_from_slice(digest);
         }
     }
-    Ok(())
 }
 
-struct Reader<'a>(&'a [u8]);
+/// Appends `stamp` in the layout both cache files use (40 bytes, little-endian).
+pub(crate) fn encode_stamp(out: &mut Vec<u8>, stamp: &Stamp) {
+    out.extend_from_slice(&stamp.size.to_le_bytes());
+    out.extend_from_slice(&stamp.mtime.secs.to_le_bytes());
+    out.extend_from_slice(&stamp.mtime.nanos.to_le_bytes());
+    out.extend_from_slice(&stamp.ctime.secs.to_le_bytes());
+    out.extend_from_slice(&stamp.ctime.nanos.to_le_bytes());
+    out.extend_from_slice(&stamp.ino.to_le_bytes());
+}
+
+/// Reads the fields of a cache file from the front of a byte slice; `None` once the bytes
+/// run out (damage), never a panic.
+pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, tail) = self.0.split_at(n);
+    pub(crate) fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = self.0.split_at_checked(n)?;
         self.0 = tail;
         Some(head)
     }
-    fn u64(&mut self) -> Option<u64> {
+    pub(crate) fn u64(&mut self) -> Option<u64> {
         Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
     fn i64(&mut self) -> Option<i64> {
         Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
-    fn u32(&mut self) -> Option<u32> {
+    pub(crate) fn u32(&mut self) -> Option<u32> {
         Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    /// A stamp as [`encode_stamp`] writes it.
+    pub(crate) fn stamp(&mut self) -> Option<Stamp> {
+        Some(Stamp {
+            size: self.u64()?,
+            mtime: Timestamp {
+                secs: self.i64()?,
+                nanos: self.u32()?,
+            },
+            ctime: Timestamp {
+                secs: self.i64()?,
+                nanos: self.u32()?,
+            },
+            ino: self.u64()?,
+        })
+    }
+    pub(crate) fn digest(&mut self) -> Option<Digest> {
+        self.take(32)?.try_into().ok()
     }
     fn len(&mut self) -> Option<usize> {
         let n = usize::try_from(self.u64()?).ok()?;
@@ -387,19 +407,8 @@ fn decode(bytes: &[u8], tag: &[u8]) -> Option<Sides> {
         for _ in 0..count {
             let len = r.len()?;
             let rel: Box<[u8]> = r.take(len)?.into();
-            let stamp = Stamp {
-                size: r.u64()?,
-                mtime: Timestamp {
-                    secs: r.i64()?,
-                    nanos: r.u32()?,
-                },
-                ctime: Timestamp {
-                    secs: r.i64()?,
-                    nanos: r.u32()?,
-                },
-                ino: r.u64()?,
-            };
-            let digest: Digest = r.take(32)?.try_into().ok()?;
+            let stamp = r.stamp()?;
+            let digest = r.digest()?;
             side.insert(rel, (stamp, digest));
         }
     }

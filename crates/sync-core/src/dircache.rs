@@ -22,8 +22,8 @@ use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 use sha2::{Digest as _, Sha256};
 
-use crate::cache::{Side, Stamp, Timestamps, is_racy};
-use crate::scan::{Entry, Kind, Timestamp, Tree};
+use crate::cache::{Reader, Side, Stamp, Timestamps, encode_stamp, is_racy};
+use crate::scan::{Entry, Kind, Tree};
 
 const MAGIC: &[u8; 8] = b"DSYNCDC1";
 /// Bytes of SHA-256 kept per block: enough to catch damage, which is all they are for.
@@ -173,21 +173,30 @@ impl DirCache {
     }
 
     /// Ends a pass: `blocks` holds every directory the pass saw and how its block ends;
-    /// blocks of directories it did not see are dropped, except those `keep_unseen` accepts
-    /// (directories under a part of the tree that could not be listed). Writes a new file,
-    /// atomically, only if something changed.
+    /// blocks of directories it did not see are dropped, except those at or under one of
+    /// `unlistable` (parts of the tree the pass could not see into, kept for a later pass).
+    /// Writes a new file, atomically, only if something changed.
     ///
     /// Fails if the cache directory cannot be created or written.
     pub fn save(
         &mut self,
         blocks: Vec<(Box<[u8]>, BlockOut)>,
-        keep_unseen: impl Fn(&[u8]) -> bool,
+        unlistable: &[&Path],
     ) -> io::Result<()> {
+        let keep_unseen = |dir: &[u8]| {
+            unlistable.iter().any(|u| {
+                dir.strip_prefix(u.as_os_str().as_bytes())
+                    .is_some_and(|rest| rest.is_empty() || rest[0] == b'/')
+            })
+        };
         let kept = blocks
             .iter()
             .filter(|(_, b)| matches!(b, BlockOut::Keep))
             .count();
-        let stored = self.index.len().max(self.memory.len());
+        let stored = match self.location {
+            Some(_) => self.index.len(),
+            None => self.memory.len(),
+        };
         let changed = self.damaged
             || kept != stored
             || blocks.iter().any(|(_, b)| matches!(b, BlockOut::New(_)));
@@ -576,11 +585,11 @@ fn read_index(mut file: &File, tag: &[u8]) -> Option<FxHashMap<Box<[u8]>, BlockR
     if sum.finalize().as_slice() != &trailer[8..] {
         return None;
     }
-    let mut h = Bytes(&header);
+    let mut h = Reader(&header);
     if h.take(MAGIC.len())? != MAGIC || h.u64()? != tag.len() as u64 || h.take(tag.len())? != tag {
         return None;
     }
-    let mut r = Bytes(&index_bytes);
+    let mut r = Reader(&index_bytes);
     let count = r.u64()?;
     let mut index = FxHashMap::default();
     for _ in 0..count {
@@ -625,17 +634,8 @@ fn encode_block(records: &[Record]) -> Vec<u8> {
     out
 }
 
-fn encode_stamp(out: &mut Vec<u8>, stamp: &Stamp) {
-    out.extend_from_slice(&stamp.size.to_le_bytes());
-    out.extend_from_slice(&stamp.mtime.secs.to_le_bytes());
-    out.extend_from_slice(&stamp.mtime.nanos.to_le_bytes());
-    out.extend_from_slice(&stamp.ctime.secs.to_le_bytes());
-    out.extend_from_slice(&stamp.ctime.nanos.to_le_bytes());
-    out.extend_from_slice(&stamp.ino.to_le_bytes());
-}
-
 fn decode_block<'a, N: From<&'a [u8]>>(bytes: &'a [u8]) -> Option<Vec<Record<N>>> {
-    let mut r = Bytes(bytes);
+    let mut r = Reader(bytes);
     let count = r.u32()? as usize;
     // Never trust a count to allocate more than the bytes could hold.
     let mut records = Vec::with_capacity(count.min(bytes.len() / (4 + 1 + STAMP_LEN)));
@@ -667,45 +667,10 @@ fn decode_block<'a, N: From<&'a [u8]>>(bytes: &'a [u8]) -> Option<Vec<Record<N>>
     r.0.is_empty().then_some(records)
 }
 
-struct Bytes<'a>(&'a [u8]);
-
-impl<'a> Bytes<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let (head, tail) = self.0.split_at_checked(n)?;
-        self.0 = tail;
-        Some(head)
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn i64(&mut self) -> Option<i64> {
-        Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn stamp(&mut self) -> Option<Stamp> {
-        Some(Stamp {
-            size: self.u64()?,
-            mtime: Timestamp {
-                secs: self.i64()?,
-                nanos: self.u32()?,
-            },
-            ctime: Timestamp {
-                secs: self.i64()?,
-                nanos: self.u32()?,
-            },
-            ino: self.u64()?,
-        })
-    }
-    fn digest(&mut self) -> Option<Digest> {
-        self.take(32)?.try_into().ok()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scan::Timestamp;
 
     fn stamp(ino: u64) -> Stamp {
         Stamp {
@@ -742,7 +707,7 @@ mod tests {
                     (b"".as_slice().into(), BlockOut::New(a.clone())),
                     (b"x/y".as_slice().into(), BlockOut::New(b.clone())),
                 ],
-                |_| false,
+                &[],
             )
             .unwrap();
         let again = DirCache::open(file.clone(), b"a\0b".to_vec());
@@ -759,14 +724,14 @@ mod tests {
                     (b"".as_slice().into(), BlockOut::Keep),
                     (b"x/y".as_slice().into(), BlockOut::Keep),
                 ],
-                |_| false,
+                &[],
             )
             .unwrap();
         assert_eq!(fs::metadata(&file).unwrap().ino(), before);
 
         // A directory no longer seen is dropped; kept blocks are carried over.
         again
-            .save(vec![(b"x/y".as_slice().into(), BlockOut::Keep)], |_| false)
+            .save(vec![(b"x/y".as_slice().into(), BlockOut::Keep)], &[])
             .unwrap();
         let last = DirCache::open(file.clone(), b"a\0b".to_vec());
         assert!(last.block(b"").is_empty());
@@ -790,7 +755,7 @@ mod tests {
         cache
             .save(
                 vec![(b"d".as_slice().into(), BlockOut::New(a.clone()))],
-                |_| false,
+                &[],
             )
             .unwrap();
         let bytes = fs::read(&file).unwrap();
@@ -815,18 +780,45 @@ mod tests {
     }
 
     #[test]
+    fn blocks_under_an_unlistable_directory_outlive_a_pass_that_could_not_see_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c");
+        let mut cache = DirCache::open(file.clone(), b"t".to_vec());
+        let a = vec![record(b"f", Some(1), Some(1))];
+        let new = |d: &[u8]| (d.into(), BlockOut::New(a.clone()));
+        cache
+            .save(vec![new(b"u"), new(b"u/v"), new(b"uv"), new(b"x")], &[])
+            .unwrap();
+        // The next pass sees only `x`, and could not list `u`.
+        cache
+            .save(
+                vec![(b"x".as_slice().into(), BlockOut::Keep)],
+                &[Path::new("u")],
+            )
+            .unwrap();
+        let after = DirCache::open(file, b"t".to_vec());
+        assert_eq!(after.block(b"u"), a);
+        assert_eq!(after.block(b"u/v"), a);
+        assert_eq!(after.block(b"x"), a);
+        assert!(
+            after.block(b"uv").is_empty(),
+            "a sibling sharing the prefix is dropped"
+        );
+    }
+
+    #[test]
     fn in_memory_cache_keeps_blocks_between_passes() {
         let mut cache = DirCache::in_memory();
         let a = vec![record(b"f", Some(1), None)];
         cache
             .save(
                 vec![(b"d".as_slice().into(), BlockOut::New(a.clone()))],
-                |_| false,
+                &[],
             )
             .unwrap();
         assert_eq!(cache.block(b"d"), a);
         cache
-            .save(vec![(b"d".as_slice().into(), BlockOut::Keep)], |_| false)
+            .save(vec![(b"d".as_slice().into(), BlockOut::Keep)], &[])
             .unwrap();
         assert_eq!(cache.block(b"d"), a);
     }

@@ -289,7 +289,14 @@ pub fn copy_file(
         } => {
             if before.unchanged_since(entry) {
                 if before.size < KERNEL_COPY_FROM {
-                    copy_through_buffer(&mut input, staged.file_mut(), before.size, src, dst)?;
+                    copy_through_buffer(
+                        &mut input,
+                        staged.file_mut(),
+                        before.size,
+                        src,
+                        dst,
+                        None,
+                    )?;
                 } else {
                     io::copy(&mut input, staged.file_mut()).map_err(write_err(dst))?;
                 }
@@ -327,19 +334,21 @@ pub fn copy_file(
 /// uses between files); below it, one read and one write cost less than its setup.
 const KERNEL_COPY_FROM: u64 = 1024 * 1024;
 
+/// Copies `input` to `output` through one buffer, feeding the bytes to `hasher` if given.
 fn copy_through_buffer(
     input: &mut File,
     output: &mut File,
     size_hint: u64,
     src: &Path,
     dst: &Path,
+    mut hasher: Option<&mut Sha256>,
 ) -> Result<(), OpError> {
-    let mut buf = vec![
-        0u8;
-        (size_hint as usize)
-            .saturating_add(1)
-            .clamp(4096, 256 * 1024)
-    ];
+    // A small file gets a buffer its size (plus the byte that shows the end): a pass over
+    // thousands of them should not allocate a large one each time.
+    let cap = (size_hint as usize)
+        .saturating_add(1)
+        .clamp(4096, 256 * 1024);
+    let mut buf = vec![0u8; cap];
     loop {
         let n = match input.read(&mut buf) {
             Ok(0) => return Ok(()),
@@ -352,6 +361,9 @@ fn copy_through_buffer(
                 });
             }
         };
+        if let Some(h) = hasher.as_deref_mut() {
+            h.update(&buf[..n]);
+        }
         output.write_all(&buf[..n]).map_err(write_err(dst))?;
     }
 }
@@ -363,26 +375,8 @@ fn copy_and_hash(
     src: &Path,
     dst: &Path,
 ) -> Result<Digest, OpError> {
-    // Small files get a small buffer: a pass over thousands of them should not allocate
-    // a large one each time.
-    let cap = (size_hint as usize).clamp(4096, 256 * 1024);
-    let mut buf = vec![0u8; cap];
     let mut hasher = Sha256::new();
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(source) => {
-                return Err(OpError::Read {
-                    path: src.to_path_buf(),
-                    source,
-                });
-            }
-        };
-        hasher.update(&buf[..n]);
-        output.write_all(&buf[..n]).map_err(write_err(dst))?;
-    }
+    copy_through_buffer(input, output, size_hint, src, dst, Some(&mut hasher))?;
     Ok(hasher.finalize().into())
 }
 

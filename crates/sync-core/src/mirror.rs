@@ -885,17 +885,11 @@ pub fn mirror_pass(opts: &PassOptions, cache: &mut HashCache) -> Result<PassStat
     let stats = stats(&pass, signal::stop_requested());
     pass.learner.record_into(&mut found.blocks, dir_cache);
     let protected = std::mem::take(&mut found.protected);
-    let under_protected = |dir: &[u8]| {
-        protected.iter().any(|p| {
-            let p = p.as_os_str().as_bytes();
-            dir.strip_prefix(p)
-                .is_some_and(|rest| rest.is_empty() || rest[0] == b'/')
-        })
-    };
+    let unlistable: Vec<&Path> = protected.iter().map(PathBuf::as_path).collect();
     // The cache decides nothing: it is written while the data is flushed.
     let blocks = found.blocks;
     let save_cache = move || {
-        if let Err(err) = dir_cache.save(blocks, under_protected) {
+        if let Err(err) = dir_cache.save(blocks, &unlistable) {
             log::warn!("cannot save the hash cache: {err}");
         }
     };

@@ -179,20 +179,23 @@ impl Filter {
     /// True if `name`, a child of the directory `dir` (relative to the root), is left alone.
     /// Builds the child's path only when a rule needs it (patterns with `/`, exact paths).
     pub fn excludes_child(&self, dir: &Path, name: &OsStr) -> bool {
-        if self.paths.is_empty() && self.exact.is_empty() {
-            self.names.is_match(Path::new(name))
-                || (self.temp_names && crate::fsops::is_temp_name(name))
-        } else {
-            self.excludes(&dir.join(name), name)
-        }
+        self.excludes_name(name)
+            || (!(self.paths.is_empty() && self.exact.is_empty())
+                && self.excludes_path(&dir.join(name)))
     }
 
     /// True if `rel` (whose last component is `name`) is left alone.
     pub fn excludes(&self, rel: &Path, name: &OsStr) -> bool {
+        self.excludes_name(name) || self.excludes_path(rel)
+    }
+
+    fn excludes_name(&self, name: &OsStr) -> bool {
         self.names.is_match(Path::new(name))
-            || self.paths.is_match(rel)
-            || self.exact.contains(rel)
             || (self.temp_names && crate::fsops::is_temp_name(name))
+    }
+
+    fn excludes_path(&self, rel: &Path) -> bool {
+        self.paths.is_match(rel) || self.exact.contains(rel)
     }
 }
 
@@ -252,7 +255,7 @@ fn scan_dir(root: &Path, rel: &Path, filter: &Filter) -> Partial {
 /// own subtree (scanned in parallel). Names in byte order, depth first, is path order
 /// ([`path_order`]).
 fn scan_listing(root: &Path, rel: &Path, listing: fs::ReadDir, filter: &Filter) -> Partial {
-    let mut children = match read_listing(listing, &root.join(rel), rel, filter) {
+    let children = match read_listing(listing, &root.join(rel), rel, filter) {
         Ok(children) => children,
         Err(err) => {
             return Partial {
@@ -261,7 +264,6 @@ fn scan_listing(root: &Path, rel: &Path, listing: fs::ReadDir, filter: &Filter) 
             };
         }
     };
-    children.sort_unstable_by(|a, b| a.0.as_encoded_bytes().cmp(b.0.as_encoded_bytes()));
     let children: Vec<(PathBuf, Entry)> = children
         .into_iter()
         .map(|(name, entry)| (rel.join(name), entry))
@@ -294,9 +296,7 @@ fn scan_listing(root: &Path, rel: &Path, listing: fs::ReadDir, filter: &Filter) 
 /// Fails if the directory cannot be listed completely, or an entry in it cannot be examined:
 /// what it holds is then unknown, which must never read as "nothing is here".
 pub fn list_dir(dir: &Path, rel: &Path, filter: &Filter) -> io::Result<Vec<(OsString, Entry)>> {
-    let mut children = read_listing(fs::read_dir(dir)?, dir, rel, filter)?;
-    children.sort_unstable_by(|a, b| a.0.as_encoded_bytes().cmp(b.0.as_encoded_bytes()));
-    Ok(children)
+    read_listing(fs::read_dir(dir)?, dir, rel, filter)
 }
 
 fn read_listing(
@@ -330,6 +330,7 @@ fn read_listing(
         };
         out.push((name, Entry::from_metadata(&meta, target)));
     }
+    out.sort_unstable_by(|a, b| a.0.as_encoded_bytes().cmp(b.0.as_encoded_bytes()));
     Ok(out)
 }
 

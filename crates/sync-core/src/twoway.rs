@@ -254,23 +254,16 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
 
     let mut blocks = digests.blocks;
     learner.record_into(&mut blocks, dir_cache);
-    let unlistable: Vec<&[u8]> = src
+    let unlistable: Vec<&Path> = src
         .unlistable
         .iter()
         .chain(&dst.unlistable)
-        .map(|(rel, _)| rel.as_os_str().as_encoded_bytes())
+        .map(|(rel, _)| rel.as_path())
         .collect();
-    // Blocks of directories the pass could not see into are kept for a later pass.
-    let unseen = |dir: &[u8]| {
-        unlistable.iter().any(|u| {
-            dir.strip_prefix(*u)
-                .is_some_and(|rest| rest.is_empty() || rest[0] == b'/')
-        })
-    };
     // The cache is written while the data is flushed and the archive written: it decides
     // nothing, so it need not wait for them, nor they for it.
     let save_cache = move || {
-        if let Err(err) = dir_cache.save(blocks, unseen) {
+        if let Err(err) = dir_cache.save(blocks, &unlistable) {
             log::warn!("cannot save the hash cache: {err}");
         }
     };
