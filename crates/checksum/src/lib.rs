@@ -21,6 +21,9 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
+mod pair;
+pub use pair::file_digest_pair;
+
 /// A raw SHA-256 digest.
 pub type Digest = [u8; 32];
 

@@ -465,18 +465,18 @@ pub fn tree_digests<'t>(
                 // Every file came from the cache, and the block holds nothing else.
                 return (dir, Some(BlockOut::Keep), found, hit_count, 0);
             }
-            let read =
-                |&(side, i, rel, name, entry): &(Side, usize, &'t Path, &'t [u8], &'t Entry)| {
-                    let started = SystemTime::now();
-                    let result = checksum::file_digest(&roots[side as usize].join(rel));
+            let paths: Vec<PathBuf> = reads
+                .iter()
+                .map(|&(side, _, rel, _, _)| roots[side as usize].join(rel))
+                .collect();
+            let results: Vec<_> = crate::hashing::read_digests(&paths)
+                .into_iter()
+                .zip(reads)
+                .map(|((result, started), (side, i, rel, name, entry))| {
                     let cacheable = !is_racy(entry, started, learner.stamps(side));
                     (side, i, rel, name, entry, result, cacheable)
-                };
-            let results: Vec<_> = if reads.len() > 1 {
-                reads.par_iter().map(read).collect()
-            } else {
-                reads.iter().map(read).collect()
-            };
+                })
+                .collect();
             let hashed = results.len() as u64;
             let mut known: BTreeMap<&[u8], [Option<Known>; 2]> = BTreeMap::new();
             for (side, name, k) in hits {

@@ -18,6 +18,7 @@ use crate::dircache::{self, BlockOut, DirCache, Learner, Record};
 use crate::display::Escaped;
 use crate::error::Error;
 use crate::fsops::{self, OpError, TEMP_PREFIX};
+use crate::hashing;
 use crate::scan::{self, Entry, Filter, Kind, Timestamp};
 use crate::signal;
 
@@ -386,23 +387,19 @@ impl Walk<'_> {
                 }
             }
         }
-        let read = |&(i, side): &(usize, Side)| {
-            let p: &Pair<'_> = &pairs[i];
-            let entry = [p.src, p.dst][side as usize].expect("compared files exist");
-            let started = SystemTime::now();
-            let result = checksum::file_digest(&self.root(side).join(rel).join(p.name));
-            (
-                i,
-                side,
-                result,
-                !is_racy(entry, started, self.learner.stamps(side)),
-            )
-        };
-        let results: Vec<_> = if reads.len() > 1 {
-            reads.par_iter().map(read).collect()
-        } else {
-            reads.iter().map(read).collect()
-        };
+        let paths: Vec<PathBuf> = reads
+            .iter()
+            .map(|&(i, side)| self.root(side).join(rel).join(pairs[i].name))
+            .collect();
+        let results = hashing::read_digests(&paths).into_iter().zip(&reads).map(
+            |((result, started), &(i, side))| {
+                let p: &Pair<'_> = &pairs[i];
+                let entry = [p.src, p.dst][side as usize].expect("compared files exist");
+                let cacheable = !is_racy(entry, started, self.learner.stamps(side));
+                (i, side, result, cacheable)
+            },
+        );
+        let results: Vec<_> = results.collect();
         for (i, side, result, cacheable) in results {
             let p = &mut pairs[i];
             match result {
