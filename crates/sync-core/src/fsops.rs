@@ -176,8 +176,11 @@ pub struct Copied {
     pub digest: Digest,
     /// The source as it was opened (unchanged until the copy ended).
     pub source: Entry,
-    /// The new destination file.
+    /// The new destination file; or, when nothing was installed, the one that was there.
     pub destination: Entry,
+    /// False when the source's bytes turned out to be those the destination already held
+    /// ([`Content::Unless`]): the copy was dropped and the destination left as it was.
+    pub installed: bool,
 }
 
 fn open_source(path: &Path) -> io::Result<File> {
@@ -248,6 +251,11 @@ pub enum Content<'a> {
         /// Only `digest` may be installed.
         exact: bool,
     },
+    /// The destination being replaced holds bytes with this digest: hash the source while
+    /// copying it, and if its bytes hash to the same, drop the copy and install nothing
+    /// ([`Copied::installed`] is false). A large file whose stamp moved is then read once,
+    /// not hashed first and copied after.
+    Unless(&'a Digest),
 }
 
 /// Copies the regular file `src` to `dst` atomically and gives the copy `src`'s permission
@@ -268,7 +276,10 @@ pub fn copy_file(
         path: src.to_path_buf(),
         source,
     };
-    let mut input = open_source(src).map_err(read_err)?;
+    // Every copy holds a thread; only when one is left over may a copy take a second.
+    let in_flight = InFlight::enter();
+    let split = in_flight.count < rayon::current_num_threads();
+    let input = open_source(src).map_err(read_err)?;
     let before = Entry::from_metadata(&input.metadata().map_err(read_err)?, None);
     if before.kind != Kind::File {
         return Err(OpError::SourceChanged {
@@ -277,10 +288,25 @@ pub fn copy_file(
     }
     let dir = dst.parent().unwrap_or(Path::new("."));
     let mut staged = Staged::new(dir).map_err(write_err(dst))?;
-    let (digest, expect) = match content {
+    let output = staged.file_mut();
+    let (digest, expect, held) = match content {
+        // Where only some exact bytes may be installed, they are hashed as they are copied,
+        // not read a second time beside the copy.
         Content::Hash(expect) => (
-            copy_and_hash(&mut input, staged.file_mut(), before.size, src, dst)?,
+            copy_and_hash(
+                &input,
+                output,
+                before.size,
+                (src, dst),
+                split && expect.is_none(),
+            )?,
             expect.copied(),
+            None,
+        ),
+        Content::Unless(held) => (
+            copy_and_hash(&input, output, before.size, (src, dst), split)?,
+            None,
+            expected.map(|_| *held),
         ),
         Content::Known {
             entry,
@@ -289,21 +315,15 @@ pub fn copy_file(
         } => {
             if before.unchanged_since(entry) {
                 if before.size < KERNEL_COPY_FROM {
-                    copy_through_buffer(
-                        &mut input,
-                        staged.file_mut(),
-                        before.size,
-                        src,
-                        dst,
-                        None,
-                    )?;
+                    copy_through_buffer(&input, output, before.size, src, dst, None)?;
                 } else {
-                    io::copy(&mut input, staged.file_mut()).map_err(write_err(dst))?;
+                    io::copy(&mut &input, output).map_err(write_err(dst))?;
                 }
-                (digest, None)
+                (digest, None, None)
             } else {
-                let copied = copy_and_hash(&mut input, staged.file_mut(), before.size, src, dst)?;
-                (copied, exact.then_some(digest))
+                let copied =
+                    copy_and_hash(&input, output, before.size, (src, dst), split && !exact)?;
+                (copied, exact.then_some(digest), None)
             }
         }
     };
@@ -311,6 +331,18 @@ pub fn copy_file(
     if !after.unchanged_since(&before) || expect.is_some_and(|c| c != digest) {
         return Err(OpError::SourceChanged {
             path: src.to_path_buf(),
+        });
+    }
+    if let (Some(held), Some(there)) = (held, expected)
+        && held == digest
+    {
+        // Dropping the staged copy discards it: an unnamed file vanishes, a named one is
+        // removed.
+        return Ok(Copied {
+            digest,
+            source: before,
+            destination: there.clone(),
+            installed: false,
         });
     }
     let file = staged.file_mut();
@@ -327,6 +359,7 @@ pub fn copy_file(
         digest,
         source: before,
         destination,
+        installed: true,
     })
 }
 
@@ -336,7 +369,7 @@ const KERNEL_COPY_FROM: u64 = 1024 * 1024;
 
 /// Copies `input` to `output` through one buffer, feeding the bytes to `hasher` if given.
 fn copy_through_buffer(
-    input: &mut File,
+    mut input: &File,
     output: &mut File,
     size_hint: u64,
     src: &Path,
@@ -368,16 +401,73 @@ fn copy_through_buffer(
     }
 }
 
+/// Files from this size on are hashed on one thread while the kernel copies them on another
+/// (when a thread is free): the hash, which no core can speed up, then hides the copy.
+pub(crate) const PARALLEL_HASH_FROM: u64 = 8 * 1024 * 1024;
+
+/// Copies `input` to `output` and returns the SHA-256 of the bytes read.
+///
+/// With `split`, a large file is read twice, by the hash and by the kernel's copy, at the same
+/// time: the digest is then of the bytes copied as far as the file's stamp, checked before and
+/// after every copy, can tell.
 fn copy_and_hash(
-    input: &mut File,
+    input: &File,
     output: &mut File,
     size_hint: u64,
-    src: &Path,
-    dst: &Path,
+    (src, dst): (&Path, &Path),
+    split: bool,
 ) -> Result<Digest, OpError> {
+    if size_hint >= PARALLEL_HASH_FROM && split {
+        let (hashed, copied) = rayon::join(
+            || checksum::digest_reader(PositionalReader { file: input, at: 0 }),
+            || io::copy(&mut &*input, output),
+        );
+        copied.map_err(write_err(dst))?;
+        return hashed.map_err(|source| OpError::Read {
+            path: src.to_path_buf(),
+            source,
+        });
+    }
     let mut hasher = Sha256::new();
     copy_through_buffer(input, output, size_hint, src, dst, Some(&mut hasher))?;
     Ok(hasher.finalize().into())
+}
+
+/// Counts the copies running at once, so that a copy splits itself only when a thread
+/// is free (splitting on a busy pool reads each file twice for nothing).
+struct InFlight {
+    count: usize,
+}
+
+static COPIES_IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl InFlight {
+    fn enter() -> InFlight {
+        use std::sync::atomic::Ordering;
+        InFlight {
+            count: COPIES_IN_FLIGHT.fetch_add(1, Ordering::Relaxed) + 1,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        COPIES_IN_FLIGHT.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Reads a file from `at` on with `pread`, leaving the file position to a concurrent copy.
+struct PositionalReader<'a> {
+    file: &'a File,
+    at: u64,
+}
+
+impl Read for PositionalReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = std::os::unix::fs::FileExt::read_at(self.file, buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
 }
 
 /// Creates (or replaces `expected` with) a symbolic link at `dst` pointing to `target`, with

@@ -56,6 +56,16 @@ pub struct PassStats {
     pub conflicts: Option<u64>,
 }
 
+/// What a step did, for its log line.
+enum Done {
+    /// What [`Op::describe`] says.
+    AsPlanned,
+    /// A copy found the bytes already there: only mode and time were carried over.
+    Metadata,
+    /// A copy found the bytes, mode and time already there.
+    Nothing,
+}
+
 /// One step of a plan.
 #[derive(Debug)]
 enum Op {
@@ -71,6 +81,9 @@ enum Op {
         from: Entry,
         /// Its digest, if this pass hashed it.
         known: Option<Digest>,
+        /// The digest of `replace`, when the source was left unread to be hashed while it is
+        /// copied: bytes that hash to it are not installed (the file was only touched).
+        unless: Option<Digest>,
     },
     /// Create a link, over `replace` if set.
     Link {
@@ -299,6 +312,7 @@ impl Walk<'_> {
                         replace: None,
                         from: s.clone(),
                         known: src_known,
+                        unless: None,
                     }),
                     Some((s, Kind::Symlink(target))) => found.transfers.push(Op::Link {
                         rel: rel.clone(),
@@ -380,6 +394,13 @@ impl Walk<'_> {
                 && d.kind == Kind::File
                 && s.size == d.size
             {
+                if let [None, Some(_)] = p.digests
+                    && s.size >= fsops::PARALLEL_HASH_FROM
+                {
+                    // Only the source's stamp moved, and reading it is long: it is hashed while
+                    // it is copied, and the copy dropped if the bytes are the same.
+                    continue;
+                }
                 for (side, _) in SIDES {
                     if p.digests[side as usize].is_none() {
                         reads.push((i, side));
@@ -487,11 +508,12 @@ impl Walk<'_> {
                                 });
                             }
                         }
-                        _ => found.transfers.push(Op::Copy {
+                        (d, [known, held]) => found.transfers.push(Op::Copy {
                             rel: child(),
                             replace: d.cloned(),
                             from: s.clone(),
-                            known: p.digests[0],
+                            known,
+                            unless: if known.is_none() { held } else { None },
                         }),
                     },
                     Kind::Symlink(target) => match d {
@@ -687,6 +709,8 @@ impl Pass<'_> {
             self.op_error(rel, &err);
             return;
         }
+        // A copy that found the same bytes does less than planned.
+        let mut done = Done::AsPlanned;
         let result = match op {
             Op::Remove { seen, .. } => fsops::remove(&dst, seen),
             Op::CreateDir { .. } => fsops::create_dir(&dst),
@@ -694,28 +718,46 @@ impl Pass<'_> {
                 replace,
                 from,
                 known,
+                unless,
                 ..
             } => {
                 let started = SystemTime::now();
                 // A digest hashed or cached this pass lets the kernel copy the bytes unread.
-                let content = match known {
-                    Some(digest) if !is_racy(from, started, self.learner.stamps(Side::Source)) => {
+                let content = match (known, unless) {
+                    (Some(digest), _)
+                        if !is_racy(from, started, self.learner.stamps(Side::Source)) =>
+                    {
                         fsops::Content::Known {
                             entry: from,
                             digest: *digest,
                             exact: false,
                         }
                     }
+                    (None, Some(held)) => fsops::Content::Unless(held),
                     _ => fsops::Content::Hash(None),
                 };
-                fsops::copy_file(&self.opts.source.join(rel), &dst, replace.as_ref(), content).map(
-                    |c| {
-                        self.learner
-                            .learn(Side::Source, rel, &c.source, c.digest, Some(started));
+                let src = self.opts.source.join(rel);
+                fsops::copy_file(&src, &dst, replace.as_ref(), content).and_then(|c| {
+                    self.learner
+                        .learn(Side::Source, rel, &c.source, c.digest, Some(started));
+                    if c.installed {
                         self.learner
                             .learn(Side::Backup, rel, &c.destination, c.digest, None);
-                    },
-                )
+                        return Ok(());
+                    }
+                    // Same bytes: what is left to carry over is the mode and time, as for
+                    // a file found equal by its digest.
+                    let there = &c.destination;
+                    if there.mode == from.mode && there.mtime == from.mtime {
+                        self.learner.learn(Side::Backup, rel, there, c.digest, None);
+                        done = Done::Nothing;
+                        return Ok(());
+                    }
+                    let now = fsops::set_metadata(&dst, there, from.mode, from.mtime)?;
+                    self.learner.learn(Side::Backup, rel, &now, c.digest, None);
+                    done = Done::Metadata;
+                    Ok(())
+                })
             }
             Op::Link {
                 target,
@@ -737,7 +779,11 @@ impl Pass<'_> {
         };
         match result {
             Ok(()) => {
-                log::info!("{}", op.describe());
+                match done {
+                    Done::AsPlanned => log::info!("{}", op.describe()),
+                    Done::Metadata => log::info!("updated metadata of {}", Escaped(rel)),
+                    Done::Nothing => return,
+                }
                 Counters::bump(&self.counters.operations);
             }
             Err(err) => {

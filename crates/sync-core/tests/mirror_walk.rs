@@ -2,7 +2,8 @@
 //! directories, links and FIFOs, of any kind at any name on either side), one pass leaves BACKUP
 //! equal to SOURCE (contents, link targets, modes, file and directory mtimes), leaves alone
 //! whatever lies at a name where SOURCE has a FIFO, and the next pass finds nothing to do and
-//! reads nothing. A same-size edit that keeps the mtime is still seen (by its change time).
+//! reads nothing. A same-size edit that keeps the mtime is still seen (by its change time), and
+//! a large file that was only touched keeps its copy in BACKUP.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -238,4 +239,52 @@ fn same_size_edit_with_the_old_mtime_is_copied() {
     let third = mirror_pass(&opts, &mut cache).unwrap();
     assert_eq!(third.operations, 1);
     assert_eq!(fs::read(b.join("d/f")).unwrap(), b"after!");
+}
+
+/// A large file whose stamp moved is hashed while it is copied (not read first): the copy is
+/// installed only if the bytes differ; otherwise the file in BACKUP stays (same inode) and
+/// only its mode and time follow. Either way both digests are remembered.
+#[test]
+fn large_file_touched_keeps_its_backup_and_edited_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, b) = (dir.path().join("s"), dir.path().join("b"));
+    fs::create_dir(&s).unwrap();
+    fs::create_dir(&b).unwrap();
+    let (file, copy) = (s.join("big"), b.join("big"));
+    // Above the size from which a copy hashes on a second thread.
+    let mut bytes: Vec<u8> = (0..9u32 << 20).map(|i| (i % 251) as u8).collect();
+    fs::write(&file, &bytes).unwrap();
+    let opts = options(&s, &b);
+    let mut cache = HashCache::in_memory();
+    let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+    let quiet = |cache: &mut HashCache| {
+        let p = mirror_pass(&opts, cache).unwrap();
+        (p.operations, p.hashed)
+    };
+    mirror_pass(&opts, &mut cache).unwrap();
+    assert_eq!(quiet(&mut cache), (0, 0));
+    let first = ino(&copy);
+
+    // Same bytes, same mode and time, new change time: nothing to do.
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(quiet(&mut cache), (0, 0));
+    assert_eq!(ino(&copy), first);
+
+    // Same bytes, new time: the time is carried over, the file kept.
+    filetime::set_file_mtime(&file, FileTime::from_unix_time(1_600_000_000, 5)).unwrap();
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(quiet(&mut cache).0, 1);
+    assert_eq!(ino(&copy), first);
+    let kept = fs::metadata(&copy).unwrap();
+    assert_eq!((kept.mtime(), kept.mtime_nsec()), (1_600_000_000, 5));
+    assert_eq!(kept.mode() & 0o7777, 0o600);
+    assert_eq!(quiet(&mut cache), (0, 0));
+
+    // A same-size edit: replaced, with the new bytes.
+    bytes[5 << 20] ^= 0xff;
+    fs::write(&file, &bytes).unwrap();
+    assert_eq!(quiet(&mut cache).0, 1);
+    assert_ne!(ino(&copy), first);
+    assert!(fs::read(&copy).unwrap() == bytes);
+    assert_eq!(quiet(&mut cache), (0, 0));
 }
