@@ -82,21 +82,35 @@ impl<'a> Digests<'a> {
         }
     }
 
-    /// The digest of the file `rel` under `root` on `side`, which the scan saw as `entry`.
-    ///
-    /// Fails if the file has to be read and cannot be.
-    pub fn digest(&self, side: Side, root: &Path, rel: &Path, entry: &Entry) -> io::Result<Digest> {
-        if !self.ignore_cache
-            && let Some(d) = self.cache.lookup(side, rel, entry)
-        {
-            self.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(d);
+    /// The digests of `files` (paths under `root` on `side`, as the scan saw them), in order:
+    /// from the cache while a file is provably unchanged, otherwise read (all of them in one
+    /// batch, see [`read_digests`]) and remembered. A file that cannot be read gets its error.
+    pub fn digest_all(
+        &self,
+        side: Side,
+        root: &Path,
+        files: &[(&Path, &Entry)],
+    ) -> Vec<io::Result<Digest>> {
+        let mut results: Vec<Option<io::Result<Digest>>> = files
+            .iter()
+            .map(|&(rel, entry)| self.cached(side, rel, entry).map(Ok))
+            .collect();
+        let misses: Vec<usize> = (0..files.len()).filter(|&i| results[i].is_none()).collect();
+        self.cache_hits
+            .fetch_add((files.len() - misses.len()) as u64, Ordering::Relaxed);
+        let paths: Vec<PathBuf> = misses.iter().map(|&i| root.join(files[i].0)).collect();
+        for (i, (result, started)) in misses.into_iter().zip(read_digests(&paths)) {
+            if let Ok(digest) = &result {
+                self.hashed.fetch_add(1, Ordering::Relaxed);
+                let (rel, entry) = files[i];
+                self.learn(side, rel, entry, *digest, Some(started));
+            }
+            results[i] = Some(result);
         }
-        let started = SystemTime::now();
-        let digest = checksum::file_digest(&root.join(rel))?;
-        self.hashed.fetch_add(1, Ordering::Relaxed);
-        self.learn(side, rel, entry, digest, Some(started));
-        Ok(digest)
+        results
+            .into_iter()
+            .map(|r| r.expect("every file has a result"))
+            .collect()
     }
 
     /// The cached digest of `rel` on `side`, if its stamp is unchanged; reads nothing and

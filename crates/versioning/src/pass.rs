@@ -46,13 +46,22 @@ pub fn versioned_pass(
     }
 
     let digests = Digests::new(cache, opts.checksum, &opts.source, &opts.backup);
-    let read_errors = AtomicU64::new(0);
+    let mut read_errors = 0;
+    let files: Vec<(&Path, &Entry)> = tree
+        .entries
+        .iter()
+        .filter(|(_, entry)| entry.kind == Kind::File)
+        .map(|(rel, entry)| (rel.as_path(), entry))
+        .collect();
+    let mut file_digests = digests
+        .digest_all(Side::Source, &opts.source, &files)
+        .into_iter();
     let items: Items = tree
         .entries
-        .par_iter()
+        .iter()
         .filter_map(|(rel, entry)| {
             let item = match &entry.kind {
-                Kind::File => match digests.digest(Side::Source, &opts.source, rel, entry) {
+                Kind::File => match file_digests.next().expect("one digest per file") {
                     Ok(digest) => Item::File {
                         digest,
                         size: entry.size,
@@ -61,7 +70,7 @@ pub fn versioned_pass(
                     },
                     Err(err) => {
                         log::error!("cannot read {}: {err}", Escaped(rel));
-                        read_errors.fetch_add(1, Ordering::Relaxed);
+                        read_errors += 1;
                         return None;
                     }
                 },
@@ -84,7 +93,7 @@ pub fn versioned_pass(
             Some((rel.clone(), item))
         })
         .collect();
-    stats.errors += read_errors.into_inner();
+    stats.errors += read_errors;
     stats.hashed = digests.hashed();
     stats.cache_hits = digests.cache_hits();
     let wanted = Manifest::new(items);
