@@ -180,3 +180,48 @@ impl Learnt {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever the batch size (one, fewer than a pair per thread, or many, odd or even), each
+    /// result is that file's own digest or error, in order, and its start time precedes it.
+    #[test]
+    fn read_digests_gives_each_file_its_own_result_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut paths = Vec::new();
+        for i in 0..11usize {
+            let path = dir.path().join(format!("f{i}"));
+            if i % 4 != 3 {
+                // Sizes from empty to several read buffers, so lanes end at different times.
+                let bytes: Vec<u8> = (0..i * i * 40_000).map(|b| (b * 7 + i) as u8).collect();
+                std::fs::write(&path, bytes).unwrap();
+            }
+            paths.push(path);
+        }
+        // One thread: every batch of two or more is hashed in pairs, whatever the machine.
+        let one_thread = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        for (n, pool) in [0, 1, 2, 3, 10, 11]
+            .into_iter()
+            .flat_map(|n| [(n, None), (n, Some(&one_thread))])
+        {
+            let before = SystemTime::now();
+            let results = match pool {
+                Some(pool) => pool.install(|| read_digests(&paths[..n])),
+                None => read_digests(&paths[..n]),
+            };
+            assert_eq!(results.len(), n);
+            for (path, (result, started)) in paths.iter().zip(results) {
+                assert!(started >= before);
+                match checksum::file_digest(path) {
+                    Ok(want) => assert_eq!(result.unwrap(), want, "{}", path.display()),
+                    Err(e) => assert_eq!(result.unwrap_err().kind(), e.kind()),
+                }
+            }
+        }
+    }
+}
