@@ -36,6 +36,7 @@ const IV: [u32; 8] = [
 ];
 
 /// SHA-256 round constants (FIPS 180-4, 4.2.2).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const K: [u32; 64] = [
     0x428a_2f98,
     0x7137_4491,
