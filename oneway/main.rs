@@ -89,5 +89,6 @@ fn main() {
             ExitCode::Usage
         }
     };
+    sync_core::logging::flush();
     std::process::exit(code.code());
 }

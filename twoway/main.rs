@@ -115,6 +115,7 @@ fn main() {
             run_sync(&cli, backup)
         }
     };
+    sync_core::logging::flush();
     std::process::exit(code.code());
 }
 

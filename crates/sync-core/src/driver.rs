@@ -53,10 +53,14 @@ pub fn run_passes(schedule: Schedule, job: &mut impl Job) -> ExitCode {
                 log::error!("{}", one_line(&err));
                 if first || schedule.once {
                     log::info!("Total number of operations: {total}");
-                    return job.finish(ExitCode::Usage);
+                    let exit = job.finish(ExitCode::Usage);
+                    crate::logging::flush();
+                    return exit;
                 }
             }
         }
+        // Between passes the log file holds every line of the pass.
+        crate::logging::flush();
         first = false;
         if schedule.once || signal::stop_requested() || sleep(schedule.interval, job) {
             break;
@@ -69,7 +73,9 @@ pub fn run_passes(schedule: Schedule, job: &mut impl Job) -> ExitCode {
     } else {
         ExitCode::Success
     };
-    job.finish(exit)
+    let exit = job.finish(exit);
+    crate::logging::flush();
+    exit
 }
 
 /// Waits for the next pass, ticking the job; true if a stop was requested.
