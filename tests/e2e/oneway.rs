@@ -368,6 +368,9 @@ fn dry_run_changes_nothing_and_logs_what_it_would_do() -> TestResult {
     write(s, "gone.txt", "gone")?;
     write(s, "file_to_dir", "a file for now")?;
     write(s, "meta.txt", "only the mode changes")?;
+    // Large enough that a real pass hashes it while copying it: a dry run still says that
+    // only its time would change.
+    let large = write(s, "large.bin", vec![7u8; 9 << 20])?;
     env.once(&[])?.expect_code(0)?;
 
     write(s, "new.txt", "new")?;
@@ -378,6 +381,7 @@ fn dry_run_changes_nothing_and_logs_what_it_would_do() -> TestResult {
     mkdir(s, "newdir")?;
     symlink(s, "newlink", "new.txt")?;
     chmod(&s.join("meta.txt"), 0o600)?;
+    set_mtime(&large, 1_600_000_000, 0)?;
     write(d, "extra.txt", "only in BACKUP")?;
     let (src_before, dst_before) = (snapshot(s)?, snapshot(d)?);
 
@@ -396,6 +400,7 @@ fn dry_run_changes_nothing_and_logs_what_it_would_do() -> TestResult {
         "created directory newdir",
         "created symlink newlink -> new.txt",
         "updated metadata of meta.txt",
+        "updated metadata of large.bin",
         "removed extra.txt",
     ] {
         run.expect("INFO", &format!("dry run: {message}"))?;
@@ -415,6 +420,7 @@ fn dry_run_changes_nothing_and_logs_what_it_would_do() -> TestResult {
     real.expect_code(0)?;
     real.expect("INFO", "copied new.txt")?;
     real.expect("INFO", "removed extra.txt")?;
+    real.expect("INFO", "updated metadata of large.bin")?;
     assert_trees_equal(s, d)
 }
 

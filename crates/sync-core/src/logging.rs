@@ -5,15 +5,15 @@
 //! The console gets each line at once. The file gets them in batches: a pass that copies
 //! thousands of files would otherwise pay a journaled update of the log's inode per line
 //! (about 5% of a first copy of small files, measured). A batch is written when a warning or
-//! an error arrives, when it reaches 64 KiB, every 100 ms (a thread of its own), on
-//! [`flush`] (the end of every pass, and before the program exits) and after a panic; a
-//! SIGKILL can lose at most the last 100 ms of lines.
+//! an error arrives, when it reaches 64 KiB, 100 ms after its first line (a thread of its own,
+//! asleep while there is nothing to write), on [`flush`] (the end of every pass, and before
+//! the program exits) and after a panic; a SIGKILL can lose at most the last 100 ms of lines.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
@@ -92,11 +92,33 @@ impl LogFile {
 
 struct Logger {
     program: &'static str,
-    file: &'static Mutex<LogFile>,
+    file: &'static Batches,
 }
 
-fn lock(file: &Mutex<LogFile>) -> std::sync::MutexGuard<'_, LogFile> {
-    file.lock().unwrap_or_else(|e| e.into_inner())
+/// The log file, and the signal to the writer thread that a batch has started.
+struct Batches {
+    file: Mutex<LogFile>,
+    started: Condvar,
+}
+
+impl Batches {
+    fn lock(&self) -> MutexGuard<'_, LogFile> {
+        self.file.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes each batch about [`BATCH_DELAY`] after its first line; sleeps while there is none,
+    /// so an idle periodic run does not wake up ten times a second.
+    fn write_in_batches(&self) -> ! {
+        loop {
+            let mut file = self.lock();
+            while file.pending.is_empty() {
+                file = self.started.wait(file).unwrap_or_else(|e| e.into_inner());
+            }
+            drop(file);
+            std::thread::sleep(BATCH_DELAY);
+            self.lock().write_pending();
+        }
+    }
 }
 
 fn level_name(level: Level) -> &'static str {
@@ -127,13 +149,17 @@ impl Log for Logger {
             record.args()
         );
         // One lock around both, so the console and the file list lines in one order.
-        let mut file = lock(self.file);
+        let mut file = self.file.lock();
         let _ = io::stderr().lock().write_all(line.as_bytes());
+        let first = file.pending.is_empty();
         file.push(&line, record.level() <= Level::Warn);
+        if first && !file.pending.is_empty() {
+            self.file.started.notify_one();
+        }
     }
 
     fn flush(&self) {
-        lock(self.file).write_pending();
+        self.file.lock().write_pending();
     }
 }
 
@@ -153,22 +179,20 @@ pub fn init(program: &'static str, path: &Path, level: LevelFilter) -> io::Resul
     };
     file.open()?;
     // One logger per process, alive until it exits.
-    let file: &'static Mutex<LogFile> = Box::leak(Box::new(Mutex::new(file)));
+    let file: &'static Batches = Box::leak(Box::new(Batches {
+        file: Mutex::new(file),
+        started: Condvar::new(),
+    }));
     log::set_boxed_logger(Box::new(Logger { program, file })).map_err(io::Error::other)?;
     log::set_max_level(level);
     std::thread::Builder::new()
         .name("log-writer".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(BATCH_DELAY);
-                lock(file).write_pending();
-            }
-        })?;
+        .spawn(|| file.write_in_batches())?;
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         report(info);
         // `try_lock`: the panic may have happened with the lock held.
-        if let Ok(mut file) = file.try_lock() {
+        if let Ok(mut file) = file.file.try_lock() {
             file.write_pending();
         }
     }));

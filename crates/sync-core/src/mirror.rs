@@ -396,9 +396,11 @@ impl Walk<'_> {
             {
                 if let [None, Some(_)] = p.digests
                     && s.size >= fsops::PARALLEL_HASH_FROM
+                    && !self.opts.dry_run
                 {
                     // Only the source's stamp moved, and reading it is long: it is hashed while
-                    // it is copied, and the copy dropped if the bytes are the same.
+                    // it is copied, and the copy dropped if the bytes are the same. (A dry run
+                    // copies nothing, so it reads the file to say what a pass would do.)
                     continue;
                 }
                 for (side, _) in SIDES {
