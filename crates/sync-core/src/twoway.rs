@@ -182,7 +182,7 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
         || items_of(&dst, dst_digests),
     );
 
-    let stamp = jiff::ZonedDateTime::now()
+    let stamp = crate::logging::local_now()
         .strftime("%Y%m%d-%H%M%S")
         .to_string();
     let plan = reconcile(

@@ -118,7 +118,7 @@ pub fn restore(state_dir: &Path, dir: &Path, which: Which) -> Result<Restored, E
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let work_prefix = format!(".{name}.restore-");
-    let stamp = jiff::ZonedDateTime::now()
+    let stamp = sync_core::logging::local_now()
         .strftime("%Y%m%d-%H%M%S")
         .to_string();
     keep_leftovers(parent, &work_prefix, &vdir, &stamp);
