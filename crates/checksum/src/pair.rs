@@ -307,46 +307,40 @@ pub fn file_digest_pair(a: &Path, b: &Path) -> [io::Result<Digest>; 2] {
         return [crate::file_digest(a), crate::file_digest(b)];
     }
     let mut results: [Option<io::Result<Digest>>; 2] = [None, None];
-    let mut streams = [Some(a), Some(b)].map(|p| p.map(Stream::open));
-    for (slot, stream) in results.iter_mut().zip(&mut streams) {
-        if let Some(Err(_)) = stream {
-            let Some(Err(e)) = stream.take() else {
-                unreachable!()
-            };
-            *slot = Some(Err(e));
+    // A file that cannot be opened has its result at once and no stream.
+    let mut streams: [Option<Stream>; 2] = [None, None];
+    for ((slot, stream), path) in results.iter_mut().zip(&mut streams).zip([a, b]) {
+        match Stream::open(path) {
+            Ok(s) => *stream = Some(s),
+            Err(e) => *slot = Some(Err(e)),
         }
     }
-    loop {
+    while streams.iter().any(Option::is_some) {
         for (slot, stream) in results.iter_mut().zip(&mut streams) {
-            if let Some(Ok(s)) = stream
+            if let Some(s) = stream
                 && let Err(e) = s.fill()
             {
                 *slot = Some(Err(e));
                 *stream = None;
             }
         }
-        match &mut streams {
-            [Some(Ok(x)), Some(Ok(y))] => {
-                let both = x.whole_blocks().min(y.whole_blocks());
-                let mut states = [x.state, y.state];
-                compress(&mut states, [&x.buf[..both], &y.buf[..both]]);
-                [x.state, y.state] = states;
-                x.consumed(both);
-                y.consumed(both);
-            }
-            [None, None] => break,
-            _ => {}
+        if let [Some(x), Some(y)] = &mut streams {
+            let both = x.whole_blocks().min(y.whole_blocks());
+            let mut states = [x.state, y.state];
+            compress(&mut states, [&x.buf[..both], &y.buf[..both]]);
+            [x.state, y.state] = states;
+            x.consumed(both);
+            y.consumed(both);
         }
         // What one lane has beyond the other (one file ended first), and single files.
         for (slot, stream) in results.iter_mut().zip(&mut streams) {
-            if let Some(Ok(s)) = stream {
+            if let Some(s) = stream {
                 let whole = s.whole_blocks();
                 compress(std::array::from_mut(&mut s.state), [&s.buf[..whole]]);
                 s.consumed(whole);
-                if s.at_end {
-                    let Some(Ok(s)) = stream.take() else {
-                        unreachable!()
-                    };
+                if s.at_end
+                    && let Some(s) = stream.take()
+                {
                     *slot = Some(Ok(s.finish()));
                 }
             }

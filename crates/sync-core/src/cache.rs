@@ -208,7 +208,12 @@ impl HashCache {
 
     /// Records the digest of `rel` on `side` as it was when `entry` was read.
     pub fn insert(&mut self, side: Side, rel: PathBuf, entry: &Entry, digest: Digest) {
-        let value = (Stamp::of(entry), digest);
+        self.insert_stamp(side, rel, Stamp::of(entry), digest);
+    }
+
+    /// [`HashCache::insert`] for a file known by its stamp.
+    pub fn insert_stamp(&mut self, side: Side, rel: PathBuf, stamp: Stamp, digest: Digest) {
+        let value = (stamp, digest);
         let key = rel.into_os_string().into_vec().into_boxed_slice();
         if self.sides_mut()[side as usize].insert(key, value) != Some(value) {
             self.dirty = true;

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 use sha2::{Digest as _, Sha256};
 
-use crate::cache::{Reader, Side, Stamp, Timestamps, encode_stamp, is_racy};
+use crate::cache::{HashCache, Reader, Side, Stamp, Timestamps, encode_stamp, is_racy};
 use crate::scan::{Entry, Kind, Tree};
 
 const MAGIC: &[u8; 8] = b"DSYNCDC1";
@@ -296,8 +296,9 @@ struct Learnt {
     digest: Digest,
 }
 
-/// Collects the digests a pass learns while it copies (safe to share between workers), and
-/// says which digests taken from a stamp can be trusted now.
+/// Collects the digests a pass learns while it reads and copies (safe to share between
+/// workers), and says which digests taken from a stamp can be trusted now. Mirror and two-way
+/// passes put what it learnt into their blocks, versioned passes into their per-path table.
 pub struct Learner {
     stamps: [Timestamps; 2],
     learnt: Mutex<Vec<Learnt>>,
@@ -346,6 +347,13 @@ impl Learner {
                 stamp: Stamp::of(entry),
                 digest,
             });
+    }
+
+    /// Puts what was learnt into the per-path table of a versioned pass.
+    pub fn record_into_table(self, cache: &mut HashCache) {
+        for l in self.learnt.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            cache.insert_stamp(l.side, l.rel, l.stamp, l.digest);
+        }
     }
 
     /// Puts what was learnt into the blocks of the directories concerned (read from `cache`

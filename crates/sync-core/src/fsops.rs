@@ -297,14 +297,15 @@ pub fn copy_file(
                 &input,
                 output,
                 before.size,
-                (src, dst),
+                src,
+                dst,
                 split && expect.is_none(),
             )?,
             expect.copied(),
             None,
         ),
         Content::Unless(held) => (
-            copy_and_hash(&input, output, before.size, (src, dst), split)?,
+            copy_and_hash(&input, output, before.size, src, dst, split)?,
             None,
             expected.map(|_| *held),
         ),
@@ -321,8 +322,7 @@ pub fn copy_file(
                 }
                 (digest, None, None)
             } else {
-                let copied =
-                    copy_and_hash(&input, output, before.size, (src, dst), split && !exact)?;
+                let copied = copy_and_hash(&input, output, before.size, src, dst, split && !exact)?;
                 (copied, exact.then_some(digest), None)
             }
         }
@@ -414,7 +414,8 @@ fn copy_and_hash(
     input: &File,
     output: &mut File,
     size_hint: u64,
-    (src, dst): (&Path, &Path),
+    src: &Path,
+    dst: &Path,
     split: bool,
 ) -> Result<Digest, OpError> {
     if size_hint >= PARALLEL_HASH_FROM && split {

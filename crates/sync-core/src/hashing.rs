@@ -5,14 +5,14 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use checksum::Digest;
 use rayon::prelude::*;
 
-use crate::cache::{HashCache, Side, Timestamps, is_racy};
+use crate::cache::{HashCache, Side};
+use crate::dircache::Learner;
 use crate::scan::Entry;
 
 /// Reads and hashes the files at `paths`: for each, its digest and the time its reading began.
@@ -45,22 +45,13 @@ pub fn read_digests(paths: &[PathBuf]) -> Vec<(io::Result<Digest>, SystemTime)> 
     }
 }
 
-/// A digest learnt during a pass, to be remembered in the cache when the pass ends.
-struct LearntDigest {
-    side: Side,
-    rel: PathBuf,
-    entry: Entry,
-    digest: Digest,
-}
-
 /// Hands out digests for one pass; safe to share between worker threads.
 pub struct Digests<'a> {
     cache: &'a HashCache,
-    stamps: [Timestamps; 2],
+    learner: Learner,
     ignore_cache: bool,
     hashed: AtomicU64,
     cache_hits: AtomicU64,
-    learnt: Mutex<Vec<LearntDigest>>,
 }
 
 impl<'a> Digests<'a> {
@@ -74,11 +65,10 @@ impl<'a> Digests<'a> {
     ) -> Digests<'a> {
         Digests {
             cache,
-            stamps: [Timestamps::of(source), Timestamps::of(backup)],
+            learner: Learner::new(source, backup),
             ignore_cache,
             hashed: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
-            learnt: Mutex::new(Vec::new()),
         }
     }
 
@@ -103,7 +93,7 @@ impl<'a> Digests<'a> {
             if let Ok(digest) = &result {
                 self.hashed.fetch_add(1, Ordering::Relaxed);
                 let (rel, entry) = files[i];
-                self.learn(side, rel, entry, *digest, Some(started));
+                self.learner.learn(side, rel, entry, *digest, Some(started));
             }
             results[i] = Some(result);
         }
@@ -122,35 +112,9 @@ impl<'a> Digests<'a> {
         self.cache.lookup(side, rel, entry)
     }
 
-    /// True if a digest of `entry` taken from its stamp can be trusted now: its file system
-    /// stamps every later change visibly (see [`is_racy`]).
-    pub fn trusted(&self, side: Side, entry: &Entry) -> bool {
-        !is_racy(entry, SystemTime::now(), self.stamps[side as usize])
-    }
-
-    /// Remembers that `rel` on `side`, as `entry`, has `digest`. `hashed_at` is when reading
-    /// began, or `None` for a file this pass wrote itself; a file changed within a timestamp
-    /// tick of being read is not remembered (see [`is_racy`]).
-    pub fn learn(
-        &self,
-        side: Side,
-        rel: &Path,
-        entry: &Entry,
-        digest: Digest,
-        hashed_at: Option<SystemTime>,
-    ) {
-        if hashed_at.is_some_and(|t| is_racy(entry, t, self.stamps[side as usize])) {
-            return;
-        }
-        self.learnt
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(LearntDigest {
-                side,
-                rel: rel.to_path_buf(),
-                entry: entry.clone(),
-                digest,
-            });
+    /// What decides which digests may be trusted and remembered, and collects them.
+    pub fn learner(&self) -> &Learner {
+        &self.learner
     }
 
     /// Files read so far.
@@ -163,21 +127,10 @@ impl<'a> Digests<'a> {
         self.cache_hits.load(Ordering::Relaxed)
     }
 
-    /// Ends the pass, giving back what was learnt (no longer borrowing the cache).
-    pub fn finish(self) -> Learnt {
-        Learnt(self.learnt.into_inner().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-/// Digests learnt during a pass, to be put in the cache once the pass is over.
-pub struct Learnt(Vec<LearntDigest>);
-
-impl Learnt {
-    /// Puts everything learnt into `cache`.
-    pub fn record_into(self, cache: &mut HashCache) {
-        for l in self.0 {
-            cache.insert(l.side, l.rel, &l.entry, l.digest);
-        }
+    /// Ends the pass, giving back what was learnt (no longer borrowing the cache); see
+    /// [`Learner::record_into_table`].
+    pub fn finish(self) -> Learner {
+        self.learner
     }
 }
 

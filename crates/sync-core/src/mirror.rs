@@ -414,17 +414,10 @@ impl Walk<'_> {
             .iter()
             .map(|&(i, side)| self.root(side).join(rel).join(pairs[i].name))
             .collect();
-        let results = hashing::read_digests(&paths).into_iter().zip(&reads).map(
-            |((result, started), &(i, side))| {
-                let p: &Pair<'_> = &pairs[i];
-                let entry = [p.src, p.dst][side as usize].expect("compared files exist");
-                let cacheable = !is_racy(entry, started, self.learner.stamps(side));
-                (i, side, result, cacheable)
-            },
-        );
-        let results: Vec<_> = results.collect();
-        for (i, side, result, cacheable) in results {
+        for ((result, started), (i, side)) in hashing::read_digests(&paths).into_iter().zip(reads) {
             let p = &mut pairs[i];
+            let entry = [p.src, p.dst][side as usize].expect("compared files exist");
+            let cacheable = !is_racy(entry, started, self.learner.stamps(side));
             match result {
                 Ok(digest) => {
                     Counters::bump(&self.hashed);

@@ -144,8 +144,7 @@ pub fn versioned_pass(
             )
         }
     };
-    let learnt = digests.finish();
-    learnt.record_into(cache);
+    digests.finish().record_into_table(cache);
     cache.retain_live(Side::Source, tree.entries.keys().map(PathBuf::as_path));
     result.map(|()| stats)
 }
@@ -330,7 +329,7 @@ fn fill(
                     let started = SystemTime::now();
                     // The digest was hashed or cached this pass: the kernel copies the bytes.
                     let content = match source.tree.entries.get(rel) {
-                        Some(entry) if digests.trusted(Side::Source, entry) => {
+                        Some(entry) if digests.learner().trusted(Side::Source, entry) => {
                             fsops::Content::Known {
                                 entry,
                                 digest: *digest,
@@ -341,7 +340,13 @@ fn fill(
                     };
                     fsops::copy_file(&opts.source.join(rel), &dst, None, content).map(|c| {
                         copied.fetch_add(1, Ordering::Relaxed);
-                        digests.learn(Side::Source, rel, &c.source, c.digest, Some(started));
+                        digests.learner().learn(
+                            Side::Source,
+                            rel,
+                            &c.source,
+                            c.digest,
+                            Some(started),
+                        );
                         Item::File {
                             digest: c.digest,
                             size: c.source.size,
