@@ -50,6 +50,62 @@ pub enum Item {
 /// Every entry of a tree by relative path, in path order.
 pub type Items = BTreeMap<PathBuf, Item>;
 
+/// A tree's items in path order ([`crate::scan::path_order`]), their paths borrowed from a
+/// scan: what a two-way pass compares, made without a path copy or a map node per entry
+/// (building a map checks the order with `Path`'s component-wise comparisons).
+#[derive(Debug, Default)]
+pub struct ItemList<'a>(Vec<(&'a Path, Item)>);
+
+impl<'a> ItemList<'a> {
+    /// Wraps items already in path order, without duplicates.
+    pub fn from_sorted(items: Vec<(&'a Path, Item)>) -> ItemList<'a> {
+        debug_assert!(
+            items
+                .windows(2)
+                .all(|w| crate::scan::path_order(w[0].0, w[1].0).is_lt())
+        );
+        ItemList(items)
+    }
+
+    /// Every path and item, in path order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a Path, &Item)> {
+        self.0.iter().map(|(rel, item)| (*rel, item))
+    }
+
+    /// Every item, in path order.
+    pub fn values(&self) -> impl Iterator<Item = &Item> {
+        self.0.iter().map(|(_, item)| item)
+    }
+
+    /// True if the list holds `rel`.
+    pub fn contains(&self, rel: &Path) -> bool {
+        self.0
+            .binary_search_by(|(p, _)| crate::scan::path_order(p, rel))
+            .is_ok()
+    }
+
+    /// Number of items.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'a> From<&'a Items> for ItemList<'a> {
+    fn from(items: &'a Items) -> ItemList<'a> {
+        ItemList(
+            items
+                .iter()
+                .map(|(rel, item)| (rel.as_path(), item.clone()))
+                .collect(),
+        )
+    }
+}
+
 /// Appends the line of one entry (with its newline) to `out`.
 pub fn encode_item(out: &mut String, rel: &Path, item: &Item) {
     let path = escape(rel.as_os_str().as_bytes());
@@ -114,11 +170,48 @@ pub fn decode_path(field: &str) -> Option<PathBuf> {
     unescape(field).map(|b| PathBuf::from(OsString::from_vec(b)))
 }
 
+/// Each byte's value as a hex digit, or `0xFF` if it is not one.
+const HEX_VALUE: [u8; 256] = {
+    let mut table = [0xFF; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// The byte that two hex digits spell.
+fn hex_byte(hi: u8, lo: u8) -> Option<u8> {
+    let (hi, lo) = (HEX_VALUE[usize::from(hi)], HEX_VALUE[usize::from(lo)]);
+    ((hi | lo) < 16).then_some(hi << 4 | lo)
+}
+
 /// Parses a lowercase or uppercase hex SHA-256.
 pub fn parse_digest(s: &str) -> Option<Digest> {
+    let s = s.as_bytes();
+    if s.len() != 64 {
+        return None;
+    }
+    // Invalid digits are collected rather than tested one by one: a branch per digit cost
+    // more than the rest of a listing line's parsing put together.
     let mut digest = [0; 32];
-    hex::decode_to_slice(s, &mut digest).ok()?;
-    Some(digest)
+    let mut invalid = 0;
+    for (byte, pair) in digest.iter_mut().zip(s.chunks_exact(2)) {
+        let (hi, lo) = (
+            HEX_VALUE[usize::from(pair[0])],
+            HEX_VALUE[usize::from(pair[1])],
+        );
+        invalid |= hi | lo;
+        *byte = hi << 4 | lo;
+    }
+    (invalid < 16).then_some(digest)
 }
 
 fn parse_time(s: &str) -> Option<Timestamp> {
@@ -201,8 +294,8 @@ fn unescape(s: &str) -> Option<Vec<u8>> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = s.get(i + 1..i + 3)?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                let (&hi, &lo) = (bytes.get(i + 1)?, bytes.get(i + 2)?);
+                out.push(hex_byte(hi, lo)?);
                 i += 3;
             }
             b if b.is_ascii_graphic() => {
@@ -257,6 +350,32 @@ mod tests {
             3,
             "one line per entry, whatever the names hold"
         );
+    }
+
+    #[test]
+    fn digests_parse_in_either_case_and_nothing_else_does() {
+        let digest: Digest = std::array::from_fn(|i| (i * 37) as u8);
+        let lower = hex::encode(digest);
+        assert_eq!(parse_digest(&lower), Some(digest));
+        assert_eq!(parse_digest(&lower.to_uppercase()), Some(digest));
+        assert_eq!(parse_digest(&lower[..62]), None);
+        assert_eq!(parse_digest(&format!("{lower}0")), None);
+        // A bad digit anywhere spoils the whole digest, whatever the digit next to it.
+        for at in 0..64 {
+            for bad in ["g", "G", " ", "+", "-", "\u{0}", "/", ":", "@", "`"] {
+                let mut text = lower.clone();
+                text.replace_range(at..at + 1, bad);
+                assert_eq!(parse_digest(&text), None, "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn escapes_need_two_hex_digits() {
+        assert_eq!(decode_path("a%20b%2Fc%25"), Some(PathBuf::from("a b/c%")));
+        for bad in ["a%2", "a%", "a%+1", "a%-1", "a%g0", "a%0g", "a b"] {
+            assert_eq!(decode_path(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::cache::Side;
-use crate::listing::{Item, Items};
+use crate::listing::{Item, ItemList, Items};
 
 /// Who wins a conflict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,8 +236,8 @@ pub fn conflict_name(rel: &Path, stamp: &str, taken: impl Fn(&Path) -> bool) -> 
 /// conflict copies.
 pub fn reconcile(
     archive: &Items,
-    source: &Items,
-    backup: &Items,
+    source: &ItemList,
+    backup: &ItemList,
     protected: &HashSet<PathBuf>,
     policy: Policy,
     stamp: &str,
@@ -344,14 +344,14 @@ pub fn reconcile(
             if let Some(lost) = lost {
                 let to = conflict_name(rel, stamp, |p| {
                     archive.contains_key(p)
-                        || source.contains_key(p)
-                        || backup.contains_key(p)
+                        || source.contains(p)
+                        || backup.contains(p)
                         || planned.contains(p)
                 });
                 planned.insert(to.clone());
                 plan.steps.push(Step::SaveLoser {
                     side: lside,
-                    rel: rel.clone(),
+                    rel: rel.to_path_buf(),
                     to: to.clone(),
                     seen: lost.clone(),
                 });
@@ -373,7 +373,7 @@ pub fn reconcile(
                 });
                 plan.finals.insert(to.clone(), Some(lost));
                 plan.conflicts.push(Conflict {
-                    rel: rel.clone(),
+                    rel: rel.to_path_buf(),
                     winner: other_side(lside),
                     verdict,
                     saved_as: to,
@@ -394,25 +394,25 @@ pub fn reconcile(
             steps_for_side(&mut plan.steps, side, rel, here, fin_item.as_ref());
         }
         if fin_item.as_ref() != a {
-            plan.finals.insert(rel.clone(), fin_item);
+            plan.finals.insert(rel.to_path_buf(), fin_item);
         }
     }
     plan
 }
 
-/// One row per path of the three sorted maps, in order, with what each holds: a merge join,
-/// so no path is looked up in a map (each lookup would compare paths component by component).
+/// One row per path of the three sorted lists, in order, with what each holds: a merge join,
+/// so no path is looked up (each lookup would compare paths component by component).
 type Row<'a> = (
-    &'a PathBuf,
+    &'a Path,
     Option<&'a Item>,
     Option<&'a Item>,
     Option<&'a Item>,
 );
 
-fn join3<'a>(a: &'a Items, s: &'a Items, d: &'a Items) -> Vec<Row<'a>> {
+fn join3<'a>(a: &'a Items, s: &'a ItemList, d: &'a ItemList) -> Vec<Row<'a>> {
     let mut out = Vec::with_capacity(a.len().max(s.len()).max(d.len()));
     let (mut ia, mut is, mut id) = (
-        a.iter().peekable(),
+        a.iter().map(|(k, v)| (k.as_path(), v)).peekable(),
         s.iter().peekable(),
         d.iter().peekable(),
     );
@@ -425,18 +425,19 @@ fn join3<'a>(a: &'a Items, s: &'a Items, d: &'a Items) -> Vec<Row<'a>> {
         let Some(key) = next else { break };
         // Keys come from scans and from listings, which accept only canonical paths, so equal
         // paths have equal bytes.
-        let take =
-            |it: &mut std::iter::Peekable<std::collections::btree_map::Iter<'a, PathBuf, Item>>| {
-                if it
-                    .peek()
-                    .is_some_and(|(k, _)| k.as_os_str() == key.as_os_str())
-                {
-                    it.next().map(|(_, v)| v)
-                } else {
-                    None
-                }
-            };
-        let row = (key, take(&mut ia), take(&mut is), take(&mut id));
+        fn take<'a>(
+            it: &mut std::iter::Peekable<impl Iterator<Item = (&'a Path, &'a Item)>>,
+            key: &Path,
+        ) -> Option<&'a Item> {
+            it.next_if(|(k, _)| k.as_os_str() == key.as_os_str())
+                .map(|(_, v)| v)
+        }
+        let row = (
+            key,
+            take(&mut ia, key),
+            take(&mut is, key),
+            take(&mut id, key),
+        );
         out.push(row);
     }
     out
@@ -878,7 +879,7 @@ mod tests {
                     }
                 }
                 // One stamp for every pass: passes within one second must not reuse a name.
-                let plan = reconcile(&archive, &src, &dst, &HashSet::new(), policy, "20260101-000000");
+                let plan = reconcile(&archive, &(&src).into(), &(&dst).into(), &HashSet::new(), policy, "20260101-000000");
                 apply(&plan, &mut src, &mut dst);
                 prop_assert_eq!(&src, &dst, "both sides equal after pass {}", n);
                 let mut next = archive.clone();
@@ -928,7 +929,14 @@ mod tests {
         let mut dst = archive.clone();
         dst.insert("d/new".into(), file(3, 2));
         dst.insert("f".into(), file(4, 2));
-        let plan = reconcile(&archive, &src, &dst, &HashSet::new(), Policy::Newer, "S");
+        let plan = reconcile(
+            &archive,
+            &(&src).into(),
+            &(&dst).into(),
+            &HashSet::new(),
+            Policy::Newer,
+            "S",
+        );
         assert_eq!(final_of(&plan, &archive, "d"), Some(dir()));
         assert_eq!(final_of(&plan, &archive, "d/new"), Some(file(3, 2)));
         assert_eq!(
@@ -953,7 +961,14 @@ mod tests {
             (Policy::Source, Side::Source, file(3, 9)),
             (Policy::Backup, Side::Backup, file(2, 5)),
         ] {
-            let plan = reconcile(&archive, &src, &dst, &HashSet::new(), policy, "S");
+            let plan = reconcile(
+                &archive,
+                &(&src).into(),
+                &(&dst).into(),
+                &HashSet::new(),
+                policy,
+                "S",
+            );
             assert_eq!(plan.conflicts.len(), 1);
             assert_eq!(plan.conflicts[0].winner, winner, "{policy:?}");
             assert_eq!(plan.conflicts[0].saved_as, Path::new("f.conflict-S.txt"));
@@ -969,7 +984,14 @@ mod tests {
         let mut dst = Items::new();
         dst.insert("x".into(), dir());
         dst.insert("x/in".into(), file(2, 1));
-        let plan = reconcile(&archive, &src, &dst, &HashSet::new(), Policy::Source, "S");
+        let plan = reconcile(
+            &archive,
+            &(&src).into(),
+            &(&dst).into(),
+            &HashSet::new(),
+            Policy::Source,
+            "S",
+        );
         assert_eq!(final_of(&plan, &archive, "x"), Some(dir()));
         assert_eq!(plan.conflicts[0].verdict, Verdict::Directory);
         assert_eq!(final_of(&plan, &archive, "x.conflict-S"), Some(file(1, 99)));

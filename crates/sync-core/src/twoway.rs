@@ -15,7 +15,7 @@ use crate::dircache::{Learner, tree_digests};
 use crate::display::Escaped;
 use crate::error::Error;
 use crate::fsops::{self, OpError};
-use crate::listing::{Item, Items};
+use crate::listing::{Item, ItemList, Items};
 use crate::mirror::PassStats;
 use crate::reconcile::{Plan, Policy, Step, Verdict, reconcile};
 use crate::scan::{self, Entry, Filter, Kind, Tree};
@@ -66,8 +66,9 @@ fn other(side: Side) -> Side {
 /// Turns a scanned tree and its digests (one per entry, in the tree's order) into the items
 /// reconcile compares. Files whose digest is missing (unreadable) are left out; the caller
 /// protects their paths.
-fn items_of(tree: &Tree, digests: &[Option<checksum::Digest>]) -> Items {
-    tree.entries
+fn items_of<'t>(tree: &'t Tree, digests: &[Option<checksum::Digest>]) -> ItemList<'t> {
+    let items = tree
+        .entries
         .iter()
         .zip(digests)
         .filter_map(|((rel, e), digest)| {
@@ -88,9 +89,10 @@ fn items_of(tree: &Tree, digests: &[Option<checksum::Digest>]) -> Items {
                 },
                 Kind::Special => return None,
             };
-            Some((rel.clone(), item))
+            Some((rel.as_path(), item))
         })
-        .collect()
+        .collect();
+    ItemList::from_sorted(items)
 }
 
 /// Runs one two-way pass between `opts.source` and `opts.backup`.
@@ -347,8 +349,8 @@ fn refuse_empty_side(
 fn refuse_mass_deletion(
     opts: &TwowayOptions,
     plan: &Plan,
-    src: &Items,
-    dst: &Items,
+    src: &ItemList,
+    dst: &ItemList,
 ) -> Result<(), Error> {
     if opts.force {
         return Ok(());
