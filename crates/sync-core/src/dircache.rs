@@ -433,12 +433,28 @@ pub fn tree_digests<'t>(
     roots: [&Path; 2],
     trees: [&'t Tree; 2],
 ) -> TreeDigests<'t> {
-    let mut by_dir: FxHashMap<&'t [u8], [Vec<TreeFile<'t>>; 2]> = FxHashMap::default();
+    // The files of each directory, both sides. A tree lists a directory's files together
+    // (only its subdirectories' subtrees come between them), so the directory is looked up
+    // again only when it changes.
+    let mut by_dir: Vec<(&'t [u8], [Vec<TreeFile<'t>>; 2])> = Vec::new();
+    let mut slot_of: FxHashMap<&'t [u8], usize> = FxHashMap::default();
     for (side, tree) in trees.iter().enumerate() {
+        let mut current: Option<(&[u8], usize)> = None;
         for (i, (rel, entry)) in tree.entries.iter().enumerate() {
             if entry.kind == Kind::File {
                 let (dir, name) = split_dir(rel);
-                by_dir.entry(dir).or_default()[side].push((i, rel.as_path(), name, entry));
+                let slot = match current {
+                    Some((last, slot)) if last == dir => slot,
+                    _ => {
+                        let slot = *slot_of.entry(dir).or_insert_with(|| {
+                            by_dir.push((dir, Default::default()));
+                            by_dir.len() - 1
+                        });
+                        current = Some((dir, slot));
+                        slot
+                    }
+                };
+                by_dir[slot].1[side].push((i, rel.as_path(), name, entry));
             }
         }
     }
@@ -696,6 +712,49 @@ mod tests {
                 src.map(|d| (stamp(1), [d; 32])),
                 dst.map(|d| (stamp(2), [d; 32])),
             ],
+        }
+    }
+
+    #[test]
+    fn tree_digests_give_each_file_its_digest_where_subtrees_split_a_directory() {
+        let roots = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        // `a`'s files come before and after the subtree of `a/m` in path order; BACKUP holds
+        // different files, so each side has its own grouping.
+        let layouts: [&[&str]; 2] = [
+            &["a/f", "a/m/g", "a/m/n/h", "a/z", "top"],
+            &["a/m/g", "a/y", "b/c", "top"],
+        ];
+        for (root, files) in roots.iter().zip(layouts) {
+            for rel in files {
+                let path = root.path().join(rel);
+                fs::create_dir_all(path.parent().unwrap()).unwrap();
+                fs::write(&path, format!("{} {rel}", root.path().display())).unwrap();
+            }
+        }
+        // Out of the tick in which they were written: their digests may be remembered.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let filter = crate::scan::Filter::default();
+        let trees = roots
+            .each_ref()
+            .map(|r| crate::scan::scan(r.path(), "root", &filter).unwrap());
+        let paths = roots.each_ref().map(|r| r.path());
+        let mut cache = DirCache::in_memory();
+        for pass in 0..2 {
+            let learner = Learner::new(paths[0], paths[1]);
+            let found = tree_digests(&cache, &learner, paths, trees.each_ref());
+            assert!(found.failed.is_empty());
+            assert_eq!(found.hashed + found.cache_hits, 9, "pass {pass}");
+            assert_eq!(found.hashed, if pass == 0 { 9 } else { 0 }, "pass {pass}");
+            for side in 0..2 {
+                for ((rel, entry), digest) in trees[side].entries.iter().zip(&found.sides[side]) {
+                    let expected = (entry.kind == Kind::File)
+                        .then(|| checksum::file_digest(&paths[side].join(rel)).unwrap());
+                    assert_eq!(*digest, expected, "pass {pass}: {rel:?} on side {side}");
+                }
+            }
+            let mut blocks = found.blocks;
+            learner.record_into(&mut blocks, &cache);
+            cache.save(blocks, &[]).unwrap();
         }
     }
 

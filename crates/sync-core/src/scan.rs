@@ -190,7 +190,8 @@ impl Filter {
     }
 
     fn excludes_name(&self, name: &OsStr) -> bool {
-        self.names.is_match(Path::new(name))
+        // Asking an empty set still prepares the name for matching, for every entry scanned.
+        (!self.names.is_empty() && self.names.is_match(Path::new(name)))
             || (self.temp_names && crate::fsops::is_temp_name(name))
     }
 
