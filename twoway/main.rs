@@ -231,6 +231,11 @@ impl Job for TwowayJob {
         }
     }
 
+    fn tick_every(&self) -> Option<Duration> {
+        // A child that died is noticed, and restarted, within half a second.
+        self.recovery.as_ref().map(|_| Duration::from_millis(500))
+    }
+
     fn tick(&mut self) {
         if let Some(r) = self.recovery.as_mut() {
             r.watch();

@@ -1028,6 +1028,47 @@ fn signal_ends_periodic_run(name: &str) -> TestResult {
     assert_trees_equal(&env.src, &env.dst)
 }
 
+/// Context switches of every thread of process `pid` so far: each is a wake-up.
+fn context_switches(pid: u32) -> Res<u64> {
+    let mut total = 0;
+    for task in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let status = fs::read_to_string(task?.path().join("status"))?;
+        total += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Ok(total)
+}
+
+#[test]
+fn waiting_for_the_next_pass_wakes_nothing() -> TestResult {
+    let env = Env::new()?;
+    small_tree(&env.src)?;
+    let mut bg = env.spawn(&[&"--interval", &"3600", &env.src, &env.dst])?;
+    bg.wait_for_first_pass(&env)?;
+    // Let the end of the pass settle (idle pool threads park, the log is written).
+    std::thread::sleep(Duration::from_millis(500));
+    let before = context_switches(bg.pid())?;
+    std::thread::sleep(Duration::from_secs(2));
+    let woken = context_switches(bg.pid())? - before;
+    // A nap-and-check loop of 50 ms would wake about 40 times here.
+    ensure!(
+        woken <= 4,
+        "oneway woke {woken} times in 2 s of waiting for its next pass"
+    );
+    bg.signal("TERM")?;
+    let status = bg.wait_exit(WAIT_TIMEOUT)?;
+    ensure!(
+        status.code() == Some(0),
+        "after SIGTERM oneway ended with {}\nstderr:\n{}",
+        describe_status(status),
+        bg.stderr()
+    );
+    Ok(())
+}
+
 #[test]
 fn sigint_in_periodic_mode_exits_zero_and_logs_operation_count() -> TestResult {
     signal_ends_periodic_run("INT")

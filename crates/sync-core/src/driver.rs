@@ -25,7 +25,13 @@ pub trait Job {
     /// Called after every pass that ran (saving caches, starting helpers).
     fn after_pass(&mut self, _stats: &PassStats) {}
 
-    /// Called about every half second while waiting for the next pass.
+    /// How often [`Job::tick`] is called while waiting for the next pass; `None` (the
+    /// default) for never, so that the wait wakes nothing until the next pass or a stop.
+    fn tick_every(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Called every [`Job::tick_every`] while waiting for the next pass.
     fn tick(&mut self) {}
 
     /// Called once at the end, after the last pass; may turn the exit code worse.
@@ -80,7 +86,7 @@ pub fn run_passes(schedule: Schedule, job: &mut impl Job) -> ExitCode {
 
 /// Waits for the next pass, ticking the job; true if a stop was requested.
 fn sleep(interval: Duration, job: &mut impl Job) -> bool {
-    let tick = Duration::from_millis(500);
+    let tick = job.tick_every().unwrap_or(interval);
     let mut left = interval;
     while !left.is_zero() {
         let step = left.min(tick);

@@ -1,15 +1,25 @@
 //! Ctrl+C and SIGTERM: the handler only sets a flag, which passes check between file operations.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 static STOP: AtomicBool = AtomicBool::new(false);
+/// Wakes [`sleep_unless_stopped`] when a stop is requested. The flag is set and the sleepers
+/// notified under the lock, so a request between a sleeper's check and its wait is not missed.
+static WAKE_LOCK: Mutex<()> = Mutex::new(());
+static WAKE: Condvar = Condvar::new();
 
 /// Installs the handler for SIGINT and SIGTERM.
 ///
 /// Fails if a handler was installed already.
 pub fn install() -> Result<(), ctrlc::Error> {
-    ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst))
+    // `ctrlc` runs this on a thread of its own, not in the signal handler: it may lock.
+    ctrlc::set_handler(|| {
+        let _held = WAKE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        STOP.store(true, Ordering::SeqCst);
+        WAKE.notify_all();
+    })
 }
 
 /// True once Ctrl+C or SIGTERM was received.
@@ -18,8 +28,12 @@ pub fn stop_requested() -> bool {
 }
 
 /// Sleeps for `duration`, waking early when a stop is requested. Returns true if it was.
+///
+/// The thread sleeps until the deadline or the stop, without waking in between: a periodic
+/// run waiting an hour for its next pass costs nothing meanwhile.
 pub fn sleep_unless_stopped(duration: Duration) -> bool {
     let deadline = Instant::now() + duration;
+    let mut held = WAKE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         if stop_requested() {
             return true;
@@ -28,7 +42,9 @@ pub fn sleep_unless_stopped(duration: Duration) -> bool {
         if now >= deadline {
             return false;
         }
-        // Short naps keep the reaction to a signal well under a second without a busy loop.
-        std::thread::sleep((deadline - now).min(Duration::from_millis(50)));
+        held = WAKE
+            .wait_timeout(held, deadline - now)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
     }
 }
