@@ -125,18 +125,7 @@ impl Staged {
         match self {
             Staged::Named(tmp) => persist(tmp, dst, expected),
             Staged::Unnamed(file) => {
-                use std::os::fd::AsRawFd;
-                let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
-                let link = |to: &Path| {
-                    rustix::fs::linkat(
-                        rustix::fs::CWD,
-                        fd_path.as_str(),
-                        rustix::fs::CWD,
-                        to,
-                        rustix::fs::AtFlags::SYMLINK_FOLLOW,
-                    )
-                    .map_err(io::Error::from)
-                };
+                let link = |to: &Path| link_unnamed(&file, to);
                 match expected {
                     // A new name: linking fails if it exists, so nothing is ever overwritten.
                     None => match link(dst) {
@@ -167,6 +156,33 @@ impl Staged {
             }
         }
     }
+}
+
+/// False once linking a file by its descriptor alone (`AT_EMPTY_PATH`: before Linux 6.10 only
+/// with `CAP_DAC_READ_SEARCH`) was refused while linking it through /proc worked.
+static LINK_BY_DESCRIPTOR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Gives the unnamed file `file` the name `to`; fails if `to` exists.
+fn link_unnamed(file: &File, to: &Path) -> io::Result<()> {
+    use rustix::fs::{AtFlags, CWD, linkat};
+    use std::sync::atomic::Ordering;
+    // By descriptor, where allowed: the /proc path costs a lookup of four names per file.
+    let by_descriptor = LINK_BY_DESCRIPTOR.load(Ordering::Relaxed);
+    if by_descriptor {
+        match linkat(file, "", CWD, to, AtFlags::EMPTY_PATH) {
+            Ok(()) => return Ok(()),
+            // A refusal reads ENOENT, as a missing directory does: /proc tells them apart.
+            Err(e) if e != rustix::io::Errno::NOENT => return Err(e.into()),
+            Err(_) => {}
+        }
+    }
+    use std::os::fd::AsRawFd;
+    let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    linkat(CWD, fd_path.as_str(), CWD, to, AtFlags::SYMLINK_FOLLOW)?;
+    if by_descriptor {
+        LINK_BY_DESCRIPTOR.store(false, Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 /// A completed copy: the content's digest and both files as they are now.
