@@ -164,25 +164,38 @@ static LINK_BY_DESCRIPTOR: std::sync::atomic::AtomicBool = std::sync::atomic::At
 
 /// Gives the unnamed file `file` the name `to`; fails if `to` exists.
 fn link_unnamed(file: &File, to: &Path) -> io::Result<()> {
-    use rustix::fs::{AtFlags, CWD, linkat};
     use std::sync::atomic::Ordering;
-    // By descriptor, where allowed: the /proc path costs a lookup of four names per file.
+    // By descriptor where allowed: the /proc path costs a lookup of four names per file. Any
+    // failure is tried again through /proc, which tells a refusal of the descriptor (ENOENT
+    // on older kernels, as for a missing directory; whatever a security module says) from a
+    // fault of the destination, and gives the error to report.
     let by_descriptor = LINK_BY_DESCRIPTOR.load(Ordering::Relaxed);
-    if by_descriptor {
-        match linkat(file, "", CWD, to, AtFlags::EMPTY_PATH) {
-            Ok(()) => return Ok(()),
-            // A refusal reads ENOENT, as a missing directory does: /proc tells them apart.
-            Err(e) if e != rustix::io::Errno::NOENT => return Err(e.into()),
-            Err(_) => {}
-        }
+    if by_descriptor && link_by_descriptor(file, to).is_ok() {
+        return Ok(());
     }
-    use std::os::fd::AsRawFd;
-    let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
-    linkat(CWD, fd_path.as_str(), CWD, to, AtFlags::SYMLINK_FOLLOW)?;
+    link_through_proc(file, to)?;
     if by_descriptor {
         LINK_BY_DESCRIPTOR.store(false, Ordering::Relaxed);
     }
     Ok(())
+}
+
+fn link_by_descriptor(file: &File, to: &Path) -> io::Result<()> {
+    use rustix::fs::{AtFlags, CWD, linkat};
+    Ok(linkat(file, "", CWD, to, AtFlags::EMPTY_PATH)?)
+}
+
+fn link_through_proc(file: &File, to: &Path) -> io::Result<()> {
+    use rustix::fs::{AtFlags, CWD, linkat};
+    use std::os::fd::AsRawFd;
+    let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    Ok(linkat(
+        CWD,
+        fd_path.as_str(),
+        CWD,
+        to,
+        AtFlags::SYMLINK_FOLLOW,
+    )?)
 }
 
 /// A completed copy: the content's digest and both files as they are now.
@@ -746,4 +759,35 @@ pub fn remove_journaled_leftovers(journal: &Path) -> Vec<PathBuf> {
     }
     let _ = fs::remove_file(journal);
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unnamed_files_get_their_name_either_way_and_never_over_another() {
+        let dir = tempfile::tempdir().unwrap();
+        type Link = fn(&File, &Path) -> io::Result<()>;
+        let ways: [(&str, Link); 3] = [
+            ("descriptor", link_by_descriptor),
+            ("proc", link_through_proc),
+            ("either", link_unnamed),
+        ];
+        for (way, link) in ways {
+            let mut staged = Staged::new(dir.path()).unwrap();
+            staged.file_mut().write_all(way.as_bytes()).unwrap();
+            let Staged::Unnamed(file) = staged else {
+                panic!("no O_TMPFILE here: the unnamed path is not tested");
+            };
+            let name = dir.path().join(way);
+            link(&file, &name).unwrap();
+            assert_eq!(fs::read_to_string(&name).unwrap(), way);
+            // A name that exists is never replaced.
+            let taken = dir.path().join("descriptor");
+            let err = link(&file, &taken).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{way}");
+            assert_eq!(fs::read_to_string(&taken).unwrap(), "descriptor");
+        }
+    }
 }
