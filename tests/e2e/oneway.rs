@@ -1008,15 +1008,7 @@ fn signal_ends_periodic_run(name: &str) -> TestResult {
         "the first pass did nothing: {summary:?}"
     );
 
-    bg.signal(name)?;
-    let status = bg.wait_exit(WAIT_TIMEOUT)?;
-
-    ensure!(
-        status.code() == Some(0),
-        "after SIG{name} oneway ended with {}, expected exit code 0\nstderr:\n{}",
-        describe_status(status),
-        bg.stderr()
-    );
+    bg.stop_with(name)?;
     let want = format!("Total number of operations: {}", summary.operations);
     let log = env.log_text();
     ensure!(
@@ -1058,15 +1050,7 @@ fn waiting_for_the_next_pass_wakes_nothing() -> TestResult {
         woken <= 4,
         "oneway woke {woken} times in 2 s of waiting for its next pass"
     );
-    bg.signal("TERM")?;
-    let status = bg.wait_exit(WAIT_TIMEOUT)?;
-    ensure!(
-        status.code() == Some(0),
-        "after SIGTERM oneway ended with {}\nstderr:\n{}",
-        describe_status(status),
-        bg.stderr()
-    );
-    Ok(())
+    bg.stop_with("TERM")
 }
 
 #[test]
@@ -1105,14 +1089,7 @@ fn deleted_log_file_is_created_again() -> TestResult {
                 })
         },
     )?;
-    bg.signal("TERM")?;
-    let status = bg.wait_exit(WAIT_TIMEOUT)?;
-    ensure!(
-        status.code() == Some(0),
-        "after SIGTERM oneway ended with {}\nstderr:\n{}",
-        describe_status(status),
-        bg.stderr()
-    );
+    bg.stop_with("TERM")?;
     assert_trees_equal(&env.src, &env.dst)
 }
 

@@ -1420,14 +1420,7 @@ fn second_instance_on_the_same_pair_from_another_directory_is_refused() -> TestR
     );
 
     // The first one ends normally on SIGTERM and reports its total.
-    first.signal("TERM")?;
-    let status = first.wait_exit(WAIT_TIMEOUT)?;
-    ensure!(
-        status.code() == Some(0),
-        "after SIGTERM twoway ended with {}\nstderr:\n{}",
-        describe_status(status),
-        first.stderr()
-    );
+    first.stop_with("TERM")?;
     let total = format!("Total number of operations: {}", summary.operations);
     ensure!(
         env.log_text()

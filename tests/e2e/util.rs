@@ -749,6 +749,20 @@ impl Background {
         Ok(())
     }
 
+    /// Sends signal `name` (`INT`, `TERM`) to a periodic run, and fails unless it then ends
+    /// normally: exit code 0, as SPEC §5 wants for a stop by Ctrl+C or SIGTERM.
+    pub fn stop_with(&mut self, name: &str) -> TestResult {
+        self.signal(name)?;
+        let status = self.wait_exit(WAIT_TIMEOUT)?;
+        ensure!(
+            status.code() == Some(0),
+            "after SIG{name} the run ended with {}, expected exit code 0\nstderr:\n{}",
+            describe_status(status),
+            self.stderr()
+        );
+        Ok(())
+    }
+
     /// SIGKILL, then reap.
     pub fn kill(&mut self) -> Res<ExitStatus> {
         self.child.kill()?;

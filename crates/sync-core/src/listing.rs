@@ -61,8 +61,8 @@ impl<'a> ItemList<'a> {
     pub fn from_sorted(items: Vec<(&'a Path, Item)>) -> ItemList<'a> {
         debug_assert!(
             items
-                .windows(2)
-                .all(|w| crate::scan::path_order(w[0].0, w[1].0).is_lt())
+                .iter()
+                .is_sorted_by(|a, b| crate::scan::path_order(a.0, b.0).is_lt())
         );
         ItemList(items)
     }

@@ -545,6 +545,18 @@ mod tests {
         }
     }
 
+    /// Reconciles maps of items, as the tests build them, with nothing protected.
+    fn plan_of(archive: &Items, src: &Items, dst: &Items, policy: Policy, stamp: &str) -> Plan {
+        reconcile(
+            archive,
+            &src.into(),
+            &dst.into(),
+            &HashSet::new(),
+            policy,
+            stamp,
+        )
+    }
+
     fn parent_ok(tree: &Items, rel: &Path) -> bool {
         match rel.parent() {
             Some(p) if !p.as_os_str().is_empty() => is_dir(tree.get(p)),
@@ -879,7 +891,7 @@ mod tests {
                     }
                 }
                 // One stamp for every pass: passes within one second must not reuse a name.
-                let plan = reconcile(&archive, &(&src).into(), &(&dst).into(), &HashSet::new(), policy, "20260101-000000");
+                let plan = plan_of(&archive, &src, &dst, policy, "20260101-000000");
                 apply(&plan, &mut src, &mut dst);
                 prop_assert_eq!(&src, &dst, "both sides equal after pass {}", n);
                 let mut next = archive.clone();
@@ -929,14 +941,7 @@ mod tests {
         let mut dst = archive.clone();
         dst.insert("d/new".into(), file(3, 2));
         dst.insert("f".into(), file(4, 2));
-        let plan = reconcile(
-            &archive,
-            &(&src).into(),
-            &(&dst).into(),
-            &HashSet::new(),
-            Policy::Newer,
-            "S",
-        );
+        let plan = plan_of(&archive, &src, &dst, Policy::Newer, "S");
         assert_eq!(final_of(&plan, &archive, "d"), Some(dir()));
         assert_eq!(final_of(&plan, &archive, "d/new"), Some(file(3, 2)));
         assert_eq!(
@@ -961,14 +966,7 @@ mod tests {
             (Policy::Source, Side::Source, file(3, 9)),
             (Policy::Backup, Side::Backup, file(2, 5)),
         ] {
-            let plan = reconcile(
-                &archive,
-                &(&src).into(),
-                &(&dst).into(),
-                &HashSet::new(),
-                policy,
-                "S",
-            );
+            let plan = plan_of(&archive, &src, &dst, policy, "S");
             assert_eq!(plan.conflicts.len(), 1);
             assert_eq!(plan.conflicts[0].winner, winner, "{policy:?}");
             assert_eq!(plan.conflicts[0].saved_as, Path::new("f.conflict-S.txt"));
@@ -984,14 +982,7 @@ mod tests {
         let mut dst = Items::new();
         dst.insert("x".into(), dir());
         dst.insert("x/in".into(), file(2, 1));
-        let plan = reconcile(
-            &archive,
-            &(&src).into(),
-            &(&dst).into(),
-            &HashSet::new(),
-            Policy::Source,
-            "S",
-        );
+        let plan = plan_of(&archive, &src, &dst, Policy::Source, "S");
         assert_eq!(final_of(&plan, &archive, "x"), Some(dir()));
         assert_eq!(plan.conflicts[0].verdict, Verdict::Directory);
         assert_eq!(final_of(&plan, &archive, "x.conflict-S"), Some(file(1, 99)));

@@ -1,4 +1,4 @@
-//! Walking one root into a sorted map of relative path → entry, without following links.
+//! Walking one root into its entries by relative path, in path order, without following links.
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
@@ -302,8 +302,8 @@ pub fn scan(root: &Path, role: &'static str, filter: &Filter) -> Result<Tree, Er
     debug_assert!(
         partial
             .entries
-            .windows(2)
-            .all(|w| path_order(&w[0].0, &w[1].0).is_lt())
+            .iter()
+            .is_sorted_by(|a, b| path_order(&a.0, &b.0).is_lt())
     );
     Ok(Tree {
         entries: Entries(partial.entries),

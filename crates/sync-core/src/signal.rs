@@ -1,4 +1,5 @@
-//! Ctrl+C and SIGTERM: the handler only sets a flag, which passes check between file operations.
+//! Ctrl+C and SIGTERM: the handler sets a flag, which passes check between file operations,
+//! and wakes a run that sleeps until its next pass.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
