@@ -396,6 +396,29 @@ pub fn copy_file(
 /// uses between files); below it, one read and one write cost less than its setup.
 const KERNEL_COPY_FROM: u64 = 1024 * 1024;
 
+/// How much of a file is copied before the disk is asked to start on it (see
+/// [`start_writeback`]).
+const WRITE_BEHIND: u64 = 16 * 1024 * 1024;
+
+/// Asks the disk to start writing `len` bytes of `file` from `from` on, without waiting for it.
+///
+/// A large copy calls it every [`WRITE_BEHIND`] bytes: the pass's flush (see [`flush_fs`]) then
+/// finds most of the file on disk already, and the work of sending the pages (block allocation,
+/// on ext4) is done by the copying threads in parallel rather than by the kernel's flusher
+/// alone. On a first copy of 8 files of 256 MiB it took a quarter off the system time and
+/// about 15% off the wall time (see the README).
+fn start_writeback(file: &File, from: u64, len: u64) {
+    // Linux starts the writeback of a range's dirty pages on DONTNEED (`sync_file_range`
+    // without the wait, which rustix does not offer) and drops only its clean pages: pages
+    // just written are dirty, so the copy stays cached. A refusal changes only the timing.
+    let _ = rustix::fs::fadvise(
+        file,
+        from,
+        std::num::NonZeroU64::new(len),
+        rustix::fs::Advice::DontNeed,
+    );
+}
+
 /// Copies `input` to `output` through one buffer, feeding the bytes to `hasher` if given.
 fn copy_through_buffer(
     mut input: &File,
@@ -411,6 +434,8 @@ fn copy_through_buffer(
         .saturating_add(1)
         .clamp(4096, 256 * 1024);
     let mut buf = vec![0u8; cap];
+    // Bytes written, and how many of them the disk was asked to start on.
+    let (mut written, mut started) = (0, 0);
     loop {
         let n = match input.read(&mut buf) {
             Ok(0) => return Ok(()),
@@ -427,6 +452,11 @@ fn copy_through_buffer(
             h.update(&buf[..n]);
         }
         output.write_all(&buf[..n]).map_err(write_err(dst))?;
+        written += n as u64;
+        if written - started >= WRITE_BEHIND {
+            start_writeback(output, started, written - started);
+            started = written;
+        }
     }
 }
 
@@ -789,5 +819,27 @@ mod tests {
             assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{way}");
             assert_eq!(fs::read_to_string(&taken).unwrap(), "descriptor");
         }
+    }
+
+    #[test]
+    fn a_copy_the_disk_is_asked_to_start_on_is_whole_and_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        // Two pieces started early and a tail left to the flush; every 4 KiB block differs.
+        let size = 2 * WRITE_BEHIND + 12_345;
+        let data: Vec<u8> = (0..size)
+            .map(|i| ((i >> 12).wrapping_mul(31) ^ i) as u8)
+            .collect();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        fs::write(&src, &data).unwrap();
+        let input = File::open(&src).unwrap();
+        let mut output = File::create_new(&dst).unwrap();
+        let mut hasher = Sha256::new();
+        copy_through_buffer(&input, &mut output, size, &src, &dst, Some(&mut hasher)).unwrap();
+        drop(output);
+        assert_eq!(
+            Digest::from(hasher.finalize()),
+            Digest::from(Sha256::digest(&data))
+        );
+        assert!(fs::read(&dst).unwrap() == data, "the copy differs");
     }
 }
