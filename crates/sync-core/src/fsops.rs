@@ -402,11 +402,11 @@ const WRITE_BEHIND: u64 = 16 * 1024 * 1024;
 
 /// Asks the disk to start writing `len` bytes of `file` from `from` on, without waiting for it.
 ///
-/// A large copy calls it every [`WRITE_BEHIND`] bytes: the pass's flush (see [`flush_fs`]) then
-/// finds most of the file on disk already, and the work of sending the pages (block allocation,
-/// on ext4) is done by the copying threads in parallel rather than by the kernel's flusher
-/// alone. On a first copy of 8 files of 256 MiB it took a quarter off the system time and
-/// about a tenth off the wall time (see the README).
+/// A copy through the buffer calls it every [`WRITE_BEHIND`] bytes: the pass's flush (see
+/// [`flush_fs`]) then finds most of the file on disk already, and the work of sending the pages
+/// (block allocation, on ext4) is done by the copying threads in parallel rather than by the
+/// kernel's flusher alone. On a first copy of 8 files of 256 MiB it took a quarter off the
+/// system time and about a tenth off the wall time (see the README).
 fn start_writeback(file: &File, from: u64, len: u64) {
     // Linux starts the writeback of a range's dirty pages on DONTNEED (`sync_file_range`
     // without the wait, which rustix does not offer) and drops only its clean pages: pages
@@ -824,7 +824,7 @@ mod tests {
     #[test]
     fn a_copy_the_disk_is_asked_to_start_on_is_whole_and_hashed() {
         let dir = tempfile::tempdir().unwrap();
-        // Two pieces started early and a tail left to the flush; every 4 KiB block differs.
+        // Two pieces started early and a tail left to the flush; no 4 KiB block like the next.
         let size = 2 * WRITE_BEHIND + 12_345;
         let data: Vec<u8> = (0..size)
             .map(|i| ((i >> 12).wrapping_mul(31) ^ i) as u8)
