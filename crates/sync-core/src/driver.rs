@@ -41,6 +41,9 @@ pub trait Job {
 }
 
 /// Runs `job` on `schedule` and returns the exit code of SPEC §5.
+///
+/// The log file gets each pass's lines when the pass ends; what is logged after the last one
+/// is the caller's to flush before the process exits ([`crate::logging::flush`]).
 pub fn run_passes(schedule: Schedule, job: &mut impl Job) -> ExitCode {
     let mut total = 0u64;
     let mut exit = ExitCode::Success;
@@ -59,9 +62,7 @@ pub fn run_passes(schedule: Schedule, job: &mut impl Job) -> ExitCode {
                 log::error!("{}", one_line(&err));
                 if first || schedule.once {
                     log::info!("Total number of operations: {total}");
-                    let exit = job.finish(ExitCode::Usage);
-                    crate::logging::flush();
-                    return exit;
+                    return job.finish(ExitCode::Usage);
                 }
             }
         }
@@ -79,9 +80,7 @@ pub fn run_passes(schedule: Schedule, job: &mut impl Job) -> ExitCode {
     } else {
         ExitCode::Success
     };
-    let exit = job.finish(exit);
-    crate::logging::flush();
-    exit
+    job.finish(exit)
 }
 
 /// Waits for the next pass, ticking the job; true if a stop was requested.

@@ -336,7 +336,7 @@ pub fn copy_file(
         Content::Unless(held) => (
             copy_and_hash(&input, output, before.size, src, dst, split)?,
             None,
-            expected.map(|_| *held),
+            Some(*held),
         ),
         Content::Known {
             entry,

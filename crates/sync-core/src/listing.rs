@@ -95,6 +95,8 @@ impl<'a> ItemList<'a> {
     }
 }
 
+/// Tests build their trees as maps.
+#[cfg(test)]
 impl<'a> From<&'a Items> for ItemList<'a> {
     fn from(items: &'a Items) -> ItemList<'a> {
         ItemList(
