@@ -119,23 +119,35 @@ gen() { python3 "$BENCH_DIR/gen_corpus.py" "$@"; }
 step() { q bash "$BENCH_DIR/step.sh" "$@"; }
 check() { python3 "$BENCH_DIR/check_tree.py" "$@" || die "result tree check failed (see above)"; }
 
-# Commands are queued with `add` and timed together by `hf`, so hyperfine reports them side by
-# side. Each command runs under GNU time (-f %M: peak RSS of its largest process, appended to
-# one file per scenario and tool); that costs about a millisecond per run, for every tool alike.
+# Commands are queued with `add` and timed together by `hf`, in turns. Each command runs under
+# GNU time (-f %M: peak RSS of its largest process, appended to one file per scenario and tool);
+# that costs about a millisecond per run, for every tool alike.
 HF_NAMES=() HF_CMDS=() HF_PREPS=()
 add() { # add SCENARIO TOOL SRC DST [PREPARE]
     HF_NAMES+=("$2")
     HF_CMDS+=("$(q /usr/bin/time -f %M -a -o "$RAW/rss/$1-$2.txt") $(tool_cmd "$2" "$3" "$4")")
     if (($# > 4)); then HF_PREPS+=("$5"); fi
 }
-hf() { # hf SCENARIO [RUNS]: time the queued commands; one warm-up run each, then RUNS timed
-    local args=(-N --style basic --warmup 1 --runs "${2:-$RUNS}" --export-json "$RAW/$1.json") i
-    for i in "${!HF_CMDS[@]}"; do args+=(-n "${HF_NAMES[$i]}" "${HF_CMDS[$i]}"); done
-    for i in "${!HF_PREPS[@]}"; do args+=(--prepare "${HF_PREPS[$i]}"); done
-    if ! hyperfine "${args[@]}"; then
-        tail -40 "$RAW/step-errors.txt" >&2 2>/dev/null || true
-        die "hyperfine failed in $1"
-    fi
+# The tools take turns: a round times every queued command once (after its preparation step),
+# in an order rotated from round to round, and round 0 is the warm-up, not kept. Timing one
+# tool's runs after the other's would let the machine's drift during a sitting (large on these
+# VMs) land on whichever tool ran then.
+hf() { # hf SCENARIO [RUNS]: time the queued commands; one warm-up round, then RUNS timed rounds
+    local runs=${2:-$RUNS} n=${#HF_CMDS[@]} r k i
+    mkdir -p "$RAW/rounds"
+    for ((r = 0; r <= runs; r++)); do
+        local args=(-N --style none --runs 1 --export-json "$RAW/rounds/$1-$r.json")
+        for ((k = 0; k < n; k++)); do
+            i=$(((k + r) % n))
+            args+=(-n "${HF_NAMES[$i]}" "${HF_CMDS[$i]}")
+            if ((${#HF_PREPS[@]})); then args+=(--prepare "${HF_PREPS[$i]}"); fi
+        done
+        if ! hyperfine "${args[@]}"; then
+            tail -40 "$RAW/step-errors.txt" >&2 2>/dev/null || true
+            die "hyperfine failed in $1 (round $r)"
+        fi
+    done
+    python3 "$BENCH_DIR/merge_rounds.py" "$RAW" "$1" "$runs"
     HF_NAMES=() HF_CMDS=() HF_PREPS=()
 }
 
