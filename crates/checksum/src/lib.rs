@@ -11,6 +11,9 @@
 //! `tests/fixtures/` at the workspace root holds a tree whose expected values were computed by
 //! the seed's Python functions; `tests/fixture.rs` checks this crate against them.
 //!
+//! It also holds the SHA-256 machinery the other crates hash with: a streaming [`Hasher`], and
+//! two files or streams hashed together on one core ([`file_digest_pair`], [`update_pair`]).
+//!
 //! The wider tree digest that versioning uses (which also sees symlinks and empty directories)
 //! is not defined here.
 
@@ -22,7 +25,9 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 mod pair;
+mod stream;
 pub use pair::file_digest_pair;
+pub use stream::{Hasher, update_pair};
 
 /// A raw SHA-256 digest.
 pub type Digest = [u8; 32];

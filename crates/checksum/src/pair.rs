@@ -24,7 +24,7 @@ use crate::Digest;
 const PAIR_BUF: usize = 512 * 1024;
 
 /// SHA-256 initial hash value (FIPS 180-4, 5.3.3).
-const IV: [u32; 8] = [
+pub(crate) const IV: [u32; 8] = [
     0x6a09_e667,
     0xbb67_ae85,
     0x3c6e_f372,
@@ -126,7 +126,7 @@ pub(crate) fn shani_available() -> bool {
 /// If the lanes' lengths differ or are not whole blocks, or if the CPU lacks the SHA
 /// extensions (callers check [`shani_available`] first).
 #[cfg(target_arch = "x86_64")]
-fn compress<const N: usize>(states: &mut [[u32; 8]; N], blocks: [&[u8]; N]) {
+pub(crate) fn compress<const N: usize>(states: &mut [[u32; 8]; N], blocks: [&[u8]; N]) {
     let len = blocks[0].len();
     assert!(len.is_multiple_of(64) && blocks.iter().all(|b| b.len() == len));
     assert!(shani_available(), "SHA extensions required");
@@ -136,7 +136,7 @@ fn compress<const N: usize>(states: &mut [[u32; 8]; N], blocks: [&[u8]; N]) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn compress<const N: usize>(_: &mut [[u32; 8]; N], _: [&[u8]; N]) {
+pub(crate) fn compress<const N: usize>(_: &mut [[u32; 8]; N], _: [&[u8]; N]) {
     unreachable!("only called when shani_available()")
 }
 

@@ -687,28 +687,83 @@ impl Pass<'_> {
         self.any_failed.store(true, Ordering::Release);
     }
 
-    fn execute(&self, op: &Op) {
+    /// Whether `op` may run now: no stop requested, no failed parent, and (for what creates)
+    /// every parent in BACKUP still a real directory. A refusal is logged here.
+    fn ready(&self, op: &Op) -> bool {
         if signal::stop_requested() {
-            return;
+            return false;
         }
         let rel = op.rel();
         if self.blocked(rel) {
-            return;
+            return false;
         }
-        let dst = self.opts.backup.join(rel);
         // Whatever this step creates, it creates inside BACKUP, never through a link.
         if !matches!(op, Op::Remove { .. })
             && let Err(err) = fsops::check_parents(&self.opts.backup, rel)
         {
             self.mark_failed(rel);
             self.op_error(rel, &err);
-            return;
+            return false;
         }
-        // A copy that found the same bytes does less than planned.
-        let mut done = Done::AsPlanned;
+        true
+    }
+
+    fn execute(&self, op: &Op) {
+        if self.ready(op) {
+            self.run(op);
+        }
+    }
+
+    /// Runs two copies that [`pairable`] chose together (see [`fsops::copy_pair`]); one that
+    /// may not run leaves the other to run alone.
+    fn execute_pair(&self, ops: [&Op; 2]) {
+        let [a, b] = ops;
+        match (self.ready(a), self.ready(b)) {
+            (true, true) => {}
+            (true, false) => return self.run(a),
+            (false, true) => return self.run(b),
+            (false, false) => return,
+        }
+        let (
+            Op::Copy {
+                rel: rel_a,
+                replace: replace_a,
+                from: from_a,
+                ..
+            },
+            Op::Copy {
+                rel: rel_b,
+                replace: replace_b,
+                from: from_b,
+                ..
+            },
+        ) = (a, b)
+        else {
+            unreachable!("only copies are paired");
+        };
+        let (src_a, dst_a) = (self.opts.source.join(rel_a), self.opts.backup.join(rel_a));
+        let (src_b, dst_b) = (self.opts.source.join(rel_b), self.opts.backup.join(rel_b));
+        let started = SystemTime::now();
+        let results = fsops::copy_pair([
+            (&src_a, &dst_a, replace_a.as_ref()),
+            (&src_b, &dst_b, replace_b.as_ref()),
+        ]);
+        for ((op, rel, from), result) in [(a, rel_a, from_a), (b, rel_b, from_b)]
+            .into_iter()
+            .zip(results)
+        {
+            let done = result.and_then(|c| self.copied(rel, from, started, c));
+            self.conclude(op, done);
+        }
+    }
+
+    /// Carries out `op` (already [`Pass::ready`]) and logs what it did.
+    fn run(&self, op: &Op) {
+        let rel = op.rel();
+        let dst = self.opts.backup.join(rel);
         let result = match op {
-            Op::Remove { seen, .. } => fsops::remove(&dst, seen),
-            Op::CreateDir { .. } => fsops::create_dir(&dst),
+            Op::Remove { seen, .. } => fsops::remove(&dst, seen).map(|()| Done::AsPlanned),
+            Op::CreateDir { .. } => fsops::create_dir(&dst).map(|()| Done::AsPlanned),
             Op::Copy {
                 replace,
                 from,
@@ -732,34 +787,15 @@ impl Pass<'_> {
                     _ => fsops::Content::Hash(None),
                 };
                 let src = self.opts.source.join(rel);
-                fsops::copy_file(&src, &dst, replace.as_ref(), content).and_then(|c| {
-                    self.learner
-                        .learn(Side::Source, rel, &c.source, c.digest, Some(started));
-                    if c.installed {
-                        self.learner
-                            .learn(Side::Backup, rel, &c.destination, c.digest, None);
-                        return Ok(());
-                    }
-                    // Same bytes: what is left to carry over is the mode and time, as for
-                    // a file found equal by its digest.
-                    let there = &c.destination;
-                    if there.mode == from.mode && there.mtime == from.mtime {
-                        self.learner.learn(Side::Backup, rel, there, c.digest, None);
-                        done = Done::Nothing;
-                        return Ok(());
-                    }
-                    let now = fsops::set_metadata(&dst, there, from.mode, from.mtime)?;
-                    self.learner.learn(Side::Backup, rel, &now, c.digest, None);
-                    done = Done::Metadata;
-                    Ok(())
-                })
+                fsops::copy_file(&src, &dst, replace.as_ref(), content)
+                    .and_then(|c| self.copied(rel, from, started, c))
             }
             Op::Link {
                 target,
                 mtime,
                 replace,
                 ..
-            } => fsops::symlink(target, &dst, replace.as_ref(), *mtime).map(drop),
+            } => fsops::symlink(target, &dst, replace.as_ref(), *mtime).map(|_| Done::AsPlanned),
             Op::Meta {
                 seen,
                 mode,
@@ -770,10 +806,46 @@ impl Pass<'_> {
                 if let Some(d) = digest {
                     self.learner.learn(Side::Backup, rel, &now, *d, None);
                 }
+                Done::AsPlanned
             }),
         };
+        self.conclude(op, result);
+    }
+
+    /// Learns what a copy of `rel` (scanned as `from`, begun at `started`) found and left, and
+    /// finishes one that found the bytes already there.
+    fn copied(
+        &self,
+        rel: &Path,
+        from: &Entry,
+        started: SystemTime,
+        c: fsops::Copied,
+    ) -> Result<Done, OpError> {
+        self.learner
+            .learn(Side::Source, rel, &c.source, c.digest, Some(started));
+        if c.installed {
+            self.learner
+                .learn(Side::Backup, rel, &c.destination, c.digest, None);
+            return Ok(Done::AsPlanned);
+        }
+        // Same bytes: what is left to carry over is the mode and time, as for a file found
+        // equal by its digest.
+        let there = &c.destination;
+        if there.mode == from.mode && there.mtime == from.mtime {
+            self.learner.learn(Side::Backup, rel, there, c.digest, None);
+            return Ok(Done::Nothing);
+        }
+        let dst = self.opts.backup.join(rel);
+        let now = fsops::set_metadata(&dst, there, from.mode, from.mtime)?;
+        self.learner.learn(Side::Backup, rel, &now, c.digest, None);
+        Ok(Done::Metadata)
+    }
+
+    /// Logs and counts how `op` ended.
+    fn conclude(&self, op: &Op, result: Result<Done, OpError>) {
+        let rel = op.rel();
         match result {
-            Ok(()) => {
+            Ok(done) => {
                 match done {
                     Done::AsPlanned => log::info!("{}", op.describe()),
                     Done::Metadata => log::info!("updated metadata of {}", Escaped(rel)),
@@ -802,6 +874,47 @@ impl Pass<'_> {
         }
     }
 }
+
+/// Copies that [`Pass::execute_pair`] runs two at a time: large files hashed as they are copied
+/// (nothing known of their content), when there are more of them than threads, so that every
+/// thread would copy one anyway. Paired by size, largest first, so that the two of a pair end
+/// together. The rest are returned as they were.
+fn pairable(transfers: &[Op]) -> (Vec<[&Op; 2]>, Vec<&Op>) {
+    let large_unknown = |op: &&Op| match op {
+        Op::Copy {
+            from,
+            known: None,
+            unless: None,
+            ..
+        } => from.size >= PAIR_FROM,
+        _ => false,
+    };
+    let (mut large, mut rest): (Vec<&Op>, Vec<&Op>) = transfers.iter().partition(large_unknown);
+    if large.len() <= rayon::current_num_threads() {
+        return (Vec::new(), transfers.iter().collect());
+    }
+    let size = |op: &Op| match op {
+        Op::Copy { from, .. } => from.size,
+        _ => 0,
+    };
+    large.sort_by_key(|op| std::cmp::Reverse(size(op)));
+    let pairs = large
+        .chunks(2)
+        .filter_map(|c| match c {
+            [a, b] => Some([*a, *b]),
+            [one] => {
+                rest.push(one);
+                None
+            }
+            _ => None,
+        })
+        .collect();
+    (pairs, rest)
+}
+
+/// Files from this size on are copied in pairs (see [`pairable`]): their copy is mostly hashing,
+/// where a smaller file's is mostly creating it.
+const PAIR_FROM: u64 = 8 * 1024 * 1024;
 
 /// Runs one mirror pass of `opts.source` into `opts.backup`.
 ///
@@ -962,7 +1075,17 @@ fn apply(pass: &Pass<'_>, found: &Found) {
     for level in by_depth(&found.creates, |op| op.rel()) {
         level.into_par_iter().for_each(|op| pass.execute(op));
     }
-    let transfer = || found.transfers.par_iter().for_each(|op| pass.execute(op));
+    let transfer = || {
+        let (pairs, singles) = pairable(&found.transfers);
+        rayon::join(
+            || {
+                pairs
+                    .into_par_iter()
+                    .for_each(|pair| pass.execute_pair(pair))
+            },
+            || singles.into_par_iter().for_each(|op| pass.execute(op)),
+        );
+    };
     if found.transfers.is_empty() {
         transfer();
     } else {
@@ -1015,4 +1138,63 @@ fn by_depth<T>(items: &[T], rel: impl Fn(&T) -> &Path) -> Vec<Vec<&T>> {
         levels[depth].push(item);
     }
     levels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy(name: &str, size: u64, known: Option<Digest>) -> Op {
+        let from = Entry {
+            kind: Kind::File,
+            mode: 0o644,
+            size,
+            mtime: Timestamp::default(),
+            ctime: Timestamp::default(),
+            ino: 1,
+        };
+        Op::Copy {
+            rel: PathBuf::from(name),
+            replace: None,
+            from,
+            known,
+            unless: None,
+        }
+    }
+
+    fn names(ops: &[&Op]) -> Vec<String> {
+        ops.iter()
+            .map(|op| op.rel().display().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn large_copies_beyond_the_threads_are_paired_by_size() {
+        let transfers = [
+            copy("small", PAIR_FROM - 1, None),
+            copy("a", PAIR_FROM, None),
+            copy("b", 3 * PAIR_FROM, None),
+            copy("known", 5 * PAIR_FROM, Some([0; 32])),
+            copy("c", 2 * PAIR_FROM, None),
+        ];
+        let in_pool = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| pairable(&transfers))
+        };
+        // Three large unknown copies on one thread: the two largest together, the third alone
+        // with the rest.
+        let (pairs, rest) = in_pool(1);
+        assert_eq!(pairs.len(), 1);
+        assert_eq!(names(&pairs[0]), ["b", "c"]);
+        let mut rest = names(&rest);
+        rest.sort();
+        assert_eq!(rest, ["a", "known", "small"]);
+        // As many threads as large copies: each has its own thread, nothing is paired.
+        let (pairs, rest) = in_pool(3);
+        assert!(pairs.is_empty());
+        assert_eq!(rest.len(), transfers.len());
+    }
 }

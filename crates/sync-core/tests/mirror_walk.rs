@@ -288,3 +288,70 @@ fn large_file_touched_keeps_its_backup_and_edited_is_replaced() {
     assert!(fs::read(&copy).unwrap() == bytes);
     assert_eq!(quiet(&mut cache), (0, 0));
 }
+
+/// More large files than threads: they are copied two at a time on one thread and hashed
+/// together. Each copy is whole, and the digest each leaves in the cache is its own: touching
+/// the sources afterwards is taken for what it is (the copies kept, their times carried over),
+/// where a wrong digest would make the touch look like an edit and replace the copy.
+#[test]
+fn large_files_copied_in_pairs_are_whole_and_each_keeps_its_own_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, b) = (dir.path().join("s"), dir.path().join("b"));
+    fs::create_dir(&s).unwrap();
+    fs::create_dir(&b).unwrap();
+    // From the pair threshold up; the two largest make the pair, one ending four buffers
+    // before the other, and the third is copied alone.
+    let sizes: [u32; 3] = [(9 << 20) + 12_345, (8 << 20) + 3, 8 << 20];
+    let contents: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| {
+            (0..n)
+                .map(|i| ((i >> 12) as u8) ^ (i as u8) ^ (k as u8 * 85))
+                .collect()
+        })
+        .collect();
+    for (k, bytes) in contents.iter().enumerate() {
+        fs::write(s.join(format!("big{k}")), bytes).unwrap();
+    }
+    // One thread: more large files than threads on any machine.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let opts = options(&s, &b);
+    let mut cache = HashCache::in_memory();
+    let mut pass = || {
+        let p = pool.install(|| mirror_pass(&opts, &mut cache).unwrap());
+        (p.operations, p.errors, p.hashed)
+    };
+    assert_eq!(pass(), (3, 0, 0));
+    for (k, bytes) in contents.iter().enumerate() {
+        assert!(
+            fs::read(b.join(format!("big{k}"))).unwrap() == *bytes,
+            "big{k} differs"
+        );
+    }
+    assert_eq!(pass(), (0, 0, 0));
+
+    let inodes: Vec<u64> = (0..3)
+        .map(|k| fs::metadata(b.join(format!("big{k}"))).unwrap().ino())
+        .collect();
+    for k in 0..3 {
+        filetime::set_file_mtime(
+            s.join(format!("big{k}")),
+            FileTime::from_unix_time(1_600_000_000 + k, 0),
+        )
+        .unwrap();
+    }
+    assert_eq!(pass().0, 3);
+    for (k, ino) in inodes.iter().enumerate() {
+        let kept = fs::metadata(b.join(format!("big{k}"))).unwrap();
+        assert_eq!(
+            kept.ino(),
+            *ino,
+            "big{k} was replaced: its digest was wrong"
+        );
+        assert_eq!(kept.mtime(), 1_600_000_000 + k as i64);
+    }
+}
