@@ -11,8 +11,8 @@
 //! `tests/fixtures/` at the workspace root holds a tree whose expected values were computed by
 //! the seed's Python functions; `tests/fixture.rs` checks this crate against them.
 //!
-//! It also holds the SHA-256 machinery the other crates hash with: a streaming [`Hasher`], and
-//! two files or streams hashed together on one core ([`file_digest_pair`], [`update_pair`]).
+//! It also holds the two-lane SHA-256, which hashes two files ([`file_digest_pair`]) or two
+//! streams fed piece by piece ([`Hasher`], [`update_pair`]) together on one core.
 //!
 //! The wider tree digest that versioning uses (which also sees symlinks and empty directories)
 //! is not defined here.

@@ -18,6 +18,7 @@ use std::io::{self, Read};
 use std::path::Path;
 
 use crate::Digest;
+use crate::stream::{Hasher, update_pair};
 
 /// Bytes read per file and step: the two buffers together fill a core's L2 cache (1 MiB on the
 /// benchmark machine), so the hash reads what the kernel just copied from cache.
@@ -224,12 +225,10 @@ unsafe fn compress_shani<const N: usize>(states: &mut [[u32; 8]; N], blocks: [&[
     }
 }
 
-/// One file being hashed: its state, how many bytes went in, and the bytes read but not yet
-/// compressed.
+/// One file being hashed, and the bytes of it last read.
 struct Stream {
     file: File,
-    state: [u32; 8],
-    hashed: u64,
+    hasher: Hasher,
     buf: Vec<u8>,
     filled: usize,
     at_end: bool,
@@ -240,21 +239,20 @@ impl Stream {
         let file = File::open(path)?;
         // A small file gets a buffer its size (plus the byte that shows the end).
         let size = file.metadata()?.len();
-        let capacity = usize::try_from(size.saturating_add(1))
-            .map_or(PAIR_BUF, |n| n.clamp(64, PAIR_BUF))
-            .next_multiple_of(64);
+        let capacity =
+            usize::try_from(size.saturating_add(1)).map_or(PAIR_BUF, |n| n.clamp(64, PAIR_BUF));
         Ok(Stream {
             file,
-            state: IV,
-            hashed: 0,
+            hasher: Hasher::new(),
             buf: vec![0; capacity],
             filled: 0,
             at_end: false,
         })
     }
 
-    /// Reads until the buffer is full or the file ends.
+    /// Reads the next piece: until the buffer is full or the file ends.
     fn fill(&mut self) -> io::Result<()> {
+        self.filled = 0;
         while self.filled < self.buf.len() {
             match self.file.read(&mut self.buf[self.filled..]) {
                 Ok(0) => {
@@ -267,36 +265,6 @@ impl Stream {
             }
         }
         Ok(())
-    }
-
-    /// The whole blocks read and not yet compressed.
-    fn whole_blocks(&self) -> usize {
-        self.filled / 64 * 64
-    }
-
-    /// Notes that the first `len` bytes of the buffer were compressed.
-    fn consumed(&mut self, len: usize) {
-        self.buf.copy_within(len..self.filled, 0);
-        self.filled -= len;
-        self.hashed += len as u64;
-    }
-
-    /// Pads what is left (less than a block, the file having ended) and returns the digest.
-    fn finish(mut self) -> Digest {
-        debug_assert!(self.at_end && self.filled < 64);
-        let bits = (self.hashed + self.filled as u64) * 8;
-        let mut tail = [0u8; 128];
-        tail[..self.filled].copy_from_slice(&self.buf[..self.filled]);
-        tail[self.filled] = 0x80;
-        // The length takes the last 8 bytes of one block, or of a second if it does not fit.
-        let end = if self.filled < 56 { 64 } else { 128 };
-        tail[end - 8..end].copy_from_slice(&bits.to_be_bytes());
-        compress(std::array::from_mut(&mut self.state), [&tail[..end]]);
-        let mut digest = [0u8; 32];
-        for (out, word) in digest.chunks_exact_mut(4).zip(self.state) {
-            out.copy_from_slice(&word.to_be_bytes());
-        }
-        digest
     }
 }
 
@@ -324,25 +292,19 @@ pub fn file_digest_pair(a: &Path, b: &Path) -> [io::Result<Digest>; 2] {
                 *stream = None;
             }
         }
-        if let [Some(x), Some(y)] = &mut streams {
-            let both = x.whole_blocks().min(y.whole_blocks());
-            let mut states = [x.state, y.state];
-            compress(&mut states, [&x.buf[..both], &y.buf[..both]]);
-            [x.state, y.state] = states;
-            x.consumed(both);
-            y.consumed(both);
+        match &mut streams {
+            [Some(x), Some(y)] => update_pair(
+                [&mut x.hasher, &mut y.hasher],
+                [&x.buf[..x.filled], &y.buf[..y.filled]],
+            ),
+            [Some(one), None] | [None, Some(one)] => one.hasher.update(&one.buf[..one.filled]),
+            [None, None] => {}
         }
-        // What one lane has beyond the other (one file ended first), and single files.
         for (slot, stream) in results.iter_mut().zip(&mut streams) {
-            if let Some(s) = stream {
-                let whole = s.whole_blocks();
-                compress(std::array::from_mut(&mut s.state), [&s.buf[..whole]]);
-                s.consumed(whole);
-                if s.at_end
-                    && let Some(s) = stream.take()
-                {
-                    *slot = Some(Ok(s.finish()));
-                }
+            if stream.as_ref().is_some_and(|s| s.at_end)
+                && let Some(s) = stream.take()
+            {
+                *slot = Some(Ok(s.hasher.finish()));
             }
         }
     }
