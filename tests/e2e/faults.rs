@@ -219,10 +219,11 @@ fn expect_contents_kept(what: &str, dir: &Path, wanted: &[&str]) -> TestResult {
     Ok(())
 }
 
-/// Whether the last component of `rel` is one of our temporary names (`.oneway-tmp-…`).
+/// Whether `rel` is, or is inside, one of our temporary names (`.oneway-tmp-…`): a staged
+/// file, or a new directory being built hidden, whose content is at no path of the tree yet.
 fn is_temp(rel: &Path) -> bool {
-    rel.file_name()
-        .is_some_and(|n| n.as_bytes().starts_with(TMP_PREFIX.as_bytes()))
+    rel.iter()
+        .any(|n| n.as_bytes().starts_with(TMP_PREFIX.as_bytes()))
 }
 
 /// Names in `dir` (not recursive) starting with `prefix`.
@@ -496,6 +497,60 @@ fn source_rewritten_after_the_scan_is_never_installed_torn() -> TestResult {
     expect_clean(&next)?;
     assert_trees_equal(s, d)?;
     expect_nothing_left(&env)
+}
+
+#[test]
+fn new_directory_whose_name_is_taken_after_the_scan_is_left_as_its_taker_made_it() -> TestResult {
+    // A new directory is built hidden and gets its name only when complete: if the name was
+    // taken in the meantime, the taker's directory must not receive our copies, nor our mode
+    // and time.
+    let env = Env::new()?;
+    let (s, d) = (&env.src, &env.dst);
+    put(s, "kept.txt", "kept\n", T0)?;
+    env.once(&[])?.expect_code(0)?;
+    put(s, "fresh/a.txt", "a\n", T0)?;
+    put(s, "fresh/sub/b.txt", "b\n", T0)?;
+    put(s, "other/c.txt", "c\n", T0)?;
+    let taken = d.join("fresh");
+    let hook = Hook::new(
+        &env,
+        &format!(
+            "mkdir {t}\nprintf 'mine\\n' > {t}/mine.txt\nchmod 751 {t}\ntouch -m -d @{T0} {t}\n",
+            t = q(&taken),
+        ),
+    )?;
+
+    let run = hook.once(&env, &[])?;
+
+    run.expect_code(1)?;
+    run.expect(
+        "ERROR",
+        "skipped fresh: it changed in BACKUP since the scan; retried next pass",
+    )?;
+    let names: Vec<_> = fs::read_dir(&taken)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    ensure!(
+        names == ["mine.txt"],
+        "BACKUP/fresh now holds {names:?}\n{run}"
+    );
+    let meta = fs::metadata(&taken)?;
+    ensure!(
+        (meta.mode() & 0o7777, meta.mtime()) == (0o751, T0),
+        "BACKUP/fresh got mode {:o} and mtime {}\n{run}",
+        meta.mode() & 0o7777,
+        meta.mtime()
+    );
+    ensure!(
+        fs::read(d.join("other/c.txt"))? == b"c\n",
+        "other/ was not mirrored\n{run}"
+    );
+    let left = temp_files(d)?;
+    ensure!(left.is_empty(), "leftovers in BACKUP: {left:?}\n{run}");
+
+    // The next pass mirrors into the directory that is there now, as into any other.
+    expect_clean(&env.once(&[])?)?;
+    assert_trees_equal(s, d)
 }
 
 #[test]

@@ -46,6 +46,9 @@ fn nested_tree_is_mirrored_exactly() -> TestResult {
     write(s, "a/b/group.txt", "group readable\n")?;
     write(s, "a/b/c/deep.txt", "deep secret\n")?;
     write(s, "private/key.txt", "key")?;
+    // Modes a process umask of 022 would cut, and a set-user-ID bit, which no create gives.
+    write(s, "a/shared.txt", "everyone writes\n")?;
+    write(s, "a/setuid.sh", "#!/bin/sh\n")?;
     mkdir(s, "empty")?;
     mkdir(s, "a/b/empty2")?;
     let absolute_target = s.join("a/run.sh");
@@ -58,6 +61,8 @@ fn nested_tree_is_mirrored_exactly() -> TestResult {
         ("a/run.sh", 0o755),
         ("a/b/group.txt", 0o640),
         ("private/key.txt", 0o400),
+        ("a/shared.txt", 0o666),
+        ("a/setuid.sh", 0o4755),
         ("private", 0o700),
         ("a/b/empty2", 0o750),
     ] {
@@ -71,6 +76,8 @@ fn nested_tree_is_mirrored_exactly() -> TestResult {
         "a/b/group.txt",
         "a/b/c/deep.txt",
         "private/key.txt",
+        "a/shared.txt",
+        "a/setuid.sh",
         "links/dangling",
         "links/to_dir",
         "links/relative",
@@ -568,6 +575,38 @@ fn leftover_temp_files_in_backup_are_removed_by_next_pass() -> TestResult {
         "temporary files left in BACKUP: {left:?}\n{run}"
     );
     ensure!(run.summary()?.errors == 0, "errors in the pass\n{run}");
+    assert_trees_equal(&env.src, &env.dst)
+}
+
+#[test]
+fn leftover_hidden_directory_of_a_killed_pass_is_removed_and_not_taken_for_content() -> TestResult {
+    // A new directory is built under a temporary name and renamed when complete; SIGKILL
+    // before then leaves that directory (the kill tests in `faults` hit this by chance).
+    let env = Env::new()?;
+    small_tree(&env.src)?;
+    env.once(&[])?.expect_code(0)?;
+    // More leftover files than BACKUP holds real ones: counted as the user's, their removal
+    // would trip the refusal of a pass that deletes more than half of BACKUP.
+    for i in 0..20 {
+        write(
+            &env.dst,
+            format!(".oneway-tmp-Ab12Cd/sub/f{i}.txt"),
+            "a copy",
+        )?;
+    }
+
+    let run = env.once(&[])?;
+
+    run.expect_code(0)?;
+    run.expect(
+        "INFO",
+        "removed leftover temporary directory .oneway-tmp-Ab12Cd",
+    )?;
+    let left = temp_files(&env.dst)?;
+    ensure!(
+        left.is_empty(),
+        "leftovers still in BACKUP: {left:?}\n{run}"
+    );
     assert_trees_equal(&env.src, &env.dst)
 }
 

@@ -69,17 +69,78 @@ fn write_err(path: &Path) -> impl FnOnce(io::Error) -> OpError + '_ {
     }
 }
 
+/// Where a copy or link goes, and what it may replace.
+#[derive(Debug, Clone, Copy)]
+pub enum Dest<'a> {
+    /// A name that does not exist: the entry appears there complete, and never over another.
+    New,
+    /// The entry the scan saw there, re-checked right before it is replaced atomically.
+    Replace(&'a Entry),
+    /// A name inside a directory that no one else sees yet (one made by [`stage_dir`] and not
+    /// yet published): the entry is written there under its final name, and a copy that fails
+    /// removes what it wrote. What keeps a half-written file out of the tree is the directory,
+    /// which gets its final name only when it is complete (see [`publish_dir`]).
+    Hidden,
+}
+
+impl<'a> Dest<'a> {
+    /// The entry to replace, if any.
+    fn replaces(self) -> Option<&'a Entry> {
+        match self {
+            Dest::Replace(seen) => Some(seen),
+            Dest::New | Dest::Hidden => None,
+        }
+    }
+}
+
+impl<'a> From<Option<&'a Entry>> for Dest<'a> {
+    fn from(expected: Option<&'a Entry>) -> Self {
+        expected.map_or(Dest::New, Dest::Replace)
+    }
+}
+
 /// A file being written before it gets its final name. Where the file system allows, it has
 /// no name at all until it is complete (`O_TMPFILE`): a kill then leaves nothing behind. Else
-/// it is a temporary file `.oneway-tmp-XXXXXX` beside its final name.
+/// it is a temporary file `.oneway-tmp-XXXXXX` beside its final name. In a hidden directory
+/// ([`Dest::Hidden`]) it has its final name from the start.
 enum Staged {
     Unnamed(File),
     Named(tempfile::NamedTempFile),
+    Hidden(File, RemoveOnDrop),
+}
+
+/// Removes the file at its path when dropped, unless disarmed: a copy into a hidden directory
+/// that fails takes its partial file away with it.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            // Should this fail, the partial file stays in the hidden directory: the caller
+            // looks for it and then does not publish the directory (see `Dest::Hidden`).
+            let _ = fs::remove_file(path);
+        }
+    }
 }
 
 impl Staged {
-    fn new(dir: &Path) -> io::Result<Staged> {
+    /// Stages the copy of a file whose permission bits are `mode`.
+    fn new(dst: &Path, dest: Dest<'_>, mode: u32) -> io::Result<Staged> {
         use rustix::fs::{Mode, OFlags};
+        let dir = dst.parent().unwrap_or(Path::new("."));
+        if let Dest::Hidden = dest {
+            // A plain create: no unnamed inode to link later, which costs about as much again
+            // as creating the file (the first copy of a tree of small files is mostly this).
+            // Created with its final mode (no one else can enter the directory yet), which
+            // saves a chmod unless the umask or a default ACL takes bits away.
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode & 0o777)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(dst)?;
+            return Ok(Staged::Hidden(file, RemoveOnDrop(Some(dst.to_path_buf()))));
+        }
         // Naming an unnamed file goes through /proc/self/fd; without /proc (some containers)
         // only named temporary files work.
         static PROC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -116,13 +177,18 @@ impl Staged {
         match self {
             Staged::Unnamed(f) => f,
             Staged::Named(t) => t.as_file_mut(),
+            Staged::Hidden(f, _) => f,
         }
     }
 
     /// Gives the complete file its final name `dst`: over `expected` after re-checking it,
-    /// or only if `dst` does not exist when `expected` is `None`.
+    /// or only if `dst` does not exist when `expected` is `None`. A hidden file has it already.
     fn install(self, dir: &Path, dst: &Path, expected: Option<&Entry>) -> Result<File, OpError> {
         match self {
+            Staged::Hidden(file, mut remove) => {
+                remove.0 = None;
+                Ok(file)
+            }
             Staged::Named(tmp) => persist(tmp, dst, expected),
             Staged::Unnamed(file) => {
                 let link = |to: &Path| link_unnamed(&file, to);
@@ -290,7 +356,8 @@ pub enum Content<'a> {
 /// Copies the regular file `src` to `dst` atomically and gives the copy `src`'s permission
 /// bits and modification time.
 ///
-/// `expected` is the destination the scan saw (to be replaced), or `None` if there was none.
+/// `dest` says whether `dst` is new (or in a hidden directory) or what the scan saw there,
+/// to be replaced.
 ///
 /// Fails, leaving `dst` untouched, if `src` cannot be read or changes during the copy (or no
 /// longer has the content the caller expects), if `dst` is no longer what the scan saw, or if
@@ -298,13 +365,13 @@ pub enum Content<'a> {
 pub fn copy_file(
     src: &Path,
     dst: &Path,
-    expected: Option<&Entry>,
+    dest: Dest<'_>,
     content: Content<'_>,
 ) -> Result<Copied, OpError> {
     // Every copy holds a thread; only when one is left over may a copy take a second.
     let in_flight = InFlight::enter();
     let split = in_flight.count < rayon::current_num_threads();
-    let mut copy = Started::begin(src, dst, expected)?;
+    let mut copy = Started::begin(src, dst, dest)?;
     let (input, size) = (&copy.input, copy.before.size);
     let output = copy.staged.file_mut();
     let (digest, expect, held) = match content {
@@ -341,9 +408,8 @@ pub fn copy_file(
     copy.finish(digest, expect, held)
 }
 
-/// One file to copy with [`copy_pair`]: source, destination, and the destination the scan saw
-/// (to be replaced), if any.
-pub type PairJob<'a> = (&'a Path, &'a Path, Option<&'a Entry>);
+/// One file to copy with [`copy_pair`]: source, destination, and what the destination is.
+pub type PairJob<'a> = (&'a Path, &'a Path, Dest<'a>);
 
 /// Copies two files on the calling thread, each as [`copy_file`] with [`Content::Hash`]`(None)`
 /// would, hashing both as they are copied with the two-lane hasher ([`checksum::update_pair`]),
@@ -355,8 +421,8 @@ pub type PairJob<'a> = (&'a Path, &'a Path, Option<&'a Entry>);
 /// leaves the other to be copied alone.
 pub fn copy_pair(jobs: [PairJob<'_>; 2]) -> [Result<Copied, OpError>; 2] {
     let _in_flight = InFlight::enter();
-    let mut lanes = jobs.map(|(src, dst, expected)| {
-        Started::begin(src, dst, expected).map(|copy| Lane {
+    let mut lanes = jobs.map(|(src, dst, dest)| {
+        Started::begin(src, dst, dest).map(|copy| Lane {
             copy,
             hasher: Hasher::new(),
             buf: vec![0; PAIR_BUF],
@@ -448,7 +514,7 @@ impl Lane<'_> {
 struct Started<'a> {
     src: &'a Path,
     dst: &'a Path,
-    expected: Option<&'a Entry>,
+    dest: Dest<'a>,
     input: File,
     before: Entry,
     staged: Staged,
@@ -457,7 +523,7 @@ struct Started<'a> {
 impl<'a> Started<'a> {
     /// Opens `src` (a regular file, or the copy fails as changed) and stages its copy beside
     /// `dst`.
-    fn begin(src: &'a Path, dst: &'a Path, expected: Option<&'a Entry>) -> Result<Self, OpError> {
+    fn begin(src: &'a Path, dst: &'a Path, dest: Dest<'a>) -> Result<Self, OpError> {
         let read_err = |source| OpError::Read {
             path: src.to_path_buf(),
             source,
@@ -469,12 +535,11 @@ impl<'a> Started<'a> {
                 path: src.to_path_buf(),
             });
         }
-        let dir = dst.parent().unwrap_or(Path::new("."));
-        let staged = Staged::new(dir).map_err(write_err(dst))?;
+        let staged = Staged::new(dst, dest, before.mode).map_err(write_err(dst))?;
         Ok(Started {
             src,
             dst,
-            expected,
+            dest,
             input,
             before,
             staged,
@@ -501,7 +566,7 @@ impl<'a> Started<'a> {
                 path: src.to_path_buf(),
             });
         }
-        if let (Some(held), Some(there)) = (held, self.expected)
+        if let (Some(held), Some(there)) = (held, self.dest.replaces())
             && held == digest
         {
             // Dropping the staged copy discards it: an unnamed file vanishes, a named one is
@@ -513,17 +578,25 @@ impl<'a> Started<'a> {
                 installed: false,
             });
         }
+        let mode = fs::Permissions::from_mode(self.before.mode);
+        let created_with_mode = matches!(self.staged, Staged::Hidden(..));
         let file = self.staged.file_mut();
-        file.set_permissions(fs::Permissions::from_mode(self.before.mode))
-            .map_err(write_err(dst))?;
+        if !created_with_mode {
+            file.set_permissions(mode.clone()).map_err(write_err(dst))?;
+        }
         filetime::set_file_handle_times(file, None, Some(self.before.mtime.to_filetime()))
             .map_err(write_err(dst))?;
         // No fsync per file: the pass flushes its whole file system once at its end (see
         // `flush_fs`), before it records anything that relies on the data being on disk.
         let dir = dst.parent().unwrap_or(Path::new("."));
-        let file = self.staged.install(dir, dst, self.expected)?;
+        let file = self.staged.install(dir, dst, self.dest.replaces())?;
         // fstat of the file still open: its stamp after the rename, without a path lookup.
-        let destination = Entry::from_metadata(&file.metadata().map_err(write_err(dst))?, None);
+        let mut destination = Entry::from_metadata(&file.metadata().map_err(write_err(dst))?, None);
+        if destination.mode != self.before.mode {
+            // Created with its mode, which the umask (or a default ACL) cut down.
+            file.set_permissions(mode).map_err(write_err(dst))?;
+            destination = Entry::from_metadata(&file.metadata().map_err(write_err(dst))?, None);
+        }
         Ok(Copied {
             digest,
             source: self.before,
@@ -685,16 +758,25 @@ impl Read for PositionalReader<'_> {
     }
 }
 
-/// Creates (or replaces `expected` with) a symbolic link at `dst` pointing to `target`, with
+/// Creates (or, as `dest` says, replaces) a symbolic link at `dst` pointing to `target`, with
 /// modification time `mtime`, atomically.
 ///
 /// Fails, leaving `dst` untouched, if `dst` is no longer what the scan saw or writing fails.
 pub fn symlink(
     target: &Path,
     dst: &Path,
-    expected: Option<&Entry>,
+    dest: Dest<'_>,
     mtime: Timestamp,
 ) -> Result<Entry, OpError> {
+    let ft = mtime.to_filetime();
+    if let Dest::Hidden = dest {
+        std::os::unix::fs::symlink(target, dst).map_err(write_err(dst))?;
+        let mut made = RemoveOnDrop(Some(dst.to_path_buf()));
+        filetime::set_symlink_file_times(dst, ft, ft).map_err(write_err(dst))?;
+        let entry = Entry::read(dst).map_err(write_err(dst))?;
+        made.0 = None;
+        return Ok(entry);
+    }
     let dir = dst.parent().unwrap_or(Path::new("."));
     let tmp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
@@ -703,9 +785,8 @@ pub fn symlink(
             std::os::unix::fs::symlink(target, path)
         })
         .map_err(write_err(dst))?;
-    let ft = mtime.to_filetime();
     filetime::set_symlink_file_times(tmp.path(), ft, ft).map_err(write_err(dst))?;
-    persist(tmp, dst, expected)?;
+    persist(tmp, dst, dest.replaces())?;
     Entry::read(dst).map_err(write_err(dst))
 }
 
@@ -784,6 +865,35 @@ pub fn create_dir(path: &Path) -> Result<(), OpError> {
         .map_err(write_err(path))
 }
 
+/// Creates a hidden directory in `parent`, under a temporary name of ours, where a whole new
+/// directory is built (its entries written with [`Dest::Hidden`]) before [`publish_dir`] gives
+/// it its name. A kill before then leaves only that temporary directory, which the next pass
+/// removes, never a half-written file under a real name.
+///
+/// Fails if the directory cannot be created.
+pub fn stage_dir(parent: &Path) -> Result<PathBuf, OpError> {
+    let dir = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .make_in(parent, |path| {
+            note_temp_name(path);
+            fs::DirBuilder::new().mode(0o700).create(path)
+        })
+        .map_err(write_err(parent))?;
+    // Kept: from now on it is the caller's, to publish or to leave for the next pass.
+    dir.into_temp_path().keep().map_err(|e| OpError::Write {
+        path: parent.to_path_buf(),
+        source: e.error,
+    })
+}
+
+/// Gives the hidden directory `staged` (made by [`stage_dir`]) its name `to`, if `to` does
+/// not exist (the check and the rename are one atomic step).
+///
+/// Fails, leaving `staged` where it is, if `to` exists or the rename fails.
+pub fn publish_dir(staged: &Path, to: &Path) -> Result<(), OpError> {
+    rename_new(staged, to)
+}
+
 /// Makes the directory `path` writable by its owner, so entries can be added or removed in
 /// it; its recorded mode is restored at the end of the pass.
 ///
@@ -805,6 +915,11 @@ pub fn rename_noreplace(from: &Path, to: &Path, seen: &Entry) -> Result<(), OpEr
             });
         }
     }
+    rename_new(from, to)
+}
+
+/// Renames `from` to `to` if `to` does not exist, atomically.
+fn rename_new(from: &Path, to: &Path) -> Result<(), OpError> {
     rustix::fs::renameat_with(
         rustix::fs::CWD,
         from,
@@ -964,7 +1079,7 @@ mod tests {
             ("either", link_unnamed),
         ];
         for (way, link) in ways {
-            let mut staged = Staged::new(dir.path()).unwrap();
+            let mut staged = Staged::new(&dir.path().join("unused"), Dest::New, 0o600).unwrap();
             staged.file_mut().write_all(way.as_bytes()).unwrap();
             let Staged::Unnamed(file) = staged else {
                 panic!("no O_TMPFILE here: the unnamed path is not tested");
@@ -978,6 +1093,68 @@ mod tests {
             assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{way}");
             assert_eq!(fs::read_to_string(&taken).unwrap(), "descriptor");
         }
+    }
+
+    #[test]
+    fn a_hidden_directory_is_filled_under_final_names_and_appears_whole_only_where_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.txt");
+        fs::write(&src, b"content").unwrap();
+        fs::set_permissions(&src, fs::Permissions::from_mode(0o640)).unwrap();
+        let mtime = filetime::FileTime::from_unix_time(1_000_000, 5);
+        filetime::set_file_mtime(&src, mtime).unwrap();
+        let hidden = stage_dir(dir.path()).unwrap();
+        assert!(is_temp_name(hidden.file_name().unwrap()), "{hidden:?}");
+        let dst = hidden.join("copy.txt");
+
+        // A copy refused after its bytes were written takes them away with it.
+        let wrong = [0; 32];
+        let refused = copy_file(&src, &dst, Dest::Hidden, Content::Hash(Some(&wrong)));
+        assert!(
+            matches!(refused, Err(OpError::SourceChanged { .. })),
+            "{refused:?}"
+        );
+        assert!(
+            fs::symlink_metadata(&dst).is_err(),
+            "a refused copy left a file"
+        );
+
+        let copied = copy_file(&src, &dst, Dest::Hidden, Content::Hash(None)).unwrap();
+        assert_eq!(copied.digest, sha(b"content"));
+        assert_eq!(fs::read(&dst).unwrap(), b"content");
+        let now = Entry::read(&dst).unwrap();
+        assert_eq!((now.mode, now.mtime.to_filetime()), (0o640, mtime));
+        assert!(now.unchanged_since(&copied.destination));
+        // A name already taken, even in a hidden directory, is never written over.
+        fs::write(&src, b"other").unwrap();
+        let taken = copy_file(&src, &dst, Dest::Hidden, Content::Hash(None));
+        assert!(matches!(taken, Err(OpError::Write { .. })), "{taken:?}");
+        assert_eq!(fs::read(&dst).unwrap(), b"content");
+        let link = symlink(
+            Path::new("copy.txt"),
+            &hidden.join("link"),
+            Dest::Hidden,
+            now.mtime,
+        );
+        assert_eq!(link.unwrap().mtime, now.mtime);
+
+        // Published only where the name is free; else it stays where it was.
+        let to = dir.path().join("published");
+        fs::create_dir(&to).unwrap();
+        let refused = publish_dir(&hidden, &to);
+        assert!(
+            matches!(refused, Err(OpError::DestinationChanged { .. })),
+            "{refused:?}"
+        );
+        assert!(hidden.join("copy.txt").exists());
+        fs::remove_dir(&to).unwrap();
+        publish_dir(&hidden, &to).unwrap();
+        assert_eq!(fs::read(to.join("copy.txt")).unwrap(), b"content");
+        assert_eq!(
+            fs::read_link(to.join("link")).unwrap(),
+            Path::new("copy.txt")
+        );
+        assert!(!hidden.exists());
     }
 
     #[test]
@@ -1031,8 +1208,8 @@ mod tests {
             let old = Entry::read(&path("b2")).unwrap();
             let _ = fs::remove_file(path("a2"));
             let [ra, rb] = copy_pair([
-                (&path("a"), &path("a2"), None),
-                (&path("b"), &path("b2"), Some(&old)),
+                (&path("a"), &path("a2"), Dest::New),
+                (&path("b"), &path("b2"), Dest::Replace(&old)),
             ]);
             let (ca, cb) = (ra.unwrap(), rb.unwrap());
             assert_eq!(
@@ -1067,7 +1244,7 @@ mod tests {
         let (gone, gone2) = (path("gone"), path("gone2"));
         for missing_first in [true, false] {
             let _ = fs::remove_file(&good2);
-            let mut jobs = [(&*good, &*good2, None), (&*gone, &*gone2, None)];
+            let mut jobs = [(&*good, &*good2, Dest::New), (&*gone, &*gone2, Dest::New)];
             if missing_first {
                 jobs.reverse();
             }
@@ -1085,8 +1262,8 @@ mod tests {
         fs::write(path("taken"), b"someone else's").unwrap();
         let _ = fs::remove_file(path("good2"));
         let [taken, ok] = copy_pair([
-            (&path("good"), &path("taken"), None),
-            (&path("good"), &path("good2"), None),
+            (&path("good"), &path("taken"), Dest::New),
+            (&path("good"), &path("good2"), Dest::New),
         ]);
         assert!(matches!(taken, Err(OpError::DestinationChanged { .. })));
         assert_eq!(fs::read(path("taken")).unwrap(), b"someone else's");

@@ -1,7 +1,7 @@
 //! One mirror pass (SPEC §3): walk both roots together, compare, check the refusals of SPEC §8,
 //! apply with the safe operations of [`crate::fsops`], and record what was hashed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::os::unix::ffi::OsStrExt;
@@ -17,7 +17,7 @@ use crate::cache::{HashCache, Side, Stamp, is_racy};
 use crate::dircache::{self, BlockOut, DirCache, Learner, Record};
 use crate::display::Escaped;
 use crate::error::Error;
-use crate::fsops::{self, OpError, TEMP_PREFIX};
+use crate::fsops::{self, Dest, OpError};
 use crate::hashing;
 use crate::scan::{self, Entry, Filter, Kind, Timestamp};
 use crate::signal;
@@ -117,8 +117,11 @@ impl Op {
         let mut s = String::new();
         let _ = match self {
             Op::Remove { rel, seen } => match seen.kind {
+                Kind::Dir if in_temp(rel) => {
+                    write!(s, "removed leftover temporary directory {}", Escaped(rel))
+                }
                 Kind::Dir => write!(s, "removed directory {}", Escaped(rel)),
-                _ if is_temp_name(rel) => {
+                _ if in_temp(rel) => {
                     write!(s, "removed leftover temporary file {}", Escaped(rel))
                 }
                 _ => write!(s, "removed {}", Escaped(rel)),
@@ -158,9 +161,11 @@ impl Op {
     }
 }
 
-fn is_temp_name(rel: &Path) -> bool {
-    rel.file_name()
-        .is_some_and(|n| n.as_encoded_bytes().starts_with(TEMP_PREFIX.as_bytes()))
+/// Whether `rel` is, or is inside, something named like one of our temporary files or hidden
+/// directories: a leftover of a killed pass, not the user's.
+fn in_temp(rel: &Path) -> bool {
+    let ours = |n: &OsStr| n.as_bytes().starts_with(fsops::TEMP_PREFIX.as_bytes());
+    rel.iter().any(ours)
 }
 
 /// How often the file system of BACKUP is flushed while files are copied (see
@@ -355,7 +360,7 @@ impl Walk<'_> {
     }
 
     fn count_removal(&self, rel: &Path, seen: &Entry) {
-        if !seen.is_dir() && !is_temp_name(rel) {
+        if !seen.is_dir() && !in_temp(rel) {
             Counters::bump(&self.removed_files);
         }
     }
@@ -369,8 +374,9 @@ impl Walk<'_> {
         dst_list: &[(OsString, Entry)],
         found: &mut Found,
     ) -> (Vec<Sub>, bool) {
+        let leftover = in_temp(rel);
         for (name, entry) in dst_list {
-            if !fsops::is_temp_name(name) {
+            if !leftover && !fsops::is_temp_name(name) {
                 self.backup_has_content.store(true, Ordering::Relaxed);
                 if !entry.is_dir() {
                     Counters::bump(&self.backup_files);
@@ -644,6 +650,17 @@ struct Pass<'a> {
     failed: Mutex<HashSet<PathBuf>>,
     /// Something is in `failed` (read without a lock by every step).
     any_failed: AtomicBool,
+    /// New directories being built hidden, by the path they get when complete.
+    hidden: HashMap<PathBuf, HiddenDir>,
+}
+
+/// A new directory built under a temporary name (see [`fsops::stage_dir`]): everything in it
+/// is created directly under its own name, and the whole directory appears at once.
+struct HiddenDir {
+    staged: PathBuf,
+    /// A failed copy or link could not take away what it wrote: the directory may hold a
+    /// partial file, so it is not published (the next pass removes it and starts again).
+    spoiled: AtomicBool,
 }
 
 impl Pass<'_> {
@@ -671,12 +688,34 @@ impl Pass<'_> {
         }
     }
 
+    /// Whether `rel` or a parent of it failed to be created or removed this pass.
     fn blocked(&self, rel: &Path) -> bool {
         if !self.any_failed.load(Ordering::Acquire) {
             return false;
         }
         let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-        rel.ancestors().skip(1).any(|a| failed.contains(a))
+        rel.ancestors().any(|a| failed.contains(a))
+    }
+
+    /// The hidden directory that `rel` is being built in, if any.
+    fn hidden_in<'r>(&self, rel: &'r Path) -> Option<(&'r Path, &HiddenDir)> {
+        if self.hidden.is_empty() {
+            return None;
+        }
+        rel.ancestors()
+            .skip(1)
+            .find_map(|a| self.hidden.get(a).map(|h| (a, h)))
+    }
+
+    /// Where `rel` is written now, and how.
+    fn place(&self, rel: &Path) -> (PathBuf, Option<&HiddenDir>) {
+        match self.hidden_in(rel) {
+            Some((top, hidden)) => {
+                let inside = rel.strip_prefix(top).unwrap_or(rel);
+                (hidden.staged.join(inside), Some(hidden))
+            }
+            None => (self.opts.backup.join(rel), None),
+        }
     }
 
     fn mark_failed(&self, rel: &Path) {
@@ -697,8 +736,10 @@ impl Pass<'_> {
         if self.blocked(rel) {
             return false;
         }
-        // Whatever this step creates, it creates inside BACKUP, never through a link.
+        // Whatever this step creates, it creates inside BACKUP, never through a link. (A hidden
+        // directory's parents were checked when it was made; what is inside is our own.)
         if !matches!(op, Op::Remove { .. })
+            && self.hidden_in(rel).is_none()
             && let Err(err) = fsops::check_parents(&self.opts.backup, rel)
         {
             self.mark_failed(rel);
@@ -741,12 +782,12 @@ impl Pass<'_> {
         else {
             unreachable!("only copies are paired");
         };
-        let (src_a, dst_a) = (self.opts.source.join(rel_a), self.opts.backup.join(rel_a));
-        let (src_b, dst_b) = (self.opts.source.join(rel_b), self.opts.backup.join(rel_b));
+        let ((dst_a, hidden_a), (dst_b, hidden_b)) = (self.place(rel_a), self.place(rel_b));
+        let (src_a, src_b) = (self.opts.source.join(rel_a), self.opts.source.join(rel_b));
         let started = SystemTime::now();
         let results = fsops::copy_pair([
-            (&src_a, &dst_a, replace_a.as_ref()),
-            (&src_b, &dst_b, replace_b.as_ref()),
+            (&src_a, &dst_a, dest(replace_a, hidden_a)),
+            (&src_b, &dst_b, dest(replace_b, hidden_b)),
         ]);
         for ((op, rel, from), result) in [(a, rel_a, from_a), (b, rel_b, from_b)]
             .into_iter()
@@ -760,7 +801,7 @@ impl Pass<'_> {
     /// Carries out `op` (already [`Pass::ready`]) and logs what it did.
     fn run(&self, op: &Op) {
         let rel = op.rel();
-        let dst = self.opts.backup.join(rel);
+        let (dst, hidden) = self.place(rel);
         let result = match op {
             Op::Remove { seen, .. } => fsops::remove(&dst, seen).map(|()| Done::AsPlanned),
             Op::CreateDir { .. } => fsops::create_dir(&dst).map(|()| Done::AsPlanned),
@@ -787,7 +828,7 @@ impl Pass<'_> {
                     _ => fsops::Content::Hash(None),
                 };
                 let src = self.opts.source.join(rel);
-                fsops::copy_file(&src, &dst, replace.as_ref(), content)
+                fsops::copy_file(&src, &dst, dest(replace, hidden), content)
                     .and_then(|c| self.copied(rel, from, started, c))
             }
             Op::Link {
@@ -795,7 +836,9 @@ impl Pass<'_> {
                 mtime,
                 replace,
                 ..
-            } => fsops::symlink(target, &dst, replace.as_ref(), *mtime).map(|_| Done::AsPlanned),
+            } => {
+                fsops::symlink(target, &dst, dest(replace, hidden), *mtime).map(|_| Done::AsPlanned)
+            }
             Op::Meta {
                 seen,
                 mode,
@@ -835,7 +878,7 @@ impl Pass<'_> {
             self.learner.learn(Side::Backup, rel, there, c.digest, None);
             return Ok(Done::Nothing);
         }
-        let dst = self.opts.backup.join(rel);
+        let (dst, _) = self.place(rel);
         let now = fsops::set_metadata(&dst, there, from.mode, from.mtime)?;
         self.learner.learn(Side::Backup, rel, &now, c.digest, None);
         Ok(Done::Metadata)
@@ -857,6 +900,12 @@ impl Pass<'_> {
                 if matches!(op, Op::Remove { .. } | Op::CreateDir { .. }) {
                     self.mark_failed(rel);
                 }
+                if let (Op::Copy { .. } | Op::Link { .. }, (path, Some(hidden))) =
+                    (op, self.place(rel))
+                    && std::fs::symlink_metadata(&path).is_ok()
+                {
+                    hidden.spoiled.store(true, Ordering::Relaxed);
+                }
                 if let (Op::Remove { seen, .. }, OpError::Write { source, .. }) = (op, &err)
                     && seen.is_dir()
                     && source.kind() == std::io::ErrorKind::DirectoryNotEmpty
@@ -872,6 +921,16 @@ impl Pass<'_> {
                 self.op_error(rel, &err);
             }
         }
+    }
+}
+
+/// What a copy or link of `rel` goes over, or into: the entry the scan saw, a new name, or a
+/// hidden directory.
+fn dest<'a>(replace: &'a Option<Entry>, hidden: Option<&HiddenDir>) -> Dest<'a> {
+    match (replace, hidden) {
+        (Some(seen), _) => Dest::Replace(seen),
+        (None, Some(_)) => Dest::Hidden,
+        (None, None) => Dest::New,
     }
 }
 
@@ -1007,6 +1066,7 @@ pub fn mirror_pass(opts: &PassOptions, cache: &mut HashCache) -> Result<PassStat
         learner,
         failed: Mutex::new(HashSet::new()),
         any_failed: AtomicBool::new(false),
+        hidden: HashMap::new(),
     };
     let stats = |pass: &Pass<'_>, interrupted| PassStats {
         operations: pass.counters.operations.load(Ordering::Relaxed),
@@ -1031,7 +1091,8 @@ pub fn mirror_pass(opts: &PassOptions, cache: &mut HashCache) -> Result<PassStat
     }
 
     crate::testhook::after_plan();
-    apply(&pass, &found);
+    let mut pass = pass;
+    apply(&mut pass, &found);
 
     let stats = stats(&pass, signal::stop_requested());
     pass.learner.record_into(&mut found.blocks, dir_cache);
@@ -1055,7 +1116,7 @@ pub fn mirror_pass(opts: &PassOptions, cache: &mut HashCache) -> Result<PassStat
     Ok(stats)
 }
 
-fn apply(pass: &Pass<'_>, found: &Found) {
+fn apply(pass: &mut Pass<'_>, found: &Found) {
     // Directories we must add to or remove from, that our own mode would forbid us to.
     for dir in &found.dirs {
         if let Some(seen) = &dir.seen
@@ -1071,8 +1132,18 @@ fn apply(pass: &Pass<'_>, found: &Found) {
     for op in found.removals.iter().rev() {
         pass.execute(op);
     }
+    // A new directory whose parent is not new is built hidden, with everything under it, and
+    // appears whole at the end: what it holds is then created under its own name at once,
+    // rather than staged and linked in one by one.
+    let created: HashSet<&Path> = found.creates.iter().map(Op::rel).collect();
+    let (tops, nested): (Vec<&Op>, Vec<&Op>) = found
+        .creates
+        .iter()
+        .partition(|op| op.rel().parent().is_none_or(|p| !created.contains(p)));
+    pass.hidden = stage(pass, &tops);
+    let pass = &*pass;
     // Parents before children: one depth at a time, each in parallel.
-    for level in by_depth(&found.creates, |op| op.rel()) {
+    for level in by_depth(&nested, |op| op.rel()) {
         level.into_par_iter().for_each(|op| pass.execute(op));
     }
     let transfer = || {
@@ -1091,6 +1162,8 @@ fn apply(pass: &Pass<'_>, found: &Found) {
     } else {
         fsops::flushing_while(&pass.opts.backup, EARLY_FLUSH, transfer);
     }
+    // Even after a stop: every file in them is whole.
+    publish(pass);
 
     // Directory modes and times last, deepest first: adding or removing an entry moves a
     // directory's mtime, and a read-only mode would have blocked the steps above. So every
@@ -1119,6 +1192,64 @@ fn apply(pass: &Pass<'_>, found: &Found) {
     // Children before parents: the deepest directories first, each depth in parallel.
     for level in by_depth(&found.dirs, |d| &d.rel).into_iter().rev() {
         level.into_par_iter().for_each(finish);
+    }
+}
+
+/// Makes a hidden directory for each of `tops` (new directories whose parents exist) that may
+/// be created now; one that cannot be made fails as its creation would.
+fn stage(pass: &Pass<'_>, tops: &[&Op]) -> HashMap<PathBuf, HiddenDir> {
+    tops.par_iter()
+        .filter(|op| pass.ready(op))
+        .filter_map(|op| {
+            let rel = op.rel();
+            let parent = pass.opts.backup.join(rel.parent().unwrap_or(Path::new("")));
+            match fsops::stage_dir(&parent) {
+                Ok(staged) => Some((
+                    rel.to_path_buf(),
+                    HiddenDir {
+                        staged,
+                        spoiled: AtomicBool::new(false),
+                    },
+                )),
+                Err(err) => {
+                    pass.conclude(op, Err(err));
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// Gives each hidden directory its name, in path order. One that lost the name to something
+/// created since the scan is removed (it holds only our copies) and tried again next pass.
+fn publish(pass: &Pass<'_>) {
+    let mut tops: Vec<(&PathBuf, &HiddenDir)> = pass.hidden.iter().collect();
+    tops.sort_unstable_by(|a, b| scan::path_order(a.0, b.0));
+    for (rel, hidden) in tops {
+        if hidden.spoiled.load(Ordering::Relaxed) {
+            pass.mark_failed(rel);
+            pass.error(format_args!(
+                "skipped directory {}: a failed copy left a partial file in it; retried next pass",
+                Escaped(rel)
+            ));
+            continue;
+        }
+        match fsops::publish_dir(&hidden.staged, &pass.opts.backup.join(rel)) {
+            Ok(()) => {
+                log::info!("created directory {}", Escaped(rel));
+                Counters::bump(&pass.counters.operations);
+            }
+            Err(err) => {
+                pass.mark_failed(rel);
+                pass.op_error(rel, &err);
+                if let Err(e) = std::fs::remove_dir_all(&hidden.staged) {
+                    log::warn!(
+                        "cannot remove {}: {e}; the next pass removes it",
+                        hidden.staged.display()
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -573,7 +573,7 @@ impl Applier<'_> {
                     }
                     _ => fsops::Content::Hash(Some(digest)),
                 };
-                fsops::copy_file(&from_path, &path, expected, content).map(|c| {
+                fsops::copy_file(&from_path, &path, expected.into(), content).map(|c| {
                     self.learner
                         .learn(other(side), from, &c.source, c.digest, Some(started));
                     self.learner
@@ -588,7 +588,7 @@ impl Applier<'_> {
                     Some(_) => seen(),
                     None => None,
                 };
-                fsops::symlink(target, &path, expected, *mtime).map(drop)
+                fsops::symlink(target, &path, expected.into(), *mtime).map(drop)
             }
             Step::Meta { want, .. } => match (seen(), want) {
                 (Some(_), Item::Dir { mode, .. }) => fsops::set_dir_mode(&path, *mode),

@@ -307,7 +307,7 @@ fn fill(
         let done = match item {
             Item::Dir { .. } => return,
             Item::Symlink { target, mtime } => {
-                fsops::symlink(target, &dst, None, *mtime).map(|_| item.clone())
+                fsops::symlink(target, &dst, fsops::Dest::New, *mtime).map(|_| item.clone())
             }
             Item::File {
                 digest,
@@ -338,22 +338,24 @@ fn fill(
                         }
                         _ => fsops::Content::Hash(None),
                     };
-                    fsops::copy_file(&opts.source.join(rel), &dst, None, content).map(|c| {
-                        copied.fetch_add(1, Ordering::Relaxed);
-                        digests.learner().learn(
-                            Side::Source,
-                            rel,
-                            &c.source,
-                            c.digest,
-                            Some(started),
-                        );
-                        Item::File {
-                            digest: c.digest,
-                            size: c.source.size,
-                            mode: c.source.mode,
-                            mtime: c.source.mtime,
-                        }
-                    })
+                    fsops::copy_file(&opts.source.join(rel), &dst, fsops::Dest::New, content).map(
+                        |c| {
+                            copied.fetch_add(1, Ordering::Relaxed);
+                            digests.learner().learn(
+                                Side::Source,
+                                rel,
+                                &c.source,
+                                c.digest,
+                                Some(started),
+                            );
+                            Item::File {
+                                digest: c.digest,
+                                size: c.source.size,
+                                mode: c.source.mode,
+                                mtime: c.source.mtime,
+                            }
+                        },
+                    )
                 }
             }
         };

@@ -258,14 +258,16 @@ fn copy_version(from: &Path, manifest: &Manifest, to: &Path) -> Result<(), Strin
             Item::File { digest, .. } => fsops::copy_file(
                 &from.join(rel),
                 &to.join(rel),
-                None,
+                fsops::Dest::New,
                 fsops::Content::Hash(Some(digest)),
             )
             .map(drop)
             .map_err(|e| format!("{}: {e}", Escaped(rel))),
-            Item::Symlink { target, mtime } => fsops::symlink(target, &to.join(rel), None, *mtime)
-                .map(drop)
-                .map_err(|e| format!("{}: {e}", Escaped(rel))),
+            Item::Symlink { target, mtime } => {
+                fsops::symlink(target, &to.join(rel), fsops::Dest::New, *mtime)
+                    .map(drop)
+                    .map_err(|e| format!("{}: {e}", Escaped(rel)))
+            }
         })?;
     for (rel, item) in manifest.items.iter().rev() {
         if let Item::Dir { mode, mtime } = item {
