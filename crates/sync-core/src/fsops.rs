@@ -77,9 +77,10 @@ pub enum Dest<'a> {
     /// The entry the scan saw there, re-checked right before it is replaced atomically.
     Replace(&'a Entry),
     /// A name inside a directory that no one else sees yet (one made by [`stage_dir`] and not
-    /// yet published): the entry is written there under its final name, and a copy that fails
-    /// removes what it wrote. What keeps a half-written file out of the tree is the directory,
-    /// which gets its final name only when it is complete (see [`publish_dir`]).
+    /// yet published, or a version being built): the entry is written there under its final
+    /// name, and a copy that fails removes what it wrote. What keeps a half-written file out
+    /// of the tree is the directory, which gets its final name only when it is complete (see
+    /// [`publish_dir`]), and is thrown away otherwise.
     Hidden,
 }
 

@@ -295,6 +295,8 @@ fn fill(
     if failures > 0 {
         return Err(failures);
     }
+    // The build directory is renamed to a version only once complete, and thrown away after
+    // any failure or a kill: its files are created under their own names (`Dest::Hidden`).
     let written: Mutex<Vec<(PathBuf, Item)>> = Mutex::new(Vec::new());
     let linked = AtomicU64::new(0);
     let copied = AtomicU64::new(0);
@@ -307,7 +309,7 @@ fn fill(
         let done = match item {
             Item::Dir { .. } => return,
             Item::Symlink { target, mtime } => {
-                fsops::symlink(target, &dst, fsops::Dest::New, *mtime).map(|_| item.clone())
+                fsops::symlink(target, &dst, fsops::Dest::Hidden, *mtime).map(|_| item.clone())
             }
             Item::File {
                 digest,
@@ -338,8 +340,8 @@ fn fill(
                         }
                         _ => fsops::Content::Hash(None),
                     };
-                    fsops::copy_file(&opts.source.join(rel), &dst, fsops::Dest::New, content).map(
-                        |c| {
+                    fsops::copy_file(&opts.source.join(rel), &dst, fsops::Dest::Hidden, content)
+                        .map(|c| {
                             copied.fetch_add(1, Ordering::Relaxed);
                             digests.learner().learn(
                                 Side::Source,
@@ -354,8 +356,7 @@ fn fill(
                                 mode: c.source.mode,
                                 mtime: c.source.mtime,
                             }
-                        },
-                    )
+                        })
                 }
             }
         };
