@@ -1,6 +1,8 @@
 //! The safe file operations of SPEC §7: every replacement goes through a temporary file in
 //! the same directory (written, flushed, renamed), and nothing is replaced or removed
-//! without first checking that it is still what the scan saw.
+//! without first checking that it is still what the scan saw. A new directory may instead be
+//! built whole under a temporary name and then renamed into place ([`stage_dir`],
+//! [`Dest::Hidden`], [`publish_dir`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
