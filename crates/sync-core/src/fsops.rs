@@ -377,6 +377,12 @@ pub fn copy_file(
     let mut copy = Started::begin(src, dst, dest)?;
     let (input, size) = (&copy.input, copy.before.size);
     let replaced = copy.dest.replaces();
+    // Only a file no one else can open may be hashed from a mapping (see `mapped`).
+    let split = match (split, &copy.staged) {
+        (false, _) => Split::No,
+        (true, Staged::Unnamed(_)) => Split::HashTheCopy,
+        (true, _) => Split::HashTheSource,
+    };
     let output = copy.staged.file_mut();
     let (digest, expect, held) = match content {
         // Where only some exact bytes may be installed, they are hashed as they are copied,
@@ -387,7 +393,7 @@ pub fn copy_file(
                 output,
                 size,
                 (src, dst),
-                split && expect.is_none(),
+                if expect.is_none() { split } else { Split::No },
                 replaced,
             )?,
             expect.copied(),
@@ -411,8 +417,8 @@ pub fn copy_file(
                 }
                 (digest, None, None)
             } else {
-                let copied =
-                    copy_and_hash(input, output, size, (src, dst), split && !exact, replaced)?;
+                let split = if exact { Split::No } else { split };
+                let copied = copy_and_hash(input, output, size, (src, dst), split, replaced)?;
                 (copied, exact.then_some(digest), None)
             }
         }
@@ -629,12 +635,13 @@ const WRITE_BEHIND: u64 = 16 * 1024 * 1024;
 /// Asks the disk to start writing `len` bytes of `file` from `from` on, without waiting for it.
 ///
 /// A copy through a buffer (alone or in a pair) calls it every [`WRITE_BEHIND`] bytes (see
-/// [`WriteBehind`]): the pass's flush (see [`flush_fs`]) then finds most of the file on disk
+/// [`WriteBehind`]), and a kernel's copy hashed from a mapping on every piece (see
+/// [`crate::mapped`]): the pass's flush (see [`flush_fs`]) then finds most of the file on disk
 /// already, and the work of sending the pages (block allocation, on ext4) is done by the
 /// copying threads in parallel rather than by the kernel's flusher alone. On a first copy of 8
 /// files of 256 MiB it took a quarter off the system time and about a tenth off the wall time
 /// (see the README).
-fn start_writeback(file: &File, from: u64, len: u64) {
+pub(crate) fn start_writeback(file: &File, from: u64, len: u64) {
     // Linux starts the writeback of a range's dirty pages on DONTNEED (`sync_file_range`
     // without the wait, which rustix does not offer) and drops only its clean pages: pages
     // just written are dirty, so the copy stays cached. A refusal changes only the timing.
@@ -705,36 +712,65 @@ impl WriteBehind {
 /// (when a thread is free): the hash, which no core can speed up, then hides the copy.
 pub(crate) const PARALLEL_HASH_FROM: u64 = 8 * 1024 * 1024;
 
+/// Whether a large copy takes a second thread (see [`copy_and_hash`]), and what that thread
+/// hashes.
+#[derive(Clone, Copy)]
+enum Split {
+    /// One thread copies and hashes.
+    No,
+    /// The kernel copies while another thread hashes the source as read.
+    HashTheSource,
+    /// The kernel copies while another thread hashes the copy from a mapping of it, which
+    /// only a file no one else can open allows (see [`crate::mapped`]).
+    HashTheCopy,
+}
+
 /// Copies `input` to `output` and returns the SHA-256 of the bytes read.
 ///
-/// With `split`, a large file is read twice, by the hash and by the kernel's copy, at the same
-/// time: the digest is then of the bytes copied as far as the file's stamp, checked before and
-/// after every copy, can tell. The kernel's copy ends long before the hash, and its thread then
-/// drops the cached pages of the file being `replaced` (see [`drop_cached`]).
+/// Split, a large file is hashed on one thread while the kernel copies it on another. Reading
+/// the source, the hash reads the file a second time beside the copy: the digest is then of
+/// the bytes copied as far as the file's stamp, checked before and after every copy, can
+/// tell. Mapping the copy, the digest is of exactly the bytes copied. The kernel's copy ends
+/// long before the hash, and its thread then drops the cached pages of the file being
+/// `replaced` (see [`drop_cached`]).
 fn copy_and_hash(
     input: &File,
     output: &mut File,
     size_hint: u64,
     (src, dst): (&Path, &Path),
-    split: bool,
+    split: Split,
     replaced: Option<&Entry>,
 ) -> Result<Digest, OpError> {
-    if size_hint >= PARALLEL_HASH_FROM && split {
-        let (hashed, copied) = rayon::join(
-            || checksum::digest_reader(PositionalReader { file: input, at: 0 }),
-            || {
-                let copied = io::copy(&mut &*input, output);
-                if let (Ok(_), Some(seen)) = (&copied, replaced) {
-                    drop_cached(dst, seen);
-                }
-                copied
-            },
-        );
-        copied.map_err(write_err(dst))?;
-        return hashed.map_err(|source| OpError::Read {
-            path: src.to_path_buf(),
-            source,
-        });
+    let read_err = |source| OpError::Read {
+        path: src.to_path_buf(),
+        source,
+    };
+    let after_copy = || {
+        if let Some(seen) = replaced {
+            drop_cached(dst, seen);
+        }
+    };
+    match split {
+        Split::HashTheCopy if size_hint >= PARALLEL_HASH_FROM => {
+            let (copied, hashed) = crate::mapped::copy_hashing_the_copy(input, output, after_copy);
+            copied.map_err(write_err(dst))?;
+            return hashed.map_err(write_err(dst));
+        }
+        Split::HashTheSource if size_hint >= PARALLEL_HASH_FROM => {
+            let (hashed, copied) = rayon::join(
+                || checksum::digest_reader(PositionalReader { file: input, at: 0 }),
+                || {
+                    let copied = io::copy(&mut &*input, output);
+                    if copied.is_ok() {
+                        after_copy();
+                    }
+                    copied
+                },
+            );
+            copied.map_err(write_err(dst))?;
+            return hashed.map_err(read_err);
+        }
+        _ => {}
     }
     let mut hasher = Sha256::new();
     copy_through_buffer(input, output, size_hint, src, dst, Some(&mut hasher))?;

@@ -16,6 +16,7 @@ pub mod hashing;
 pub mod listing;
 pub mod lock;
 pub mod logging;
+mod mapped;
 pub mod mirror;
 pub mod oneway;
 pub mod reconcile;

@@ -243,7 +243,8 @@ fn same_size_edit_with_the_old_mtime_is_copied() {
 
 /// A large file whose stamp moved is hashed while it is copied (not read first): the copy is
 /// installed only if the bytes differ; otherwise the file in BACKUP stays (same inode) and
-/// only its mode and time follow. Either way both digests are remembered.
+/// only its mode and time follow. Either way both digests are remembered, the replacement's
+/// too (hashed from a mapping of the copy when a second thread is free).
 #[test]
 fn large_file_touched_keeps_its_backup_and_edited_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
@@ -287,6 +288,17 @@ fn large_file_touched_keeps_its_backup_and_edited_is_replaced() {
     assert_ne!(ino(&copy), first);
     assert!(fs::read(&copy).unwrap() == bytes);
     assert_eq!(quiet(&mut cache), (0, 0));
+
+    // The digest the replacement left is its own: a touch now keeps the copy, even with the
+    // touched file hashed another way (one thread: no second thread to hash the copy).
+    let replaced = ino(&copy);
+    filetime::set_file_mtime(&file, FileTime::from_unix_time(1_600_000_100, 0)).unwrap();
+    let one_thread = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    assert_eq!(one_thread.install(|| quiet(&mut cache)).0, 1);
+    assert_eq!(ino(&copy), replaced);
 }
 
 /// More large files than threads: they are copied two at a time on one thread and hashed
