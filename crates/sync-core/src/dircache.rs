@@ -288,12 +288,13 @@ impl DirCache {
     }
 }
 
-/// A digest learnt while applying a pass, waiting to be put in its directory's block.
+/// A digest learnt while applying a pass, for one path on one side or both (a copy learns
+/// both at once: one record, one path), waiting to be put in its directory's block.
 struct Learnt {
-    side: Side,
     rel: PathBuf,
-    stamp: Stamp,
     digest: Digest,
+    /// The stamp of the file on each side that has these bytes.
+    stamps: [Option<Stamp>; 2],
 }
 
 /// Collects the digests a pass learns while it reads and copies (safe to share between
@@ -338,21 +339,44 @@ impl Learner {
         if hashed_at.is_some_and(|t| is_racy(entry, t, self.stamps(side))) {
             return;
         }
+        let mut stamps = [None, None];
+        stamps[side as usize] = Some(Stamp::of(entry));
+        self.push(rel, digest, stamps);
+    }
+
+    /// Remembers that a copy of `rel` read `source` (reading began at `hashed_at`; it is not
+    /// remembered if racy, as in [`Learner::learn`]) and left `backup`, both with `digest`.
+    pub fn learn_copy(
+        &self,
+        rel: &Path,
+        (source, hashed_at): (&Entry, SystemTime),
+        backup: &Entry,
+        digest: Digest,
+    ) {
+        let source =
+            (!is_racy(source, hashed_at, self.stamps(Side::Source))).then(|| Stamp::of(source));
+        self.push(rel, digest, [source, Some(Stamp::of(backup))]);
+    }
+
+    fn push(&self, rel: &Path, digest: Digest, stamps: [Option<Stamp>; 2]) {
         self.learnt
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(Learnt {
-                side,
                 rel: rel.to_path_buf(),
-                stamp: Stamp::of(entry),
                 digest,
+                stamps,
             });
     }
 
     /// Puts what was learnt into the per-path table of a versioned pass.
     pub fn record_into_table(self, cache: &mut HashCache) {
         for l in self.learnt.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            cache.insert_stamp(l.side, l.rel, l.stamp, l.digest);
+            for side in [Side::Source, Side::Backup] {
+                if let Some(stamp) = l.stamps[side as usize] {
+                    cache.insert_stamp(side, l.rel.clone(), stamp, l.digest);
+                }
+            }
         }
     }
 
@@ -401,7 +425,11 @@ impl Learner {
                     k
                 }
             };
-            records[k].sides[l.side as usize] = Some((l.stamp, l.digest));
+            for (side, stamp) in records[k].sides.iter_mut().zip(l.stamps) {
+                if let Some(stamp) = stamp {
+                    *side = Some((stamp, l.digest));
+                }
+            }
         }
     }
 }

@@ -73,10 +73,11 @@ enum Op {
     Remove { rel: PathBuf, seen: Entry },
     /// Create a directory.
     CreateDir { rel: PathBuf },
-    /// Copy a SOURCE file, over `replace` if set.
+    /// Copy a SOURCE file, over `replace` if set (boxed: a first copy holds one `Op` per file,
+    /// and most copies replace nothing).
     Copy {
         rel: PathBuf,
-        replace: Option<Entry>,
+        replace: Option<Box<Entry>>,
         /// The source as scanned.
         from: Entry,
         /// Its digest, if this pass hashed it.
@@ -511,7 +512,7 @@ impl Walk<'_> {
                         }
                         (d, [known, held]) => found.transfers.push(Op::Copy {
                             rel: child(),
-                            replace: d.cloned(),
+                            replace: d.cloned().map(Box::new),
                             from: s.clone(),
                             known,
                             unless: if known.is_none() { held } else { None },
@@ -786,8 +787,8 @@ impl Pass<'_> {
         let (src_a, src_b) = (self.opts.source.join(rel_a), self.opts.source.join(rel_b));
         let started = SystemTime::now();
         let results = fsops::copy_pair([
-            (&src_a, &dst_a, dest(replace_a, hidden_a)),
-            (&src_b, &dst_b, dest(replace_b, hidden_b)),
+            (&src_a, &dst_a, dest(replace_a.as_deref(), hidden_a)),
+            (&src_b, &dst_b, dest(replace_b.as_deref(), hidden_b)),
         ]);
         for ((op, rel, from), result) in [(a, rel_a, from_a), (b, rel_b, from_b)]
             .into_iter()
@@ -828,7 +829,7 @@ impl Pass<'_> {
                     _ => fsops::Content::Hash(None),
                 };
                 let src = self.opts.source.join(rel);
-                fsops::copy_file(&src, &dst, dest(replace, hidden), content)
+                fsops::copy_file(&src, &dst, dest(replace.as_deref(), hidden), content)
                     .and_then(|c| self.copied(rel, from, started, c))
             }
             Op::Link {
@@ -836,9 +837,8 @@ impl Pass<'_> {
                 mtime,
                 replace,
                 ..
-            } => {
-                fsops::symlink(target, &dst, dest(replace, hidden), *mtime).map(|_| Done::AsPlanned)
-            }
+            } => fsops::symlink(target, &dst, dest(replace.as_ref(), hidden), *mtime)
+                .map(|_| Done::AsPlanned),
             Op::Meta {
                 seen,
                 mode,
@@ -864,24 +864,34 @@ impl Pass<'_> {
         started: SystemTime,
         c: fsops::Copied,
     ) -> Result<Done, OpError> {
-        self.learner
-            .learn(Side::Source, rel, &c.source, c.digest, Some(started));
-        if c.installed {
+        let learn = |backup: &Entry| {
             self.learner
-                .learn(Side::Backup, rel, &c.destination, c.digest, None);
+                .learn_copy(rel, (&c.source, started), backup, c.digest);
+        };
+        if c.installed {
+            learn(&c.destination);
             return Ok(Done::AsPlanned);
         }
         // Same bytes: what is left to carry over is the mode and time, as for a file found
         // equal by its digest.
         let there = &c.destination;
         if there.mode == from.mode && there.mtime == from.mtime {
-            self.learner.learn(Side::Backup, rel, there, c.digest, None);
+            learn(there);
             return Ok(Done::Nothing);
         }
         let (dst, _) = self.place(rel);
-        let now = fsops::set_metadata(&dst, there, from.mode, from.mtime)?;
-        self.learner.learn(Side::Backup, rel, &now, c.digest, None);
-        Ok(Done::Metadata)
+        match fsops::set_metadata(&dst, there, from.mode, from.mtime) {
+            Ok(now) => {
+                learn(&now);
+                Ok(Done::Metadata)
+            }
+            Err(err) => {
+                // The source was read all the same.
+                self.learner
+                    .learn(Side::Source, rel, &c.source, c.digest, Some(started));
+                Err(err)
+            }
+        }
     }
 
     /// Logs and counts how `op` ended.
@@ -926,7 +936,7 @@ impl Pass<'_> {
 
 /// What a copy or link of `rel` goes over, or into: the entry the scan saw, a new name, or a
 /// hidden directory.
-fn dest<'a>(replace: &'a Option<Entry>, hidden: Option<&HiddenDir>) -> Dest<'a> {
+fn dest<'a>(replace: Option<&'a Entry>, hidden: Option<&HiddenDir>) -> Dest<'a> {
     match (replace, hidden) {
         (Some(seen), _) => Dest::Replace(seen),
         (None, Some(_)) => Dest::Hidden,
@@ -1095,11 +1105,20 @@ pub fn mirror_pass(opts: &PassOptions, cache: &mut HashCache) -> Result<PassStat
     apply(&mut pass, &found);
 
     let stats = stats(&pass, signal::stop_requested());
-    pass.learner.record_into(&mut found.blocks, dir_cache);
-    let protected = std::mem::take(&mut found.protected);
+    // The plan is done with: its memory (a first copy's holds every file) is freed before the
+    // cache's blocks are built, not held beside them.
+    let Found {
+        removals,
+        creates,
+        transfers,
+        dirs,
+        mut blocks,
+        protected,
+    } = found;
+    drop((removals, creates, transfers, dirs));
+    pass.learner.record_into(&mut blocks, dir_cache);
     let unlistable: Vec<&Path> = protected.iter().map(PathBuf::as_path).collect();
     // The cache decides nothing: it is written while the data is flushed.
-    let blocks = found.blocks;
     let save_cache = move || {
         if let Err(err) = dir_cache.save(blocks, &unlistable) {
             log::warn!("cannot save the hash cache: {err}");

@@ -241,6 +241,27 @@ fn same_size_edit_with_the_old_mtime_is_copied() {
     assert_eq!(fs::read(b.join("d/f")).unwrap(), b"after!");
 }
 
+/// A copy remembers the digest of both its files: when only the copy in BACKUP is touched
+/// afterwards, it alone is read to see that its bytes still match SOURCE's.
+#[test]
+fn a_copy_remembers_both_digests_so_a_touched_backup_file_is_read_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, b) = (dir.path().join("s"), dir.path().join("b"));
+    fs::create_dir(&s).unwrap();
+    fs::create_dir(&b).unwrap();
+    fs::write(s.join("f"), b"the bytes").unwrap();
+    let opts = options(&s, &b);
+    let mut cache = HashCache::in_memory();
+    assert_eq!(mirror_pass(&opts, &mut cache).unwrap().operations, 1);
+
+    filetime::set_file_mtime(b.join("f"), FileTime::from_unix_time(1_500_000_000, 0)).unwrap();
+    let after = mirror_pass(&opts, &mut cache).unwrap();
+    // The time put back, the copy kept, and only BACKUP's file read.
+    assert_eq!((after.operations, after.hashed), (1, 1));
+    let again = mirror_pass(&opts, &mut cache).unwrap();
+    assert_eq!((again.operations, again.hashed), (0, 0));
+}
+
 /// A large file whose stamp moved is hashed while it is copied (not read first): the copy is
 /// installed only if the bytes differ; otherwise the file in BACKUP stays (same inode) and
 /// only its mode and time follow. Either way both digests are remembered, the replacement's
