@@ -126,6 +126,22 @@ if a and b:
                  verdict(a / b, 1.5)))
 else:
     rows.append(("many (200,000 files): nothing changed, peak RSS", missing("many"), "", "", "", ""))
+
+
+def sum_of_peaks_mib(path):
+    """The sum of each process's peak RSS that peak_rss.py wrote to `path`, or None."""
+    path = os.path.join(RAW, path)
+    if not os.path.exists(path):
+        return None
+    kv = dict(x.split("=") for x in open(path).read().split())
+    return int(kv["sum_of_peaks_kib"]) / 1024
+
+
+a, b = sum_of_peaks_mib("many-first-procs-oneway.txt"), sum_of_peaks_mib("many-first-procs-rsync.txt")
+if a and b:
+    rows.append(("many (200,000 files): first copy, peak RSS (sum of each process's peak, "
+                 "sampled; untimed)", f"oneway {a:.1f} MiB", f"rsync {b:.1f} MiB", f"{a / b:.2f}",
+                 "–", "–"))
 time_row("two-way, small: first sync", "tw-first", "twoway", "unison", None)
 time_row("two-way, small: nothing changed", "tw-nochange", "twoway", "unison", 0.5)
 time_row("two-way, small: 1% changed on one side", "tw-1pct", "twoway", "unison", 0.5)
