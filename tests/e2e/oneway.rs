@@ -987,6 +987,73 @@ fn sigkill_during_large_copy_leaves_no_partial_file() -> TestResult {
     assert_trees_equal(&env.src, &env.dst)
 }
 
+/// Reading SOURCE leaves its access times as they were (`O_NOATIME`): a first copy and a
+/// `--checksum` pass read every file, and a file system mounted `relatime` (the default) would
+/// otherwise write the inode of every file not read for a day.
+#[test]
+fn reading_source_leaves_its_access_times_as_they_were() -> TestResult {
+    let env = Env::new()?;
+    let long_ago = filetime::FileTime::from_unix_time(now_secs()? - 3 * 86_400, 0);
+    let modified = filetime::FileTime::from_unix_time(T0, 0);
+    let atime = |path: &Path| -> Res<i64> { Ok(fs::metadata(path)?.atime()) };
+    let files = [
+        write(&env.src, "a.txt", "alpha")?,
+        write(&env.src, "b.txt", "bravo")?,
+        write(&env.src, "sub/c.txt", "charlie")?,
+    ];
+    let control = write(&env.root, "control.txt", "read plainly")?;
+    for path in files.iter().chain([&control]) {
+        filetime::set_file_times(path, long_ago, modified)?;
+    }
+    // This file system does move the access time of a file not read for a day.
+    read(&control)?;
+    ensure!(
+        atime(&control)? != long_ago.unix_seconds(),
+        "{} does not update access times on read (mounted noatime?): this test checks nothing \
+         there",
+        env.root.display()
+    );
+
+    env.once(&[])?.expect_code(0)?;
+    env.once(&[&"--checksum"])?.expect_code(0)?;
+
+    for path in &files {
+        ensure!(
+            atime(path)? == long_ago.unix_seconds(),
+            "reading {} moved its access time",
+            path.display()
+        );
+    }
+    // Last: comparing the trees reads them.
+    assert_trees_equal(&env.src, &env.dst)
+}
+
+/// A file that the user may read but does not own cannot be opened without moving its access
+/// time: it is read all the same, by a copy and by `--checksum`.
+#[test]
+fn a_readable_file_of_another_user_is_copied_and_hashed() -> TestResult {
+    let mut env = Env::new()?;
+    ensure!(
+        fs::metadata(&env.root)?.uid() == 0,
+        "run as root: the test gives a file to root and runs oneway as uid {NOBODY}"
+    );
+    write(&env.src, "mine.txt", "mine")?;
+    let theirs = write(&env.src, "theirs.txt", "theirs")?;
+    env.run_as_nobody()?;
+    std::os::unix::fs::chown(&theirs, Some(0), Some(0))?;
+    chmod(&theirs, 0o644)?;
+
+    env.once(&[])?.expect_code(0)?;
+    assert_trees_equal(&env.src, &env.dst)?;
+    let checked = env.once(&[&"--checksum"])?;
+    checked.expect_code(0)?;
+    ensure!(
+        checked.summary()?.errors == 0,
+        "errors in the --checksum pass\n{checked}"
+    );
+    Ok(())
+}
+
 #[test]
 fn unreadable_file_is_logged_and_its_old_copy_kept() -> TestResult {
     let mut env = Env::new()?;

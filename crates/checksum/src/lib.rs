@@ -12,7 +12,8 @@
 //! the seed's Python functions; `tests/fixture.rs` checks this crate against them.
 //!
 //! It also holds the two-lane SHA-256, which hashes two files ([`file_digest_pair`]) or two
-//! streams fed piece by piece ([`Hasher`], [`update_pair`]) together on one core.
+//! streams fed piece by piece ([`Hasher`], [`update_pair`]) together on one core, and the one
+//! way every file is opened to be read ([`open_quietly`]: its access time left alone).
 //!
 //! The wider tree digest that versioning uses (which also sees symlinks and empty directories)
 //! is not defined here.
@@ -99,13 +100,37 @@ fn digest_with_buffer(mut reader: impl Read, capacity: usize) -> io::Result<Dige
 /// Fails if `path` cannot be opened or read (it does not exist, permission is denied, it is a
 /// directory, ...).
 pub fn file_digest(path: &Path) -> io::Result<Digest> {
-    let file = File::open(path)?;
+    let file = open_quietly(path, 0)?;
     // A small file gets a buffer its size (plus the byte that shows the end): clearing a
     // large one for each of thousands of small files costs more than hashing them.
     let capacity = file.metadata().map_or(BUF_SIZE, |m| {
         usize::try_from(m.len().saturating_add(1)).map_or(BUF_SIZE, |n| n.clamp(4096, BUF_SIZE))
     });
     digest_with_buffer(file, capacity)
+}
+
+/// Opens the file at `path` for reading, with the `open(2)` `flags` given, without moving its
+/// access time where the kernel allows it (`O_NOATIME`: to the file's owner, and to root), and
+/// plainly where it does not (another user's file). Reading a tree to back it up then leaves
+/// it as it was: a file system mounted `relatime` would otherwise write the inode of every file
+/// not read for a day, on a first copy or a `--checksum` pass, and mail readers that compare a
+/// mailbox's access and modification times would take new mail for read.
+///
+/// # Errors
+///
+/// Fails as `open(2)` does.
+pub fn open_quietly(path: &Path, flags: i32) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |flags| {
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags)
+            .open(path)
+    };
+    match open(flags | libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(flags),
+        opened => opened,
+    }
 }
 
 /// Lowercase hex SHA-256 of the content of the file at `path`: the seed's `file_checksum`.

@@ -236,7 +236,7 @@ struct Stream {
 
 impl Stream {
     fn open(path: &Path) -> io::Result<Stream> {
-        let file = File::open(path)?;
+        let file = crate::open_quietly(path, 0)?;
         // A small file gets a buffer its size (plus the byte that shows the end).
         let size = file.metadata()?.len();
         let capacity =

@@ -283,11 +283,11 @@ pub struct Copied {
 
 fn open_source(path: &Path) -> io::Result<File> {
     // NOFOLLOW: a file swapped for a link since the scan is not followed out of the tree;
-    // NONBLOCK: one swapped for a FIFO cannot hang the pass.
-    OpenOptions::new()
-        .read(true)
-        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32)
-        .open(path)
+    // NONBLOCK: one swapped for a FIFO cannot hang the pass. Its access time is left alone.
+    checksum::open_quietly(
+        path,
+        (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
+    )
 }
 
 fn replace_check(dst: &Path, expected: Option<&Entry>) -> Result<(), OpError> {
