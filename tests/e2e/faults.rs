@@ -499,6 +499,64 @@ fn source_rewritten_after_the_scan_is_never_installed_torn() -> TestResult {
     expect_nothing_left(&env)
 }
 
+/// A large file rewritten over and over while passes copy it (the kernel copying it while
+/// another thread hashes the copy from a mapping of it): every pass ends normally, BACKUP only
+/// ever holds what SOURCE held at one moment (a version, or the start of one: the writer
+/// truncates, then writes), and once the writer stops, the next pass converges. (Whether a
+/// copy spans two versions is timing: the check after each copy that SOURCE held still is
+/// what `source_rewritten_after_the_scan_is_never_installed_torn` pins down.)
+#[test]
+fn large_file_rewritten_during_its_copies_leaves_backup_a_state_of_it_and_converges() -> TestResult
+{
+    let env = Env::new()?;
+    // Above the size from which a copy hashes on a second thread; three versions, one size.
+    let versions: Vec<Vec<u8>> = (1..=3).map(|k| pattern(12 << 20, k)).collect();
+    let file = env.src.join("big.bin");
+    fs::write(&file, &versions[0])?;
+    env.once(&[])?.expect_code(0)?;
+    let copy = env.dst.join("big.bin");
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let outcome = thread::scope(|scope| -> TestResult {
+        let writer = scope.spawn(|| -> io::Result<u64> {
+            let mut rewrites = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Truncated, then written: a reader may meet it empty, short or whole.
+                fs::write(&file, &versions[1 + (rewrites % 2) as usize])?;
+                rewrites += 1;
+            }
+            Ok(rewrites)
+        });
+        let mut checked = Ok(());
+        for pass in 0..8 {
+            let run = env.once(&[])?;
+            let held = read(&copy)?;
+            if !versions.iter().any(|v| v.starts_with(&held)) {
+                checked = Err(fail(format!(
+                    "after pass {pass}, BACKUP/big.bin ({} bytes) is not what SOURCE held at \
+                     any moment\n{run}",
+                    held.len()
+                )));
+                break;
+            }
+            ensure!(
+                matches!(run.status.code(), Some(0 | 1)),
+                "pass {pass}: {}\n{run}",
+                describe_status(run.status)
+            );
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let rewrites = writer.join().expect("the writer panicked")?;
+        ensure!(rewrites > 0, "the writer never rewrote the file");
+        checked
+    });
+    outcome?;
+
+    let last = env.once(&[])?;
+    expect_clean(&last)?;
+    assert_trees_equal(&env.src, &env.dst)
+}
+
 #[test]
 fn new_directory_whose_name_is_taken_after_the_scan_is_left_as_its_taker_made_it() -> TestResult {
     // A new directory is built hidden and gets its name only when complete: if the name was

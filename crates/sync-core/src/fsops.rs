@@ -1238,6 +1238,45 @@ mod tests {
     }
 
     #[test]
+    fn a_source_that_changes_while_it_is_copied_is_not_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        // Another size, and the same size with the old mtime put back (its change time moves).
+        let rewrites: [&dyn Fn(); 2] = [
+            &|| fs::write(&src, b"the second version, longer").unwrap(),
+            &|| {
+                let mtime =
+                    filetime::FileTime::from_last_modification_time(&fs::metadata(&src).unwrap());
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                fs::write(&src, b"FIRST").unwrap();
+                filetime::set_file_mtime(&src, mtime).unwrap();
+            },
+        ];
+        for (case, rewrite) in rewrites.iter().enumerate() {
+            fs::write(&src, b"first").unwrap();
+            let mut copy = Started::begin(&src, &dst, Dest::New).unwrap();
+            // Opened and looked at; rewritten before its bytes are read.
+            rewrite();
+            let size = copy.before.size;
+            let digest = copy_and_hash(
+                &copy.input,
+                copy.staged.file_mut(),
+                size,
+                (&src, &dst),
+                Split::No,
+                None,
+            )
+            .unwrap();
+            let refused = copy.finish(digest, None, None);
+            assert!(
+                matches!(refused, Err(OpError::SourceChanged { .. })),
+                "case {case}: {refused:?}"
+            );
+            assert!(!dst.exists(), "case {case}: installed");
+        }
+    }
+
+    #[test]
     fn a_copy_the_disk_is_asked_to_start_on_is_whole_and_hashed() {
         let dir = tempfile::tempdir().unwrap();
         // Two pieces started early and a tail left to the flush; no 4 KiB block like the next.
