@@ -152,8 +152,8 @@ fn copy_announcing(
         if n == 0 {
             return Ok(at);
         }
-        // The hash no longer holds the pass up as long as it did, and the pass's final flush
-        // would wait for a writeback that the periodic flush starts only later.
+        // Started now, the writeback of each piece ends about when the hash does; left to the
+        // periodic flush, it would start later and the pass's final flush would wait for it.
         crate::fsops::start_writeback(output, at, n as u64);
         at += n as u64;
         progress.set(Some(at), false);

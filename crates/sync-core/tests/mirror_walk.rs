@@ -177,6 +177,15 @@ fn expected(
     out
 }
 
+/// A temporary directory holding an empty SOURCE `s` and an empty BACKUP `b`.
+fn empty_roots() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, b) = (dir.path().join("s"), dir.path().join("b"));
+    fs::create_dir(&s).unwrap();
+    fs::create_dir(&b).unwrap();
+    (dir, s, b)
+}
+
 fn options(source: &Path, backup: &Path) -> PassOptions {
     PassOptions {
         source: source.to_path_buf(),
@@ -196,10 +205,7 @@ proptest! {
         src in arb_tree(),
         dst in arb_tree(),
     ) {
-        let dir = tempfile::tempdir().unwrap();
-        let (s, b) = (dir.path().join("s"), dir.path().join("b"));
-        fs::create_dir(&s).unwrap();
-        fs::create_dir(&b).unwrap();
+        let (_dir, s, b) = empty_roots();
         build(&s, &src, 1_600_000_000);
         build(&b, &dst, 1_500_000_000);
         let want = expected(&read_tree(&s), &read_tree(&b));
@@ -245,10 +251,7 @@ fn same_size_edit_with_the_old_mtime_is_copied() {
 /// afterwards, it alone is read to see that its bytes still match SOURCE's.
 #[test]
 fn a_copy_remembers_both_digests_so_a_touched_backup_file_is_read_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let (s, b) = (dir.path().join("s"), dir.path().join("b"));
-    fs::create_dir(&s).unwrap();
-    fs::create_dir(&b).unwrap();
+    let (_dir, s, b) = empty_roots();
     fs::write(s.join("f"), b"the bytes").unwrap();
     let opts = options(&s, &b);
     let mut cache = HashCache::in_memory();
@@ -268,10 +271,7 @@ fn a_copy_remembers_both_digests_so_a_touched_backup_file_is_read_alone() {
 /// too (hashed from a mapping of the copy when a second thread is free).
 #[test]
 fn large_file_touched_keeps_its_backup_and_edited_is_replaced() {
-    let dir = tempfile::tempdir().unwrap();
-    let (s, b) = (dir.path().join("s"), dir.path().join("b"));
-    fs::create_dir(&s).unwrap();
-    fs::create_dir(&b).unwrap();
+    let (_dir, s, b) = empty_roots();
     let (file, copy) = (s.join("big"), b.join("big"));
     // Above the size from which a copy hashes on a second thread.
     let mut bytes: Vec<u8> = (0..9u32 << 20).map(|i| (i % 251) as u8).collect();
@@ -328,10 +328,7 @@ fn large_file_touched_keeps_its_backup_and_edited_is_replaced() {
 /// where a wrong digest would make the touch look like an edit and replace the copy.
 #[test]
 fn large_files_copied_in_pairs_are_whole_and_each_keeps_its_own_digest() {
-    let dir = tempfile::tempdir().unwrap();
-    let (s, b) = (dir.path().join("s"), dir.path().join("b"));
-    fs::create_dir(&s).unwrap();
-    fs::create_dir(&b).unwrap();
+    let (_dir, s, b) = empty_roots();
     // From the pair threshold up; the two largest make the pair, one ending four buffers
     // before the other, and the third is copied alone.
     let sizes: [u32; 3] = [(9 << 20) + 12_345, (8 << 20) + 3, 8 << 20];
