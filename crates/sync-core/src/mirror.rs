@@ -570,14 +570,11 @@ impl Walk<'_> {
         dst_list: &'l [(OsString, Entry)],
         old: &[Record<&[u8]>],
     ) -> Vec<Pair<'l>> {
-        let hit = |side: Side, name: &OsStr, entry: &Entry| -> Option<Digest> {
+        let hit = |side: Side, record: Option<&Record<&[u8]>>, entry: &Entry| -> Option<Digest> {
             if self.opts.checksum || entry.kind != Kind::File {
                 return None;
             }
-            let i = old
-                .binary_search_by(|r| (*r.name).cmp(name.as_bytes()))
-                .ok()?;
-            match old[i].sides[side as usize] {
+            match record?.sides[side as usize] {
                 Some((stamp, digest)) if stamp == Stamp::of(entry) => {
                     Counters::bump(&self.cache_hits);
                     Some(digest)
@@ -586,7 +583,8 @@ impl Walk<'_> {
             }
         };
         let mut pairs = Vec::with_capacity(src_list.len().max(dst_list.len()));
-        let (mut i, mut j) = (0, 0);
+        // The old block is sorted by name as the listings are: one cursor walks it alongside.
+        let (mut i, mut j, mut k) = (0, 0, 0);
         while i < src_list.len() || j < dst_list.len() {
             let order = match (src_list.get(i), dst_list.get(j)) {
                 (Some((a, _)), Some((b, _))) => a.as_bytes().cmp(b.as_bytes()),
@@ -612,9 +610,13 @@ impl Walk<'_> {
                     )
                 }
             };
+            while old.get(k).is_some_and(|r| *r.name < *name.as_bytes()) {
+                k += 1;
+            }
+            let record = old.get(k).filter(|r| *r.name == *name.as_bytes());
             let digests = [
-                src.and_then(|e| hit(Side::Source, name, e)),
-                dst.and_then(|e| hit(Side::Backup, name, e)),
+                src.and_then(|e| hit(Side::Source, record, e)),
+                dst.and_then(|e| hit(Side::Backup, record, e)),
             ];
             pairs.push(Pair {
                 name,
