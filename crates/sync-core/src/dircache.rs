@@ -54,6 +54,27 @@ pub fn records(bytes: &[u8]) -> Vec<Record<&[u8]>> {
     decode_block(bytes).unwrap_or_default()
 }
 
+/// The record named `name` in `records` (sorted by name), looked for from `*cursor` on and
+/// leaving the cursor there: names asked for in order cost one pass over the block, where a
+/// binary search per name cost a directory of 100,000 files a tenth of a pass. A name before
+/// the cursor is found by binary search.
+pub fn seek_record<'r, N: std::ops::Deref<Target = [u8]>>(
+    records: &'r [Record<N>],
+    cursor: &mut usize,
+    name: &[u8],
+) -> Option<&'r Record<N>> {
+    if records
+        .get(cursor.wrapping_sub(1))
+        .is_some_and(|r| *r.name >= *name)
+    {
+        *cursor = records.partition_point(|r| *r.name < *name);
+    }
+    while records.get(*cursor).is_some_and(|r| *r.name < *name) {
+        *cursor += 1;
+    }
+    records.get(*cursor).filter(|r| *r.name == *name)
+}
+
 /// True if `new` holds exactly the records `old` does.
 pub fn same_records(new: &[Record], old: &[Record<&[u8]>]) -> bool {
     new.len() == old.len()
@@ -503,11 +524,10 @@ pub fn tree_digests<'t>(
             let mut hits = Vec::new();
             let mut reads = Vec::new();
             for side in sides {
+                let mut cursor = 0;
                 for &(i, rel, name, entry) in &files[side as usize] {
-                    let hit = old
-                        .binary_search_by(|r| r.name.cmp(name))
-                        .ok()
-                        .and_then(|k| old[k].sides[side as usize])
+                    let hit = seek_record(&old, &mut cursor, name)
+                        .and_then(|r| r.sides[side as usize])
                         .filter(|(stamp, _)| *stamp == Stamp::of(entry));
                     match hit {
                         Some(known) => {
@@ -791,6 +811,42 @@ mod tests {
             learner.record_into(&mut blocks, &cache);
             cache.save(blocks, &[]).unwrap();
         }
+    }
+
+    #[test]
+    fn seek_record_finds_names_asked_in_any_order() {
+        let block: Vec<Record> = [&b"b"[..], b"d", b"f", b"h"]
+            .iter()
+            .map(|n| record(n, Some(1), None))
+            .collect();
+        let found = |asked: &[&[u8]]| -> Vec<Option<Vec<u8>>> {
+            let mut cursor = 0;
+            asked
+                .iter()
+                .map(|n| seek_record(&block, &mut cursor, n).map(|r| r.name.to_vec()))
+                .collect()
+        };
+        let name = |n: &[u8]| Some(n.to_vec());
+        // In order, with names the block lacks before, between and after its own.
+        assert_eq!(
+            found(&[b"a", b"b", b"c", b"d", b"h", b"i"]),
+            [None, name(b"b"), None, name(b"d"), name(b"h"), None]
+        );
+        // Backwards, and repeated.
+        assert_eq!(
+            found(&[b"h", b"f", b"f", b"b", b"a", b"d", b"c"]),
+            [
+                name(b"h"),
+                name(b"f"),
+                name(b"f"),
+                name(b"b"),
+                None,
+                name(b"d"),
+                None
+            ]
+        );
+        let empty: Vec<Record> = Vec::new();
+        assert!(seek_record(&empty, &mut 0, b"a").is_none());
     }
 
     #[test]

@@ -583,7 +583,7 @@ impl Walk<'_> {
             }
         };
         let mut pairs = Vec::with_capacity(src_list.len().max(dst_list.len()));
-        // The old block is sorted by name as the listings are: one cursor walks it alongside.
+        // The listings come sorted by name, as the old block is: one cursor walks it alongside.
         let (mut i, mut j, mut k) = (0, 0, 0);
         while i < src_list.len() || j < dst_list.len() {
             let order = match (src_list.get(i), dst_list.get(j)) {
@@ -610,10 +610,7 @@ impl Walk<'_> {
                     )
                 }
             };
-            while old.get(k).is_some_and(|r| *r.name < *name.as_bytes()) {
-                k += 1;
-            }
-            let record = old.get(k).filter(|r| *r.name == *name.as_bytes());
+            let record = dircache::seek_record(old, &mut k, name.as_bytes());
             let digests = [
                 src.and_then(|e| hit(Side::Source, record, e)),
                 dst.and_then(|e| hit(Side::Backup, record, e)),
