@@ -8,6 +8,7 @@ the same state again.
     gen_corpus.py small DIR                    20,000 files of 1-16 KiB in 1,000 directories
     gen_corpus.py large DIR [--count N --mib M] N files of M MiB (default 8 x 256 MiB)
     gen_corpus.py many DIR                     200,000 files of 256 B-4 KiB in 2,000 directories
+    gen_corpus.py flat DIR                     100,000 files of 256 B-4 KiB in one directory
     gen_corpus.py mutate-small DIR --tag T [--part all|even|odd] [--dir-times fixed|now]
                                                1% of the small profile's files changed, added
                                                or deleted (changes the files of PART only);
@@ -44,6 +45,8 @@ def tree_spec(profile):
         tops, subs, nfiles, lo, hi = 40, 24, 20_000, 1024, 16 * 1024  # 40 + 960 = 1,000 dirs
     elif profile == "many":
         tops, subs, nfiles, lo, hi = 40, 49, 200_000, 256, 4096  # 40 + 1,960 = 2,000 dirs
+    elif profile == "flat":
+        tops, subs, nfiles, lo, hi = 0, 0, 100_000, 256, 4096  # every file in the root
     else:
         raise ValueError(profile)
     rng = random.Random(f"{SEED}/{profile}/spec")
@@ -54,8 +57,8 @@ def tree_spec(profile):
             dirs.append(f"t{t:02d}/s{s:02d}")
     files = []
     for i in range(nfiles):
-        d = dirs[i % len(dirs)]
-        rel = f"{d}/file{i:06d}{EXTS[i % len(EXTS)]}"
+        d = dirs[i % len(dirs)] if dirs else ""
+        rel = f"{d}/file{i:06d}{EXTS[i % len(EXTS)]}".lstrip("/")
         # Nanosecond parts too: a tool that drops them fails the tree check.
         mtime = T_BASE + i * 10**9 + (i * 7919 % 10**9)
         files.append((rel, rng.randint(lo, hi), mode_for(rng), mtime))
@@ -160,7 +163,8 @@ def mutate_large(root):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("what", choices=["small", "large", "many", "mutate-small", "mutate-large"])
+    p.add_argument("what", choices=["small", "large", "many", "flat", "mutate-small",
+                                    "mutate-large"])
     p.add_argument("dir")
     p.add_argument("--count", type=int, default=8)
     p.add_argument("--mib", type=int, default=256)
@@ -169,7 +173,7 @@ def main():
     p.add_argument("--dir-times", choices=["fixed", "now"], default="fixed")
     a = p.parse_args()
     os.umask(0o022)
-    if a.what in ("small", "many"):
+    if a.what in ("small", "many", "flat"):
         gen_tree(a.what, a.dir)
     elif a.what == "large":
         gen_large(a.dir, a.count, a.mib)

@@ -3,7 +3,7 @@
 # twoway is built) on generated corpora, in one run, on a file system of its own.
 #
 #   bench/run.sh            full run (~10-15 min on 2 cores): results in bench/results/latest.md
-#   bench/run.sh --quick    smoke run: large corpus 4 x 64 MiB, no 200,000-file profile, 3 runs
+#   bench/run.sh --quick    smoke run: large corpus 4 x 64 MiB, no 200,000-file or flat profile, 3 runs
 #                           per measurement; results in bench/results/latest-quick.md
 #                           (BENCH_QUICK=1 does the same)
 #
@@ -275,6 +275,26 @@ openssl speed -evp sha256 -bytes 16384 -seconds 3 2>/dev/null | tee "$RAW/openss
 openssl speed -evp sha256 -bytes 16384 -seconds 3 -multi "$(nproc)" 2>/dev/null |
     tee "$RAW/openssl-multi.txt" | tail -1
 rm -rf "$W"/large-* "$CORPUS/large-f00.bin"
+
+# --- flat: 100,000 files in one directory -----------------------------------------------------
+# Work that grows faster than the number of files in a directory shows here first: a first copy
+# and a pass with nothing changed, against rsync.
+if [[ $MODE == full ]]; then
+    say "generating the flat corpus (100,000 files in one directory)"
+    FSRC=$W/flat-src
+    gen flat "$FSRC"
+    say "flat: first copy into an empty directory"
+    for t in oneway rsync; do
+        add flat-first "$t" "$FSRC" "$W/flat-$t" "$(step empty "$t" "$W/flat-$t")"
+    done
+    hf flat-first
+    check "$FSRC" "$W/flat-oneway" "$W/flat-rsync"
+    say "flat: nothing changed"
+    for t in oneway rsync; do add flat-nochange "$t" "$FSRC" "$W/flat-$t"; done
+    hf flat-nochange $((2 * RUNS))
+    check "$FSRC" "$W/flat-oneway" "$W/flat-rsync"
+    rm -rf "$W"/flat-*
+fi
 
 # --- many: 200,000 files -----------------------------------------------------------------------
 if [[ $MODE == full ]]; then
