@@ -203,13 +203,33 @@ struct Found {
 }
 
 impl Found {
-    fn append(&mut self, mut other: Found) {
-        self.removals.append(&mut other.removals);
-        self.creates.append(&mut other.creates);
-        self.transfers.append(&mut other.transfers);
-        self.dirs.append(&mut other.dirs);
-        self.blocks.append(&mut other.blocks);
-        self.protected.append(&mut other.protected);
+    /// Adds `other`'s lists to these, whose order does not matter (they are sorted before
+    /// use): the shorter list of each pair is moved into the longer, so a directory with
+    /// most of a first copy's files is not copied into the pass's empty list, which held the
+    /// whole list twice for a moment.
+    fn append(&mut self, other: Found) {
+        fn join<T>(into: &mut Vec<T>, mut other: Vec<T>) {
+            if into.len() < other.len() {
+                std::mem::swap(into, &mut other);
+            }
+            into.append(&mut other);
+        }
+        join(&mut self.removals, other.removals);
+        join(&mut self.creates, other.creates);
+        join(&mut self.transfers, other.transfers);
+        join(&mut self.dirs, other.dirs);
+        join(&mut self.blocks, other.blocks);
+        join(&mut self.protected, other.protected);
+    }
+
+    /// Gives back what the lists grew by and no longer need: a first copy holds them, one step
+    /// per file, until its end.
+    fn shrink_to_fit(&mut self) {
+        self.removals.shrink_to_fit();
+        self.creates.shrink_to_fit();
+        self.transfers.shrink_to_fit();
+        self.dirs.shrink_to_fit();
+        self.blocks.shrink_to_fit();
     }
 }
 
@@ -1038,6 +1058,7 @@ pub fn mirror_pass(opts: &PassOptions, cache: &mut HashCache) -> Result<PassStat
         ..
     } = walk;
     let mut found = found.into_inner().unwrap_or_else(|e| e.into_inner());
+    found.shrink_to_fit();
     if !opts.force && source_empty && backup_has_content.into_inner() {
         return Err(Error::Refused(format!(
             "refusing to mirror: SOURCE {} is empty while BACKUP {} is not (an unmounted drive \
@@ -1100,6 +1121,8 @@ pub fn mirror_pass(opts: &PassOptions, cache: &mut HashCache) -> Result<PassStat
     }
 
     crate::testhook::after_plan();
+    // A copy, or a file found equal, learns at most one record.
+    pass.learner.expect(found.transfers.len());
     let mut pass = pass;
     apply(&mut pass, &found);
 
