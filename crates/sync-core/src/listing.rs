@@ -108,33 +108,41 @@ impl<'a> From<&'a Items> for ItemList<'a> {
     }
 }
 
-/// Appends the line of one entry (with its newline) to `out`.
+/// Appends the line of one entry (with its newline) to `out`, with no allocation of its own:
+/// a two-way pass writes one line per entry of its archive.
 pub fn encode_item(out: &mut String, rel: &Path, item: &Item) {
-    let path = escape(rel.as_os_str().as_bytes());
+    let path = rel.as_os_str().as_bytes();
     let _ = match item {
         Item::File {
             digest,
             size,
             mode,
             mtime,
-        } => writeln!(
-            out,
-            "F {} {size} {mode:o} {}.{:09} {path}",
-            hex::encode(digest),
-            mtime.secs,
-            mtime.nanos
-        ),
-        Item::Dir { mode, mtime } => {
-            writeln!(out, "D {mode:o} {}.{:09} {path}", mtime.secs, mtime.nanos)
+        } => {
+            out.push_str("F ");
+            push_hex(out, digest);
+            write!(out, " {size} {mode:o} {}.{:09} ", mtime.secs, mtime.nanos)
         }
-        Item::Symlink { target, mtime } => writeln!(
-            out,
-            "L {}.{:09} {path} {}",
-            mtime.secs,
-            mtime.nanos,
-            escape(target.as_os_str().as_bytes())
-        ),
+        Item::Dir { mode, mtime } => {
+            write!(out, "D {mode:o} {}.{:09} ", mtime.secs, mtime.nanos)
+        }
+        Item::Symlink { mtime, .. } => write!(out, "L {}.{:09} ", mtime.secs, mtime.nanos),
     };
+    escape_into(out, path);
+    if let Item::Symlink { target, .. } = item {
+        out.push(' ');
+        escape_into(out, target.as_os_str().as_bytes());
+    }
+    out.push('\n');
+}
+
+/// Appends `bytes` to `out` as lowercase hex.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
 }
 
 /// Parses the line of one entry; `None` if it is malformed, or if its path is not a plain
@@ -279,6 +287,11 @@ fn parse_item(line: &str) -> Option<(PathBuf, Item)> {
 /// Percent-encodes every byte that is not printable ASCII, plus `%` and space.
 fn escape(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
+    escape_into(&mut out, bytes);
+    out
+}
+
+fn escape_into(out: &mut String, bytes: &[u8]) {
     for &b in bytes {
         if b.is_ascii_graphic() && b != b'%' {
             out.push(b as char);
@@ -286,7 +299,6 @@ fn escape(bytes: &[u8]) -> String {
             let _ = write!(out, "%{b:02X}");
         }
     }
-    out
 }
 
 fn unescape(s: &str) -> Option<Vec<u8>> {
@@ -317,6 +329,8 @@ mod tests {
     #[test]
     fn items_round_trip_odd_names() {
         let t = Timestamp { secs: -5, nanos: 7 };
+        // Every byte different, most with two different nibbles: the hex is pinned below.
+        let digest: Digest = std::array::from_fn(|i| (i as u8) * 7 + 0x0d);
         let mut items = Items::new();
         items.insert(
             "d".into(),
@@ -328,7 +342,7 @@ mod tests {
         items.insert(
             PathBuf::from(OsString::from_vec(b"d/caf\xe9 %\n.txt".to_vec())),
             Item::File {
-                digest: [9; 32],
+                digest,
                 size: 12,
                 mode: 0o640,
                 mtime: t,
@@ -347,6 +361,18 @@ mod tests {
         }
         let back: Items = text.lines().map(|l| decode_item(l).unwrap()).collect();
         assert_eq!(back, items);
+        // The format itself, as earlier versions wrote it: their archives must still read.
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            [
+                "D 755 -5.000000007 d".to_string(),
+                format!(
+                    "F {} 12 640 -5.000000007 d/caf%E9%20%25%0A.txt",
+                    hex::encode(digest)
+                ),
+                "L -5.000000007 l ../a%20b".to_string(),
+            ]
+        );
         assert_eq!(
             text.lines().count(),
             3,
