@@ -31,13 +31,32 @@ def median(scen, tool):
     return None if r is None else statistics.median(r["times"])
 
 
-def peak_rss_mib(scen, tool):
-    """Largest GNU time %M (KiB) over the tool's runs in this scenario, in MiB."""
+def gnu_time_lines(scen, tool):
+    """GNU time's lines for the tool's runs in this scenario, warm-up first: [KiB, user, sys]."""
     path = os.path.join(RAW, "rss", f"{scen}-{tool}.txt")
     if not os.path.exists(path):
-        return None
-    vals = [int(x) for x in open(path).read().split() if x.isdigit()]
+        return []
+    lines = []
+    for line in open(path):
+        fields = line.split()
+        # A line that is not three numbers is what GNU time says of a command that failed.
+        try:
+            lines.append([int(fields[0]), float(fields[1]), float(fields[2])])
+        except (IndexError, ValueError):
+            continue
+    return lines
+
+
+def peak_rss_mib(scen, tool):
+    """Largest GNU time %M (KiB) over the tool's runs in this scenario, in MiB."""
+    vals = [kib for kib, _, _ in gnu_time_lines(scen, tool)]
     return max(vals) / 1024 if vals else None
+
+
+def cpu_seconds(scen, tool):
+    """Median user + system CPU time of the tool's timed runs (the warm-up left out)."""
+    runs = gnu_time_lines(scen, tool)[1:]
+    return statistics.median(u + s for _, u, s in runs) if runs else None
 
 
 def missing(scen):
@@ -190,15 +209,17 @@ for r in rows:
     p("| " + " | ".join(r) + " |")
 
 p("\n## Every measurement\n")
-p("| scenario | tool | median (s) | min (s) | max (s) | peak RSS (MiB, largest process) |")
-p("|---|---|---|---|---|---|")
+p("| scenario | tool | median (s) | min (s) | max (s) | CPU, user + system (s, median) | "
+  "peak RSS (MiB, largest process) |")
+p("|---|---|---|---|---|---|---|")
 for scen in ["small-first", "small-nochange", "small-1pct", "small-nochange-cold", "tw-first",
              "tw-nochange", "tw-1pct", "tw-both", "large-first", "large-64k", "large-checksum",
              "flat-first", "flat-nochange", "many-nochange"]:
     for tool, r in (load(scen) or {}).items():
-        rss = peak_rss_mib(scen, tool)
+        rss, cpu = peak_rss_mib(scen, tool), cpu_seconds(scen, tool)
         p(f"| {scen} | {tool} | {statistics.median(r['times']):.3f} | {min(r['times']):.3f} | "
-          f"{max(r['times']):.3f} | {'' if rss is None else f'{rss:.1f}'} |")
+          f"{max(r['times']):.3f} | {'' if cpu is None else f'{cpu:.2f}'} | "
+          f"{'' if rss is None else f'{rss:.1f}'} |")
 
 p("\n## Notes\n")
 if sha:

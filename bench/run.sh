@@ -120,12 +120,13 @@ step() { q bash "$BENCH_DIR/step.sh" "$@"; }
 check() { python3 "$BENCH_DIR/check_tree.py" "$@" || die "result tree check failed (see above)"; }
 
 # Commands are queued with `add` and timed together by `hf`, in turns. Each command runs under
-# GNU time (-f %M: peak RSS of its largest process, appended to one file per scenario and tool);
-# that costs about a millisecond per run, for every tool alike.
+# GNU time (-f '%M %U %S': peak RSS of its largest process, and its user and system CPU time,
+# one line per run appended to one file per scenario and tool); that costs about a millisecond
+# per run, for every tool alike.
 HF_NAMES=() HF_CMDS=() HF_PREPS=()
 add() { # add SCENARIO TOOL SRC DST [PREPARE]
     HF_NAMES+=("$2")
-    HF_CMDS+=("$(q /usr/bin/time -f %M -a -o "$RAW/rss/$1-$2.txt") $(tool_cmd "$2" "$3" "$4")")
+    HF_CMDS+=("$(q /usr/bin/time -f '%M %U %S' -a -o "$RAW/rss/$1-$2.txt") $(tool_cmd "$2" "$3" "$4")")
     if (($# > 4)); then HF_PREPS+=("$5"); fi
 }
 # The tools take turns: a round times every queued command once (after its preparation step),
