@@ -247,6 +247,33 @@ fn same_size_edit_with_the_old_mtime_is_copied() {
     assert_eq!(fs::read(b.join("d/f")).unwrap(), b"after!");
 }
 
+/// A name gone from both sides leaves the cache with the pass that no longer sees it, even
+/// when nothing else in its directory changed and every name before it still matches.
+#[test]
+fn a_name_gone_from_both_sides_leaves_its_directory_block() {
+    let (_dir, s, b) = empty_roots();
+    for name in ["a", "m", "z"] {
+        fs::write(s.join(name), name).unwrap();
+    }
+    let opts = options(&s, &b);
+    let mut cache = HashCache::in_memory();
+    assert_eq!(mirror_pass(&opts, &mut cache).unwrap().operations, 3);
+    let names = |cache: &mut HashCache| -> Vec<Vec<u8>> {
+        let block = cache.per_directory().block(b"");
+        block.into_iter().map(|r| r.name.to_vec()).collect()
+    };
+    assert_eq!(names(&mut cache), [b"a", b"m", b"z"]);
+
+    // The last name, then a middle one: each time the names before it still match.
+    for (gone, left) in [("z", vec![b"a", b"m"]), ("m", vec![b"a"])] {
+        fs::remove_file(s.join(gone)).unwrap();
+        fs::remove_file(b.join(gone)).unwrap();
+        let pass = mirror_pass(&opts, &mut cache).unwrap();
+        assert_eq!((pass.operations, pass.hashed), (0, 0), "without {gone}");
+        assert_eq!(names(&mut cache), left, "without {gone}");
+    }
+}
+
 /// A copy remembers the digest of both its files: when only the copy in BACKUP is touched
 /// afterwards, it alone is read to see that its bytes still match SOURCE's.
 #[test]
