@@ -473,6 +473,8 @@ impl Walk<'_> {
         // directory of 100,000 unchanged files knows was a quarter of such a pass's memory.
         let mut matching = 0;
         let mut known: Option<Vec<(&[u8], _)>> = None;
+        let old_prefix =
+            |n: usize| -> Vec<_> { old[..n].iter().map(|r| (r.name, r.sides)).collect() };
         for p in &pairs {
             let child = || rel.join(p.name);
             let mut sides = [None, None];
@@ -494,8 +496,7 @@ impl Walk<'_> {
                         matching += 1;
                     }
                     None => {
-                        let mut list: Vec<_> =
-                            old[..matching].iter().map(|r| (r.name, r.sides)).collect();
+                        let mut list = old_prefix(matching);
                         list.push((name, sides));
                         known = Some(list);
                     }
@@ -582,8 +583,7 @@ impl Walk<'_> {
         // A directory with changes gets a new block, which takes the digests its copies learn.
         let unchanged = known.is_none() && matching == old.len();
         let block = if holds_ops || !unchanged {
-            let known = known
-                .unwrap_or_else(|| old[..matching].iter().map(|r| (r.name, r.sides)).collect());
+            let known = known.unwrap_or_else(|| old_prefix(matching));
             let records = known.into_iter().map(|(name, sides)| Record {
                 name: name.into(),
                 sides,
