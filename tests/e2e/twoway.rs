@@ -435,6 +435,117 @@ fn first_pass_merges_both_sides_and_identical_files_are_no_conflict() -> TestRes
     expect_clean_summary(&again)
 }
 
+/// The archive's text (the pair's `.twoway-archive-<hex>.txt` in the state directory).
+fn archive_text(env: &Env) -> Res<String> {
+    Ok(fs::read_to_string(env.archive()?)?)
+}
+
+/// Fails unless the archive records `side`'s file at `rel` as it is on disk: its SHA-256,
+/// size, mode and modification time (the archive's `F` line; `rel` needs no escaping).
+fn expect_archived_file(env: &Env, side: Side, rel: &str) -> TestResult {
+    let path = side.dir(env).join(rel);
+    let meta = fs::metadata(&path)?;
+    let line = format!(
+        "F {} {} {:o} {}.{:09} {rel}",
+        checksum::file_checksum(&path)?,
+        meta.len(),
+        meta.mode() & 0o7777,
+        meta.mtime(),
+        meta.mtime_nsec()
+    );
+    let text = archive_text(env)?;
+    ensure!(
+        text.lines().any(|l| l == line),
+        "the archive lacks the line `{line}`:\n{text}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_file_only_one_side_holds_is_read_once_by_its_copy_which_gives_the_archive_its_digest()
+-> TestResult {
+    let env = Env::twoway()?;
+    let (s, d) = (&env.src, &env.dst);
+    put(s, "a.txt", "only SOURCE holds this\n", T0 + 1)?;
+    put(s, "dir/b.txt", "and this, in a directory\n", T0 + 2)?;
+    put(d, "c.txt", "only BACKUP holds this\n", T0 + 3)?;
+    // A path both sides hold must be hashed on both to be compared.
+    put(s, "same.txt", "on both sides\n", T0 + 4)?;
+    put(d, "same.txt", "on both sides\n", T0 + 4)?;
+
+    let run = env.once(&[])?;
+    run.expect_code(0)?;
+    expect_clean_summary(&run)?;
+    let hashed = run.summary()?.hashed;
+    ensure!(
+        hashed == 2,
+        "expected only same.txt's two sides hashed before the plan, the copies reading the \
+         rest once, found {hashed} files hashed\n{run}"
+    );
+    assert_synced(s, d)?;
+    for (side, rel) in [
+        (Side::Source, "a.txt"),
+        (Side::Source, "dir/b.txt"),
+        (Side::Backup, "c.txt"),
+        (Side::Source, "same.txt"),
+    ] {
+        expect_archived_file(&env, side, rel)?;
+    }
+
+    // The digests the copies learnt are cached too: nothing changed, nothing read.
+    let again = env.once(&[])?;
+    again.expect_code(0)?;
+    expect_operations(&again, &[])?;
+    ensure!(
+        again.summary()?.hashed == 0,
+        "a pass with nothing changed read files\n{again}"
+    );
+
+    // An edit on one side is a change against the archive, not a conflict: the archive holds
+    // the copied files' real digests.
+    put(d, "a.txt", "edited in BACKUP\n", T0 + 10)?;
+    put(s, "c.txt", "edited in SOURCE\n", T0 + 11)?;
+    let edit = env.once(&[])?;
+    edit.expect_code(0)?;
+    expect_clean_summary(&edit)?;
+    expect_operations(
+        &edit,
+        &["replaced a.txt in SOURCE", "replaced c.txt in BACKUP"],
+    )?;
+    assert_synced(s, d)
+}
+
+#[test]
+fn a_file_left_unread_that_changes_before_its_copy_is_archived_as_it_was_copied() -> TestResult {
+    let env = Env::twoway()?;
+    let (s, d) = (&env.src, &env.dst);
+    let file = put(s, "f.txt", "first version\n", T0 + 1)?;
+    // Between the plan and the copy: other bytes, another size and time.
+    let hook = format!(
+        "printf 'second version, longer\\n' > '{0}' && touch -d @{1} '{0}'",
+        file.display(),
+        T0 + 50
+    );
+    let mut cmd = env.command(&[&"--once", s, d]);
+    cmd.env("ONEWAY_TEST_HOOK_AFTER_PLAN", &hook);
+    let run = env.run_command(cmd, &env.log)?;
+    run.expect_code(0)?;
+    expect_clean_summary(&run)?;
+    expect_tree(
+        "BACKUP",
+        d,
+        &[("f.txt", Want::file("second version, longer\n"))],
+    )?;
+    assert_synced(s, d)?;
+    expect_archived_file(&env, Side::Source, "f.txt")?;
+
+    // The archive holds what was copied, time included: nothing is left to do.
+    let again = env.once(&[])?;
+    again.expect_code(0)?;
+    expect_operations(&again, &[])?;
+    expect_clean_summary(&again)
+}
+
 #[test]
 fn first_pass_same_path_different_content_is_a_conflict_kept_on_both_sides() -> TestResult {
     let env = Env::twoway()?;

@@ -477,7 +477,7 @@ fn merge_learnt(records: Vec<Record>, learnt: &[Learnt]) -> Vec<Record> {
 /// The digests of every file of two scanned trees, per side.
 pub struct TreeDigests<'t> {
     /// SOURCE and BACKUP: for each entry of the tree, in the tree's order, its digest (`None`
-    /// for what is not a file, or could not be read).
+    /// for what is not a file, could not be read, or was left unread).
     pub sides: [Vec<Option<Digest>>; 2],
     /// Files that could not be read.
     pub failed: Vec<(Side, &'t Path, io::Error)>,
@@ -495,11 +495,15 @@ type TreeFile<'t> = (usize, &'t Path, &'t [u8], &'t Entry);
 /// Digests every file of `trees` (SOURCE, BACKUP, under `roots`): from `cache` while a file's
 /// stamp is unchanged, otherwise read, directory by directory in parallel (and the files of
 /// one directory in parallel when several must be read).
+///
+/// A file marked in `unread` (by its index in its tree) is taken from the cache too, but not
+/// read when the cache does not know it: its digest is then `None`, for a copy to learn.
 pub fn tree_digests<'t>(
     cache: &DirCache,
     learner: &Learner,
     roots: [&Path; 2],
     trees: [&'t Tree; 2],
+    unread: [&[bool]; 2],
 ) -> TreeDigests<'t> {
     // The files of each directory, both sides. A tree lists a directory's files together
     // (only its subdirectories' subtrees come between them), so the directory is looked up
@@ -546,6 +550,7 @@ pub fn tree_digests<'t>(
                             hits.push((side, name, known));
                             found.push((side, i, rel, Ok(known.1)));
                         }
+                        None if unread[side as usize].get(i).copied().unwrap_or(false) => {}
                         None => reads.push((side, i, rel, name, entry)),
                     }
                 }
@@ -553,7 +558,7 @@ pub fn tree_digests<'t>(
             let hit_count = hits.len() as u64;
             let stored = old.iter().flat_map(|r| r.sides.iter().flatten()).count();
             if reads.is_empty() && stored == hits.len() {
-                // Every file came from the cache, and the block holds nothing else.
+                // Nothing was read, and the block holds only what was found in it.
                 return (dir, Some(BlockOut::Keep), found, hit_count, 0);
             }
             let paths: Vec<PathBuf> = reads
@@ -808,7 +813,7 @@ mod tests {
         let mut cache = DirCache::in_memory();
         for pass in 0..2 {
             let learner = Learner::new(paths[0], paths[1]);
-            let found = tree_digests(&cache, &learner, paths, trees.each_ref());
+            let found = tree_digests(&cache, &learner, paths, trees.each_ref(), [&[], &[]]);
             assert!(found.failed.is_empty());
             assert_eq!(found.hashed + found.cache_hits, 9, "pass {pass}");
             assert_eq!(found.hashed, if pass == 0 { 9 } else { 0 }, "pass {pass}");
@@ -823,6 +828,61 @@ mod tests {
             learner.record_into(&mut blocks, &cache);
             cache.save(blocks, &[]).unwrap();
         }
+    }
+
+    #[test]
+    fn files_marked_unread_are_taken_from_the_cache_or_left_unread() {
+        let roots = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        for rel in ["d/kept", "d/marked", "top"] {
+            let path = roots[0].path().join(rel);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, rel).unwrap();
+        }
+        // Out of the tick in which they were written: their digests may be remembered.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let filter = crate::scan::Filter::default();
+        let trees = roots
+            .each_ref()
+            .map(|r| crate::scan::scan(r.path(), "root", &filter).unwrap());
+        let paths = roots.each_ref().map(|r| r.path());
+        let marked: Vec<bool> = trees[0]
+            .entries
+            .iter()
+            .map(|(rel, _)| rel == Path::new("d/marked"))
+            .collect();
+        let digest_of = |found: &TreeDigests<'_>, rel: &str| {
+            let i = trees[0]
+                .entries
+                .iter()
+                .position(|(r, _)| r == Path::new(rel))
+                .unwrap();
+            found.sides[0][i]
+        };
+        let mut cache = DirCache::in_memory();
+
+        // Not in the cache: left unread, and not counted as read.
+        let learner = Learner::new(paths[0], paths[1]);
+        let found = tree_digests(&cache, &learner, paths, trees.each_ref(), [&marked, &[]]);
+        assert_eq!((found.hashed, found.cache_hits), (2, 0));
+        assert_eq!(digest_of(&found, "d/marked"), None);
+        let kept = checksum::file_digest(&paths[0].join("d/kept")).unwrap();
+        assert_eq!(digest_of(&found, "d/kept"), Some(kept));
+        let mut blocks = found.blocks;
+        learner.record_into(&mut blocks, &cache);
+        cache.save(blocks, &[]).unwrap();
+
+        // Read once, unmarked: cached. Marked again, it comes from the cache.
+        let learner = Learner::new(paths[0], paths[1]);
+        let found = tree_digests(&cache, &learner, paths, trees.each_ref(), [&[], &[]]);
+        assert_eq!((found.hashed, found.cache_hits), (1, 2));
+        let mut blocks = found.blocks;
+        learner.record_into(&mut blocks, &cache);
+        cache.save(blocks, &[]).unwrap();
+        let learner = Learner::new(paths[0], paths[1]);
+        let found = tree_digests(&cache, &learner, paths, trees.each_ref(), [&marked, &[]]);
+        assert_eq!((found.hashed, found.cache_hits), (0, 3));
+        let digest = checksum::file_digest(&paths[0].join("d/marked")).unwrap();
+        assert_eq!(digest_of(&found, "d/marked"), Some(digest));
     }
 
     #[test]

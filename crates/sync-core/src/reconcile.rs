@@ -78,7 +78,8 @@ pub enum Step {
         rel: PathBuf,
         /// The path read on the other side (differs from `rel` for conflict copies).
         from: PathBuf,
-        /// The file to copy (its digest is checked while copying).
+        /// The file to copy (its digest is checked while copying, unless the file was left
+        /// unread before the plan: see `twoway::unread_files`).
         item: Item,
         /// What the scan saw at `rel` (to be replaced), if anything.
         expected: Option<Item>,

@@ -1,7 +1,7 @@
 //! One two-way pass (SPEC §4): scan both sides, hash, reconcile against the archive, check the
 //! refusals, apply with the safe operations, and record in the archive what was really done.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,18 +63,32 @@ fn other(side: Side) -> Side {
     }
 }
 
+/// The digest an item carries for a file left unread (see [`unread_files`]). Reconcile never
+/// compares it with another file's (the path is on one side only, and not in the archive), and
+/// the archive never records it: the copy that reads the file gives the real one.
+const UNREAD: checksum::Digest = [0; 32];
+
 /// Turns a scanned tree and its digests (one per entry, in the tree's order) into the items
-/// reconcile compares. Files whose digest is missing (unreadable) are left out; the caller
-/// protects their paths.
-fn items_of<'t>(tree: &'t Tree, digests: &[Option<checksum::Digest>]) -> ItemList<'t> {
+/// reconcile compares. Files whose digest is missing are left out (unreadable: the caller
+/// protects their paths), or carry [`UNREAD`] where `unread` marks them.
+fn items_of<'t>(
+    tree: &'t Tree,
+    digests: &[Option<checksum::Digest>],
+    unread: &[bool],
+) -> ItemList<'t> {
     let items = tree
         .entries
         .iter()
         .zip(digests)
-        .filter_map(|((rel, e), digest)| {
+        .zip(unread)
+        .filter_map(|(((rel, e), digest), &unread)| {
             let item = match &e.kind {
                 Kind::File => Item::File {
-                    digest: (*digest)?,
+                    digest: match digest {
+                        Some(d) => *d,
+                        None if unread => UNREAD,
+                        None => return None,
+                    },
                     size: e.size,
                     mode: e.mode,
                     mtime: e.mtime,
@@ -93,6 +107,19 @@ fn items_of<'t>(tree: &'t Tree, digests: &[Option<checksum::Digest>]) -> ItemLis
         })
         .collect();
     ItemList::from_sorted(items)
+}
+
+/// Marks, for each entry of `tree` (in its order), whether it is a file that only this side
+/// holds and that `archived` does not know. Such a file is copied to the other side whatever
+/// its content, so no decision needs its digest: it is not read before its copy, which hashes
+/// it as it goes (a first sync into an empty directory reads each file once, not twice).
+fn unread_files(tree: &Tree, other: &Tree, archived: &Items) -> Vec<bool> {
+    tree.entries
+        .iter()
+        .map(|(rel, e)| {
+            e.kind == Kind::File && other.entries.get(rel).is_none() && !archived.contains_key(rel)
+        })
+        .collect()
 }
 
 /// Runs one two-way pass between `opts.source` and `opts.backup`.
@@ -154,11 +181,16 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
 
     let dir_cache = cache.per_directory();
     let learner = Learner::new(&opts.source, &opts.backup);
+    let (src_unread, dst_unread) = rayon::join(
+        || unread_files(&src, &dst, &archived),
+        || unread_files(&dst, &src, &archived),
+    );
     let digests = tree_digests(
         dir_cache,
         &learner,
         [&opts.source, &opts.backup],
         [&src, &dst],
+        [&src_unread, &dst_unread],
     );
     for (side, rel, err) in &digests.failed {
         log::error!(
@@ -171,17 +203,27 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
     stats.hashed = digests.hashed;
     stats.cache_hits = digests.cache_hits;
     let [src_digests, dst_digests] = &digests.sides;
-    for (tree, d) in [(&src, src_digests), (&dst, dst_digests)] {
-        for ((rel, e), digest) in tree.entries.iter().zip(d) {
-            if e.kind == Kind::File && digest.is_none() {
+    // Files left unread, per side: the copy that reads one says what the archive records.
+    let mut unread: [HashSet<&Path>; 2] = Default::default();
+    for (side, tree, d, marks) in [
+        (Side::Source, &src, src_digests, &src_unread),
+        (Side::Backup, &dst, dst_digests, &dst_unread),
+    ] {
+        for (((rel, e), digest), &marked) in tree.entries.iter().zip(d).zip(marks) {
+            if e.kind != Kind::File || digest.is_some() {
+                continue;
+            }
+            if marked {
+                unread[side as usize].insert(rel);
+            } else {
                 // Unknown content decides nothing: the path waits for a pass that can read it.
                 protected.insert(rel.clone());
             }
         }
     }
     let (src_items, dst_items) = rayon::join(
-        || items_of(&src, src_digests),
-        || items_of(&dst, dst_digests),
+        || items_of(&src, src_digests, &src_unread),
+        || items_of(&dst, dst_digests, &dst_unread),
     );
 
     let stamp = crate::logging::local_now()
@@ -243,6 +285,8 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
         operations: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         made_dirs: Mutex::new(Vec::new()),
+        unread: &unread,
+        read_by_copies: Mutex::new(HashMap::new()),
     };
     applier.apply(&plan);
     fsops::end_temp_journal(&journal);
@@ -253,6 +297,11 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
         .failed
         .into_inner()
         .unwrap_or_else(|e| e.into_inner());
+    let read_by_copies = applier
+        .read_by_copies
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+    let was_unread = |rel: &Path| unread.iter().any(|side| side.contains(rel));
 
     let mut blocks = digests.blocks;
     learner.record_into(&mut blocks, dir_cache);
@@ -283,6 +332,15 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
             if covered(rel) {
                 continue;
             }
+            let fin = match fin {
+                // What the copy read, or nothing: a file left unread whose copy did not
+                // happen keeps no entry, and is found new again next pass.
+                Some(Item::File { .. }) if was_unread(rel) => match read_by_copies.get(rel) {
+                    Some(item) => Some(item),
+                    None => continue,
+                },
+                fin => fin.as_ref(),
+            };
             changed = true;
             match fin {
                 Some(item) => next.insert(rel.clone(), item.clone()),
@@ -457,6 +515,10 @@ struct Applier<'a> {
     errors: AtomicU64,
     /// Directories created this pass, to get their final mode last.
     made_dirs: Mutex<Vec<(Side, PathBuf, Item)>>,
+    /// Per side, the files left unread before the plan (see [`unread_files`]).
+    unread: &'a [HashSet<&'a Path>; 2],
+    /// What the copies of those files read: the item both sides now hold, by path.
+    read_by_copies: Mutex<HashMap<PathBuf, Item>>,
 }
 
 impl Applier<'_> {
@@ -563,7 +625,10 @@ impl Applier<'_> {
                 // The other side's file as scanned, when it is still at its scanned path (a
                 // conflict copy is read from the name it was just moved to, and hashed).
                 let scanned = self.seen_entry(other(side), from).filter(|_| from == rel);
+                // A file left unread is hashed by its copy, which nothing can check.
+                let unread = from == rel && self.unread[other(side) as usize].contains(&**from);
                 let content = match scanned {
+                    _ if unread => fsops::Content::Hash(None),
                     Some(entry) if self.learner.trusted(other(side), entry) => {
                         fsops::Content::Known {
                             entry,
@@ -578,6 +643,20 @@ impl Applier<'_> {
                         .learn(other(side), from, &c.source, c.digest, Some(started));
                     self.learner
                         .learn(side, rel, &c.destination, c.digest, None);
+                    if unread {
+                        // The source as it was copied (it may have changed since the scan):
+                        // its bytes, mode and time are what both sides now hold.
+                        let item = Item::File {
+                            digest: c.digest,
+                            size: c.source.size,
+                            mode: c.source.mode,
+                            mtime: c.source.mtime,
+                        };
+                        self.read_by_copies
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(rel.to_path_buf(), item);
+                    }
                 })
             }
             Step::Link { item, expected, .. } => {
