@@ -787,15 +787,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn tree_digests_give_each_file_its_digest_where_subtrees_split_a_directory() {
+    /// Two temporary roots holding the files `layouts` name (each file's content its root and
+    /// path), and their scans.
+    fn scanned_roots(layouts: [&[&str]; 2]) -> ([tempfile::TempDir; 2], [Tree; 2]) {
         let roots = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-        // `a`'s files come before and after the subtree of `a/m` in path order; BACKUP holds
-        // different files, so each side has its own grouping.
-        let layouts: [&[&str]; 2] = [
-            &["a/f", "a/m/g", "a/m/n/h", "a/z", "top"],
-            &["a/m/g", "a/y", "b/c", "top"],
-        ];
         for (root, files) in roots.iter().zip(layouts) {
             for rel in files {
                 let path = root.path().join(rel);
@@ -809,6 +804,17 @@ mod tests {
         let trees = roots
             .each_ref()
             .map(|r| crate::scan::scan(r.path(), "root", &filter).unwrap());
+        (roots, trees)
+    }
+
+    #[test]
+    fn tree_digests_give_each_file_its_digest_where_subtrees_split_a_directory() {
+        // `a`'s files come before and after the subtree of `a/m` in path order; BACKUP holds
+        // different files, so each side has its own grouping.
+        let (roots, trees) = scanned_roots([
+            &["a/f", "a/m/g", "a/m/n/h", "a/z", "top"],
+            &["a/m/g", "a/y", "b/c", "top"],
+        ]);
         let paths = roots.each_ref().map(|r| r.path());
         let mut cache = DirCache::in_memory();
         for pass in 0..2 {
@@ -832,18 +838,7 @@ mod tests {
 
     #[test]
     fn files_marked_unread_are_taken_from_the_cache_or_left_unread() {
-        let roots = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-        for rel in ["d/kept", "d/marked", "top"] {
-            let path = roots[0].path().join(rel);
-            fs::create_dir_all(path.parent().unwrap()).unwrap();
-            fs::write(&path, rel).unwrap();
-        }
-        // Out of the tick in which they were written: their digests may be remembered.
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        let filter = crate::scan::Filter::default();
-        let trees = roots
-            .each_ref()
-            .map(|r| crate::scan::scan(r.path(), "root", &filter).unwrap());
+        let (roots, trees) = scanned_roots([&["d/kept", "d/marked", "top"], &[]]);
         let paths = roots.each_ref().map(|r| r.path());
         let marked: Vec<bool> = trees[0]
             .entries
