@@ -9,8 +9,8 @@
 #
 # Run as root (as in CI): it installs packages with apt-get, loop-mounts an image and drops
 # caches. Environment: BENCH_RUNS (timed runs per measurement, default 5, quick 3),
-# BENCH_IMAGE_DIR (where the 16 GiB image goes, 4 GiB with --quick; default /var/tmp), TWOWAY_BIN (a twoway binary
-# to time instead of target/release/twoway).
+# BENCH_IMAGE_DIR (where the 16 GiB image goes, 4 GiB with --quick; default /var/tmp),
+# TWOWAY_BIN (a twoway binary to time instead of target/release/twoway).
 #
 # Only ratios measured in one run count: absolute times vary between machines and runs.
 set -euo pipefail
@@ -22,7 +22,7 @@ QUICK=${BENCH_QUICK:-0}
 for arg in "$@"; do
     case $arg in
         --quick) QUICK=1 ;;
-        -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument $arg (try --help)" ;;
     esac
 done
@@ -76,7 +76,8 @@ TWOWAY=${TWOWAY_BIN:-$TARGET/release/twoway}
 # Not the root file system: on these machines it is ext4 without a journal, which is slow to
 # reuse just-freed inodes, so deleting and recreating 20,000 files there runs 10-20x slower and
 # measures the file system, not the tools. A fresh journaled ext4 on a loop-mounted image is
-# what a user's disk looks like (see below); tmpfs is the fallback where loop devices are unavailable.
+# what a user's disk looks like (see below); tmpfs is the fallback where loop devices are
+# unavailable.
 TMP=$(mktemp -d "${BENCH_IMAGE_DIR:-/var/tmp}/oneway-bench.XXXXXX")
 MNT=$TMP/mnt
 cleanup() {
@@ -103,9 +104,10 @@ mkdir "$MNT"
 # disk (oneway does, SPEC section 7; rsync and cp do not), within its timed run. Measured on
 # this machine (2026-12-02, the small first copy in the five-tool rotation): on a fresh sparse
 # image with a buffered loop, oneway's rounds took 1.06-1.63 s and its kernel's writeback
-# (the loop worker's copies) a quarter of both cores; rsync's took 1.64-2.15 s. Where the image
+# (the loop worker's copies) a quarter of both cores; rsync's took 1.84-2.15 s. Where the image
 # cannot be filled (no room) or the loop cannot do direct I/O, the run goes on and the report
-# says so.
+# says so. fallocate comes first because it fails at once where there is no room; dd then
+# writes every block.
 say "writing the $IMAGE_GIB GiB image"
 if fallocate -l "${IMAGE_GIB}G" "$TMP/fs.img" 2>/dev/null &&
     dd if=/dev/zero of="$TMP/fs.img" bs=16M count=$((IMAGE_GIB * 64)) conv=notrunc,fsync status=none 2>/dev/null; then
