@@ -1,10 +1,13 @@
-//! `oneway SOURCE BACKUP`: parse the command line, then hand over to `sync_core`.
+//! `oneway SOURCE BACKUP`: parse the command line, then hand over to the crates.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use sync_core::{ExitCode, OnewayArgs};
+use sync_core::run::jobs::MirrorJob;
+use sync_core::run::passes::{Schedule, run_passes};
+use sync_core::{ExitCode, Program, Session, Setup};
+use versioning::pass::VersionedJob;
 
 /// Mirror SOURCE into BACKUP, again at every interval.
 #[derive(Debug, Parser)]
@@ -63,32 +66,36 @@ fn main() {
         eprintln!("oneway: --keep applies only with --versioned");
         std::process::exit(ExitCode::Usage.code());
     }
-    let args = OnewayArgs {
+    let setup = Setup {
+        program: Program::Oneway,
         source: cli.source,
         backup: cli.backup,
-        interval: Duration::from_secs(cli.interval),
         log: cli.log,
-        once: cli.once,
-        dry_run: cli.dry_run,
         exclude: cli.exclude,
+        schedule: Schedule {
+            once: cli.once,
+            interval: Duration::from_secs(cli.interval),
+        },
+        dry_run: cli.dry_run,
         checksum: cli.checksum,
         force: cli.force,
+        state_dir: None,
     };
-    let result = if cli.versioned {
-        let keep = cli.keep.unwrap_or(2) as usize;
-        sync_core::run_oneway(&args, |opts, cache| {
-            versioning::versioned_pass(opts, cache, keep)
-        })
-    } else {
-        sync_core::run_oneway(&args, sync_core::mirror::mirror_pass)
-    };
-    let code = match result {
-        Ok(code) => code,
+    let code = match Session::open(setup) {
+        Ok(session) => {
+            let schedule = session.schedule;
+            if cli.versioned {
+                let keep = cli.keep.unwrap_or(2) as usize;
+                run_passes(schedule, &mut VersionedJob { session, keep })
+            } else {
+                run_passes(schedule, &mut MirrorJob(session))
+            }
+        }
         Err(err) => {
             eprintln!("oneway: {}", sync_core::error::one_line(&err));
             ExitCode::Usage
         }
     };
-    sync_core::logging::flush();
+    sync_core::run::logging::flush();
     std::process::exit(code.code());
 }

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use sync_core::driver::{Job, Schedule, run_passes};
-use sync_core::mirror::PassStats;
-use sync_core::reconcile::Policy;
-use sync_core::twoway::{TwowayArgs, TwowaySession};
-use sync_core::{Error, ExitCode};
+use sync_core::model::PassStats;
+use sync_core::plan::reconcile::Policy;
+use sync_core::run::jobs::TwowayJob;
+use sync_core::run::passes::{Job, Schedule, run_passes};
+use sync_core::{Error, ExitCode, Program, Session, Setup};
 use versioning::restore::{Which, restore};
 
 use recovery::{Recovery, worse};
@@ -115,12 +115,12 @@ fn main() {
             run_sync(&cli, backup)
         }
     };
-    sync_core::logging::flush();
+    sync_core::run::logging::flush();
     std::process::exit(code.code());
 }
 
 fn run_restore(cli: &Cli) -> ExitCode {
-    if let Err(err) = sync_core::logging::init("TWOWAY", &cli.log, log::LevelFilter::Info) {
+    if let Err(err) = sync_core::run::logging::init("TWOWAY", &cli.log, log::LevelFilter::Info) {
         usage_error(&format!(
             "cannot open log file {}: {err}",
             cli.log.display()
@@ -163,28 +163,39 @@ fn run_restore(cli: &Cli) -> ExitCode {
 }
 
 fn run_sync(cli: &Cli, backup: &Path) -> ExitCode {
-    let args = TwowayArgs {
+    let setup = Setup {
+        program: Program::Twoway,
         source: cli.source.clone(),
         backup: backup.to_path_buf(),
         log: cli.log.clone(),
-        dry_run: cli.dry_run,
         exclude: cli.exclude.clone(),
-        force: cli.force,
-        policy: match cli.conflict {
-            ConflictPolicy::Newer => Policy::Newer,
-            ConflictPolicy::Source => Policy::Source,
-            ConflictPolicy::Backup => Policy::Backup,
+        schedule: Schedule {
+            once: cli.once,
+            interval: Duration::from_secs(cli.interval),
         },
+        dry_run: cli.dry_run,
+        checksum: false,
+        force: cli.force,
+        state_dir: Some(PathBuf::from(".")),
     };
-    let session = match TwowaySession::open(&args, Path::new(".")) {
+    let policy = match cli.conflict {
+        ConflictPolicy::Newer => Policy::Newer,
+        ConflictPolicy::Source => Policy::Source,
+        ConflictPolicy::Backup => Policy::Backup,
+    };
+    let session = match Session::open(setup) {
         Ok(s) => s,
         Err(err) => usage_error(&sync_core::error::one_line(&err)),
     };
+    let schedule = session.schedule;
+    let sync = TwowayJob::new(session, policy);
     let recovery = if cli.no_recovery || cli.dry_run {
         None
     } else {
-        let roots = [session.opts.source.as_path(), session.opts.backup.as_path()];
-        match Recovery::prepare(&session.state_dir, &cli.config, roots) {
+        let opts = &sync.opts;
+        let state_dir = sync.session.state_dir.as_deref().unwrap_or(Path::new("."));
+        let roots = [opts.source.as_path(), opts.backup.as_path()];
+        match Recovery::prepare(state_dir, &cli.config, roots) {
             Ok(r) => Some(r),
             Err(err) => {
                 log::error!("{}", sync_core::error::one_line(&err));
@@ -192,34 +203,29 @@ fn run_sync(cli: &Cli, backup: &Path) -> ExitCode {
             }
         }
     };
-    let mut job = TwowayJob {
-        session,
+    let mut job = WithRecovery {
+        sync,
         recovery,
         once: cli.once,
         started: false,
-    };
-    let schedule = Schedule {
-        once: cli.once,
-        interval: Duration::from_secs(cli.interval),
     };
     run_passes(schedule, &mut job)
 }
 
 /// A two-way session plus, unless `--no-recovery`, its versioning children.
-struct TwowayJob {
-    session: TwowaySession,
+struct WithRecovery {
+    sync: TwowayJob,
     recovery: Option<Recovery>,
     once: bool,
     started: bool,
 }
 
-impl Job for TwowayJob {
+impl Job for WithRecovery {
     fn pass(&mut self) -> Result<PassStats, Error> {
-        self.session.pass()
+        self.sync.pass()
     }
 
-    fn after_pass(&mut self, stats: &PassStats) {
-        self.session.after_pass(stats);
+    fn after_pass(&mut self, _stats: &PassStats) {
         // The children start after the first two-way pass, so their first versions hold the
         // merged state of both sides.
         if !self.once

@@ -1736,14 +1736,14 @@ fn full_disk_on_one_side_fails_the_twoway_pass_and_the_archive_keeps_what_failed
         "temporary files left on the full disk\n{run}"
     );
     // The archive still holds data.bin as it was: the failed copy is retried, never taken back.
-    let archived = sync_core::archive::load(
+    let archived = sync_core::state::archive::load(
         &env.archive()?,
         &fs::canonicalize(s)?,
         &fs::canonicalize(d)?,
     )?
     .ok_or("no archive")?;
     match archived.get(Path::new("data.bin")) {
-        Some(sync_core::listing::Item::File { size, .. }) => ensure!(
+        Some(sync_core::model::Item::File { size, .. }) => ensure!(
             *size == 1 << 20,
             "the archive records data.bin as copied ({size} bytes) although the copy failed"
         ),

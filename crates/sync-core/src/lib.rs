@@ -1,30 +1,26 @@
-//! The engine behind `oneway` and `twoway`: scanning a tree without following links,
-//! comparing by SHA-256 with hash caches, a one-way mirror that walks both trees together
-//! directory by directory (its memory grows with the changes, not the tree), reconciling
-//! two sides against the archive of the last pass, the safe file operations both use, the
-//! refusals that protect the user, locks, logging to console and file, the pass loop, and the
-//! stop flag set by Ctrl+C and SIGTERM.
+//! The engine behind `oneway` and `twoway`. Data flows one way:
+//!
+//! - [`run`]: start-up shared by both programs (roots, filter, lock, logging, signals, cache)
+//!   and the pass loop;
+//! - [`pass`]: one pass of each kind (mirror, two-way), scan → hash → plan → apply;
+//! - [`scan`]: reading a tree without following links; [`hash`]: digests and the one hash cache;
+//! - [`plan`]: deciding what to do (the two-way reconcile, the refusals of SPEC §8);
+//! - [`tree`]: the safe operations on a user's tree; [`state`]: manifests and the archive;
+//! - [`model`], [`error`], [`display`], [`signal`]: the words, faults, printing and stop flag
+//!   every part shares.
 
-pub mod archive;
-pub mod cache;
-pub mod dircache;
 pub mod display;
-pub mod driver;
 pub mod error;
-pub mod fsops;
-pub mod hashing;
-pub mod listing;
-pub mod lock;
-pub mod logging;
-mod mapped;
-pub mod mirror;
-pub mod oneway;
-pub mod reconcile;
-pub mod roots;
+pub mod hash;
+pub mod model;
+pub mod pass;
+pub mod plan;
+pub mod run;
 pub mod scan;
 pub mod signal;
+pub mod state;
 pub mod testhook;
-pub mod twoway;
+pub mod tree;
 
 pub use error::{Error, ExitCode};
-pub use oneway::{OnewayArgs, run as run_oneway};
+pub use run::startup::{Program, Session, Setup};

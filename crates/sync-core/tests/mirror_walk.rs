@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 
 use filetime::FileTime;
 use proptest::prelude::*;
-use sync_core::cache::HashCache;
-use sync_core::mirror::{PassOptions, mirror_pass};
+use sync_core::hash::DirCache;
+use sync_core::pass::PassOptions;
+use sync_core::pass::mirror::mirror_pass;
 use sync_core::scan::Filter;
 
 #[derive(Debug, Clone)]
@@ -211,7 +212,7 @@ proptest! {
         let want = expected(&read_tree(&s), &read_tree(&b));
 
         let opts = options(&s, &b);
-        let mut cache = HashCache::in_memory();
+        let mut cache = DirCache::in_memory();
         let first = mirror_pass(&opts, &mut cache).unwrap();
         prop_assert_eq!(first.errors, 0);
         prop_assert_eq!(&read_tree(&b), &want);
@@ -231,7 +232,7 @@ fn same_size_edit_with_the_old_mtime_is_copied() {
     let file = s.join("d/f");
     fs::write(&file, b"before").unwrap();
     let opts = options(&s, &b);
-    let mut cache = HashCache::in_memory();
+    let mut cache = DirCache::in_memory();
     mirror_pass(&opts, &mut cache).unwrap();
     let again = mirror_pass(&opts, &mut cache).unwrap();
     assert_eq!(
@@ -256,10 +257,10 @@ fn a_name_gone_from_both_sides_leaves_its_directory_block() {
         fs::write(s.join(name), name).unwrap();
     }
     let opts = options(&s, &b);
-    let mut cache = HashCache::in_memory();
+    let mut cache = DirCache::in_memory();
     assert_eq!(mirror_pass(&opts, &mut cache).unwrap().operations, 3);
-    let names = |cache: &mut HashCache| -> Vec<Vec<u8>> {
-        let block = cache.per_directory().block(b"");
+    let names = |cache: &mut DirCache| -> Vec<Vec<u8>> {
+        let block = cache.block(b"");
         block.into_iter().map(|r| r.name.to_vec()).collect()
     };
     assert_eq!(names(&mut cache), [b"a", b"m", b"z"]);
@@ -281,7 +282,7 @@ fn a_copy_remembers_both_digests_so_a_touched_backup_file_is_read_alone() {
     let (_dir, s, b) = empty_roots();
     fs::write(s.join("f"), b"the bytes").unwrap();
     let opts = options(&s, &b);
-    let mut cache = HashCache::in_memory();
+    let mut cache = DirCache::in_memory();
     assert_eq!(mirror_pass(&opts, &mut cache).unwrap().operations, 1);
 
     filetime::set_file_mtime(b.join("f"), FileTime::from_unix_time(1_500_000_000, 0)).unwrap();
@@ -304,9 +305,9 @@ fn large_file_touched_keeps_its_backup_and_edited_is_replaced() {
     let mut bytes: Vec<u8> = (0..9u32 << 20).map(|i| (i % 251) as u8).collect();
     fs::write(&file, &bytes).unwrap();
     let opts = options(&s, &b);
-    let mut cache = HashCache::in_memory();
+    let mut cache = DirCache::in_memory();
     let ino = |p: &Path| fs::metadata(p).unwrap().ino();
-    let quiet = |cache: &mut HashCache| {
+    let quiet = |cache: &mut DirCache| {
         let p = mirror_pass(&opts, cache).unwrap();
         (p.operations, p.hashed)
     };
@@ -377,7 +378,7 @@ fn large_files_copied_in_pairs_are_whole_and_each_keeps_its_own_digest() {
         .build()
         .unwrap();
     let opts = options(&s, &b);
-    let mut cache = HashCache::in_memory();
+    let mut cache = DirCache::in_memory();
     let mut pass = || {
         let p = pool.install(|| mirror_pass(&opts, &mut cache).unwrap());
         (p.operations, p.errors, p.hashed)

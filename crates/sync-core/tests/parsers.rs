@@ -1,7 +1,7 @@
 //! Fuzzing the parsers of sync-core's state files with proptest (issue 7), which runs bounded
 //! inside `cargo test` on stable, as CI does (cargo-fuzz needs nightly and a runner of its own):
 //! the two-way archive, the listing line format it shares with version manifests, and the hash
-//! caches (the per-path one, and the mirror's per-directory one). Whatever bytes they are given,
+//! cache (one block per directory). Whatever bytes they are given,
 //! they must return a value or an error, never panic; damage must never read as a valid state
 //! that differs from what was written beyond what one edited line can say; and a damaged hash
 //! cache must never hand out a digest that was not written. Each property runs a few thousand
@@ -9,16 +9,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
-use sync_core::archive;
-use sync_core::cache::{HashCache, Side, Stamp};
-use sync_core::dircache::{BlockOut, DirCache, Record};
-use sync_core::listing::{Item, Items, decode_item, encode_item};
-use sync_core::scan::{Entry, Kind, Timestamp};
+use sync_core::hash::dircache::{BlockOut, DirCache, Record};
+use sync_core::hash::stamp::Stamp;
+use sync_core::model::{Item, Items, Timestamp};
+use sync_core::state::archive;
+use sync_core::state::text::{decode_item, encode_item};
 
 const CASES: u32 = 2000;
 
@@ -335,34 +335,7 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The hash cache
-
-fn entry(size: u64, mtime: Timestamp, ctime: Timestamp, ino: u64) -> Entry {
-    Entry {
-        kind: Kind::File,
-        mode: 0o644,
-        size,
-        mtime,
-        ctime,
-        ino,
-    }
-}
-
-fn cached_file() -> impl Strategy<Value = (bool, Vec<u8>, Entry, [u8; 32])> {
-    (
-        any::<bool>(),
-        prop::collection::vec(any::<u8>().prop_filter("no NUL", |b| *b != 0), 1..20),
-        (any::<u64>(), timestamp(), timestamp(), any::<u64>()),
-        any::<[u8; 32]>(),
-    )
-        .prop_map(|(side, rel, (size, m, c, ino), digest)| {
-            (side, rel, entry(size, m, c, ino), digest)
-        })
-}
-
-fn side_of(source: bool) -> Side {
-    if source { Side::Source } else { Side::Backup }
-}
+// Damage done to a saved file
 
 /// How the saved cache file is damaged.
 #[derive(Debug, Clone)]
@@ -400,68 +373,6 @@ fn apply(damage: &Damage, bytes: &mut Vec<u8>) {
         Damage::Remove(at) => {
             let i = at.index(bytes.len());
             bytes.remove(i);
-        }
-    }
-}
-
-proptest! {
-    #![proptest_config(config(CASES))]
-
-    /// A cache file of random bytes loads as an empty cache: nothing is looked up in it.
-    #[test]
-    fn cache_of_random_bytes_never_panics_and_holds_nothing(
-        bytes in prop::collection::vec(any::<u8>(), 0..300),
-        probe in cached_file(),
-    ) {
-        let path = scratch("random.cache");
-        std::fs::write(&path, &bytes).unwrap();
-        let cache = HashCache::load(path, b"/s\0/b".to_vec());
-        let (side, rel, e, _) = probe;
-        let rel = Path::new(std::ffi::OsStr::from_bytes(&rel));
-        prop_assert_eq!(cache.lookup(side_of(side), rel, &e), None);
-    }
-
-    /// A saved cache gives back its digests; the same file damaged in any way gives none.
-    #[test]
-    fn damaged_cache_never_returns_a_digest(
-        files in prop::collection::vec(cached_file(), 1..8),
-        damage in damage(),
-    ) {
-        let path = scratch("saved.cache");
-        let _ = std::fs::remove_file(&path);
-        let tag = b"/s\0/b".to_vec();
-        let mut cache = HashCache::load(path.clone(), tag.clone());
-        for (side, rel, e, digest) in &files {
-            let rel = PathBuf::from(OsString::from_vec(rel.clone()));
-            cache.insert(side_of(*side), rel, e, *digest);
-        }
-        cache.save().unwrap();
-        // The last insert of a path wins: look up what the cache must hold.
-        let mut held = std::collections::BTreeMap::new();
-        for (side, rel, e, digest) in &files {
-            held.insert((*side, rel.clone()), (e.clone(), *digest));
-        }
-        let good = HashCache::load(path.clone(), tag.clone());
-        for ((side, rel), (e, digest)) in &held {
-            let rel = Path::new(std::ffi::OsStr::from_bytes(rel));
-            prop_assert_eq!(good.lookup(side_of(*side), rel, e), Some(*digest));
-        }
-        let other_pair = HashCache::load(path.clone(), b"/s\0/c".to_vec());
-        for ((side, rel), (e, _)) in &held {
-            let rel = Path::new(std::ffi::OsStr::from_bytes(rel));
-            prop_assert_eq!(other_pair.lookup(side_of(*side), rel, e), None);
-        }
-
-        let saved = std::fs::read(&path).unwrap();
-        let mut bytes = saved.clone();
-        apply(&damage, &mut bytes);
-        prop_assume!(bytes != saved);
-        std::fs::write(&path, &bytes).unwrap();
-        let damaged = HashCache::load(path, tag);
-        for ((side, rel), (e, _)) in &held {
-            let rel = Path::new(std::ffi::OsStr::from_bytes(rel));
-            prop_assert_eq!(damaged.lookup(side_of(*side), rel, e), None,
-                "a damaged cache ({:?}) returned a digest for {:?}", damage, rel);
         }
     }
 }

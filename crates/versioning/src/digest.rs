@@ -15,7 +15,7 @@ use std::path::Path;
 use checksum::Digest;
 use sha2::{Digest as _, Sha256};
 
-use crate::manifest::{Item, Items};
+use sync_core::model::{Item, Items};
 
 /// The tree digest of `items` (the entries of a tree, by relative path).
 pub fn tree_digest(items: &Items) -> Digest {
@@ -64,7 +64,7 @@ pub fn tree_digest(items: &Items) -> Digest {
 mod tests {
     use super::*;
     use std::path::PathBuf;
-    use sync_core::scan::Timestamp;
+    use sync_core::model::Timestamp;
 
     fn file(n: u8) -> Item {
         Item::File {

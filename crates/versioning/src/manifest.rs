@@ -2,7 +2,7 @@
 //! path, kind, size, modification time, mode and SHA-256 (or link target).
 //!
 //! A line-based text file, readable by people: `dirsync-manifest 1`, `digest HEX`, then one
-//! line per entry in the format of [`sync_core::listing`]. Paths and link targets are
+//! line per entry in the format of [`sync_core::state::text`]. Paths and link targets are
 //! percent-encoded bytes, so any name (newlines, spaces, bytes that are not UTF-8)
 //! round-trips exactly.
 
@@ -11,8 +11,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use checksum::Digest;
-pub use sync_core::listing::{Item, Items};
-use sync_core::listing::{decode_item, encode_item, parse_digest, write_atomically};
+pub use sync_core::model::{Item, Items};
+use sync_core::state::text::{decode_item, encode_item, parse_digest, write_atomically};
 
 use crate::digest::tree_digest;
 
@@ -144,7 +144,7 @@ mod tests {
     use super::*;
     use std::ffi::OsString;
     use std::os::unix::ffi::OsStringExt;
-    use sync_core::scan::Timestamp;
+    use sync_core::model::Timestamp;
 
     fn sample() -> Manifest {
         let t = Timestamp { secs: -5, nanos: 7 };

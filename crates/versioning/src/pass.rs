@@ -9,12 +9,15 @@ use std::time::SystemTime;
 
 use checksum::Digest;
 use rayon::prelude::*;
-use sync_core::cache::{HashCache, Side};
 use sync_core::display::Escaped;
-use sync_core::hashing::Digests;
-use sync_core::mirror::{PassOptions, PassStats};
-use sync_core::scan::{self, Entry, Kind, Timestamp, Tree};
-use sync_core::{Error, fsops, signal};
+use sync_core::hash::dircache::{DirCache, Learner, tree_digests};
+use sync_core::model::{Entry, Kind, PassStats, Side, Timestamp};
+use sync_core::pass::PassOptions;
+use sync_core::run::passes::Job;
+use sync_core::run::startup::Session;
+use sync_core::scan::{self, Tree};
+use sync_core::tree::ops as fsops;
+use sync_core::{Error, signal};
 
 use crate::manifest::{Item, Items, Manifest};
 use crate::store::Store;
@@ -31,7 +34,7 @@ fn store_error(err: impl std::error::Error) -> Error {
 /// Unreadable entries are logged and counted, and no version is made from an incomplete read.
 pub fn versioned_pass(
     opts: &PassOptions,
-    cache: &mut HashCache,
+    cache: &mut DirCache,
     keep: usize,
 ) -> Result<PassStats, Error> {
     let mut store = Store::open(&opts.backup).map_err(store_error)?;
@@ -45,34 +48,42 @@ pub fn versioned_pass(
         stats.errors += 1;
     }
 
-    let digests = Digests::new(cache, opts.checksum, &opts.source, &opts.backup);
-    let mut read_errors = 0;
-    let files: Vec<(&Path, &Entry)> = tree
-        .entries
-        .iter()
-        .filter(|(_, entry)| entry.kind == Kind::File)
-        .map(|(rel, entry)| (rel.as_path(), entry))
-        .collect();
-    let mut file_digests = digests
-        .digest_all(Side::Source, &opts.source, &files)
-        .into_iter();
+    // The pair's one hash cache, SOURCE's side of it (BACKUP, the version store, is never
+    // hashed: its manifests say what it holds). `--checksum` looks nothing up.
+    let learner = Learner::new(&opts.source, &opts.backup);
+    let no_cache;
+    let lookup: &DirCache = if opts.checksum {
+        no_cache = DirCache::in_memory();
+        &no_cache
+    } else {
+        cache
+    };
+    let nothing = Tree::default();
+    let digests = tree_digests(
+        lookup,
+        &learner,
+        [&opts.source, &opts.backup],
+        [&tree, &nothing],
+        [&[], &[]],
+    );
+    for (_, rel, err) in &digests.failed {
+        log::error!("cannot read {}: {err}", Escaped(rel));
+    }
+    stats.errors += digests.failed.len() as u64;
+    stats.hashed = digests.hashed;
+    stats.cache_hits = digests.cache_hits;
     let items: Items = tree
         .entries
         .iter()
-        .filter_map(|(rel, entry)| {
+        .zip(&digests.sides[Side::Source as usize])
+        .filter_map(|((rel, entry), digest)| {
             let item = match &entry.kind {
-                Kind::File => match file_digests.next().expect("one digest per file") {
-                    Ok(digest) => Item::File {
-                        digest,
-                        size: entry.size,
-                        mode: entry.mode,
-                        mtime: entry.mtime,
-                    },
-                    Err(err) => {
-                        log::error!("cannot read {}: {err}", Escaped(rel));
-                        read_errors += 1;
-                        return None;
-                    }
+                Kind::File => Item::File {
+                    // A file that could not be read is logged above and left out.
+                    digest: (*digest)?,
+                    size: entry.size,
+                    mode: entry.mode,
+                    mtime: entry.mtime,
                 },
                 Kind::Dir => Item::Dir {
                     mode: entry.mode,
@@ -93,9 +104,6 @@ pub fn versioned_pass(
             Some((rel.clone(), item))
         })
         .collect();
-    stats.errors += read_errors;
-    stats.hashed = digests.hashed();
-    stats.cache_hits = digests.cache_hits();
     let wanted = Manifest::new(items);
 
     let latest = store.latest();
@@ -132,7 +140,7 @@ pub fn versioned_pass(
             let source = Source {
                 opts,
                 tree: &tree,
-                digests: &digests,
+                learner: &learner,
             };
             rotate(
                 &source,
@@ -144,8 +152,18 @@ pub fn versioned_pass(
             )
         }
     };
-    digests.finish().record_into_table(cache);
-    cache.retain_live(Side::Source, tree.entries.keys().map(PathBuf::as_path));
+    if !opts.dry_run {
+        let mut blocks = digests.blocks;
+        learner.record_into(&mut blocks, cache);
+        let unlistable: Vec<&Path> = tree
+            .unlistable
+            .iter()
+            .map(|(rel, _)| rel.as_path())
+            .collect();
+        if let Err(err) = cache.save(blocks, &unlistable) {
+            log::warn!("cannot save the hash cache: {err}");
+        }
+    }
     result.map(|()| stats)
 }
 
@@ -191,7 +209,7 @@ fn refuse_if_unsafe(
 struct Source<'a> {
     opts: &'a PassOptions,
     tree: &'a Tree,
-    digests: &'a Digests<'a>,
+    learner: &'a Learner,
 }
 
 fn rotate(
@@ -264,7 +282,7 @@ fn fill(
     wanted: &Manifest,
     previous: Option<(&Path, &Manifest)>,
 ) -> Result<Filled, u64> {
-    let (opts, digests) = (source.opts, source.digests);
+    let (opts, learner) = (source.opts, source.learner);
     // What the latest version already holds, by content and metadata: a file identical in
     // all of them can share its inode, since versions are never edited in place.
     let mut reusable: HashMap<(Digest, u64, u32, Timestamp), &Path> = HashMap::new();
@@ -331,7 +349,7 @@ fn fill(
                     let started = SystemTime::now();
                     // The digest was hashed or cached this pass: the kernel copies the bytes.
                     let content = match source.tree.entries.get(rel) {
-                        Some(entry) if digests.learner().trusted(Side::Source, entry) => {
+                        Some(entry) if learner.trusted(Side::Source, entry) => {
                             fsops::Content::Known {
                                 entry,
                                 digest: *digest,
@@ -343,13 +361,7 @@ fn fill(
                     fsops::copy_file(&opts.source.join(rel), &dst, fsops::Dest::Hidden, content)
                         .map(|c| {
                             copied.fetch_add(1, Ordering::Relaxed);
-                            digests.learner().learn(
-                                Side::Source,
-                                rel,
-                                &c.source,
-                                c.digest,
-                                Some(started),
-                            );
+                            learner.learn(Side::Source, rel, &c.source, c.digest, Some(started));
                             Item::File {
                                 digest: c.digest,
                                 size: c.source.size,
@@ -406,5 +418,19 @@ fn link_if_intact(src: &Path, dst: &Path, size: u64, mtime: Timestamp) -> bool {
             std::fs::hard_link(src, dst).is_ok()
         }
         _ => false,
+    }
+}
+
+/// `oneway SOURCE VDIR --versioned`: a versioned pass at every interval.
+pub struct VersionedJob {
+    /// The session it runs in.
+    pub session: Session,
+    /// Versions kept (at least 2).
+    pub keep: usize,
+}
+
+impl Job for VersionedJob {
+    fn pass(&mut self) -> Result<PassStats, Error> {
+        versioned_pass(&self.session.opts, &mut self.session.cache, self.keep)
     }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 use sync_core::Error;
-use sync_core::listing::write_atomically;
+use sync_core::state::text::write_atomically;
 
 /// The directory, in the state directory, that holds one version directory per key.
 pub const VERSIONS_DIR: &str = "__versions__";

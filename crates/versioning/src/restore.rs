@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use sync_core::display::Escaped;
-use sync_core::fsops;
-use sync_core::lock::{DirLock, PathLock};
+use sync_core::run::lock::{DirLock, PathLock};
+use sync_core::tree::ops as fsops;
 use sync_core::{Error, error::one_line};
 
 use crate::manifest::{Item, Manifest};
@@ -118,7 +118,7 @@ pub fn restore(state_dir: &Path, dir: &Path, which: Which) -> Result<Restored, E
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let work_prefix = format!(".{name}.restore-");
-    let stamp = sync_core::logging::local_now()
+    let stamp = sync_core::display::local_now()
         .strftime("%Y%m%d-%H%M%S")
         .to_string();
     keep_leftovers(parent, &work_prefix, &vdir, &stamp);

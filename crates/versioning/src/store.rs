@@ -226,7 +226,7 @@ impl Store {
             dir: final_dir.clone(),
         };
         // The version's data reaches the disk before any name points to it.
-        sync_core::fsops::flush_fs(&build.dir).map_err(io_err(&build.dir))?;
+        sync_core::tree::flush::flush_fs(&build.dir).map_err(io_err(&build.dir))?;
         manifest.write(&version.manifest_path())?;
         fs::rename(&build.dir, &final_dir).map_err(io_err(&final_dir))?;
 
@@ -288,7 +288,7 @@ impl Store {
             } else if name.starts_with(GEN_PREFIX) {
                 name != current_gen
             } else if name.starts_with(BUILD_PREFIX)
-                || name.starts_with(sync_core::listing::TEMP_PREFIX)
+                || name.starts_with(sync_core::state::text::TEMP_PREFIX)
                 || name == ".current.tmp"
             {
                 true

@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use sync_core::scan::{self, Filter, Kind};
+use sync_core::model::Kind;
+use sync_core::scan::{self, Filter};
 
 use crate::manifest::{Item, Manifest};
 

@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use sync_core::scan::{Filter, Kind, scan};
+use sync_core::model::Kind;
+use sync_core::scan::{Filter, scan};
 use versioning::{Item, Manifest};
 
 fn fixtures() -> PathBuf {

@@ -11,7 +11,7 @@ use std::path::{Component, Path, PathBuf};
 
 use proptest::prelude::*;
 use serde_json::Value;
-use sync_core::scan::Timestamp;
+use sync_core::model::Timestamp;
 use versioning::manifest::{Item, Items, Manifest};
 use versioning::recovery::{Config, INFO_FILE, Info};
 

@@ -13,48 +13,17 @@ use std::time::SystemTime;
 use checksum::Digest;
 use rayon::prelude::*;
 
-use crate::cache::{HashCache, Side, Stamp, is_racy};
-use crate::dircache::{self, BlockOut, DirCache, Learner, Record};
 use crate::display::Escaped;
 use crate::error::Error;
-use crate::fsops::{self, Dest, OpError};
-use crate::hashing;
-use crate::scan::{self, Entry, Filter, Kind, Timestamp};
+use crate::hash::dircache::{self, BlockOut, DirCache, Learner, Record};
+use crate::hash::read;
+use crate::hash::stamp::{Stamp, is_racy};
+use crate::model::{Entry, Kind, PassStats, Side, Timestamp, path_order};
+use crate::pass::PassOptions;
+use crate::scan;
 use crate::signal;
-
-/// What a mirror pass works on and how.
-#[derive(Debug)]
-pub struct PassOptions {
-    /// Canonical SOURCE.
-    pub source: PathBuf,
-    /// Canonical BACKUP.
-    pub backup: PathBuf,
-    /// Paths left alone on both sides.
-    pub filter: Filter,
-    /// Log what would be done; change nothing.
-    pub dry_run: bool,
-    /// Re-hash every file even where the cached hash is valid.
-    pub checksum: bool,
-    /// Let the refusals of SPEC §8 through.
-    pub force: bool,
-}
-
-/// What a pass did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct PassStats {
-    /// File operations carried out (or, in a dry run, that would be).
-    pub operations: u64,
-    /// Entries that failed and were skipped.
-    pub errors: u64,
-    /// Files whose content was read to compare them.
-    pub hashed: u64,
-    /// Files whose digest came from the hash cache.
-    pub cache_hits: u64,
-    /// True if a stop was requested before the pass finished.
-    pub interrupted: bool,
-    /// Conflicts settled (two-way passes only).
-    pub conflicts: Option<u64>,
-}
+use crate::tree::ops::{self as fsops, Dest, OpError};
+use crate::tree::{flush, temp};
 
 /// What a step did, for its log line.
 enum Done {
@@ -165,12 +134,12 @@ impl Op {
 /// Whether `rel` is, or is inside, something named like one of our temporary files or hidden
 /// directories: a leftover of a killed pass, not the user's.
 fn in_temp(rel: &Path) -> bool {
-    let ours = |n: &OsStr| n.as_bytes().starts_with(fsops::TEMP_PREFIX.as_bytes());
+    let ours = |n: &OsStr| n.as_bytes().starts_with(temp::TEMP_PREFIX.as_bytes());
     rel.iter().any(ours)
 }
 
 /// How often the file system of BACKUP is flushed while files are copied (see
-/// [`fsops::flushing_while`]).
+/// [`flush::flushing_while`]).
 const EARLY_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Which side of the pair.
@@ -397,7 +366,7 @@ impl Walk<'_> {
     ) -> (Vec<Sub>, bool) {
         let leftover = in_temp(rel);
         for (name, entry) in dst_list {
-            if !leftover && !fsops::is_temp_name(name) {
+            if !leftover && !temp::is_temp_name(name) {
                 self.backup_has_content.store(true, Ordering::Relaxed);
                 if !entry.is_dir() {
                     Counters::bump(&self.backup_files);
@@ -441,7 +410,7 @@ impl Walk<'_> {
             .iter()
             .map(|&(i, side)| self.root(side).join(rel).join(pairs[i].name))
             .collect();
-        for ((result, started), (i, side)) in hashing::read_digests(&paths).into_iter().zip(reads) {
+        for ((result, started), (i, side)) in read::read_digests(&paths).into_iter().zip(reads) {
             let p = &mut pairs[i];
             let entry = [p.src, p.dst][side as usize].expect("compared files exist");
             let cacheable = !is_racy(entry, started, self.learner.stamps(side));
@@ -1028,8 +997,7 @@ const PAIR_FROM: u64 = 8 * 1024 * 1024;
 ///
 /// Fails (changing nothing) if a root cannot be listed, or if a safety check of SPEC §8
 /// refuses the pass and `force` is off. Per-entry faults are logged and counted instead.
-pub fn mirror_pass(opts: &PassOptions, cache: &mut HashCache) -> Result<PassStats, Error> {
-    let dir_cache = cache.per_directory();
+pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassStats, Error> {
     let walk = Walk {
         opts,
         cache: dir_cache,
@@ -1096,13 +1064,13 @@ pub fn mirror_pass(opts: &PassOptions, cache: &mut HashCache) -> Result<PassStat
 
     // Children before parents for removals (run in reverse), parents before children for
     // creations; logs read in path order.
-    let by_path = |a: &Op, b: &Op| scan::path_order(a.rel(), b.rel());
+    let by_path = |a: &Op, b: &Op| path_order(a.rel(), b.rel());
     found.removals.sort_unstable_by(by_path);
     found.creates.sort_unstable_by(by_path);
     found.transfers.par_sort_unstable_by(by_path);
     found
         .dirs
-        .sort_unstable_by(|a, b| scan::path_order(&a.rel, &b.rel));
+        .sort_unstable_by(|a, b| path_order(&a.rel, &b.rel));
 
     let pass = Pass {
         opts,
@@ -1165,7 +1133,7 @@ pub fn mirror_pass(opts: &PassOptions, cache: &mut HashCache) -> Result<PassStat
     };
     let flush = || {
         if stats.operations > 0
-            && let Err(err) = fsops::flush_fs(&opts.backup)
+            && let Err(err) = flush::flush_fs(&opts.backup)
         {
             log::warn!("cannot flush BACKUP {}: {err}", opts.backup.display());
         }
@@ -1218,7 +1186,7 @@ fn apply(pass: &mut Pass<'_>, found: &Found) {
     if found.transfers.is_empty() {
         transfer();
     } else {
-        fsops::flushing_while(&pass.opts.backup, EARLY_FLUSH, transfer);
+        flush::flushing_while(&pass.opts.backup, EARLY_FLUSH, transfer);
     }
     // Even after a stop: every file in them is whole.
     publish(pass);
@@ -1282,7 +1250,7 @@ fn stage(pass: &Pass<'_>, tops: &[&Op]) -> HashMap<PathBuf, HiddenDir> {
 /// created since the scan is removed (it holds only our copies) and tried again next pass.
 fn publish(pass: &Pass<'_>) {
     let mut tops: Vec<(&PathBuf, &HiddenDir)> = pass.hidden.iter().collect();
-    tops.sort_unstable_by(|a, b| scan::path_order(a.0, b.0));
+    tops.sort_unstable_by(|a, b| path_order(a.0, b.0));
     for (rel, hidden) in tops {
         if hidden.spoiled.load(Ordering::Relaxed) {
             pass.mark_failed(rel);

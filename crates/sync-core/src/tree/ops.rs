@@ -12,22 +12,9 @@ use std::path::{Path, PathBuf};
 use checksum::{Digest, Hasher};
 use sha2::{Digest as _, Sha256};
 
-use crate::scan::{Entry, Kind, Timestamp};
-
-/// Every temporary name we create starts with this, so leftovers of a killed run are known.
-pub const TEMP_PREFIX: &str = ".oneway-tmp-";
-
-/// Length of the random part that follows [`TEMP_PREFIX`] (tempfile's default).
-const TEMP_RANDOM_LEN: usize = 6;
-
-/// True for a name of exactly our temporary form: the prefix, then six letters or digits.
-pub fn is_temp_name(name: &std::ffi::OsStr) -> bool {
-    name.as_encoded_bytes()
-        .strip_prefix(TEMP_PREFIX.as_bytes())
-        .is_some_and(|rest| {
-            rest.len() == TEMP_RANDOM_LEN && rest.iter().all(u8::is_ascii_alphanumeric)
-        })
-}
+use crate::model::{Entry, Kind, Timestamp};
+use crate::tree::flush::start_writeback;
+use crate::tree::temp::{TEMP_PREFIX, note_temp_name};
 
 /// Why a single-path operation did not happen. The path is added by the caller's log line.
 #[derive(Debug, thiserror::Error)]
@@ -632,27 +619,6 @@ const KERNEL_COPY_FROM: u64 = 1024 * 1024;
 /// [`start_writeback`]).
 const WRITE_BEHIND: u64 = 16 * 1024 * 1024;
 
-/// Asks the disk to start writing `len` bytes of `file` from `from` on, without waiting for it.
-///
-/// A copy through a buffer (alone or in a pair) calls it every [`WRITE_BEHIND`] bytes (see
-/// [`WriteBehind`]), and a kernel's copy hashed from a mapping on every piece (see
-/// [`crate::mapped`]): the pass's flush (see [`flush_fs`]) then finds most of the file on disk
-/// already, and the work of sending the pages (block allocation, on ext4) is done by the
-/// copying threads in parallel rather than by the kernel's flusher alone. On a first copy of 8
-/// files of 256 MiB it took a quarter off the system time and about a tenth off the wall time
-/// (see the README).
-pub(crate) fn start_writeback(file: &File, from: u64, len: u64) {
-    // Linux starts the writeback of a range's dirty pages on DONTNEED (`sync_file_range`
-    // without the wait, which rustix does not offer) and drops only its clean pages: pages
-    // just written are dirty, so the copy stays cached. A refusal changes only the timing.
-    let _ = rustix::fs::fadvise(
-        file,
-        from,
-        std::num::NonZeroU64::new(len),
-        rustix::fs::Advice::DontNeed,
-    );
-}
-
 /// Copies `input` to `output` through one buffer, feeding the bytes to `hasher` if given.
 fn copy_through_buffer(
     mut input: &File,
@@ -729,7 +695,7 @@ enum Split {
     /// The kernel copies while another thread hashes the source as read.
     HashTheSource,
     /// The kernel copies while another thread hashes the copy from a mapping of it, which
-    /// only a file no one else can open allows (see [`crate::mapped`]).
+    /// only a file no one else can open allows (see [`crate::tree::mapped`]).
     HashTheCopy,
 }
 
@@ -760,7 +726,8 @@ fn copy_and_hash(
     };
     match split {
         Split::HashTheCopy if size_hint >= PARALLEL_HASH_FROM => {
-            let (copied, hashed) = crate::mapped::copy_hashing_the_copy(input, output, after_copy);
+            let (copied, hashed) =
+                crate::tree::mapped::copy_hashing_the_copy(input, output, after_copy);
             copied.map_err(write_err(dst))?;
             return hashed.map_err(write_err(dst));
         }
@@ -1040,36 +1007,6 @@ pub fn set_dir_mode(path: &Path, mode: u32) -> Result<(), OpError> {
     }
 }
 
-/// Makes everything written under `root` durable, once per pass instead of once per file (a
-/// pass's last step, before a state file records what it did).
-///
-/// Fails if the file system cannot be flushed.
-pub fn flush_fs(root: &Path) -> io::Result<()> {
-    let dir = File::open(root)?;
-    rustix::fs::syncfs(&dir).map_err(io::Error::from)
-}
-
-/// Runs `work` while a helper thread flushes the file system of `root` every `every`, so that
-/// the disk writes what `work` writes while it goes on, and the final [`flush_fs`] has little
-/// left to wait for. (The kernel on its own starts writing only once a tenth or so of the
-/// memory is dirty.) A failed early flush is not an error: the final one decides.
-pub fn flushing_while<R>(root: &Path, every: std::time::Duration, work: impl FnOnce() -> R) -> R {
-    let Ok(dir) = File::open(root) else {
-        return work();
-    };
-    let (done, wait) = std::sync::mpsc::channel::<()>();
-    std::thread::scope(|scope| {
-        scope.spawn(move || {
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(every) {
-                let _ = rustix::fs::syncfs(&dir);
-            }
-        });
-        let result = work();
-        drop(done);
-        result
-    })
-}
-
 /// Checks that every directory between `root` and `rel`'s parent is still a real directory,
 /// not a link: a directory swapped for a symlink after the scan must never be written through
 /// (the new entry would land outside the tree). Called right before creating anything.
@@ -1089,56 +1026,6 @@ pub fn check_parents(root: &Path, rel: &Path) -> Result<(), OpError> {
         }
     }
     Ok(())
-}
-
-/// Where every temporary name is noted just before it is created, while a two-way pass runs:
-/// a kill can leave such a file on a side that is not a mirror, and only a name we noted
-/// ourselves is ever removed as ours (a user's file may look like one).
-static TEMP_JOURNAL: std::sync::Mutex<Option<File>> = std::sync::Mutex::new(None);
-
-fn note_temp_name(path: &Path) {
-    let mut journal = TEMP_JOURNAL.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(file) = journal.as_mut() {
-        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-        let line = format!("{}\n", crate::listing::encode_path(&abs));
-        // One write per line; a kill leaves whole lines or a torn last one, which decodes to
-        // nothing and is skipped.
-        let _ = file.write_all(line.as_bytes());
-    }
-}
-
-/// Starts noting temporary names in `journal` (created or appended to).
-///
-/// Fails if the journal cannot be opened.
-pub fn start_temp_journal(journal: &Path) -> io::Result<()> {
-    let file = OpenOptions::new().create(true).append(true).open(journal)?;
-    *TEMP_JOURNAL.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
-    Ok(())
-}
-
-/// Stops noting temporary names and deletes `journal`: nothing it lists can be left now.
-pub fn end_temp_journal(journal: &Path) {
-    *TEMP_JOURNAL.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    let _ = fs::remove_file(journal);
-}
-
-/// Removes what an earlier, killed run left under the names `journal` lists (only names of
-/// our exact temporary form, only files and links), then the journal itself. Returns the
-/// paths removed.
-pub fn remove_journaled_leftovers(journal: &Path) -> Vec<PathBuf> {
-    let Ok(text) = fs::read_to_string(journal) else {
-        return Vec::new();
-    };
-    let mut removed = Vec::new();
-    for path in text.lines().filter_map(crate::listing::decode_path) {
-        let ours = path.file_name().is_some_and(is_temp_name);
-        let leftover = fs::symlink_metadata(&path).is_ok_and(|m| !m.is_dir());
-        if ours && leftover && fs::remove_file(&path).is_ok() {
-            removed.push(path);
-        }
-    }
-    let _ = fs::remove_file(journal);
-    removed
 }
 
 #[cfg(test)]
@@ -1184,7 +1071,10 @@ mod tests {
         let mtime = filetime::FileTime::from_unix_time(1_000_000, 5);
         filetime::set_file_mtime(&src, mtime).unwrap();
         let hidden = stage_dir(dir.path()).unwrap();
-        assert!(is_temp_name(hidden.file_name().unwrap()), "{hidden:?}");
+        assert!(
+            crate::tree::temp::is_temp_name(hidden.file_name().unwrap()),
+            "{hidden:?}"
+        );
         let dst = hidden.join("copy.txt");
 
         // A copy refused after its bytes were written takes them away with it.

@@ -6,7 +6,6 @@
 //! are percent-encoded bytes, so any name (newlines, spaces, bytes that are not UTF-8)
 //! round-trips exactly, and a line never holds a space that is not a separator.
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::io::{self, Write};
@@ -15,98 +14,7 @@ use std::path::{Path, PathBuf};
 
 use checksum::Digest;
 
-use crate::scan::Timestamp;
-
-/// One entry of a tree.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Item {
-    /// A regular file.
-    File {
-        /// SHA-256 of the content.
-        digest: Digest,
-        /// Size in bytes.
-        size: u64,
-        /// Permission bits.
-        mode: u32,
-        /// Modification time.
-        mtime: Timestamp,
-    },
-    /// A directory.
-    Dir {
-        /// Permission bits.
-        mode: u32,
-        /// Modification time.
-        mtime: Timestamp,
-    },
-    /// A symbolic link.
-    Symlink {
-        /// Where it points (never followed).
-        target: PathBuf,
-        /// Modification time of the link itself.
-        mtime: Timestamp,
-    },
-}
-
-/// Every entry of a tree by relative path, in path order.
-pub type Items = BTreeMap<PathBuf, Item>;
-
-/// A tree's items in path order ([`crate::scan::path_order`]), their paths borrowed from a
-/// scan: what a two-way pass compares, made without a path copy or a map node per entry
-/// (building a map checks the order with `Path`'s component-wise comparisons).
-#[derive(Debug, Default)]
-pub struct ItemList<'a>(Vec<(&'a Path, Item)>);
-
-impl<'a> ItemList<'a> {
-    /// Wraps items already in path order, without duplicates.
-    pub fn from_sorted(items: Vec<(&'a Path, Item)>) -> ItemList<'a> {
-        debug_assert!(
-            items
-                .iter()
-                .is_sorted_by(|a, b| crate::scan::path_order(a.0, b.0).is_lt())
-        );
-        ItemList(items)
-    }
-
-    /// Every path and item, in path order.
-    pub fn iter(&self) -> impl Iterator<Item = (&'a Path, &Item)> {
-        self.0.iter().map(|(rel, item)| (*rel, item))
-    }
-
-    /// Every item, in path order.
-    pub fn values(&self) -> impl Iterator<Item = &Item> {
-        self.0.iter().map(|(_, item)| item)
-    }
-
-    /// True if the list holds `rel`.
-    pub fn contains(&self, rel: &Path) -> bool {
-        self.0
-            .binary_search_by(|(p, _)| crate::scan::path_order(p, rel))
-            .is_ok()
-    }
-
-    /// Number of items.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// True when there are none.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-/// Tests build their trees as maps.
-#[cfg(test)]
-impl<'a> From<&'a Items> for ItemList<'a> {
-    fn from(items: &'a Items) -> ItemList<'a> {
-        ItemList(
-            items
-                .iter()
-                .map(|(rel, item)| (rel.as_path(), item.clone()))
-                .collect(),
-        )
-    }
-}
+use crate::model::{Item, Timestamp};
 
 /// Appends the line of one entry (with its newline) to `out`, with no allocation of its own:
 /// a two-way pass writes one line per entry of its archive.
@@ -325,6 +233,7 @@ fn unescape(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Items;
 
     #[test]
     fn items_round_trip_odd_names() {

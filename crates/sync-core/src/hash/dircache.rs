@@ -22,8 +22,10 @@ use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 use sha2::{Digest as _, Sha256};
 
-use crate::cache::{HashCache, Reader, Side, Stamp, Timestamps, encode_stamp, is_racy};
-use crate::scan::{Entry, Kind, Tree};
+use crate::hash::read::read_digests;
+use crate::hash::stamp::{Reader, Stamp, Timestamps, encode_stamp, is_racy};
+use crate::model::{Entry, Kind, Side};
+use crate::scan::Tree;
 
 const MAGIC: &[u8; 8] = b"DSYNCDC1";
 /// Bytes of SHA-256 kept per block: enough to catch damage, which is all they are for.
@@ -320,7 +322,7 @@ struct Learnt {
 
 /// Collects the digests a pass learns while it reads and copies (safe to share between
 /// workers), and says which digests taken from a stamp can be trusted now. Mirror and two-way
-/// passes put what it learnt into their blocks, versioned passes into their per-path table.
+/// passes put what it learnt into their blocks.
 pub struct Learner {
     stamps: [Timestamps; 2],
     learnt: Mutex<Vec<Learnt>>,
@@ -398,17 +400,6 @@ impl Learner {
                 digest,
                 stamps,
             });
-    }
-
-    /// Puts what was learnt into the per-path table of a versioned pass.
-    pub fn record_into_table(self, cache: &mut HashCache) {
-        for l in self.learnt.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            for side in [Side::Source, Side::Backup] {
-                if let Some(stamp) = l.stamps[side as usize] {
-                    cache.insert_stamp(side, l.rel.clone(), stamp, l.digest);
-                }
-            }
-        }
     }
 
     /// Puts what was learnt into the blocks of the directories concerned (read from `cache`
@@ -565,7 +556,7 @@ pub fn tree_digests<'t>(
                 .iter()
                 .map(|&(side, _, rel, _, _)| roots[side as usize].join(rel))
                 .collect();
-            let results: Vec<_> = crate::hashing::read_digests(&paths)
+            let results: Vec<_> = read_digests(&paths)
                 .into_iter()
                 .zip(reads)
                 .map(|((result, started), (side, i, rel, name, entry))| {
@@ -766,7 +757,7 @@ fn decode_block<'a, N: From<&'a [u8]>>(bytes: &'a [u8]) -> Option<Vec<Record<N>>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scan::Timestamp;
+    use crate::model::Timestamp;
 
     fn stamp(ino: u64) -> Stamp {
         Stamp {
@@ -937,8 +928,8 @@ mod tests {
             kind: Kind::File,
             mode: 0o644,
             size: 3,
-            mtime: crate::scan::Timestamp { secs: 5, nanos: 6 },
-            ctime: crate::scan::Timestamp { secs: 7, nanos: 8 },
+            mtime: crate::model::Timestamp { secs: 5, nanos: 6 },
+            ctime: crate::model::Timestamp { secs: 7, nanos: 8 },
             ino,
         };
         // Learnt in an order that is neither by directory nor by name; `kept/m` twice, one

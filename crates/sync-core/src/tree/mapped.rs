@@ -154,7 +154,7 @@ fn copy_announcing(
         }
         // Started now, the writeback of each piece ends about when the hash does; left to the
         // periodic flush, it would start later and the pass's final flush would wait for it.
-        crate::fsops::start_writeback(output, at, n as u64);
+        crate::tree::flush::start_writeback(output, at, n as u64);
         at += n as u64;
         progress.set(Some(at), false);
     }

@@ -2,7 +2,7 @@
 //! size, mtime, mode, SHA-256, link target), bound to the two canonical roots.
 //!
 //! A text file in the state directory, `.twoway-archive-<hash of the roots>.txt`: a header
-//! naming both roots, one [`crate::listing`] line per entry, and an `end N` trailer so that a
+//! naming both roots, one [`crate::state::text`] line per entry, and an `end N` trailer so that a
 //! truncated file is recognised as damaged rather than read as a smaller tree.
 
 use std::io;
@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 use crate::error::Error;
-use crate::listing::{Items, decode_item, decode_path, encode_item, encode_path, write_atomically};
+use crate::model::Items;
+use crate::state::text::{decode_item, decode_path, encode_item, encode_path, write_atomically};
 
 const HEADER: &str = "twoway-archive 1";
 
@@ -71,7 +72,7 @@ pub fn load(path: &Path, source: &Path, backup: &Path) -> Result<Option<Items>, 
     }
     // `save` writes entries in path order: read them into a list, check that order (which
     // also rules out duplicates), and build the map in one go rather than entry by entry.
-    let mut entries: Vec<(PathBuf, crate::listing::Item)> = Vec::new();
+    let mut entries: Vec<(PathBuf, crate::model::Item)> = Vec::new();
     for (n, line) in lines.by_ref() {
         if let Some(count) = line.strip_prefix("end ") {
             if count.parse::<usize>().ok() != Some(entries.len()) {
@@ -86,7 +87,7 @@ pub fn load(path: &Path, source: &Path, backup: &Path) -> Result<Option<Items>, 
         let (rel, item) =
             decode_item(line).ok_or_else(|| damaged(format!("line {n}: bad entry")))?;
         if let Some((last, _)) = entries.last()
-            && crate::scan::path_order(last, &rel) != std::cmp::Ordering::Less
+            && crate::model::path_order(last, &rel) != std::cmp::Ordering::Less
         {
             return Err(damaged(format!("line {n}: duplicate or out-of-order path")));
         }
@@ -119,8 +120,8 @@ pub fn encode(source: &Path, backup: &Path, items: &Items) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::listing::Item;
-    use crate::scan::Timestamp;
+    use crate::model::Item;
+    use crate::model::Timestamp;
 
     #[test]
     fn archive_round_trips_and_refuses_damage_and_other_roots() {

@@ -9,17 +9,16 @@ use std::time::SystemTime;
 
 use rayon::prelude::*;
 
-use crate::archive;
-use crate::cache::{HashCache, Side};
-use crate::dircache::{Learner, tree_digests};
 use crate::display::Escaped;
 use crate::error::Error;
-use crate::fsops::{self, OpError};
-use crate::listing::{Item, ItemList, Items};
-use crate::mirror::PassStats;
-use crate::reconcile::{Plan, Policy, Step, Verdict, reconcile};
-use crate::scan::{self, Entry, Filter, Kind, Tree};
+use crate::hash::dircache::{DirCache, Learner, tree_digests};
+use crate::model::{Entry, Item, ItemList, Items, Kind, PassStats, Side};
+use crate::plan::reconcile::{Plan, Policy, Step, Verdict, reconcile};
+use crate::scan::{self, Filter, Tree};
 use crate::signal;
+use crate::state::archive;
+use crate::tree::ops::{self as fsops, OpError};
+use crate::tree::{flush, temp};
 
 /// What a two-way pass works on and how.
 #[derive(Debug)]
@@ -46,20 +45,6 @@ impl TwowayOptions {
             Side::Source => &self.source,
             Side::Backup => &self.backup,
         }
-    }
-}
-
-fn side_name(side: Side) -> &'static str {
-    match side {
-        Side::Source => "SOURCE",
-        Side::Backup => "BACKUP",
-    }
-}
-
-fn other(side: Side) -> Side {
-    match side {
-        Side::Source => Side::Backup,
-        Side::Backup => Side::Source,
     }
 }
 
@@ -127,11 +112,11 @@ fn unread_files(tree: &Tree, other: &Tree, archived: &Items) -> Vec<bool> {
 /// Fails (changing nothing) if a root cannot be listed, the archive is damaged, or a
 /// refusal of SPEC §8 applies without `force`. Per-entry faults are logged and counted; their
 /// archive entries stay as they were, so they are retried next pass.
-pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassStats, Error> {
+pub fn twoway_pass(opts: &TwowayOptions, dir_cache: &mut DirCache) -> Result<PassStats, Error> {
     // Before the scan, so that a killed pass's half-written files are gone rather than
     // taken for the user's.
     let journal = opts.archive.with_extension("pending");
-    for path in fsops::remove_journaled_leftovers(&journal) {
+    for path in temp::remove_journaled_leftovers(&journal) {
         log::info!("removed leftover temporary file {}", path.display());
     }
     // The archive is parsed while the trees are scanned: the scan waits on the file system
@@ -160,7 +145,7 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
             log::error!(
                 "cannot list {} in {}: {err}; nothing under it is changed this pass",
                 Escaped(rel),
-                side_name(side)
+                side.name()
             );
             stats.errors += 1;
             protected.insert(rel.clone());
@@ -170,7 +155,7 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
                 log::warn!(
                     "skipped {} in {}: not a regular file, directory or symlink",
                     Escaped(rel),
-                    side_name(side)
+                    side.name()
                 );
                 protected.insert(rel.clone());
             }
@@ -179,7 +164,6 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
 
     refuse_empty_side(opts, &src, &dst, &archived)?;
 
-    let dir_cache = cache.per_directory();
     let learner = Learner::new(&opts.source, &opts.backup);
     let (src_unread, dst_unread) = rayon::join(
         || unread_files(&src, &dst, &archived),
@@ -193,11 +177,7 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
         [&src_unread, &dst_unread],
     );
     for (side, rel, err) in &digests.failed {
-        log::error!(
-            "cannot read {} in {}: {err}",
-            Escaped(rel),
-            side_name(*side)
-        );
+        log::error!("cannot read {} in {}: {err}", Escaped(rel), side.name());
         stats.errors += 1;
     }
     stats.hashed = digests.hashed;
@@ -226,7 +206,7 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
         || items_of(&dst, dst_digests, &dst_unread),
     );
 
-    let stamp = crate::logging::local_now()
+    let stamp = crate::display::local_now()
         .strftime("%Y%m%d-%H%M%S")
         .to_string();
     let plan = reconcile(
@@ -251,8 +231,8 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
             "{}conflict on {}: kept the {} version ({why}); the {} version is saved as {} on both sides",
             if opts.dry_run { "dry run: " } else { "" },
             Escaped(&c.rel),
-            side_name(c.winner),
-            side_name(other(c.winner)),
+            c.winner.name(),
+            c.winner.other().name(),
             Escaped(&c.saved_as)
         );
     }
@@ -270,7 +250,7 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
     }
 
     crate::testhook::after_plan();
-    if let Err(err) = fsops::start_temp_journal(&journal) {
+    if let Err(err) = temp::start_temp_journal(&journal) {
         log::warn!(
             "cannot note temporary names in {}: {err}",
             journal.display()
@@ -289,7 +269,7 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
         read_by_copies: Mutex::new(HashMap::new()),
     };
     applier.apply(&plan);
-    fsops::end_temp_journal(&journal);
+    temp::end_temp_journal(&journal);
     stats.operations += applier.operations.load(Ordering::Relaxed);
     stats.errors += applier.errors.load(Ordering::Relaxed);
     stats.interrupted = signal::stop_requested();
@@ -355,7 +335,7 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
         // next pass carry the damage to the other side. (The text is made meanwhile.)
         let flush = || {
             for root in [&opts.source, &opts.backup] {
-                fsops::flush_fs(root).map_err(|source| Error::StateUnreadable {
+                flush::flush_fs(root).map_err(|source| Error::StateUnreadable {
                     path: root.clone(),
                     source,
                 })?;
@@ -365,7 +345,7 @@ pub fn twoway_pass(opts: &TwowayOptions, cache: &mut HashCache) -> Result<PassSt
         let (text, flushed) =
             rayon::join(|| archive::encode(&opts.source, &opts.backup, &next), flush);
         flushed?;
-        crate::listing::write_atomically(&opts.archive, &text).map_err(|source| {
+        crate::state::text::write_atomically(&opts.archive, &text).map_err(|source| {
             Error::StateUnreadable {
                 path: opts.archive.clone(),
                 source,
@@ -396,7 +376,7 @@ fn refuse_empty_side(
                 "refusing to sync: {} {} is empty while the last sync left {archived_files} files \
                  in it (an unmounted drive looks like this); run with --force if it is really \
                  meant to be empty",
-                side_name(side),
+                side.name(),
                 opts.root(side).display()
             )));
         }
@@ -429,7 +409,7 @@ fn refuse_mass_deletion(
             return Err(Error::Refused(format!(
                 "refusing a pass that would delete {removed} of the {total} files in {} {} (more \
                  than half); check both sides and run with --force if this is intended",
-                side_name(side),
+                side.name(),
                 opts.root(side).display()
             )));
         }
@@ -443,7 +423,7 @@ fn describe(step: &Step) -> String {
             "saved {} as {} in {}",
             Escaped(rel),
             Escaped(to),
-            side_name(*side)
+            side.name()
         ),
         Step::Remove { side, rel, seen } => format!(
             "removed {}{} from {}",
@@ -453,10 +433,10 @@ fn describe(step: &Step) -> String {
                 ""
             },
             Escaped(rel),
-            side_name(*side)
+            side.name()
         ),
         Step::MakeDir { side, rel, .. } => {
-            format!("created directory {} in {}", Escaped(rel), side_name(*side))
+            format!("created directory {} in {}", Escaped(rel), side.name())
         }
         Step::Copy {
             side,
@@ -472,7 +452,7 @@ fn describe(step: &Step) -> String {
             },
             Escaped(rel),
             if expected.is_some() { "in" } else { "to" },
-            side_name(*side)
+            side.name()
         ),
         Step::Link {
             side,
@@ -493,14 +473,12 @@ fn describe(step: &Step) -> String {
                 },
                 Escaped(rel),
                 Escaped(target),
-                side_name(*side)
+                side.name()
             )
         }
-        Step::Meta { side, rel, .. } => format!(
-            "updated metadata of {} in {}",
-            Escaped(rel),
-            side_name(*side)
-        ),
+        Step::Meta { side, rel, .. } => {
+            format!("updated metadata of {} in {}", Escaped(rel), side.name())
+        }
     }
 }
 
@@ -588,7 +566,7 @@ impl Applier<'_> {
         {
             self.fail(rel);
             self.errors.fetch_add(1, Ordering::Relaxed);
-            log::error!("skipped {} in {}: {err}", Escaped(rel), side_name(side));
+            log::error!("skipped {} in {}: {err}", Escaped(rel), side.name());
             return;
         }
         let seen = || self.seen_entry(side, rel);
@@ -621,15 +599,15 @@ impl Applier<'_> {
                     None => None,
                 };
                 let started = SystemTime::now();
-                let from_path = self.opts.root(other(side)).join(from);
+                let from_path = self.opts.root(side.other()).join(from);
                 // The other side's file as scanned, when it is still at its scanned path (a
                 // conflict copy is read from the name it was just moved to, and hashed).
-                let scanned = self.seen_entry(other(side), from).filter(|_| from == rel);
+                let scanned = self.seen_entry(side.other(), from).filter(|_| from == rel);
                 // A file left unread is hashed by its copy, which nothing can check.
-                let unread = from == rel && self.unread[other(side) as usize].contains(&**from);
+                let unread = from == rel && self.unread[side.other() as usize].contains(&**from);
                 let content = match scanned {
                     _ if unread => fsops::Content::Hash(None),
-                    Some(entry) if self.learner.trusted(other(side), entry) => {
+                    Some(entry) if self.learner.trusted(side.other(), entry) => {
                         fsops::Content::Known {
                             entry,
                             digest: *digest,
@@ -640,7 +618,7 @@ impl Applier<'_> {
                 };
                 fsops::copy_file(&from_path, &path, expected.into(), content).map(|c| {
                     self.learner
-                        .learn(other(side), from, &c.source, c.digest, Some(started));
+                        .learn(side.other(), from, &c.source, c.digest, Some(started));
                     self.learner
                         .learn(side, rel, &c.destination, c.digest, None);
                     if unread {
@@ -708,18 +686,18 @@ impl Applier<'_> {
                     log::warn!(
                         "kept directory {} in {}: it holds entries that are excluded or new",
                         Escaped(rel),
-                        side_name(side)
+                        side.name()
                     );
                     return;
                 }
                 self.errors.fetch_add(1, Ordering::Relaxed);
-                let where_ = side_name(side);
+                let where_ = side.name();
                 match err {
                     OpError::Read { source, .. } => {
                         log::error!(
                             "cannot read {} in {}: {source}",
                             Escaped(rel),
-                            side_name(other(side))
+                            side.other().name()
                         )
                     }
                     OpError::Write { source, .. } => {
@@ -757,153 +735,6 @@ impl Applier<'_> {
                 self.errors.fetch_add(1, Ordering::Relaxed);
                 log::error!("{err}");
             }
-        }
-    }
-}
-
-/// The `twoway` command line, parsed (the recovery system is the binary's business).
-#[derive(Debug, Clone)]
-pub struct TwowayArgs {
-    /// One side.
-    pub source: PathBuf,
-    /// The other side.
-    pub backup: PathBuf,
-    /// Log file.
-    pub log: PathBuf,
-    /// Log what a pass would do; change nothing.
-    pub dry_run: bool,
-    /// Globs left alone on both sides.
-    pub exclude: Vec<String>,
-    /// Let the refusals of SPEC §8 through.
-    pub force: bool,
-    /// Who wins a conflict.
-    pub policy: Policy,
-}
-
-/// One of the locks a session holds until it ends.
-#[derive(Debug)]
-#[allow(dead_code)] // held for its drop, never read
-enum Lock {
-    Path(crate::lock::PathLock),
-    Dir(crate::lock::DirLock),
-}
-
-/// A running two-way sync of one pair: checked roots, both locks held, logging set up.
-pub struct TwowaySession {
-    /// The pass options.
-    pub opts: TwowayOptions,
-    /// The state directory (where twoway runs from).
-    pub state_dir: PathBuf,
-    cache: HashCache,
-    _locks: [Lock; 4],
-}
-
-impl TwowaySession {
-    /// Checks the roots and the state directory (`state_dir`, which must lie outside both),
-    /// takes the pair's lock (an `flock` on each root, so it holds whatever directory twoway
-    /// runs from), and starts logging.
-    ///
-    /// Fails, having changed nothing, on bad paths, a bad pattern, a held lock or an unusable
-    /// log file.
-    pub fn open(args: &TwowayArgs, state_dir: &Path) -> Result<TwowaySession, Error> {
-        let (source, backup) = crate::roots::validate(&args.source, &args.backup)?;
-        let state_dir =
-            std::fs::canonicalize(state_dir).map_err(|source| Error::StateUnreadable {
-                path: state_dir.to_path_buf(),
-                source,
-            })?;
-        for (role, root) in [("SOURCE", &source), ("BACKUP", &backup)] {
-            if state_dir.starts_with(root) {
-                return Err(Error::StateInsideRoot {
-                    state: state_dir,
-                    role,
-                    root: root.clone(),
-                });
-            }
-        }
-        let mut filter = Filter::new(&args.exclude)?;
-        filter.skip_temp_files();
-        // Path locks hold the pair even while a root is missing (what a restore checks);
-        // directory locks keep a oneway off either root.
-        let locks = [
-            Lock::Path(crate::lock::PathLock::acquire(&source)?),
-            Lock::Path(crate::lock::PathLock::acquire(&backup)?),
-            Lock::Dir(crate::lock::DirLock::acquire(&source)?),
-            Lock::Dir(crate::lock::DirLock::acquire(&backup)?),
-        ];
-        crate::logging::init("TWOWAY", &args.log, log::LevelFilter::Info).map_err(|source| {
-            Error::LogFile {
-                path: args.log.clone(),
-                source,
-            }
-        })?;
-        for root in [&source, &backup] {
-            if let Some(rel) = crate::roots::relative_inside(root, &args.log) {
-                filter.exclude_exact(rel);
-            }
-        }
-        if let Err(err) = signal::install() {
-            log::warn!("cannot handle Ctrl+C: {err}");
-        }
-        let cache = match crate::cache::default_location(&source, &backup) {
-            Some((path, tag)) => HashCache::load(path, tag),
-            None => HashCache::in_memory(),
-        };
-        remove_stale_state_temps(&state_dir);
-        let archive = archive::path_for(&state_dir, &source, &backup);
-        log::info!("syncing {} and {}", source.display(), backup.display());
-        Ok(TwowaySession {
-            opts: TwowayOptions {
-                source,
-                backup,
-                archive,
-                filter,
-                dry_run: args.dry_run,
-                force: args.force,
-                policy: args.policy,
-            },
-            state_dir,
-            cache,
-            _locks: locks,
-        })
-    }
-}
-
-/// Removes what a killed write of a state file left in the state directory. Several pairs
-/// may share the directory and write at any moment, so only files older than a minute (far
-/// longer than any such write takes) are taken for leftovers.
-fn remove_stale_state_temps(state_dir: &Path) {
-    let Ok(listing) = std::fs::read_dir(state_dir) else {
-        return;
-    };
-    let minute_ago = SystemTime::now() - std::time::Duration::from_secs(60);
-    for entry in listing.flatten() {
-        let ours = entry
-            .file_name()
-            .as_encoded_bytes()
-            .starts_with(crate::listing::TEMP_PREFIX.as_bytes());
-        let stale = entry
-            .metadata()
-            .is_ok_and(|m| m.is_file() && m.modified().is_ok_and(|t| t < minute_ago));
-        if ours && stale {
-            match std::fs::remove_file(entry.path()) {
-                Ok(()) => log::info!("removed leftover {}", entry.path().display()),
-                Err(err) => log::warn!("cannot remove leftover {}: {err}", entry.path().display()),
-            }
-        }
-    }
-}
-
-impl crate::driver::Job for TwowaySession {
-    fn pass(&mut self) -> Result<PassStats, Error> {
-        twoway_pass(&self.opts, &mut self.cache)
-    }
-
-    fn after_pass(&mut self, _stats: &PassStats) {
-        if !self.opts.dry_run
-            && let Err(err) = self.cache.save()
-        {
-            log::warn!("cannot save the hash cache: {err}");
         }
     }
 }

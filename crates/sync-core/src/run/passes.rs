@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::error::{Error, ExitCode, one_line};
-use crate::mirror::PassStats;
+use crate::model::PassStats;
 use crate::signal;
 
 /// When passes run.
@@ -43,7 +43,7 @@ pub trait Job {
 /// Runs `job` on `schedule` and returns the exit code of SPEC §5.
 ///
 /// The log file gets each pass's lines when the pass ends; what is logged after the last one
-/// is the caller's to flush before the process exits ([`crate::logging::flush`]).
+/// is the caller's to flush before the process exits ([`crate::run::logging::flush`]).
 pub fn run_passes(schedule: Schedule, job: &mut impl Job) -> ExitCode {
     let mut total = 0u64;
     let mut exit = ExitCode::Success;
@@ -67,7 +67,7 @@ pub fn run_passes(schedule: Schedule, job: &mut impl Job) -> ExitCode {
             }
         }
         // Between passes the log file holds every line of the pass.
-        crate::logging::flush();
+        crate::run::logging::flush();
         first = false;
         if schedule.once || signal::stop_requested() || sleep(schedule.interval, job) {
             break;

@@ -140,7 +140,7 @@ impl Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let stamp = local_now().strftime("%Y-%m-%d %H:%M:%S");
+        let stamp = crate::display::local_now().strftime("%Y-%m-%d %H:%M:%S");
         let line = format!(
             "[{}][{} - {}] - {}\n",
             self.program,
@@ -197,26 +197,6 @@ pub fn init(program: &'static str, path: &Path, level: LevelFilter) -> io::Resul
         }
     }));
     Ok(())
-}
-
-/// The current local time, for log lines and for the time stamps in file names.
-///
-/// The zone is read once from `TZ` or `/etc/localtime` (only its offsets matter here). jiff's
-/// own lookup of the system zone would also index the names of the whole zoneinfo tree: a
-/// quarter of a pass over a small unchanged tree (2.7 ms against 2.0 ms, measured).
-pub fn local_now() -> jiff::ZonedDateTime {
-    use jiff::tz::TimeZone;
-    static ZONE: std::sync::OnceLock<TimeZone> = std::sync::OnceLock::new();
-    let zone = ZONE.get_or_init(|| {
-        if std::env::var_os("TZ").is_none()
-            && let Ok(data) = std::fs::read("/etc/localtime")
-            && let Ok(zone) = TimeZone::tzif("Local", &data)
-        {
-            return zone;
-        }
-        TimeZone::system()
-    });
-    jiff::Timestamp::now().to_zoned_datetime(zone.clone())
 }
 
 /// Writes the lines still queued for the log file. Called at the end of every pass and

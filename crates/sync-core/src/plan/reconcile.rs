@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::cache::Side;
-use crate::listing::{Item, ItemList, Items};
+use crate::model::Side;
+use crate::model::{Item, ItemList, Items};
 
 /// Who wins a conflict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,7 +193,7 @@ fn same_meta(a: &Item, b: &Item) -> bool {
     }
 }
 
-fn mtime(item: &Item) -> crate::scan::Timestamp {
+fn mtime(item: &Item) -> crate::model::Timestamp {
     match item {
         Item::File { mtime, .. } | Item::Dir { mtime, .. } | Item::Symlink { mtime, .. } => *mtime,
     }
@@ -422,7 +422,7 @@ fn join3<'a>(a: &'a Items, s: &'a ItemList, d: &'a ItemList) -> Vec<Row<'a>> {
             .into_iter()
             .flatten()
             .map(|(k, _)| *k)
-            .min_by(|x, y| crate::scan::path_order(x, y));
+            .min_by(|x, y| crate::model::path_order(x, y));
         let Some(key) = next else { break };
         // Keys come from scans and from listings, which accept only canonical paths, so equal
         // paths have equal bytes.
@@ -527,7 +527,7 @@ fn steps_for_side(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scan::Timestamp;
+    use crate::model::Timestamp;
     use proptest::prelude::*;
 
     fn file(content: u8, t: i64) -> Item {

@@ -1,0 +1,288 @@
+//! The words every part of the engine shares: a scanned entry and its kind, timestamps, the
+//! two sides of a pair, the items a plan and the state files speak of, path order, and what a
+//! pass reports.
+
+use std::collections::BTreeMap;
+use std::fs::{self, Metadata};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use checksum::Digest;
+
+/// Which root of the pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The SOURCE root.
+    Source = 0,
+    /// The BACKUP root.
+    Backup = 1,
+}
+
+impl Side {
+    /// The other root.
+    pub fn other(self) -> Side {
+        match self {
+            Side::Source => Side::Backup,
+            Side::Backup => Side::Source,
+        }
+    }
+
+    /// How logs and errors name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Source => "SOURCE",
+            Side::Backup => "BACKUP",
+        }
+    }
+}
+
+/// A point in time with nanoseconds, as the file system stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp {
+    /// Seconds since the epoch.
+    pub secs: i64,
+    /// Nanoseconds within the second.
+    pub nanos: u32,
+}
+
+impl Timestamp {
+    /// Converts to the type `filetime` sets.
+    pub fn to_filetime(self) -> filetime::FileTime {
+        filetime::FileTime::from_unix_time(self.secs, self.nanos)
+    }
+}
+
+/// What a path is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link and its target, never followed.
+    Symlink(PathBuf),
+    /// A FIFO, socket or device: never copied.
+    Special,
+}
+
+/// One scanned path: its kind and the metadata that decides whether it changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// File, directory, link or special.
+    pub kind: Kind,
+    /// Permission bits (`mode & 0o7777`).
+    pub mode: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time.
+    pub mtime: Timestamp,
+    /// Change time: moves on every write and metadata change, and cannot be set by users.
+    pub ctime: Timestamp,
+    /// Inode number.
+    pub ino: u64,
+}
+
+impl Entry {
+    /// Builds an entry from `lstat` metadata; a link's target is read separately.
+    pub fn from_metadata(meta: &Metadata, link_target: Option<PathBuf>) -> Entry {
+        let ft = meta.file_type();
+        let kind = if ft.is_file() {
+            Kind::File
+        } else if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            Kind::Symlink(link_target.unwrap_or_default())
+        } else {
+            Kind::Special
+        };
+        Entry {
+            kind,
+            mode: meta.mode() & 0o7777,
+            size: meta.size(),
+            mtime: Timestamp {
+                secs: meta.mtime(),
+                nanos: meta.mtime_nsec() as u32,
+            },
+            ctime: Timestamp {
+                secs: meta.ctime(),
+                nanos: meta.ctime_nsec() as u32,
+            },
+            ino: meta.ino(),
+        }
+    }
+
+    /// Reads the entry at `path` now (for the re-check before a destructive step).
+    pub fn read(path: &Path) -> io::Result<Entry> {
+        let meta = fs::symlink_metadata(path)?;
+        let target = if meta.file_type().is_symlink() {
+            Some(fs::read_link(path)?)
+        } else {
+            None
+        };
+        Ok(Entry::from_metadata(&meta, target))
+    }
+
+    /// True when `self` is still the object a scan recorded as `seen`: same inode, content
+    /// stamp and kind. Used before replacing or removing, so a concurrent edit is never lost.
+    pub fn unchanged_since(&self, seen: &Entry) -> bool {
+        self.kind == seen.kind
+            && self.ino == seen.ino
+            && self.size == seen.size
+            && self.mtime == seen.mtime
+            && self.ctime == seen.ctime
+    }
+
+    /// True for a directory.
+    pub fn is_dir(&self) -> bool {
+        self.kind == Kind::Dir
+    }
+}
+
+/// One entry of a tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// A regular file.
+    File {
+        /// SHA-256 of the content.
+        digest: Digest,
+        /// Size in bytes.
+        size: u64,
+        /// Permission bits.
+        mode: u32,
+        /// Modification time.
+        mtime: Timestamp,
+    },
+    /// A directory.
+    Dir {
+        /// Permission bits.
+        mode: u32,
+        /// Modification time.
+        mtime: Timestamp,
+    },
+    /// A symbolic link.
+    Symlink {
+        /// Where it points (never followed).
+        target: PathBuf,
+        /// Modification time of the link itself.
+        mtime: Timestamp,
+    },
+}
+
+/// Every entry of a tree by relative path, in path order.
+pub type Items = BTreeMap<PathBuf, Item>;
+
+/// A tree's items in path order ([`crate::model::path_order`]), their paths borrowed from a
+/// scan: what a two-way pass compares, made without a path copy or a map node per entry
+/// (building a map checks the order with `Path`'s component-wise comparisons).
+#[derive(Debug, Default)]
+pub struct ItemList<'a>(Vec<(&'a Path, Item)>);
+
+impl<'a> ItemList<'a> {
+    /// Wraps items already in path order, without duplicates.
+    pub fn from_sorted(items: Vec<(&'a Path, Item)>) -> ItemList<'a> {
+        debug_assert!(
+            items
+                .iter()
+                .is_sorted_by(|a, b| crate::model::path_order(a.0, b.0).is_lt())
+        );
+        ItemList(items)
+    }
+
+    /// Every path and item, in path order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a Path, &Item)> {
+        self.0.iter().map(|(rel, item)| (*rel, item))
+    }
+
+    /// Every item, in path order.
+    pub fn values(&self) -> impl Iterator<Item = &Item> {
+        self.0.iter().map(|(_, item)| item)
+    }
+
+    /// True if the list holds `rel`.
+    pub fn contains(&self, rel: &Path) -> bool {
+        self.0
+            .binary_search_by(|(p, _)| crate::model::path_order(p, rel))
+            .is_ok()
+    }
+
+    /// Number of items.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Tests build their trees as maps.
+#[cfg(test)]
+impl<'a> From<&'a Items> for ItemList<'a> {
+    fn from(items: &'a Items) -> ItemList<'a> {
+        ItemList(
+            items
+                .iter()
+                .map(|(rel, item)| (rel.as_path(), item.clone()))
+                .collect(),
+        )
+    }
+}
+
+/// What a pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PassStats {
+    /// File operations carried out (or, in a dry run, that would be).
+    pub operations: u64,
+    /// Entries that failed and were skipped.
+    pub errors: u64,
+    /// Files whose content was read to compare them.
+    pub hashed: u64,
+    /// Files whose digest came from the hash cache.
+    pub cache_hits: u64,
+    /// True if a stop was requested before the pass finished.
+    pub interrupted: bool,
+    /// Conflicts settled (two-way passes only).
+    pub conflicts: Option<u64>,
+}
+
+/// The order of `Path`'s `Ord` (component by component), computed on the raw bytes: for the
+/// relative paths a scan makes (no `.`, no empty component, no trailing `/`), comparing bytes
+/// with `/` counted as the smallest byte gives the same order, without splitting components.
+/// Sorting and merging whole trees spends most of its time here.
+pub fn path_order(a: &Path, b: &Path) -> std::cmp::Ordering {
+    use std::os::unix::ffi::OsStrExt;
+    let (a, b) = (a.as_os_str().as_bytes(), b.as_os_str().as_bytes());
+    let common = a.iter().zip(b).position(|(x, y)| x != y);
+    match common {
+        Some(i) => {
+            let key = |c: u8| if c == b'/' { 0 } else { u16::from(c) + 1 };
+            key(a[i]).cmp(&key(b[i]))
+        }
+        None => a.len().cmp(&b.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Byte order with `/` lowest agrees with `Path`'s component order on scan paths.
+        #[test]
+        fn path_order_agrees_with_path_ord(
+            a in prop::collection::vec("[ !a._-]{1,3}", 1..4),
+            b in prop::collection::vec("[ !a._-]{1,3}", 1..4),
+        ) {
+            let to_path = |parts: &Vec<String>| parts.iter().collect::<PathBuf>();
+            let (pa, pb) = (to_path(&a), to_path(&b));
+            // Only the normalized paths a scan makes: no `.`/`..` components.
+            prop_assume!(pa.components().all(|c| matches!(c, std::path::Component::Normal(_))));
+            prop_assume!(pb.components().all(|c| matches!(c, std::path::Component::Normal(_))));
+            prop_assume!(pa.components().count() == a.len() && pb.components().count() == b.len());
+            prop_assert_eq!(path_order(&pa, &pb), pa.cmp(&pb));
+        }
+    }
+}

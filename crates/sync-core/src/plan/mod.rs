@@ -1,0 +1,4 @@
+//! Deciding what a pass does: the two-way reconcile (pure, property-tested) and the refusals
+//! of SPEC §8 that every pass applies before it changes anything.
+
+pub mod reconcile;

@@ -1,0 +1,208 @@
+//! The start-up both programs share, in one order: check the roots (and twoway's state
+//! directory), build the filter, take the locks, start logging, install the stop flag, open the
+//! hash cache. What it returns, a [`Session`], holds all of it until the run ends; the jobs of
+//! [`crate::run::jobs`] (and the versioned one of the `versioning` crate) run passes on it.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::error::Error;
+use crate::hash::{self, DirCache};
+use crate::pass::PassOptions;
+use crate::run::lock::{DirLock, PathLock};
+use crate::run::passes::Schedule;
+use crate::run::{logging, roots};
+use crate::scan::Filter;
+use crate::signal;
+
+/// Which program runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Program {
+    /// `oneway`: SOURCE is read, BACKUP written.
+    Oneway,
+    /// `twoway`: both sides are read and written; state lives in the working directory.
+    Twoway,
+}
+
+impl Program {
+    /// The tag of its log lines.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Program::Oneway => "ONEWAY",
+            Program::Twoway => "TWOWAY",
+        }
+    }
+}
+
+/// What the command line says of where and how to work.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// Which program.
+    pub program: Program,
+    /// SOURCE as given.
+    pub source: PathBuf,
+    /// BACKUP as given.
+    pub backup: PathBuf,
+    /// The log file.
+    pub log: PathBuf,
+    /// `--exclude` globs.
+    pub exclude: Vec<String>,
+    /// When passes run.
+    pub schedule: Schedule,
+    /// Log what a pass would do; change nothing.
+    pub dry_run: bool,
+    /// Ignore the hash cache.
+    pub checksum: bool,
+    /// Let the refusals of SPEC §8 through.
+    pub force: bool,
+    /// twoway's state directory (where it runs from), which must lie outside both roots.
+    pub state_dir: Option<PathBuf>,
+}
+
+/// One of the locks a session holds until it ends.
+#[derive(Debug)]
+#[allow(dead_code)] // held for its drop, never read
+enum Lock {
+    Path(PathLock),
+    Dir(DirLock),
+}
+
+/// A checked, locked pair of roots with logging and the hash cache set up.
+pub struct Session {
+    /// What every pass works on (canonical roots, the filter) and how.
+    pub opts: PassOptions,
+    /// When passes run.
+    pub schedule: Schedule,
+    /// twoway's state directory, canonical.
+    pub state_dir: Option<PathBuf>,
+    /// The pair's hash cache.
+    pub cache: DirCache,
+    _locks: Vec<Lock>,
+}
+
+impl Session {
+    /// Checks the roots (and the state directory, which must lie outside both), builds the
+    /// filter, takes the locks (oneway: on BACKUP; twoway: on both roots, by directory and by
+    /// path, so the pair is held whatever directory twoway runs from), starts logging, installs
+    /// the stop flag and opens the hash cache.
+    ///
+    /// Fails, having changed nothing, on bad paths, a bad pattern, a held lock or an unusable
+    /// log file.
+    pub fn open(setup: Setup) -> Result<Session, Error> {
+        let (source, backup) = roots::validate(&setup.source, &setup.backup)?;
+        let state_dir = match &setup.state_dir {
+            Some(dir) => Some(state_dir_outside(dir, &source, &backup)?),
+            None => None,
+        };
+        let mut filter = Filter::new(&setup.exclude)?;
+        let locks = match setup.program {
+            Program::Oneway => vec![Lock::Dir(DirLock::acquire(&backup)?)],
+            Program::Twoway => {
+                // twoway leaves our temporary names alone on both sides: a user's file may
+                // look like one, and only names it noted itself are removed.
+                filter.skip_temp_files();
+                // Path locks hold the pair even while a root is missing (what a restore
+                // checks); directory locks keep a oneway off either root.
+                vec![
+                    Lock::Path(PathLock::acquire(&source)?),
+                    Lock::Path(PathLock::acquire(&backup)?),
+                    Lock::Dir(DirLock::acquire(&source)?),
+                    Lock::Dir(DirLock::acquire(&backup)?),
+                ]
+            }
+        };
+        logging::init(setup.program.tag(), &setup.log, log::LevelFilter::Info).map_err(
+            |source| Error::LogFile {
+                path: setup.log.clone(),
+                source,
+            },
+        )?;
+        // Our own log file, if the user put it in a root, is neither copied nor deleted.
+        for root in [&source, &backup] {
+            if let Some(rel) = roots::relative_inside(root, &setup.log) {
+                filter.exclude_exact(rel);
+            }
+        }
+        if let Err(err) = signal::install() {
+            log::warn!("cannot handle Ctrl+C: {err}");
+        }
+        let cache = hash::open(&source, &backup);
+        if let Some(dir) = &state_dir {
+            remove_stale_state_temps(dir);
+        }
+        let every = if setup.schedule.once {
+            String::new()
+        } else {
+            format!(" every {} s", setup.schedule.interval.as_secs())
+        };
+        match setup.program {
+            Program::Oneway => log::info!(
+                "backing up {} into {}{every}",
+                source.display(),
+                backup.display()
+            ),
+            Program::Twoway => log::info!(
+                "syncing {} and {}{every}",
+                source.display(),
+                backup.display()
+            ),
+        }
+        Ok(Session {
+            opts: PassOptions {
+                source,
+                backup,
+                filter,
+                dry_run: setup.dry_run,
+                checksum: setup.checksum,
+                force: setup.force,
+            },
+            schedule: setup.schedule,
+            state_dir,
+            cache,
+            _locks: locks,
+        })
+    }
+}
+
+/// The canonical state directory, which must lie outside both roots.
+fn state_dir_outside(dir: &Path, source: &Path, backup: &Path) -> Result<PathBuf, Error> {
+    let state_dir = std::fs::canonicalize(dir).map_err(|source| Error::StateUnreadable {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    for (role, root) in [("SOURCE", source), ("BACKUP", backup)] {
+        if state_dir.starts_with(root) {
+            return Err(Error::StateInsideRoot {
+                state: state_dir,
+                role,
+                root: root.to_path_buf(),
+            });
+        }
+    }
+    Ok(state_dir)
+}
+
+/// Removes what a killed write of a state file left in the state directory. Several pairs
+/// may share the directory and write at any moment, so only files older than a minute (far
+/// longer than any such write takes) are taken for leftovers.
+fn remove_stale_state_temps(state_dir: &Path) {
+    let Ok(listing) = std::fs::read_dir(state_dir) else {
+        return;
+    };
+    let minute_ago = SystemTime::now() - Duration::from_secs(60);
+    for entry in listing.flatten() {
+        let ours = entry
+            .file_name()
+            .as_encoded_bytes()
+            .starts_with(crate::state::text::TEMP_PREFIX.as_bytes());
+        let stale = entry
+            .metadata()
+            .is_ok_and(|m| m.is_file() && m.modified().is_ok_and(|t| t < minute_ago));
+        if ours && stale {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => log::info!("removed leftover {}", entry.path().display()),
+                Err(err) => log::warn!("cannot remove leftover {}: {err}", entry.path().display()),
+            }
+        }
+    }
+}
