@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
+mod compress;
 mod pair;
 mod stream;
 pub use pair::file_digest_pair;

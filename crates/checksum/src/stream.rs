@@ -1,8 +1,9 @@
-//! SHA-256 of a stream fed piece by piece, built on `sha2`'s compression function so that two
-//! streams can also be fed together, compressed on interleaved lanes ([`update_pair`]).
+//! SHA-256 of a stream fed piece by piece ([`Hasher`]), built on `sha2`'s compression function
+//! so that two streams can also be fed together, compressed on interleaved lanes by
+//! `compress.rs` ([`update_pair`]).
 
 use crate::Digest;
-use crate::pair::{IV, compress, shani_available};
+use crate::compress::{IV, compress, shani_available};
 
 /// A streaming SHA-256.
 #[derive(Debug, Clone)]
