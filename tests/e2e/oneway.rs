@@ -791,7 +791,14 @@ fn empty_source_over_full_backup_is_refused_unless_forced() -> TestResult {
     expect_refusal(
         &env,
         &[&"--once", &env.src, &env.dst],
-        &["is empty", "--force"],
+        &[
+            &format!(
+                "refused: SOURCE {} is empty while BACKUP holds {} entries ",
+                env.src.canonicalize()?.display(),
+                snapshot(&env.dst)?.len()
+            ),
+            "entries (an unmounted drive looks like this); run with --force if this is intended",
+        ],
         None,
     )?;
 
@@ -822,7 +829,11 @@ fn deleting_more_than_half_of_backup_is_refused_unless_forced() -> TestResult {
     expect_refusal(
         &env,
         &[&"--once", &env.src, &env.dst],
-        &["more than half", "--force"],
+        &[&format!(
+            "refused: the pass would delete 3 of the 4 files of BACKUP {} (more than half); run \
+             with --force if this is intended",
+            env.dst.canonicalize()?.display()
+        )],
         None,
     )?;
 

@@ -1410,7 +1410,12 @@ fn emptied_side_is_refused_unless_forced(emptied: Side) -> TestResult {
     expect_refusal(
         &env,
         &[&"--once", &env.src, &env.dst],
-        &["is empty", "--force"],
+        &[&format!(
+            "refused: {} {} is empty while the last sync holds 3 entries (an unmounted drive \
+             looks like this); run with --force if this is intended",
+            emptied.name(),
+            emptied.dir(&env).canonicalize()?.display()
+        )],
     )?;
 
     let forced = env.once(&[&"--force"])?;
@@ -1454,7 +1459,11 @@ fn deleting_more_than_half_of_a_side_is_refused_unless_forced() -> TestResult {
     expect_refusal(
         &env,
         &[&"--once", &env.src, &env.dst],
-        &["more than half", "--force"],
+        &[&format!(
+            "refused: the pass would delete 6 of the 10 files of SOURCE {} (more than half); \
+             run with --force if this is intended",
+            env.src.canonicalize()?.display()
+        )],
     )?;
 
     let forced = env.once(&[&"--force"])?;

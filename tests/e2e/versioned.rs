@@ -439,3 +439,69 @@ fn sigkill_during_rotation_leaves_old_or_new_versions_never_a_mix() -> TestResul
     );
     Ok(())
 }
+
+/// Runs a versioned pass that SPEC §8 refuses: exit 2, the refusal on stderr in the one format
+/// every pass gives (`refused: …; run with --force if this is intended`), nothing changed.
+fn expect_versioned_refusal(env: &Env, message: &str) -> TestResult {
+    let before = env.snapshot_all()?;
+    let run = versioned(env, &[])?;
+    run.expect_code(2)?;
+    ensure!(
+        run.stderr.lines().any(|line| line.ends_with(message)),
+        "expected a stderr line ending with {message:?}\n{run}"
+    );
+    assert_same(
+        "a refused versioned pass changed the disk",
+        &before,
+        &env.snapshot_all()?,
+    )
+}
+
+#[test]
+fn empty_source_makes_no_version_unless_forced() -> TestResult {
+    let env = Env::new()?;
+    build_tree(&env.src)?;
+    versioned(&env, &[])?.expect_code(0)?;
+    let held = manifest_of(&env, "_1")?.items.len();
+    fs::remove_dir_all(&env.src)?;
+    fs::create_dir(&env.src)?;
+
+    expect_versioned_refusal(
+        &env,
+        &format!(
+            "refused: SOURCE {} is empty while the latest version holds {held} entries (an \
+             unmounted drive looks like this); run with --force if this is intended",
+            env.src.canonicalize()?.display()
+        ),
+    )?;
+
+    versioned(&env, &["--force"])?.expect_code(0)?;
+    ensure!(
+        manifest_of(&env, "_1")?.items.is_empty() && !manifest_of(&env, "_0")?.items.is_empty(),
+        "--force did not make an empty latest version"
+    );
+    Ok(())
+}
+
+#[test]
+fn version_without_most_files_of_the_latest_is_refused_unless_forced() -> TestResult {
+    let env = Env::new()?;
+    build_tree(&env.src)?;
+    versioned(&env, &[])?.expect_code(0)?;
+    // Four files and a link: three of the five go.
+    for rel in ["a.txt", "b.txt", "link"] {
+        fs::remove_file(env.src.join(rel))?;
+    }
+
+    expect_versioned_refusal(
+        &env,
+        &format!(
+            "refused: the pass would delete 3 of the 5 files of the latest version in {} (more \
+             than half); run with --force if this is intended",
+            env.dst.canonicalize()?.display()
+        ),
+    )?;
+
+    versioned(&env, &["--force"])?.expect_code(0)?;
+    assert_trees_equal(&env.src, &env.dst.join("_1"))
+}

@@ -96,8 +96,8 @@ pub enum Error {
         source: io::Error,
     },
     /// A safety check of SPEC §8 refused the pass.
-    #[error("{0}")]
-    Refused(String),
+    #[error(transparent)]
+    Refused(#[from] crate::plan::refuse::Refusal),
     /// The root of SOURCE could not be listed, so nothing can be decided.
     #[error("cannot list {role} {path}")]
     ListRoot {

@@ -13,6 +13,7 @@ use sync_core::display::Escaped;
 use sync_core::hash::dircache::{DirCache, Learner, tree_digests};
 use sync_core::model::{Entry, Kind, PassStats, Side, Timestamp};
 use sync_core::pass::PassOptions;
+use sync_core::plan::refuse::{self, Refusal};
 use sync_core::run::passes::Job;
 use sync_core::run::startup::Session;
 use sync_core::scan::{self, Tree};
@@ -171,36 +172,32 @@ fn short(digest: &Digest) -> String {
     hex::encode(&digest[..6])
 }
 
+/// SPEC §8 against the latest version: an empty SOURCE, and a version without more than half
+/// of the latest one's files.
 fn refuse_if_unsafe(
     opts: &PassOptions,
     wanted: &Manifest,
     latest: Option<&Manifest>,
-) -> Result<(), Error> {
+) -> Result<(), Refusal> {
     let Some(latest) = latest else { return Ok(()) };
-    if opts.force {
-        return Ok(());
-    }
-    if wanted.items.is_empty() && !latest.items.is_empty() {
-        return Err(Error::Refused(format!(
-            "refusing to make a version: SOURCE {} is empty while the latest version is not (an \
-             unmounted drive looks like this); run with --force if SOURCE is really meant to be empty",
-            opts.source.display()
-        )));
-    }
+    refuse::empty_side(
+        opts.force,
+        ("SOURCE", &opts.source),
+        wanted.items.is_empty(),
+        "the latest version",
+        latest.items.len() as u64,
+    )?;
     let gone = latest
         .items
         .iter()
         .filter(|(rel, item)| !matches!(item, Item::Dir { .. }) && !wanted.items.contains_key(*rel))
-        .count();
-    let total = latest.non_dir_count();
-    if gone * 2 > total {
-        return Err(Error::Refused(format!(
-            "refusing to make a version without {gone} of the {total} files of the latest one \
-             (more than half); check SOURCE {} and run with --force if this is intended",
-            opts.source.display()
-        )));
-    }
-    Ok(())
+        .count() as u64;
+    refuse::mass_deletion(
+        opts.force,
+        ("the latest version in", &opts.backup),
+        gone,
+        latest.non_dir_count() as u64,
+    )
 }
 
 /// Builds the new version and commits it; on a stop or a failure the build is abandoned and

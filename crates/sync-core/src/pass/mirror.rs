@@ -20,6 +20,7 @@ use crate::hash::read;
 use crate::hash::stamp::{Stamp, is_racy};
 use crate::model::{Entry, Kind, PassStats, Side, Timestamp, path_order};
 use crate::pass::PassOptions;
+use crate::plan::refuse;
 use crate::scan;
 use crate::signal;
 use crate::tree::ops::{self as fsops, Dest, OpError};
@@ -235,7 +236,7 @@ struct Walk<'a> {
     errors: AtomicU64,
     backup_files: AtomicU64,
     removed_files: AtomicU64,
-    backup_has_content: AtomicBool,
+    backup_entries: AtomicU64,
 }
 
 impl Walk<'_> {
@@ -367,7 +368,7 @@ impl Walk<'_> {
         let leftover = in_temp(rel);
         for (name, entry) in dst_list {
             if !leftover && !temp::is_temp_name(name) {
-                self.backup_has_content.store(true, Ordering::Relaxed);
+                Counters::bump(&self.backup_entries);
                 if !entry.is_dir() {
                     Counters::bump(&self.backup_files);
                 }
@@ -1008,7 +1009,7 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
         errors: AtomicU64::new(0),
         backup_files: AtomicU64::new(0),
         removed_files: AtomicU64::new(0),
-        backup_has_content: AtomicBool::new(false),
+        backup_entries: AtomicU64::new(0),
     };
     let list_root = |side: Side| {
         scan::list_dir(walk.root(side), Path::new(""), &opts.filter).map_err(|source| {
@@ -1038,29 +1039,25 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
         errors,
         backup_files,
         removed_files,
-        backup_has_content,
+        backup_entries,
         learner,
         ..
     } = walk;
     let mut found = found.into_inner().unwrap_or_else(|e| e.into_inner());
     found.shrink_to_fit();
-    if !opts.force && source_empty && backup_has_content.into_inner() {
-        return Err(Error::Refused(format!(
-            "refusing to mirror: SOURCE {} is empty while BACKUP {} is not (an unmounted drive \
-             looks like this); run with --force if SOURCE is really meant to be empty",
-            opts.source.display(),
-            opts.backup.display()
-        )));
-    }
-    let (removed_files, backup_files) = (removed_files.into_inner(), backup_files.into_inner());
-    if !opts.force && removed_files * 2 > backup_files {
-        return Err(Error::Refused(format!(
-            "refusing a pass that would delete {removed_files} of the {backup_files} files in BACKUP {} \
-             (more than half); check SOURCE {} and run with --force if this is intended",
-            opts.backup.display(),
-            opts.source.display()
-        )));
-    }
+    refuse::empty_side(
+        opts.force,
+        ("SOURCE", &opts.source),
+        source_empty,
+        "BACKUP",
+        backup_entries.into_inner(),
+    )?;
+    refuse::mass_deletion(
+        opts.force,
+        ("BACKUP", &opts.backup),
+        removed_files.into_inner(),
+        backup_files.into_inner(),
+    )?;
 
     // Children before parents for removals (run in reverse), parents before children for
     // creations; logs read in path order.

@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::hash::dircache::{DirCache, Learner, tree_digests};
 use crate::model::{Entry, Item, ItemList, Items, Kind, PassStats, Side};
 use crate::plan::reconcile::{Plan, Policy, Step, Verdict, reconcile};
+use crate::plan::refuse::{self, Refusal};
 use crate::scan::{self, Filter, Tree};
 use crate::signal;
 use crate::state::archive;
@@ -333,7 +334,7 @@ pub fn twoway_pass(opts: &TwowayOptions, dir_cache: &mut DirCache) -> Result<Pas
         }
         // The data first: an archive claiming content that a crash then lost would make the
         // next pass carry the damage to the other side. (The text is made meanwhile.)
-        let flush = || {
+        let flush = || -> Result<(), Error> {
             for root in [&opts.source, &opts.backup] {
                 flush::flush_fs(root).map_err(|source| Error::StateUnreadable {
                     path: root.clone(),
@@ -357,29 +358,27 @@ pub fn twoway_pass(opts: &TwowayOptions, dir_cache: &mut DirCache) -> Result<Pas
     Ok(stats)
 }
 
+/// SPEC §8 for a two-way pass: a side emptied since the last sync, and a pass that would delete
+/// more than half of a side's files.
 fn refuse_empty_side(
     opts: &TwowayOptions,
     src: &Tree,
     dst: &Tree,
     archived: &Items,
-) -> Result<(), Error> {
-    let archived_files = archived
+) -> Result<(), Refusal> {
+    let held = archived
         .values()
         .filter(|i| !matches!(i, Item::Dir { .. }))
-        .count();
-    if opts.force || archived_files == 0 {
-        return Ok(());
-    }
+        .count() as u64;
     for (side, tree) in [(Side::Source, src), (Side::Backup, dst)] {
-        if tree.entries.is_empty() {
-            return Err(Error::Refused(format!(
-                "refusing to sync: {} {} is empty while the last sync left {archived_files} files \
-                 in it (an unmounted drive looks like this); run with --force if it is really \
-                 meant to be empty",
-                side.name(),
-                opts.root(side).display()
-            )));
-        }
+        let root = (side.name(), opts.root(side));
+        refuse::empty_side(
+            opts.force,
+            root,
+            tree.entries.is_empty(),
+            "the last sync",
+            held,
+        )?;
     }
     Ok(())
 }
@@ -389,30 +388,20 @@ fn refuse_mass_deletion(
     plan: &Plan,
     src: &ItemList,
     dst: &ItemList,
-) -> Result<(), Error> {
-    if opts.force {
-        return Ok(());
-    }
+) -> Result<(), Refusal> {
     for (side, items) in [(Side::Source, src), (Side::Backup, dst)] {
         let total = items
             .values()
             .filter(|i| !matches!(i, Item::Dir { .. }))
-            .count();
+            .count() as u64;
         let removed = plan
             .steps
             .iter()
             .filter(|s| {
                 matches!(s, Step::Remove { side: z, seen, .. } if *z == side && !matches!(seen, Item::Dir { .. }))
             })
-            .count();
-        if removed * 2 > total {
-            return Err(Error::Refused(format!(
-                "refusing a pass that would delete {removed} of the {total} files in {} {} (more \
-                 than half); check both sides and run with --force if this is intended",
-                side.name(),
-                opts.root(side).display()
-            )));
-        }
+            .count() as u64;
+        refuse::mass_deletion(opts.force, (side.name(), opts.root(side)), removed, total)?;
     }
     Ok(())
 }

@@ -2,3 +2,4 @@
 //! of SPEC §8 that every pass applies before it changes anything.
 
 pub mod reconcile;
+pub mod refuse;
