@@ -3,11 +3,17 @@
 //! has scanned, hashed and decided what to do, and before it changes anything, and waits for
 //! it. Tests use it to change a tree between the scan and the apply step without sleeps or
 //! races ("a file edited after the scan is never overwritten").
+//!
+//! It exists only with this crate's `test-hook` feature, which the root package switches on
+//! through a dev-dependency, so only the binaries `cargo test` builds have it: a binary a user
+//! installs or builds for release runs no shell command taken from its environment.
 
 /// The variable's name.
+#[cfg(feature = "test-hook")]
 pub const AFTER_PLAN: &str = "ONEWAY_TEST_HOOK_AFTER_PLAN";
 
 /// Runs the hook, if set. Its failure is logged and otherwise ignored.
+#[cfg(feature = "test-hook")]
 pub fn after_plan() {
     let Some(command) = std::env::var_os(AFTER_PLAN) else {
         return;
@@ -22,3 +28,8 @@ pub fn after_plan() {
         Err(err) => log::warn!("cannot run test hook {AFTER_PLAN}: {err}"),
     }
 }
+
+/// Without the `test-hook` feature: nothing, whatever the environment holds.
+#[cfg(not(feature = "test-hook"))]
+#[inline]
+pub fn after_plan() {}
