@@ -385,9 +385,16 @@ fn operations_after(text: &str, from: usize) -> usize {
 /// Starts `args` in the background (with the gate hook for [`KillAt::AfterPlan`]), sends
 /// SIGKILL at `at`, and returns how it ended. A run that finished before the kill point is
 /// simply reaped.
-fn run_and_kill(env: &Env, args: &[&dyn AsRef<OsStr>], at: KillAt, gate: &Hook) -> Res<ExitStatus> {
+/// How a run that [`run_and_kill`] killed ended, and what it had logged on the console (which
+/// gets each line as it is logged; the log file gets them in batches, and loses the last one to
+/// SIGKILL).
+struct Killed {
+    status: ExitStatus,
+    console: String,
+}
+
+fn run_and_kill(env: &Env, args: &[&dyn AsRef<OsStr>], at: KillAt, gate: &Hook) -> Res<Killed> {
     gate.reset()?;
-    let log_start = env.log_text().len();
     let mut cmd = env.command(args);
     if matches!(at, KillAt::AfterPlan) {
         cmd.env(HOOK, gate.value());
@@ -410,7 +417,9 @@ fn run_and_kill(env: &Env, args: &[&dyn AsRef<OsStr>], at: KillAt, gate: &Hook) 
             }
         }
         KillAt::Ops(n) => {
-            while operations_after(&env.log_text(), log_start) < n {
+            // Counted on the console: a pass on a busy machine could end between two of the log
+            // file's batches.
+            while operations_after(&child.stderr_all(), 0) < n {
                 if child.try_wait()?.is_some() {
                     break;
                 }
@@ -424,7 +433,10 @@ fn run_and_kill(env: &Env, args: &[&dyn AsRef<OsStr>], at: KillAt, gate: &Hook) 
     }
     let status = child.kill()?;
     gate.release()?;
-    Ok(status)
+    Ok(Killed {
+        status,
+        console: child.stderr_all(),
+    })
 }
 
 /// Whether a killed run was stopped before it logged its summary.
@@ -1009,18 +1021,17 @@ fn sigkill_at_any_point_of_a_mirror_pass_leaves_old_or_new_and_the_next_pass_con
         let old = fingerprints(&env.dst)?;
         oneway_generation(&env.src, g)?;
         let new = fingerprints(&env.src)?;
-        let log_start = env.log_text().len();
+        let Killed { status, console } =
+            run_and_kill(&env, &[&"--once", &env.src, &env.dst], at, &gate)?;
 
-        let status = run_and_kill(&env, &[&"--once", &env.src, &env.dst], at, &gate)?;
-
-        let ops = operations_after(&env.log_text(), log_start);
+        let ops = operations_after(&console, 0);
         let context = |e: Box<dyn std::error::Error>| {
             fail(format!(
                 "after SIGKILL at {at:?} ({}, {ops} operations logged): {e:?}",
                 describe_status(status)
             ))
         };
-        if cut_short(status, &env.log_text(), log_start) {
+        if cut_short(status, &console, 0) {
             cut.push((at, ops));
         }
         let now = fingerprints(&env.dst)?;
@@ -1115,7 +1126,7 @@ fn sigkill_at_any_point_of_a_rotation_leaves_old_or_new_versions_and_no_leftover
         let new = (old.1.clone(), fingerprints(&env.src)?);
 
         let status = match after_build_starts {
-            None => run_and_kill(&env, &versioned_args, KillAt::AfterPlan, &gate)?,
+            None => run_and_kill(&env, &versioned_args, KillAt::AfterPlan, &gate)?.status,
             Some(ms) => {
                 let mut child = env.spawn(&versioned_args)?;
                 let deadline = Instant::now() + WAIT_TIMEOUT;
@@ -1324,18 +1335,17 @@ fn sigkill_at_any_point_of_a_twoway_pass_leaves_old_or_new_and_the_rerun_converg
         let gate = Hook::gate(&env)?;
         let want = twoway_kill_fixture(&env)?;
         let old = (fingerprints(&env.src)?, fingerprints(&env.dst)?);
-        let log_start = env.log_text().len();
+        let Killed { status, console } =
+            run_and_kill(&env, &[&"--once", &env.src, &env.dst], at, &gate)?;
 
-        let status = run_and_kill(&env, &[&"--once", &env.src, &env.dst], at, &gate)?;
-
-        let ops = operations_after(&env.log_text(), log_start);
+        let ops = operations_after(&console, 0);
         let context = |e: Box<dyn std::error::Error>| {
             fail(format!(
                 "after SIGKILL at {at:?} ({}, {ops} operations logged): {e:?}",
                 describe_status(status)
             ))
         };
-        if cut_short(status, &env.log_text(), log_start) {
+        if cut_short(status, &console, 0) {
             cut.push((at, ops));
         }
         let now = (fingerprints(&env.src)?, fingerprints(&env.dst)?);

@@ -790,6 +790,11 @@ impl Background {
         tail(&fs::read_to_string(&self.stderr_path).unwrap_or_default())
     }
 
+    /// Everything the process wrote to stderr so far.
+    pub fn stderr_all(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
     /// Polls every 10 ms until `ready(log text)` holds for the fixture's log, and returns that
     /// text. Fails if the process exits first or after `timeout`.
     pub fn wait_for_log(

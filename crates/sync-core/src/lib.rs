@@ -9,6 +9,7 @@
 //! - [`model`], [`error`], [`display`], [`signal`]: the words, faults, printing and stop flag
 //!   every part shares.
 
+pub mod apply;
 pub mod display;
 pub mod error;
 pub mod hash;

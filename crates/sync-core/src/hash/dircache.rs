@@ -377,18 +377,23 @@ impl Learner {
         self.push(rel, digest, stamps);
     }
 
-    /// Remembers that a copy of `rel` read `source` (reading began at `hashed_at`; it is not
-    /// remembered if racy, as in [`Learner::learn`]) and left `backup`, both with `digest`.
+    /// Remembers that a copy of `rel` to `written` read the other side's `source` (reading
+    /// began at `hashed_at`; it is not remembered if racy, as in [`Learner::learn`]) and left
+    /// `copy`, both with `digest`: one record for both sides.
     pub fn learn_copy(
         &self,
+        written: Side,
         rel: &Path,
         (source, hashed_at): (&Entry, SystemTime),
-        backup: &Entry,
+        copy: &Entry,
         digest: Digest,
     ) {
-        let source =
-            (!is_racy(source, hashed_at, self.stamps(Side::Source))).then(|| Stamp::of(source));
-        self.push(rel, digest, [source, Some(Stamp::of(backup))]);
+        let read = written.other();
+        let source = (!is_racy(source, hashed_at, self.stamps(read))).then(|| Stamp::of(source));
+        let mut stamps = [None, None];
+        stamps[read as usize] = source;
+        stamps[written as usize] = Some(Stamp::of(copy));
+        self.push(rel, digest, stamps);
     }
 
     fn push(&self, rel: &Path, digest: Digest, stamps: [Option<Stamp>; 2]) {
@@ -947,9 +952,13 @@ mod tests {
         for (rel, src, dst, digest) in learnt {
             let rel = Path::new(rel);
             match (src, dst) {
-                (Some(s), Some(d)) => {
-                    learner.learn_copy(rel, (&file(s), SystemTime::now()), &file(d), [digest; 32])
-                }
+                (Some(s), Some(d)) => learner.learn_copy(
+                    Side::Backup,
+                    rel,
+                    (&file(s), SystemTime::now()),
+                    &file(d),
+                    [digest; 32],
+                ),
                 (Some(s), None) => learner.learn(Side::Source, rel, &file(s), [digest; 32], None),
                 (None, Some(d)) => learner.learn(Side::Backup, rel, &file(d), [digest; 32], None),
                 (None, None) => unreachable!(),

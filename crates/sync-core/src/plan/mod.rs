@@ -3,3 +3,4 @@
 
 pub mod reconcile;
 pub mod refuse;
+pub mod step;

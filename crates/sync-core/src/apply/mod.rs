@@ -1,0 +1,788 @@
+//! The one applier: carries out the [`Steps`] of any pass. It orders them (conflict losers
+//! saved first, removals children first, directories parents first, copies in parallel,
+//! directory modes and times last and deepest first), re-checks each target against what the
+//! scan saw right before acting (in [`crate::tree::ops`]), keeps the set of failed paths and
+//! skips what lies under them, logs each step or its fault on one line, counts, learns the
+//! digests its copies read, and stops between steps when asked to.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use rayon::prelude::*;
+
+use crate::display::Escaped;
+use crate::hash::Learner;
+use crate::model::{Entry, Item, Side, path_order};
+use crate::plan::step::{Known, Step, Steps};
+use crate::signal;
+use crate::tree::flush;
+use crate::tree::ops::{self as fsops, Content, Dest, OpError};
+
+/// How often the written file system is flushed while files are copied (see
+/// [`flush::flushing_while`]).
+const EARLY_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Files from this size on, whose content is not known, are copied in pairs (see
+/// [`pairable`]): their copy is mostly hashing, where a smaller file's is mostly creating it.
+const PAIR_FROM: u64 = 8 * 1024 * 1024;
+
+/// Where and how a pass's steps are applied.
+pub struct Applier<'a> {
+    /// SOURCE and BACKUP (or whatever two trees the pass reads and writes).
+    pub roots: [&'a Path; 2],
+    /// Log lines name the side a step changes (both sides change in a two-way pass).
+    pub name_sides: bool,
+    /// New directories are built under a temporary name and appear whole (a mirror, whose
+    /// leftovers the next pass removes).
+    pub stage_new_dirs: bool,
+    /// The written file system is flushed every [`EARLY_FLUSH`] while files are copied, so
+    /// that the pass's final flush finds little left to wait for.
+    pub flush_while_copying: bool,
+    /// Decides which digests may be trusted, and learns what the copies read.
+    pub learner: &'a Learner,
+}
+
+/// What applying did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Steps carried out.
+    pub operations: u64,
+    /// Steps that failed (each logged).
+    pub errors: u64,
+    /// Paths whose step failed, or that lay under one that did.
+    pub failed: HashSet<PathBuf>,
+    /// What the copies of files left unread before the plan read, where their step asked
+    /// ([`Known::Unread`]): the item both sides hold now, by path.
+    pub read_by_copies: HashMap<PathBuf, Item>,
+}
+
+impl Applier<'_> {
+    /// Applies `steps` (in path order within each group, see [`Steps::sort`]).
+    pub fn apply(&self, steps: &Steps) -> Applied {
+        let mut run = Run {
+            at: self,
+            operations: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            failed: Mutex::new(HashSet::new()),
+            any_failed: AtomicBool::new(false),
+            hidden: HashMap::new(),
+            read_by_copies: Mutex::new(HashMap::new()),
+        };
+        run.all(steps);
+        Applied {
+            operations: run.operations.into_inner(),
+            errors: run.errors.into_inner(),
+            failed: run.failed.into_inner().unwrap_or_else(|e| e.into_inner()),
+            read_by_copies: run
+                .read_by_copies
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    /// Logs what `steps` would do, without doing it; returns how many operations that is.
+    pub fn dry_run(&self, steps: &Steps) -> u64 {
+        let mut operations = 0;
+        for step in steps.iter() {
+            let logged = match step {
+                Step::Dir {
+                    seen: Some(seen),
+                    want: Some(want),
+                    ..
+                } => dir_differs(Some(seen), *want),
+                Step::Dir { .. } => false,
+                _ => true,
+            };
+            if logged {
+                log::info!("dry run: {}", step.describe(self.name_sides));
+                operations += 1;
+            }
+        }
+        operations
+    }
+}
+
+/// Whether a directory seen as `seen` must change to become `want`.
+fn dir_differs(
+    seen: Option<&Entry>,
+    (mode, mtime): (u32, Option<crate::model::Timestamp>),
+) -> bool {
+    seen.is_none_or(|s| s.mode != mode || mtime.is_some_and(|t| s.mtime != t))
+}
+
+/// What a step did, for its log line.
+enum Done {
+    /// What [`Step::describe`] says.
+    AsPlanned,
+    /// A copy found the bytes already there: only mode and time were carried over.
+    Metadata,
+    /// A copy found the bytes, mode and time already there.
+    Nothing,
+}
+
+/// A new directory built under a temporary name (see [`fsops::stage_dir`]): everything in it
+/// is created directly under its own name, and the whole directory appears at once.
+struct HiddenDir {
+    side: Side,
+    staged: PathBuf,
+    /// A failed copy or link could not take away what it wrote: the directory may hold a
+    /// partial file, so it is not published (the next pass removes it and starts again).
+    spoiled: AtomicBool,
+}
+
+/// One application of steps in progress.
+struct Run<'a> {
+    at: &'a Applier<'a>,
+    operations: AtomicU64,
+    errors: AtomicU64,
+    /// Paths whose step failed: nothing is done at or beneath them this pass, so a link left
+    /// where a directory should be is never written through.
+    failed: Mutex<HashSet<PathBuf>>,
+    /// Something is in `failed` (read without a lock by every step).
+    any_failed: AtomicBool,
+    /// New directories being built hidden, by the path they get when complete.
+    hidden: HashMap<PathBuf, HiddenDir>,
+    read_by_copies: Mutex<HashMap<PathBuf, Item>>,
+}
+
+impl Run<'_> {
+    fn all(&mut self, steps: &Steps) {
+        // Directories we must add to or remove from, that their own mode would forbid us to.
+        for step in &steps.dirs {
+            if let Step::Dir {
+                side,
+                rel,
+                seen: Some(seen),
+                changes_inside: true,
+                ..
+            } = step
+                && seen.mode & 0o700 != 0o700
+                && let Err(err) = fsops::make_writable(&self.path(*side, rel), seen.mode)
+            {
+                self.op_error(step, &err);
+            }
+        }
+        // Losers are moved aside before anything could overwrite them.
+        for step in &steps.saves {
+            self.execute(step);
+        }
+        // Children before parents, so a directory is empty when its turn comes.
+        for step in steps.removals.iter().rev() {
+            self.execute(step);
+        }
+        // A new directory whose parent is not new may be built hidden, with everything under
+        // it, and appear whole at the end: what it holds is then created under its own name at
+        // once, rather than staged and linked in one by one.
+        let nested: Vec<&Step> = if self.at.stage_new_dirs {
+            let created: HashSet<&Path> = steps.creates.iter().map(Step::rel).collect();
+            let (tops, nested): (Vec<&Step>, Vec<&Step>) = steps
+                .creates
+                .iter()
+                .partition(|step| step.rel().parent().is_none_or(|p| !created.contains(p)));
+            self.hidden = self.stage(&tops);
+            nested
+        } else {
+            steps.creates.iter().collect()
+        };
+        let run = &*self;
+        // Parents before children: one depth at a time, each in parallel.
+        for level in by_depth(&nested, |step| step.rel()) {
+            level.into_par_iter().for_each(|step| run.execute(step));
+        }
+        let transfer = || {
+            let (pairs, singles) = pairable(&steps.transfers);
+            rayon::join(
+                || {
+                    pairs
+                        .into_par_iter()
+                        .for_each(|pair| run.execute_pair(pair))
+                },
+                || singles.into_par_iter().for_each(|step| run.execute(step)),
+            );
+        };
+        match written_side(&steps.transfers) {
+            Some(side) if run.at.flush_while_copying => {
+                flush::flushing_while(run.at.roots[side as usize], EARLY_FLUSH, transfer)
+            }
+            _ => transfer(),
+        }
+        // Even after a stop: every file in them is whole.
+        run.publish();
+
+        // Directory modes and times last, deepest first: adding or removing an entry moves a
+        // directory's mtime, and a read-only mode would have blocked the steps above.
+        for level in by_depth(&steps.dirs, |step| step.rel()).into_iter().rev() {
+            level.into_par_iter().for_each(|step| run.finish_dir(step));
+        }
+    }
+
+    fn root(&self, side: Side) -> &Path {
+        self.at.roots[side as usize]
+    }
+
+    /// Where `rel` on `side` is now (not inside a hidden directory).
+    fn path(&self, side: Side, rel: &Path) -> PathBuf {
+        self.root(side).join(rel)
+    }
+
+    /// ` in SIDE` where log lines name sides, else nothing.
+    fn within(&self, side: Side) -> String {
+        if self.at.name_sides {
+            format!(" in {}", side.name())
+        } else {
+            String::new()
+        }
+    }
+
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn error(&self, message: std::fmt::Arguments<'_>) {
+        log::error!("{message}");
+        Run::bump(&self.errors);
+    }
+
+    /// Logs and counts the fault of `step`.
+    fn op_error(&self, step: &Step, err: &OpError) {
+        let rel = Escaped(step.rel());
+        let side = step.side();
+        let (here, there) = (self.within(side), self.within(side.other()));
+        match err {
+            OpError::Read { source, .. } => {
+                self.error(format_args!("cannot read {rel}{there}: {source}"))
+            }
+            OpError::Write { source, .. } => {
+                self.error(format_args!("cannot write {rel}{here}: {source}"))
+            }
+            OpError::SourceChanged { .. } if self.at.name_sides => self.error(format_args!(
+                "skipped {rel}{here}: its other side changed while being copied; retried next pass"
+            )),
+            OpError::SourceChanged { .. } => self.error(format_args!(
+                "skipped {rel}: it changed while being copied; retried next pass"
+            )),
+            OpError::DestinationChanged { .. } if self.at.name_sides => self.error(format_args!(
+                "skipped {rel}{here}: it changed since the scan; retried next pass"
+            )),
+            OpError::DestinationChanged { .. } => self.error(format_args!(
+                "skipped {rel}: it changed in {} since the scan; retried next pass",
+                side.name()
+            )),
+        }
+    }
+
+    /// Whether `rel` or a parent of it failed this pass.
+    fn blocked(&self, rel: &Path) -> bool {
+        if !self.any_failed.load(Ordering::Acquire) {
+            return false;
+        }
+        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        rel.ancestors().any(|a| failed.contains(a))
+    }
+
+    fn mark_failed(&self, rel: &Path) {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(rel.to_path_buf());
+        self.any_failed.store(true, Ordering::Release);
+    }
+
+    /// The hidden directory that `rel` is being built in, if any.
+    fn hidden_in<'r>(&self, rel: &'r Path) -> Option<(&'r Path, &HiddenDir)> {
+        if self.hidden.is_empty() {
+            return None;
+        }
+        rel.ancestors()
+            .skip(1)
+            .find_map(|a| self.hidden.get(a).map(|h| (a, h)))
+    }
+
+    /// Where `rel` on `side` is written now, and how.
+    fn place(&self, side: Side, rel: &Path) -> (PathBuf, Option<&HiddenDir>) {
+        match self.hidden_in(rel) {
+            Some((top, hidden)) => {
+                let inside = rel.strip_prefix(top).unwrap_or(rel);
+                (hidden.staged.join(inside), Some(hidden))
+            }
+            None => (self.path(side, rel), None),
+        }
+    }
+
+    /// Whether `step` may run now: no stop requested, nothing failed at or above its path, and
+    /// (for what creates) every parent still a real directory. A refusal is logged here.
+    fn ready(&self, step: &Step) -> bool {
+        if signal::stop_requested() {
+            return false;
+        }
+        let rel = step.rel();
+        if self.blocked(rel) {
+            self.mark_failed(rel);
+            return false;
+        }
+        // Whatever this step creates, it creates inside its tree, never through a link. (A
+        // hidden directory's parents were checked when it was made; what is inside is ours.)
+        if !matches!(step, Step::Remove { .. })
+            && self.hidden_in(rel).is_none()
+            && let Err(err) = fsops::check_parents(self.root(step.side()), rel)
+        {
+            self.mark_failed(rel);
+            self.op_error(step, &err);
+            return false;
+        }
+        true
+    }
+
+    fn execute(&self, step: &Step) {
+        if self.ready(step) {
+            self.run(step);
+        }
+    }
+
+    /// Runs two copies that [`pairable`] chose together (see [`fsops::copy_pair`]); one that
+    /// may not run leaves the other to run alone.
+    fn execute_pair(&self, steps: [&Step; 2]) {
+        let [a, b] = steps;
+        match (self.ready(a), self.ready(b)) {
+            (true, true) => {}
+            (true, false) => return self.run(a),
+            (false, true) => return self.run(b),
+            (false, false) => return,
+        }
+        let (ja, jb) = (self.pair_job(a), self.pair_job(b));
+        let started = SystemTime::now();
+        let results = fsops::copy_pair([(&ja.0, &ja.1, ja.2), (&jb.0, &jb.1, jb.2)]);
+        for (step, result) in [a, b].into_iter().zip(results) {
+            let done = result.and_then(|c| self.copied(step, started, c));
+            self.conclude(step, done);
+        }
+    }
+
+    /// What the copy `step` reads, where it writes, and over what.
+    fn pair_job<'s>(&self, step: &'s Step) -> (PathBuf, PathBuf, Dest<'s>) {
+        let Step::Copy {
+            side, rel, replace, ..
+        } = step
+        else {
+            unreachable!("only copies are paired");
+        };
+        let (dst, hidden) = self.place(*side, rel);
+        (
+            self.path(side.other(), rel),
+            dst,
+            dest(replace.as_deref(), hidden),
+        )
+    }
+
+    /// Carries out `step` (already [`Run::ready`]) and logs what it did.
+    fn run(&self, step: &Step) {
+        let (side, rel) = (step.side(), step.rel());
+        let (dst, hidden) = self.place(side, rel);
+        let result = match step {
+            Step::SaveAside { to, seen, .. } => {
+                fsops::rename_noreplace(&dst, &self.path(side, to), seen).map(|()| Done::AsPlanned)
+            }
+            Step::Remove { seen, .. } => fsops::remove(&dst, seen).map(|()| Done::AsPlanned),
+            Step::MakeDir { .. } => fsops::create_dir(&dst).map(|()| Done::AsPlanned),
+            Step::Copy {
+                source,
+                known,
+                replace,
+                ..
+            } => {
+                let started = SystemTime::now();
+                let read = side.other();
+                // A digest hashed or cached this pass lets the kernel copy the bytes unread,
+                // while the source keeps the stamp it was hashed under.
+                let trusted = source.as_ref().filter(|e| self.at.learner.trusted(read, e));
+                let content = match (known, trusted) {
+                    (Known::Digest { digest, exact }, Some(entry)) => Content::Known {
+                        entry,
+                        digest: *digest,
+                        exact: *exact,
+                    },
+                    (
+                        Known::Digest {
+                            digest,
+                            exact: true,
+                        },
+                        None,
+                    ) => Content::Hash(Some(digest)),
+                    (Known::Unless(held), _) => Content::Unless(held),
+                    (Known::Digest { exact: false, .. } | Known::Unread { .. }, _) => {
+                        Content::Hash(None)
+                    }
+                };
+                let src = self.path(read, rel);
+                fsops::copy_file(&src, &dst, dest(replace.as_deref(), hidden), content)
+                    .and_then(|c| self.copied(step, started, c))
+            }
+            Step::Symlink {
+                target,
+                mtime,
+                replace,
+                ..
+            } => fsops::symlink(target, &dst, dest(replace.as_ref(), hidden), *mtime)
+                .map(|_| Done::AsPlanned),
+            Step::SetMeta {
+                seen,
+                mode,
+                mtime,
+                digest,
+                ..
+            } => fsops::set_metadata(&dst, seen, *mode, *mtime).map(|now| {
+                if let Some(d) = digest {
+                    self.at.learner.learn(side, rel, &now, *d, None);
+                }
+                Done::AsPlanned
+            }),
+            Step::Dir { .. } => unreachable!("directories are finished apart"),
+        };
+        self.conclude(step, result);
+    }
+
+    /// Learns what the copy `step` (begun at `started`) read and left, hands it back where the
+    /// step asked, and finishes a copy that found the bytes already there.
+    fn copied(&self, step: &Step, started: SystemTime, c: fsops::Copied) -> Result<Done, OpError> {
+        let Step::Copy {
+            side,
+            rel,
+            source,
+            known,
+            ..
+        } = step
+        else {
+            unreachable!("only copies copy");
+        };
+        let (side, read) = (*side, side.other());
+        let learner = self.at.learner;
+        let learn =
+            |copy: &Entry| learner.learn_copy(side, rel, (&c.source, started), copy, c.digest);
+        if let Known::Unread { report: true } = known {
+            // The source as it was copied (it may have changed since the scan): its bytes,
+            // mode and time are what both sides now hold.
+            let item = Item::File {
+                digest: c.digest,
+                size: c.source.size,
+                mode: c.source.mode,
+                mtime: c.source.mtime,
+            };
+            self.read_by_copies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(rel.clone(), item);
+        }
+        if c.installed {
+            learn(&c.destination);
+            return Ok(Done::AsPlanned);
+        }
+        // Same bytes: what is left to carry over is the mode and time, as for a file found
+        // equal by its digest.
+        let there = &c.destination;
+        let Some(want) = source else {
+            learn(there);
+            return Ok(Done::Nothing);
+        };
+        if there.mode == want.mode && there.mtime == want.mtime {
+            learn(there);
+            return Ok(Done::Nothing);
+        }
+        let (dst, _) = self.place(side, rel);
+        match fsops::set_metadata(&dst, there, want.mode, want.mtime) {
+            Ok(now) => {
+                learn(&now);
+                Ok(Done::Metadata)
+            }
+            Err(err) => {
+                // The source was read all the same.
+                learner.learn(read, rel, &c.source, c.digest, Some(started));
+                Err(err)
+            }
+        }
+    }
+
+    /// Logs and counts how `step` ended.
+    fn conclude(&self, step: &Step, result: Result<Done, OpError>) {
+        let rel = step.rel();
+        match result {
+            Ok(done) => {
+                match done {
+                    Done::AsPlanned => log::info!("{}", step.describe(self.at.name_sides)),
+                    Done::Metadata => log::info!(
+                        "updated metadata of {}{}",
+                        Escaped(rel),
+                        self.within(step.side())
+                    ),
+                    Done::Nothing => return,
+                }
+                Run::bump(&self.operations);
+            }
+            Err(err) => {
+                self.mark_failed(rel);
+                if let Step::SaveAside { to, .. } = step {
+                    self.mark_failed(to);
+                }
+                if let (Step::Copy { .. } | Step::Symlink { .. }, (path, Some(hidden))) =
+                    (step, self.place(step.side(), rel))
+                    && std::fs::symlink_metadata(&path).is_ok()
+                {
+                    hidden.spoiled.store(true, Ordering::Relaxed);
+                }
+                if let (Step::Remove { seen, .. }, OpError::Write { source, .. }) = (step, &err)
+                    && seen.is_dir()
+                    && source.kind() == std::io::ErrorKind::DirectoryNotEmpty
+                {
+                    // Excluded entries (or ones created since the scan) keep it; that is
+                    // what --exclude promises, not a fault. (A two-way archive keeps its entry,
+                    // so the removal is tried again, with this warning, until it can happen.)
+                    log::warn!(
+                        "kept directory {}{}: it holds entries that are excluded or new",
+                        Escaped(rel),
+                        self.within(step.side())
+                    );
+                    return;
+                }
+                self.op_error(step, &err);
+            }
+        }
+    }
+
+    /// Makes a hidden directory for each of `tops` (new directories whose parents exist) that
+    /// may be created now; one that cannot be made fails as its creation would.
+    fn stage(&self, tops: &[&Step]) -> HashMap<PathBuf, HiddenDir> {
+        tops.par_iter()
+            .filter(|step| self.ready(step))
+            .filter_map(|step| {
+                let rel = step.rel();
+                let parent = self.path(step.side(), rel.parent().unwrap_or(Path::new("")));
+                match fsops::stage_dir(&parent) {
+                    Ok(staged) => Some((
+                        rel.to_path_buf(),
+                        HiddenDir {
+                            side: step.side(),
+                            staged,
+                            spoiled: AtomicBool::new(false),
+                        },
+                    )),
+                    Err(err) => {
+                        self.conclude(step, Err(err));
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Gives each hidden directory its name, in path order. One that lost the name to
+    /// something created since the scan is removed (it holds only our copies) and tried again
+    /// next pass.
+    fn publish(&self) {
+        let mut tops: Vec<(&PathBuf, &HiddenDir)> = self.hidden.iter().collect();
+        tops.sort_unstable_by(|a, b| path_order(a.0, b.0));
+        for (rel, hidden) in tops {
+            let made = Step::MakeDir {
+                side: hidden.side,
+                rel: rel.clone(),
+            };
+            if hidden.spoiled.load(Ordering::Relaxed) {
+                self.mark_failed(rel);
+                self.error(format_args!(
+                    "skipped directory {}: a failed copy left a partial file in it; retried next pass",
+                    Escaped(rel)
+                ));
+                continue;
+            }
+            let to = self.path(hidden.side, rel);
+            match fsops::publish_dir(&hidden.staged, &to) {
+                Ok(()) => self.conclude(&made, Ok(Done::AsPlanned)),
+                Err(err) => {
+                    self.conclude(&made, Err(err));
+                    if let Err(e) = std::fs::remove_dir_all(&hidden.staged) {
+                        log::warn!(
+                            "cannot remove {}: {e}; the next pass removes it",
+                            hidden.staged.display()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives a directory its final mode (and time) once everything in it is done.
+    fn finish_dir(&self, step: &Step) {
+        let Step::Dir {
+            side,
+            rel,
+            seen,
+            want: Some(want),
+            changes_inside,
+        } = step
+        else {
+            return;
+        };
+        if signal::stop_requested() || self.blocked(rel) {
+            return;
+        }
+        let differs = dir_differs(seen.as_ref(), *want);
+        if !differs && !changes_inside {
+            return;
+        }
+        let path = self.path(*side, rel);
+        let result = match want {
+            (mode, Some(mtime)) => fsops::finish_dir(&path, *mode, *mtime),
+            (mode, None) => fsops::set_dir_mode(&path, *mode),
+        };
+        match result {
+            Ok(()) => {
+                if seen.is_some() && differs {
+                    log::info!("{}", step.describe(self.at.name_sides));
+                    Run::bump(&self.operations);
+                }
+            }
+            Err(err) => {
+                self.mark_failed(rel);
+                self.op_error(step, &err);
+            }
+        }
+    }
+}
+
+/// The one side that `transfers` write, if they all write one.
+fn written_side(transfers: &[Step]) -> Option<Side> {
+    let first = transfers.first()?.side();
+    transfers.iter().all(|s| s.side() == first).then_some(first)
+}
+
+/// What a copy or link of `rel` goes over, or into: the entry the scan saw, a new name, or a
+/// hidden directory.
+fn dest<'a>(replace: Option<&'a Entry>, hidden: Option<&HiddenDir>) -> Dest<'a> {
+    match (replace, hidden) {
+        (Some(seen), _) => Dest::Replace(seen),
+        (None, Some(_)) => Dest::Hidden,
+        (None, None) => Dest::New,
+    }
+}
+
+/// Copies that [`Run::execute_pair`] runs two at a time: large files hashed as they are copied
+/// (nothing known of their content), when there are more of them than threads, so that every
+/// thread would copy one anyway. Paired by size, largest first, so that the two of a pair end
+/// together. The rest are returned as they were.
+fn pairable(transfers: &[Step]) -> (Vec<[&Step; 2]>, Vec<&Step>) {
+    let size = |step: &Step| match step {
+        Step::Copy {
+            source: Some(e),
+            known: Known::Unread { .. },
+            ..
+        } => e.size,
+        _ => 0,
+    };
+    let (mut large, mut rest): (Vec<&Step>, Vec<&Step>) =
+        transfers.iter().partition(|step| size(step) >= PAIR_FROM);
+    if large.len() <= rayon::current_num_threads() {
+        return (Vec::new(), transfers.iter().collect());
+    }
+    large.sort_by_key(|step| std::cmp::Reverse(size(step)));
+    let pairs = large
+        .chunks(2)
+        .filter_map(|c| match c {
+            [a, b] => Some([*a, *b]),
+            [one] => {
+                rest.push(one);
+                None
+            }
+            _ => None,
+        })
+        .collect();
+    (pairs, rest)
+}
+
+/// `items` grouped by the depth of their path, shallowest first.
+fn by_depth<T>(items: &[T], rel: impl Fn(&T) -> &Path) -> Vec<Vec<&T>> {
+    let mut levels: Vec<Vec<&T>> = Vec::new();
+    for item in items {
+        let depth = rel(item)
+            .as_os_str()
+            .as_bytes()
+            .iter()
+            .filter(|&&b| b == b'/')
+            .count();
+        if levels.len() <= depth {
+            levels.resize_with(depth + 1, Vec::new);
+        }
+        levels[depth].push(item);
+    }
+    levels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Kind, Timestamp};
+
+    fn copy(name: &str, size: u64, known: Known) -> Step {
+        let source = Entry {
+            kind: Kind::File,
+            mode: 0o644,
+            size,
+            mtime: Timestamp::default(),
+            ctime: Timestamp::default(),
+            ino: 1,
+        };
+        Step::Copy {
+            side: Side::Backup,
+            rel: PathBuf::from(name),
+            source: Some(source),
+            known,
+            replace: None,
+        }
+    }
+
+    fn names(steps: &[&Step]) -> Vec<String> {
+        steps
+            .iter()
+            .map(|step| step.rel().display().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn large_copies_beyond_the_threads_are_paired_by_size() {
+        let unread = Known::Unread { report: false };
+        let transfers = [
+            copy("small", PAIR_FROM - 1, unread),
+            copy("a", PAIR_FROM, unread),
+            copy("b", 3 * PAIR_FROM, unread),
+            copy(
+                "known",
+                5 * PAIR_FROM,
+                Known::Digest {
+                    digest: [0; 32],
+                    exact: false,
+                },
+            ),
+            copy("c", 2 * PAIR_FROM, unread),
+        ];
+        let in_pool = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| pairable(&transfers))
+        };
+        // Three large unknown copies on one thread: the two largest together, the third alone
+        // with the rest.
+        let (pairs, rest) = in_pool(1);
+        assert_eq!(pairs.len(), 1);
+        assert_eq!(names(&pairs[0]), ["b", "c"]);
+        let mut rest = names(&rest);
+        rest.sort();
+        assert_eq!(rest, ["a", "known", "small"]);
+        // As many threads as large copies: each has its own thread, nothing is paired.
+        let (pairs, rest) = in_pool(3);
+        assert!(pairs.is_empty());
+        assert_eq!(rest.len(), transfers.len());
+    }
+}
