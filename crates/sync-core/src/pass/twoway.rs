@@ -1,24 +1,20 @@
 //! One two-way pass (SPEC §4): scan both sides, hash, reconcile against the archive, check the
 //! refusals, apply with the safe operations, and record in the archive what was really done.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
 
-use rayon::prelude::*;
-
+use crate::apply::{Applied, Applier};
 use crate::display::Escaped;
 use crate::error::Error;
 use crate::hash::dircache::{DirCache, Learner, tree_digests};
-use crate::model::{Entry, Item, ItemList, Items, Kind, PassStats, Side};
-use crate::plan::reconcile::{Plan, Policy, Step, Verdict, reconcile};
+use crate::model::{Item, ItemList, Items, Kind, PassStats, Side};
+use crate::plan::reconcile::{Plan, Policy, Verdict, reconcile};
 use crate::plan::refuse::{self, Refusal};
+use crate::plan::step::{Known, Step, Steps};
 use crate::scan::{self, Filter, Tree};
 use crate::signal;
 use crate::state::archive;
-use crate::tree::ops::{self as fsops, OpError};
 use crate::tree::{flush, temp};
 
 /// What a two-way pass works on and how.
@@ -210,7 +206,7 @@ pub fn twoway_pass(opts: &TwowayOptions, dir_cache: &mut DirCache) -> Result<Pas
     let stamp = crate::display::local_now()
         .strftime("%Y%m%d-%H%M%S")
         .to_string();
-    let plan = reconcile(
+    let mut plan = reconcile(
         &archived,
         &src_items,
         &dst_items,
@@ -239,11 +235,38 @@ pub fn twoway_pass(opts: &TwowayOptions, dir_cache: &mut DirCache) -> Result<Pas
     }
     stats.conflicts = Some(plan.conflicts.len() as u64);
 
-    if opts.dry_run {
-        for step in &plan.steps {
-            log::info!("dry run: {}", describe(step));
-            stats.operations += 1;
+    // The plan's items bound to the entries the scan saw, which the applier checks again right
+    // before it acts on them. A file left unread is hashed by its copy, which says what the
+    // archive records.
+    let tree = |side: Side| if side == Side::Source { &src } else { &dst };
+    let mut steps = Steps::default();
+    for step in std::mem::take(&mut plan.steps) {
+        let rel = step.rel().to_path_buf();
+        match step.bind(|side, rel, _| tree(side).entries.get(rel).cloned()) {
+            Some(mut step) => {
+                if let Step::Copy {
+                    side, rel, known, ..
+                } = &mut step
+                    && unread[side.other() as usize].contains(rel.as_path())
+                {
+                    *known = Known::Unread { report: true };
+                }
+                steps.push(step);
+            }
+            // Reconcile plans only with what the scan saw.
+            None => unreachable!("{} planned without being scanned", rel.display()),
         }
+    }
+    steps.sort();
+    let applier = Applier {
+        roots: [&opts.source, &opts.backup],
+        name_sides: true,
+        stage_new_dirs: false,
+        flush_while_copying: false,
+        learner: &learner,
+    };
+    if opts.dry_run {
+        stats.operations = applier.dry_run(&steps);
         return Ok(stats);
     }
     if first_pass {
@@ -257,31 +280,16 @@ pub fn twoway_pass(opts: &TwowayOptions, dir_cache: &mut DirCache) -> Result<Pas
             journal.display()
         );
     }
-    let applier = Applier {
-        opts,
-        src: &src,
-        dst: &dst,
-        learner: &learner,
-        failed: Mutex::new(HashSet::new()),
-        operations: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-        made_dirs: Mutex::new(Vec::new()),
-        unread: &unread,
-        read_by_copies: Mutex::new(HashMap::new()),
-    };
-    applier.apply(&plan);
+    let Applied {
+        operations,
+        errors,
+        failed,
+        read_by_copies,
+    } = applier.apply(&steps);
     temp::end_temp_journal(&journal);
-    stats.operations += applier.operations.load(Ordering::Relaxed);
-    stats.errors += applier.errors.load(Ordering::Relaxed);
+    stats.operations += operations;
+    stats.errors += errors;
     stats.interrupted = signal::stop_requested();
-    let failed = applier
-        .failed
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner());
-    let read_by_copies = applier
-        .read_by_copies
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner());
     let was_unread = |rel: &Path| unread.iter().any(|side| side.contains(rel));
 
     let mut blocks = digests.blocks;
@@ -404,326 +412,4 @@ fn refuse_mass_deletion(
         refuse::mass_deletion(opts.force, (side.name(), opts.root(side)), removed, total)?;
     }
     Ok(())
-}
-
-fn describe(step: &Step) -> String {
-    match step {
-        Step::SaveLoser { side, rel, to, .. } => format!(
-            "saved {} as {} in {}",
-            Escaped(rel),
-            Escaped(to),
-            side.name()
-        ),
-        Step::Remove { side, rel, seen } => format!(
-            "removed {}{} from {}",
-            if matches!(seen, Item::Dir { .. }) {
-                "directory "
-            } else {
-                ""
-            },
-            Escaped(rel),
-            side.name()
-        ),
-        Step::MakeDir { side, rel, .. } => {
-            format!("created directory {} in {}", Escaped(rel), side.name())
-        }
-        Step::Copy {
-            side,
-            rel,
-            expected,
-            ..
-        } => format!(
-            "{} {} {} {}",
-            if expected.is_some() {
-                "replaced"
-            } else {
-                "copied"
-            },
-            Escaped(rel),
-            if expected.is_some() { "in" } else { "to" },
-            side.name()
-        ),
-        Step::Link {
-            side,
-            rel,
-            item,
-            expected,
-        } => {
-            let target = match item {
-                Item::Symlink { target, .. } => target.as_path(),
-                _ => Path::new(""),
-            };
-            format!(
-                "{} symlink {} -> {} in {}",
-                if matches!(expected, Some(Item::Symlink { .. })) {
-                    "replaced"
-                } else {
-                    "created"
-                },
-                Escaped(rel),
-                Escaped(target),
-                side.name()
-            )
-        }
-        Step::Meta { side, rel, .. } => {
-            format!("updated metadata of {} in {}", Escaped(rel), side.name())
-        }
-    }
-}
-
-struct Applier<'a> {
-    opts: &'a TwowayOptions,
-    src: &'a Tree,
-    dst: &'a Tree,
-    learner: &'a Learner,
-    /// Paths whose step failed: their archive entries stay, and nothing is done beneath them.
-    failed: Mutex<HashSet<PathBuf>>,
-    operations: AtomicU64,
-    errors: AtomicU64,
-    /// Directories created this pass, to get their final mode last.
-    made_dirs: Mutex<Vec<(Side, PathBuf, Item)>>,
-    /// Per side, the files left unread before the plan (see [`unread_files`]).
-    unread: &'a [HashSet<&'a Path>; 2],
-    /// What the copies of those files read: the item both sides now hold, by path.
-    read_by_copies: Mutex<HashMap<PathBuf, Item>>,
-}
-
-impl Applier<'_> {
-    fn tree(&self, side: Side) -> &Tree {
-        match side {
-            Side::Source => self.src,
-            Side::Backup => self.dst,
-        }
-    }
-
-    /// The scanned entry behind `seen` at `rel` on `side` (for the re-check before a change).
-    fn seen_entry(&self, side: Side, rel: &Path) -> Option<&Entry> {
-        self.tree(side).entries.get(rel)
-    }
-
-    fn blocked(&self, rel: &Path) -> bool {
-        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-        !failed.is_empty() && rel.ancestors().skip(1).any(|a| failed.contains(a))
-    }
-
-    fn fail(&self, rel: &Path) {
-        self.failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(rel.to_path_buf());
-    }
-
-    fn apply(&self, plan: &Plan) {
-        let mut saves = Vec::new();
-        let mut removals = Vec::new();
-        let mut dirs = Vec::new();
-        let mut transfers = Vec::new();
-        for step in &plan.steps {
-            match step {
-                Step::SaveLoser { .. } => saves.push(step),
-                Step::Remove { .. } => removals.push(step),
-                Step::MakeDir { .. } => dirs.push(step),
-                _ => transfers.push(step),
-            }
-        }
-        // Losers are moved aside before anything could overwrite them; removals go children
-        // first; directories are made parents first; then files and links in parallel.
-        removals.sort_by(|a, b| b.rel().cmp(a.rel()));
-        dirs.sort_by(|a, b| a.rel().cmp(b.rel()));
-        for step in saves.into_iter().chain(removals).chain(dirs) {
-            self.run(step);
-        }
-        transfers.par_iter().for_each(|step| self.run(step));
-        self.finish_dirs();
-    }
-
-    fn run(&self, step: &Step) {
-        if signal::stop_requested() {
-            return;
-        }
-        let rel = step.rel();
-        if self.blocked(rel) {
-            self.fail(rel);
-            return;
-        }
-        let side = step.side();
-        let root = self.opts.root(side);
-        let path = root.join(rel);
-        // Whatever this step creates, it creates inside its side, never through a link.
-        if !matches!(step, Step::Remove { .. })
-            && let Err(err) = fsops::check_parents(root, rel)
-        {
-            self.fail(rel);
-            self.errors.fetch_add(1, Ordering::Relaxed);
-            log::error!("skipped {} in {}: {err}", Escaped(rel), side.name());
-            return;
-        }
-        let seen = || self.seen_entry(side, rel);
-        let result: Result<(), OpError> = match step {
-            Step::SaveLoser { to, .. } => match seen() {
-                Some(entry) => fsops::rename_noreplace(&path, &root.join(to), entry),
-                None => Err(OpError::DestinationChanged { path: path.clone() }),
-            },
-            Step::Remove { .. } => match seen() {
-                Some(entry) => fsops::remove(&path, entry),
-                None => Err(OpError::DestinationChanged { path: path.clone() }),
-            },
-            Step::MakeDir { item, .. } => fsops::create_dir(&path).map(|()| {
-                self.made_dirs
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((side, rel.to_path_buf(), item.clone()));
-            }),
-            Step::Copy {
-                from,
-                item,
-                expected,
-                ..
-            } => {
-                let Item::File { digest, .. } = item else {
-                    unreachable!("copies carry files")
-                };
-                let expected = match expected {
-                    Some(_) => seen(),
-                    None => None,
-                };
-                let started = SystemTime::now();
-                let from_path = self.opts.root(side.other()).join(from);
-                // The other side's file as scanned, when it is still at its scanned path (a
-                // conflict copy is read from the name it was just moved to, and hashed).
-                let scanned = self.seen_entry(side.other(), from).filter(|_| from == rel);
-                // A file left unread is hashed by its copy, which nothing can check.
-                let unread = from == rel && self.unread[side.other() as usize].contains(&**from);
-                let content = match scanned {
-                    _ if unread => fsops::Content::Hash(None),
-                    Some(entry) if self.learner.trusted(side.other(), entry) => {
-                        fsops::Content::Known {
-                            entry,
-                            digest: *digest,
-                            exact: true,
-                        }
-                    }
-                    _ => fsops::Content::Hash(Some(digest)),
-                };
-                fsops::copy_file(&from_path, &path, expected.into(), content).map(|c| {
-                    self.learner
-                        .learn(side.other(), from, &c.source, c.digest, Some(started));
-                    self.learner
-                        .learn(side, rel, &c.destination, c.digest, None);
-                    if unread {
-                        // The source as it was copied (it may have changed since the scan):
-                        // its bytes, mode and time are what both sides now hold.
-                        let item = Item::File {
-                            digest: c.digest,
-                            size: c.source.size,
-                            mode: c.source.mode,
-                            mtime: c.source.mtime,
-                        };
-                        self.read_by_copies
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(rel.to_path_buf(), item);
-                    }
-                })
-            }
-            Step::Link { item, expected, .. } => {
-                let Item::Symlink { target, mtime } = item else {
-                    unreachable!("links carry links")
-                };
-                let expected = match expected {
-                    Some(_) => seen(),
-                    None => None,
-                };
-                fsops::symlink(target, &path, expected.into(), *mtime).map(drop)
-            }
-            Step::Meta { want, .. } => match (seen(), want) {
-                (Some(_), Item::Dir { mode, .. }) => fsops::set_dir_mode(&path, *mode),
-                (
-                    Some(entry),
-                    Item::File {
-                        mode,
-                        mtime,
-                        digest,
-                        ..
-                    },
-                ) => fsops::set_metadata(&path, entry, *mode, *mtime).map(|now| {
-                    self.learner.learn(side, rel, &now, *digest, None);
-                }),
-                (Some(entry), Item::Symlink { mtime, .. }) => {
-                    fsops::set_metadata(&path, entry, entry.mode, *mtime).map(drop)
-                }
-                (None, _) => Err(OpError::DestinationChanged { path: path.clone() }),
-            },
-        };
-        match result {
-            Ok(()) => {
-                log::info!("{}", describe(step));
-                self.operations.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(err) => {
-                self.fail(rel);
-                if let Step::SaveLoser { to, .. } = step {
-                    self.fail(to);
-                }
-                if let (Step::Remove { seen, .. }, OpError::Write { source, .. }) = (step, &err)
-                    && matches!(seen, Item::Dir { .. })
-                    && source.kind() == std::io::ErrorKind::DirectoryNotEmpty
-                {
-                    // Excluded entries (or ones created since the scan) keep it: that is what
-                    // --exclude promises, not a fault. Its archive entry stays, so the removal
-                    // is tried again, with this warning, until it can happen.
-                    log::warn!(
-                        "kept directory {} in {}: it holds entries that are excluded or new",
-                        Escaped(rel),
-                        side.name()
-                    );
-                    return;
-                }
-                self.errors.fetch_add(1, Ordering::Relaxed);
-                let where_ = side.name();
-                match err {
-                    OpError::Read { source, .. } => {
-                        log::error!(
-                            "cannot read {} in {}: {source}",
-                            Escaped(rel),
-                            side.other().name()
-                        )
-                    }
-                    OpError::Write { source, .. } => {
-                        log::error!("cannot write {} in {where_}: {source}", Escaped(rel))
-                    }
-                    OpError::SourceChanged { .. } => log::error!(
-                        "skipped {} in {where_}: its other side changed while being copied; retried next pass",
-                        Escaped(rel)
-                    ),
-                    OpError::DestinationChanged { .. } => log::error!(
-                        "skipped {} in {where_}: it changed since the scan; retried next pass",
-                        Escaped(rel)
-                    ),
-                }
-            }
-        }
-    }
-
-    /// Gives directories made this pass (created owner-writable) their final mode and mtime,
-    /// deepest first.
-    fn finish_dirs(&self) {
-        let mut made =
-            std::mem::take(&mut *self.made_dirs.lock().unwrap_or_else(|e| e.into_inner()));
-        made.sort_by(|a, b| b.1.cmp(&a.1));
-        for (side, rel, item) in made {
-            if signal::stop_requested() {
-                return;
-            }
-            // A directory made here takes the other side's mtime too, so a fresh copy of a
-            // tree matches it exactly; later the mtimes of directories are not compared.
-            if let Item::Dir { mode, mtime } = item
-                && let Err(err) = fsops::finish_dir(&self.opts.root(side).join(&rel), mode, mtime)
-            {
-                self.fail(&rel);
-                self.errors.fetch_add(1, Ordering::Relaxed);
-                log::error!("{err}");
-            }
-        }
-    }
 }

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use crate::model::Side;
 use crate::model::{Item, ItemList, Items};
+use crate::plan::step::{Known, Step};
 
 /// Who wins a conflict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,102 +37,6 @@ pub enum Verdict {
     Policy(Policy),
     /// A directory keeps its name against a file or link.
     Directory,
-}
-
-/// One step of a two-way plan. `side` is the side that changes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
-    /// Move a conflict's loser aside on its own side: `rel` → `to`.
-    SaveLoser {
-        /// Where the loser is.
-        side: Side,
-        /// Its path.
-        rel: PathBuf,
-        /// The conflict name.
-        to: PathBuf,
-        /// What the scan saw there.
-        seen: Item,
-    },
-    /// Remove what the scan saw.
-    Remove {
-        /// The side.
-        side: Side,
-        /// The path.
-        rel: PathBuf,
-        /// What the scan saw.
-        seen: Item,
-    },
-    /// Create a directory.
-    MakeDir {
-        /// The side.
-        side: Side,
-        /// The path.
-        rel: PathBuf,
-        /// Its final mode and mtime, set once its content is in place.
-        item: Item,
-    },
-    /// Copy a file from the other side's `from` to this side's `rel`.
-    Copy {
-        /// The side written.
-        side: Side,
-        /// The path written.
-        rel: PathBuf,
-        /// The path read on the other side (differs from `rel` for conflict copies).
-        from: PathBuf,
-        /// The file to copy (its digest is checked while copying, unless the file was left
-        /// unread before the plan: see `twoway::unread_files`).
-        item: Item,
-        /// What the scan saw at `rel` (to be replaced), if anything.
-        expected: Option<Item>,
-    },
-    /// Create a symbolic link.
-    Link {
-        /// The side written.
-        side: Side,
-        /// The path.
-        rel: PathBuf,
-        /// The link to create.
-        item: Item,
-        /// What the scan saw at `rel` (to be replaced), if anything.
-        expected: Option<Item>,
-    },
-    /// Set mode and mtime (same content).
-    Meta {
-        /// The side.
-        side: Side,
-        /// The path.
-        rel: PathBuf,
-        /// What the scan saw.
-        seen: Item,
-        /// The wanted state.
-        want: Item,
-    },
-}
-
-impl Step {
-    /// The path the step writes or removes.
-    pub fn rel(&self) -> &Path {
-        match self {
-            Step::SaveLoser { rel, .. }
-            | Step::Remove { rel, .. }
-            | Step::MakeDir { rel, .. }
-            | Step::Copy { rel, .. }
-            | Step::Link { rel, .. }
-            | Step::Meta { rel, .. } => rel,
-        }
-    }
-
-    /// The side the step changes.
-    pub fn side(&self) -> Side {
-        match self {
-            Step::SaveLoser { side, .. }
-            | Step::Remove { side, .. }
-            | Step::MakeDir { side, .. }
-            | Step::Copy { side, .. }
-            | Step::Link { side, .. }
-            | Step::Meta { side, .. } => *side,
-        }
-    }
 }
 
 /// A conflict and how it was settled.
@@ -154,8 +59,9 @@ pub struct Plan {
     /// done (`None`: nothing). Paths not in here hold what the archive says (or are under a
     /// directory that could not be read) and keep their archive entry.
     pub finals: BTreeMap<PathBuf, Option<Item>>,
-    /// The steps, in no particular order (the apply step orders them).
-    pub steps: Vec<Step>,
+    /// The steps, in no particular order (the applier orders them), with the items they
+    /// expect to find.
+    pub steps: Vec<Step<Item>>,
     /// The conflicts.
     pub conflicts: Vec<Conflict>,
 }
@@ -350,28 +256,16 @@ pub fn reconcile(
                         || planned.contains(p)
                 });
                 planned.insert(to.clone());
-                plan.steps.push(Step::SaveLoser {
+                plan.steps.push(Step::SaveAside {
                     side: lside,
                     rel: rel.to_path_buf(),
                     to: to.clone(),
                     seen: lost.clone(),
                 });
-                let other = other_side(lside);
-                plan.steps.push(match &lost {
-                    Item::Symlink { .. } => Step::Link {
-                        side: other,
-                        rel: to.clone(),
-                        item: lost.clone(),
-                        expected: None,
-                    },
-                    _ => Step::Copy {
-                        side: other,
-                        rel: to.clone(),
-                        from: to.clone(),
-                        item: lost.clone(),
-                        expected: None,
-                    },
-                });
+                // The loser's side holds it under the new name once saved: the copy reads it
+                // there (no scan saw it under that name).
+                plan.steps
+                    .push(arrive(other_side(lside), to.clone(), &lost, None, None));
                 plan.finals.insert(to.clone(), Some(lost));
                 plan.conflicts.push(Conflict {
                     rel: rel.to_path_buf(),
@@ -451,10 +345,41 @@ fn other_side(side: Side) -> Side {
     }
 }
 
+/// The step that makes `item` appear at `rel` on `side`, read from the other side, over
+/// `replace`; `source` is the other side's item as scanned there, if it was.
+fn arrive(
+    side: Side,
+    rel: PathBuf,
+    item: &Item,
+    source: Option<&Item>,
+    replace: Option<Item>,
+) -> Step<Item> {
+    match item {
+        Item::Dir { .. } => Step::MakeDir { side, rel },
+        Item::File { digest, .. } => Step::Copy {
+            side,
+            rel,
+            source: source.cloned(),
+            known: Known::Digest {
+                digest: *digest,
+                exact: true,
+            },
+            replace: replace.map(Box::new),
+        },
+        Item::Symlink { target, mtime } => Step::Symlink {
+            side,
+            rel,
+            target: target.clone(),
+            mtime: *mtime,
+            replace,
+        },
+    }
+}
+
 /// The steps that turn `here` (what `side` holds at `rel`) into `fin`; content comes from the
 /// other side, which holds `fin` already.
 fn steps_for_side(
-    steps: &mut Vec<Step>,
+    steps: &mut Vec<Step<Item>>,
     side: Side,
     rel: &Path,
     here: Option<&Item>,
@@ -470,18 +395,42 @@ fn steps_for_side(
         }),
         (Some(h), Some(f)) if same_content(Some(h), Some(f)) => {
             if !same_meta(h, f) {
-                steps.push(Step::Meta {
-                    side,
-                    rel,
-                    seen: h.clone(),
-                    want: f.clone(),
+                steps.push(match f {
+                    Item::Dir { mode, mtime } => Step::Dir {
+                        side,
+                        rel,
+                        seen: Some(h.clone()),
+                        want: Some((*mode, Some(*mtime))),
+                        changes_inside: false,
+                    },
+                    Item::File {
+                        digest,
+                        mode,
+                        mtime,
+                        ..
+                    } => Step::SetMeta {
+                        side,
+                        rel,
+                        seen: h.clone(),
+                        mode: *mode,
+                        mtime: *mtime,
+                        digest: Some(*digest),
+                    },
+                    Item::Symlink { mtime, .. } => Step::SetMeta {
+                        side,
+                        rel,
+                        seen: h.clone(),
+                        mode: 0,
+                        mtime: *mtime,
+                        digest: None,
+                    },
                 });
             }
         }
         (here, Some(f)) => {
             // A directory in the way goes first (its content is removed by its own steps); a
             // file or link in the way is replaced atomically.
-            let expected = match here {
+            let replace = match here {
                 Some(h @ Item::Dir { .. }) => {
                     steps.push(Step::Remove {
                         side,
@@ -490,36 +439,29 @@ fn steps_for_side(
                     });
                     None
                 }
-                Some(Item::File { .. } | Item::Symlink { .. }) if matches!(f, Item::Dir { .. }) => {
+                Some(h @ (Item::File { .. } | Item::Symlink { .. }))
+                    if matches!(f, Item::Dir { .. }) =>
+                {
                     steps.push(Step::Remove {
                         side,
                         rel: rel.clone(),
-                        seen: here.cloned().unwrap_or_else(|| f.clone()),
+                        seen: h.clone(),
                     });
                     None
                 }
                 other => other.cloned(),
             };
-            steps.push(match f {
-                Item::Dir { .. } => Step::MakeDir {
+            if let Item::Dir { mode, mtime } = f {
+                // Made private, and given its mode and time once its content is in place.
+                steps.push(Step::Dir {
                     side,
-                    rel,
-                    item: f.clone(),
-                },
-                Item::File { .. } => Step::Copy {
-                    side,
-                    from: rel.clone(),
-                    rel,
-                    item: f.clone(),
-                    expected,
-                },
-                Item::Symlink { .. } => Step::Link {
-                    side,
-                    rel,
-                    item: f.clone(),
-                    expected,
-                },
-            });
+                    rel: rel.clone(),
+                    seen: None,
+                    want: Some((*mode, Some(*mtime))),
+                    changes_inside: false,
+                });
+            }
+            steps.push(arrive(side, rel, f, Some(f), replace));
         }
     }
 }
@@ -585,8 +527,27 @@ mod tests {
                 Side::Backup => (dst, src),
             }
         }
+        // A directory a step makes gets the mode and time its `Dir` step gives it.
+        let made_as = |s: Side, rel: &Path| -> Item {
+            plan.steps
+                .iter()
+                .find_map(|step| match step {
+                    Step::Dir {
+                        side,
+                        rel: r,
+                        seen: None,
+                        want: Some((mode, Some(mtime))),
+                        ..
+                    } if *side == s && r == rel => Some(Item::Dir {
+                        mode: *mode,
+                        mtime: *mtime,
+                    }),
+                    _ => None,
+                })
+                .expect("a made directory is finished")
+        };
         for step in &plan.steps {
-            if let Step::SaveLoser {
+            if let Step::SaveAside {
                 side: s,
                 rel,
                 to,
@@ -600,7 +561,7 @@ mod tests {
                 here.insert(to.clone(), item);
             }
         }
-        let mut removals: Vec<&Step> = plan
+        let mut removals: Vec<&Step<Item>> = plan
             .steps
             .iter()
             .filter(|s| matches!(s, Step::Remove { .. }))
@@ -615,76 +576,117 @@ mod tests {
             assert_eq!(subtree(here, rel).len(), 1, "{rel:?} empty when removed");
             here.remove(rel);
         }
-        let mut dirs: Vec<&Step> = plan
+        let mut dirs: Vec<&Step<Item>> = plan
             .steps
             .iter()
             .filter(|s| matches!(s, Step::MakeDir { .. }))
             .collect();
         dirs.sort_by(|a, b| a.rel().cmp(b.rel()));
         for step in dirs {
-            let Step::MakeDir { side: s, rel, item } = step else {
+            let Step::MakeDir { side: s, rel } = step else {
                 unreachable!()
             };
+            let item = made_as(*s, rel);
             let (here, _) = side(*s, src, dst);
             assert!(
                 parent_ok(here, rel) && !here.contains_key(rel),
                 "mkdir {rel:?}"
             );
-            here.insert(rel.clone(), item.clone());
+            here.insert(rel.clone(), item);
         }
         for step in &plan.steps {
             match step {
                 Step::Copy {
                     side: s,
                     rel,
-                    from,
-                    item,
-                    expected,
+                    source,
+                    known,
+                    replace,
                 } => {
                     let (here, there) = side(*s, src, dst);
+                    // A conflict copy reads the name its file was just saved as.
+                    let item = source
+                        .clone()
+                        .or_else(|| plan.finals.get(rel).cloned().flatten())
+                        .expect("a copy knows what it copies");
                     assert!(
-                        same_content(there.get(from), Some(item)),
-                        "copy source {from:?} holds the content"
+                        matches!(known, Known::Digest { exact: true, .. })
+                            && same_content(there.get(rel), Some(&item)),
+                        "copy source {rel:?} holds the content"
                     );
                     assert_eq!(
-                        there.get(from),
-                        Some(item),
-                        "copy source {from:?} has the metadata too"
+                        there.get(rel),
+                        Some(&item),
+                        "copy source {rel:?} has the metadata too"
                     );
                     assert!(parent_ok(here, rel), "parent of {rel:?}");
                     assert_eq!(
                         here.get(rel),
-                        expected.as_ref(),
+                        replace.as_deref(),
                         "replacing {rel:?} as seen"
                     );
-                    here.insert(rel.clone(), item.clone());
+                    here.insert(rel.clone(), item);
                 }
-                Step::Link {
+                Step::Symlink {
                     side: s,
                     rel,
-                    item,
-                    expected,
+                    target,
+                    mtime,
+                    replace,
                 } => {
                     let (here, _) = side(*s, src, dst);
                     assert!(parent_ok(here, rel), "parent of {rel:?}");
-                    assert_eq!(
-                        here.get(rel),
-                        expected.as_ref(),
-                        "replacing {rel:?} as seen"
-                    );
-                    here.insert(rel.clone(), item.clone());
+                    assert_eq!(here.get(rel), replace.as_ref(), "replacing {rel:?} as seen");
+                    let item = Item::Symlink {
+                        target: target.clone(),
+                        mtime: *mtime,
+                    };
+                    here.insert(rel.clone(), item);
                 }
-                Step::Meta {
+                Step::SetMeta {
                     side: s,
                     rel,
                     seen,
-                    want,
+                    mode,
+                    mtime,
+                    ..
                 } => {
                     let (here, _) = side(*s, src, dst);
                     assert_eq!(here.get(rel), Some(seen));
-                    here.insert(rel.clone(), want.clone());
+                    let want = match seen {
+                        Item::File { digest, size, .. } => Item::File {
+                            digest: *digest,
+                            size: *size,
+                            mode: *mode,
+                            mtime: *mtime,
+                        },
+                        Item::Symlink { target, .. } => Item::Symlink {
+                            target: target.clone(),
+                            mtime: *mtime,
+                        },
+                        Item::Dir { .. } => unreachable!("directories are finished apart"),
+                    };
+                    here.insert(rel.clone(), want);
                 }
                 _ => {}
+            }
+        }
+        for step in &plan.steps {
+            if let Step::Dir {
+                side: s,
+                rel,
+                seen: Some(seen),
+                want: Some((mode, Some(mtime))),
+                ..
+            } = step
+            {
+                let (here, _) = side(*s, src, dst);
+                assert_eq!(here.get(rel), Some(seen));
+                let want = Item::Dir {
+                    mode: *mode,
+                    mtime: *mtime,
+                };
+                here.insert(rel.clone(), want);
             }
         }
     }
