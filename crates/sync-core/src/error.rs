@@ -97,7 +97,7 @@ pub enum Error {
     },
     /// A safety check of SPEC §8 refused the pass.
     #[error(transparent)]
-    Refused(#[from] crate::plan::refuse::Refusal),
+    Refused(#[from] Refusal),
     /// The root of SOURCE could not be listed, so nothing can be decided.
     #[error("cannot list {role} {path}")]
     ListRoot {
@@ -151,6 +151,66 @@ pub enum Error {
         message: String,
     },
 }
+
+/// A pass that the safety checks refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// `role` (SOURCE, BACKUP) at `root` holds nothing, while `reference` holds `held` entries.
+    EmptySide {
+        /// SOURCE or BACKUP.
+        role: &'static str,
+        /// Where it is.
+        root: PathBuf,
+        /// What holds them: "BACKUP", "the last sync", "the latest version".
+        reference: &'static str,
+        /// How many entries.
+        held: u64,
+    },
+    /// The pass would delete `removed` of the `total` files of `role` at `root`.
+    MassDeletion {
+        /// SOURCE, BACKUP or the latest version.
+        role: &'static str,
+        /// Where it is.
+        root: PathBuf,
+        /// Files the pass would delete (or leave out of a new version).
+        removed: u64,
+        /// Files there now.
+        total: u64,
+    },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("refused: ")?;
+        match self {
+            Refusal::EmptySide {
+                role,
+                root,
+                reference,
+                held,
+            } => write!(
+                f,
+                "{role} {} is empty while {reference} holds {held} entries (an unmounted drive \
+                 looks like this)",
+                root.display()
+            )?,
+            Refusal::MassDeletion {
+                role,
+                root,
+                removed,
+                total,
+            } => write!(
+                f,
+                "the pass would delete {removed} of the {total} files of {role} {} (more than \
+                 half)",
+                root.display()
+            )?,
+        }
+        f.write_str("; run with --force if this is intended")
+    }
+}
+
+impl std::error::Error for Refusal {}
 
 /// Formats an error and its causes on one line, the way the binaries print it.
 pub fn one_line(err: &dyn std::error::Error) -> String {

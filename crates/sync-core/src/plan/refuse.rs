@@ -1,70 +1,12 @@
 //! The refusals of SPEC §8, once for every pass: a side that holds nothing where the pass's
 //! reference (the other side, the last sync, the latest version) holds entries, and a pass that
 //! would delete more than half of a side's files. Each pass counts what it would do; the rule
-//! and the message are here.
+//! and the message are here ([`Refusal`], the fault they give, lives with the others in
+//! [`crate::error`]).
 
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// A pass that the safety checks refused, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    /// `role` (SOURCE, BACKUP) at `root` holds nothing, while `reference` holds `held` entries.
-    EmptySide {
-        /// SOURCE or BACKUP.
-        role: &'static str,
-        /// Where it is.
-        root: PathBuf,
-        /// What holds them: "BACKUP", "the last sync", "the latest version".
-        reference: &'static str,
-        /// How many entries.
-        held: u64,
-    },
-    /// The pass would delete `removed` of the `total` files of `role` at `root`.
-    MassDeletion {
-        /// SOURCE, BACKUP or the latest version.
-        role: &'static str,
-        /// Where it is.
-        root: PathBuf,
-        /// Files the pass would delete (or leave out of a new version).
-        removed: u64,
-        /// Files there now.
-        total: u64,
-    },
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("refused: ")?;
-        match self {
-            Refusal::EmptySide {
-                role,
-                root,
-                reference,
-                held,
-            } => write!(
-                f,
-                "{role} {} is empty while {reference} holds {held} entries (an unmounted drive \
-                 looks like this)",
-                root.display()
-            )?,
-            Refusal::MassDeletion {
-                role,
-                root,
-                removed,
-                total,
-            } => write!(
-                f,
-                "the pass would delete {removed} of the {total} files of {role} {} (more than \
-                 half)",
-                root.display()
-            )?,
-        }
-        f.write_str("; run with --force if this is intended")
-    }
-}
-
-impl std::error::Error for Refusal {}
+pub use crate::error::Refusal;
 
 /// Refuses a pass over `role` at `root`, which holds nothing (`empty`), while `reference`
 /// holds `held` entries; nothing with `force`.
