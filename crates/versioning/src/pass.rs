@@ -2,22 +2,19 @@
 //! build a new version (hard-linking what is unchanged, copying the rest) and rotate.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::path::Path;
 
 use checksum::Digest;
-use rayon::prelude::*;
+use sync_core::apply::{Applier, Target};
 use sync_core::display::Escaped;
 use sync_core::hash::dircache::{DirCache, Learner, tree_digests};
-use sync_core::model::{Entry, Kind, PassStats, Side, Timestamp};
+use sync_core::model::{Kind, PassStats, Side, Timestamp};
 use sync_core::pass::PassOptions;
 use sync_core::plan::refuse::{self, Refusal};
+use sync_core::plan::step::{LinkFrom, Step, Steps, arrive, finish};
 use sync_core::run::passes::Job;
 use sync_core::run::startup::Session;
 use sync_core::scan::{self, Tree};
-use sync_core::tree::ops as fsops;
 use sync_core::{Error, signal};
 
 use crate::manifest::{Item, Items, Manifest};
@@ -271,17 +268,17 @@ struct Filled {
     copied: u64,
 }
 
-/// Fills `dir` with `wanted`'s tree. Returns the entries as really written (a file that
-/// changed since it was hashed is recorded with what was copied), or the number of failures.
+/// Fills `dir` with `wanted`'s tree, through the one applier: what the latest version holds
+/// with the same content and metadata is hard-linked (versions are never edited in place), the
+/// rest copied from SOURCE. Returns the entries as really written (a file that changed since it
+/// was hashed is recorded with what was copied), or the number of failures.
 fn fill(
     source: &Source<'_>,
     dir: &Path,
     wanted: &Manifest,
     previous: Option<(&Path, &Manifest)>,
 ) -> Result<Filled, u64> {
-    let (opts, learner) = (source.opts, source.learner);
-    // What the latest version already holds, by content and metadata: a file identical in
-    // all of them can share its inode, since versions are never edited in place.
+    // What the latest version already holds, by content and metadata.
     let mut reusable: HashMap<(Digest, u64, u32, Timestamp), &Path> = HashMap::new();
     if let Some((_, prev)) = previous {
         for (rel, item) in &prev.items {
@@ -298,124 +295,54 @@ fn fill(
             }
         }
     }
-    let mut failures = 0u64;
+    let mut steps = Steps::default();
     for (rel, item) in &wanted.items {
-        if let Item::Dir { .. } = item
-            && let Err(err) = fsops::create_dir(&dir.join(rel))
-        {
-            log::error!("{err}");
-            failures += 1;
-        }
-    }
-    if failures > 0 {
-        return Err(failures);
-    }
-    // The build directory is renamed to a version only once complete, and thrown away after
-    // any failure or a kill: its files are created under their own names (`Dest::Hidden`).
-    let written: Mutex<Vec<(PathBuf, Item)>> = Mutex::new(Vec::new());
-    let linked = AtomicU64::new(0);
-    let copied = AtomicU64::new(0);
-    let failed = AtomicU64::new(0);
-    wanted.items.par_iter().for_each(|(rel, item)| {
-        if signal::stop_requested() || failed.load(Ordering::Relaxed) > 0 {
-            return;
-        }
-        let dst = dir.join(rel);
-        let done = match item {
-            Item::Dir { .. } => return,
-            Item::Symlink { target, mtime } => {
-                fsops::symlink(target, &dst, fsops::Dest::Hidden, *mtime).map(|_| item.clone())
-            }
+        let scanned = source.tree.entries.get(rel).cloned();
+        let mut step = arrive(Side::Backup, rel.clone(), item, scanned, false, None);
+        if let (
+            Step::Copy { link, .. },
             Item::File {
                 digest,
                 size,
                 mode,
                 mtime,
-            } => {
-                let from_previous = previous.and_then(|(prev_dir, _)| {
-                    reusable
-                        .get(&(*digest, *size, *mode, *mtime))
-                        .map(|prev_rel| prev_dir.join(prev_rel))
-                });
-                if let Some(src) = from_previous
-                    && link_if_intact(&src, &dst, *size, *mtime)
-                {
-                    linked.fetch_add(1, Ordering::Relaxed);
-                    Ok(item.clone())
-                } else {
-                    let started = SystemTime::now();
-                    // The digest was hashed or cached this pass: the kernel copies the bytes.
-                    let content = match source.tree.entries.get(rel) {
-                        Some(entry) if learner.trusted(Side::Source, entry) => {
-                            fsops::Content::Known {
-                                entry,
-                                digest: *digest,
-                                exact: false,
-                            }
-                        }
-                        _ => fsops::Content::Hash(None),
-                    };
-                    fsops::copy_file(&opts.source.join(rel), &dst, fsops::Dest::Hidden, content)
-                        .map(|c| {
-                            copied.fetch_add(1, Ordering::Relaxed);
-                            learner.learn(Side::Source, rel, &c.source, c.digest, Some(started));
-                            Item::File {
-                                digest: c.digest,
-                                size: c.source.size,
-                                mode: c.source.mode,
-                                mtime: c.source.mtime,
-                            }
-                        })
-                }
-            }
-        };
-        match done {
-            Ok(item) => written
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((rel.clone(), item)),
-            Err(err) => {
-                log::error!("cannot put {} in the new version: {err}", Escaped(rel));
-                failed.fetch_add(1, Ordering::Relaxed);
-            }
+            },
+            Some((prev_dir, _)),
+        ) = (&mut step, item, previous)
+            && let Some(prev_rel) = reusable.get(&(*digest, *size, *mode, *mtime))
+        {
+            *link = Some(Box::new(LinkFrom {
+                path: prev_dir.join(prev_rel),
+                size: *size,
+                mtime: *mtime,
+            }));
         }
-    });
-    let failures = failed.into_inner();
-    if failures > 0 {
-        return Err(failures);
+        steps.extend(finish(Side::Backup, rel.clone(), item));
+        steps.push(step);
     }
-    let mut items: Items = written
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner())
-        .into_iter()
-        .collect();
-    // Directory modes and times last, deepest first: filling a directory moves its mtime.
-    for (rel, item) in wanted.items.iter().rev() {
-        if let Item::Dir { mode, mtime } = item {
-            let path = dir.join(rel);
-            if let Err(err) = fsops::finish_dir(&path, *mode, *mtime) {
-                log::error!("{err}");
-                return Err(1);
-            }
-            items.insert(rel.clone(), item.clone());
-        }
+    steps.sort();
+    let applier = Applier {
+        roots: [&source.opts.source, dir],
+        target: Target::Build,
+        learner: source.learner,
+    };
+    let applied = applier.apply(&steps);
+    if applied.errors > 0 {
+        return Err(applied.errors);
     }
+    let files = wanted
+        .items
+        .values()
+        .filter(|i| matches!(i, Item::File { .. }));
+    let copied = applied.read_by_copies.len() as u64;
+    let linked = files.count() as u64 - copied;
+    let mut items = wanted.items.clone();
+    items.extend(applied.read_by_copies);
     Ok(Filled {
         items,
-        linked: linked.into_inner(),
-        copied: copied.into_inner(),
+        linked,
+        copied,
     })
-}
-
-/// Hard-links `src` (a file of the latest version) to `dst` if it still has the recorded
-/// size and mtime; a version edited by hand is not spread further.
-fn link_if_intact(src: &Path, dst: &Path, size: u64, mtime: Timestamp) -> bool {
-    match Entry::read(src) {
-        Ok(e) if e.kind == Kind::File && e.size == size && e.mtime == mtime => {
-            std::fs::hard_link(src, dst).is_ok()
-        }
-        _ => false,
-    }
 }
 
 /// `oneway SOURCE VDIR --versioned`: a versioned pass at every interval.

@@ -10,13 +10,15 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
-use sync_core::display::Escaped;
+use sync_core::apply::{Applier, Target};
+use sync_core::hash::Learner;
+use sync_core::model::Side;
+use sync_core::plan::step::{Steps, arrive, finish};
 use sync_core::run::lock::{DirLock, PathLock};
 use sync_core::tree::ops as fsops;
 use sync_core::{Error, error::one_line};
 
-use crate::manifest::{Item, Manifest};
+use crate::manifest::Manifest;
 use crate::recovery::{Info, VERSIONS_DIR, absolute_dir};
 use crate::store::Store;
 use crate::verify::verify;
@@ -241,38 +243,26 @@ fn keep_leftovers(parent: &Path, prefix: &str, vdir: &Path, stamp: &str) {
     }
 }
 
-/// Copies the version at `from` (as `manifest` lists it) into the empty directory `to`:
-/// directories first, then files (content checked against the manifest) and links, then
-/// directory modes and times, deepest first.
+/// Copies the version at `from` (as `manifest` lists it) into the empty directory `to`, through
+/// the one applier: the content of every file is checked against the manifest as it is
+/// copied. Fails with the number of entries that could not be copied (each is logged).
 fn copy_version(from: &Path, manifest: &Manifest, to: &Path) -> Result<(), String> {
+    let mut steps = Steps::default();
     for (rel, item) in &manifest.items {
-        if let Item::Dir { .. } = item {
-            fsops::create_dir(&to.join(rel)).map_err(|e| e.to_string())?;
-        }
+        steps.extend(finish(Side::Backup, rel.clone(), item));
+        steps.push(arrive(Side::Backup, rel.clone(), item, None, true, None));
     }
-    manifest
-        .items
-        .par_iter()
-        .try_for_each(|(rel, item)| match item {
-            Item::Dir { .. } => Ok(()),
-            Item::File { digest, .. } => fsops::copy_file(
-                &from.join(rel),
-                &to.join(rel),
-                fsops::Dest::New,
-                fsops::Content::Hash(Some(digest)),
-            )
-            .map(drop)
-            .map_err(|e| format!("{}: {e}", Escaped(rel))),
-            Item::Symlink { target, mtime } => {
-                fsops::symlink(target, &to.join(rel), fsops::Dest::New, *mtime)
-                    .map(drop)
-                    .map_err(|e| format!("{}: {e}", Escaped(rel)))
-            }
-        })?;
-    for (rel, item) in manifest.items.iter().rev() {
-        if let Item::Dir { mode, mtime } = item {
-            fsops::finish_dir(&to.join(rel), *mode, *mtime).map_err(|e| e.to_string())?;
-        }
+    steps.sort();
+    // Nothing a restore reads is remembered: a version is checked against its manifest.
+    let learner = Learner::new(from, to);
+    let applied = Applier {
+        roots: [from, to],
+        target: Target::Build,
+        learner: &learner,
     }
-    Ok(())
+    .apply(&steps);
+    match applied.errors {
+        0 => Ok(()),
+        n => Err(format!("{n} entries could not be copied")),
+    }
 }

@@ -22,7 +22,7 @@ use crate::signal;
 use crate::tree::flush;
 use crate::tree::ops::{self as fsops, Content, Dest, OpError};
 
-/// How often the written file system is flushed while files are copied (see
+/// How often a mirror's BACKUP is flushed while files are copied (see
 /// [`flush::flushing_while`]).
 const EARLY_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -30,20 +30,52 @@ const EARLY_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
 /// [`pairable`]): their copy is mostly hashing, where a smaller file's is mostly creating it.
 const PAIR_FROM: u64 = 8 * 1024 * 1024;
 
+/// What the steps are applied to, which decides how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// BACKUP, a mirror of SOURCE: new directories are built under a temporary name and
+    /// appear whole (the next pass removes what a killed one left), and BACKUP is flushed
+    /// while files are copied.
+    Mirror,
+    /// Both sides of a two-way pass: log lines name the side, and what each copy read is
+    /// handed back for the archive.
+    Sync,
+    /// A tree no one sees until the pass gives it its name (a version being built, a
+    /// restore's work directory): files are written under their own names (a failed copy
+    /// takes away what it wrote), steps are not logged one by one (the pass logs its
+    /// summary), and what each copy read is handed back.
+    Build,
+}
+
 /// Where and how a pass's steps are applied.
 pub struct Applier<'a> {
-    /// SOURCE and BACKUP (or whatever two trees the pass reads and writes).
+    /// The two roots, by [`Side`]: the steps change their own side and read the other.
     pub roots: [&'a Path; 2],
-    /// Log lines name the side a step changes (both sides change in a two-way pass).
-    pub name_sides: bool,
-    /// New directories are built under a temporary name and appear whole (a mirror, whose
-    /// leftovers the next pass removes).
-    pub stage_new_dirs: bool,
-    /// The written file system is flushed every [`EARLY_FLUSH`] while files are copied, so
-    /// that the pass's final flush finds little left to wait for.
-    pub flush_while_copying: bool,
+    /// What the steps are applied to.
+    pub target: Target,
     /// Decides which digests may be trusted, and learns what the copies read.
     pub learner: &'a Learner,
+}
+
+impl Target {
+    fn name_sides(self) -> bool {
+        self == Target::Sync
+    }
+    fn stage_new_dirs(self) -> bool {
+        self == Target::Mirror
+    }
+    fn flush_while_copying(self) -> bool {
+        self == Target::Mirror
+    }
+    fn log_steps(self) -> bool {
+        self != Target::Build
+    }
+    fn private(self) -> bool {
+        self == Target::Build
+    }
+    fn report_copies(self) -> bool {
+        self != Target::Mirror
+    }
 }
 
 /// What applying did.
@@ -55,8 +87,8 @@ pub struct Applied {
     pub errors: u64,
     /// Paths whose step failed, or that lay under one that did.
     pub failed: HashSet<PathBuf>,
-    /// What the copies of files left unread before the plan read, where their step asked
-    /// ([`Known::Unread`]): the item both sides hold now, by path.
+    /// What the copies read, where the applier was asked to report it: the item both sides
+    /// hold now, by path.
     pub read_by_copies: HashMap<PathBuf, Item>,
 }
 
@@ -98,7 +130,7 @@ impl Applier<'_> {
                 _ => true,
             };
             if logged {
-                log::info!("dry run: {}", step.describe(self.name_sides));
+                log::info!("dry run: {}", step.describe(self.target.name_sides()));
                 operations += 1;
             }
         }
@@ -177,7 +209,7 @@ impl Run<'_> {
         // A new directory whose parent is not new may be built hidden, with everything under
         // it, and appear whole at the end: what it holds is then created under its own name at
         // once, rather than staged and linked in one by one.
-        let nested: Vec<&Step> = if self.at.stage_new_dirs {
+        let nested: Vec<&Step> = if self.at.target.stage_new_dirs() {
             let created: HashSet<&Path> = steps.creates.iter().map(Step::rel).collect();
             let (tops, nested): (Vec<&Step>, Vec<&Step>) = steps
                 .creates
@@ -205,7 +237,7 @@ impl Run<'_> {
             );
         };
         match written_side(&steps.transfers) {
-            Some(side) if run.at.flush_while_copying => {
+            Some(side) if run.at.target.flush_while_copying() => {
                 flush::flushing_while(run.at.roots[side as usize], EARLY_FLUSH, transfer)
             }
             _ => transfer(),
@@ -231,7 +263,7 @@ impl Run<'_> {
 
     /// ` in SIDE` where log lines name sides, else nothing.
     fn within(&self, side: Side) -> String {
-        if self.at.name_sides {
+        if self.at.target.name_sides() {
             format!(" in {}", side.name())
         } else {
             String::new()
@@ -259,13 +291,13 @@ impl Run<'_> {
             OpError::Write { source, .. } => {
                 self.error(format_args!("cannot write {rel}{here}: {source}"))
             }
-            OpError::SourceChanged { .. } if self.at.name_sides => self.error(format_args!(
+            OpError::SourceChanged { .. } if self.at.target.name_sides() => self.error(format_args!(
                 "skipped {rel}{here}: its other side changed while being copied; retried next pass"
             )),
             OpError::SourceChanged { .. } => self.error(format_args!(
                 "skipped {rel}: it changed while being copied; retried next pass"
             )),
-            OpError::DestinationChanged { .. } if self.at.name_sides => self.error(format_args!(
+            OpError::DestinationChanged { .. } if self.at.target.name_sides() => self.error(format_args!(
                 "skipped {rel}{here}: it changed since the scan; retried next pass"
             )),
             OpError::DestinationChanged { .. } => self.error(format_args!(
@@ -311,6 +343,11 @@ impl Run<'_> {
             }
             None => (self.path(side, rel), None),
         }
+    }
+
+    /// Whether what is written at a place (see [`Run::place`]) is seen by no one yet.
+    fn hidden_dest(&self, hidden: Option<&HiddenDir>) -> bool {
+        hidden.is_some() || self.at.target.private()
     }
 
     /// Whether `step` may run now: no stop requested, nothing failed at or above its path, and
@@ -374,7 +411,7 @@ impl Run<'_> {
         (
             self.path(side.other(), rel),
             dst,
-            dest(replace.as_deref(), hidden),
+            dest(replace.as_deref(), self.hidden_dest(hidden)),
         )
     }
 
@@ -388,6 +425,12 @@ impl Run<'_> {
             }
             Step::Remove { seen, .. } => fsops::remove(&dst, seen).map(|()| Done::AsPlanned),
             Step::MakeDir { .. } => fsops::create_dir(&dst).map(|()| Done::AsPlanned),
+            Step::Copy {
+                link: Some(link), ..
+            } if fsops::hard_link(&link.path, link.size, link.mtime, &dst).is_ok() => {
+                Ok(Done::AsPlanned)
+            }
+            // A file to link that was edited, or that has as many links as it may, is copied.
             Step::Copy {
                 source,
                 known,
@@ -413,21 +456,29 @@ impl Run<'_> {
                         None,
                     ) => Content::Hash(Some(digest)),
                     (Known::Unless(held), _) => Content::Unless(held),
-                    (Known::Digest { exact: false, .. } | Known::Unread { .. }, _) => {
-                        Content::Hash(None)
-                    }
+                    (Known::Digest { exact: false, .. } | Known::Unread, _) => Content::Hash(None),
                 };
                 let src = self.path(read, rel);
-                fsops::copy_file(&src, &dst, dest(replace.as_deref(), hidden), content)
-                    .and_then(|c| self.copied(step, started, c))
+                fsops::copy_file(
+                    &src,
+                    &dst,
+                    dest(replace.as_deref(), self.hidden_dest(hidden)),
+                    content,
+                )
+                .and_then(|c| self.copied(step, started, c))
             }
             Step::Symlink {
                 target,
                 mtime,
                 replace,
                 ..
-            } => fsops::symlink(target, &dst, dest(replace.as_ref(), hidden), *mtime)
-                .map(|_| Done::AsPlanned),
+            } => fsops::symlink(
+                target,
+                &dst,
+                dest(replace.as_ref(), self.hidden_dest(hidden)),
+                *mtime,
+            )
+            .map(|_| Done::AsPlanned),
             Step::SetMeta {
                 seen,
                 mode,
@@ -449,11 +500,7 @@ impl Run<'_> {
     /// step asked, and finishes a copy that found the bytes already there.
     fn copied(&self, step: &Step, started: SystemTime, c: fsops::Copied) -> Result<Done, OpError> {
         let Step::Copy {
-            side,
-            rel,
-            source,
-            known,
-            ..
+            side, rel, source, ..
         } = step
         else {
             unreachable!("only copies copy");
@@ -462,7 +509,7 @@ impl Run<'_> {
         let learner = self.at.learner;
         let learn =
             |copy: &Entry| learner.learn_copy(side, rel, (&c.source, started), copy, c.digest);
-        if let Known::Unread { report: true } = known {
+        if self.at.target.report_copies() {
             // The source as it was copied (it may have changed since the scan): its bytes,
             // mode and time are what both sides now hold.
             let item = Item::File {
@@ -511,7 +558,8 @@ impl Run<'_> {
         match result {
             Ok(done) => {
                 match done {
-                    Done::AsPlanned => log::info!("{}", step.describe(self.at.name_sides)),
+                    Done::AsPlanned if !self.at.target.log_steps() => {}
+                    Done::AsPlanned => log::info!("{}", step.describe(self.at.target.name_sides())),
                     Done::Metadata => log::info!(
                         "updated metadata of {}{}",
                         Escaped(rel),
@@ -639,7 +687,9 @@ impl Run<'_> {
         match result {
             Ok(()) => {
                 if seen.is_some() && differs {
-                    log::info!("{}", step.describe(self.at.name_sides));
+                    if self.at.target.log_steps() {
+                        log::info!("{}", step.describe(self.at.target.name_sides()));
+                    }
                     Run::bump(&self.operations);
                 }
             }
@@ -657,13 +707,13 @@ fn written_side(transfers: &[Step]) -> Option<Side> {
     transfers.iter().all(|s| s.side() == first).then_some(first)
 }
 
-/// What a copy or link of `rel` goes over, or into: the entry the scan saw, a new name, or a
-/// hidden directory.
-fn dest<'a>(replace: Option<&'a Entry>, hidden: Option<&HiddenDir>) -> Dest<'a> {
+/// What a copy or link goes over, or into: the entry the scan saw, a new name, or a directory
+/// no one else sees yet (`hidden`).
+fn dest<'a>(replace: Option<&'a Entry>, hidden: bool) -> Dest<'a> {
     match (replace, hidden) {
         (Some(seen), _) => Dest::Replace(seen),
-        (None, Some(_)) => Dest::Hidden,
-        (None, None) => Dest::New,
+        (None, true) => Dest::Hidden,
+        (None, false) => Dest::New,
     }
 }
 
@@ -675,7 +725,7 @@ fn pairable(transfers: &[Step]) -> (Vec<[&Step; 2]>, Vec<&Step>) {
     let size = |step: &Step| match step {
         Step::Copy {
             source: Some(e),
-            known: Known::Unread { .. },
+            known: Known::Unread,
             ..
         } => e.size,
         _ => 0,
@@ -738,6 +788,7 @@ mod tests {
             source: Some(source),
             known,
             replace: None,
+            link: None,
         }
     }
 
@@ -750,7 +801,7 @@ mod tests {
 
     #[test]
     fn large_copies_beyond_the_threads_are_paired_by_size() {
-        let unread = Known::Unread { report: false };
+        let unread = Known::Unread;
         let transfers = [
             copy("small", PAIR_FROM - 1, unread),
             copy("a", PAIR_FROM, unread),

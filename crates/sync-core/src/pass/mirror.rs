@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use checksum::Digest;
 use rayon::prelude::*;
 
-use crate::apply::Applier;
+use crate::apply::{Applier, Target};
 use crate::display::Escaped;
 use crate::error::Error;
 use crate::hash::dircache::{self, BlockOut, DirCache, Learner, Record};
@@ -153,6 +153,7 @@ impl Walk<'_> {
                         source: Some(s.clone()),
                         known: copy_known(src_known, None),
                         replace: None,
+                        link: None,
                     }),
                     Some((s, Kind::Symlink(target))) => found.steps.push(Step::Symlink {
                         side: Side::Backup,
@@ -373,6 +374,7 @@ impl Walk<'_> {
                             source: Some(s.clone()),
                             known: copy_known(digest, held),
                             replace: d.cloned().map(Box::new),
+                            link: None,
                         }),
                     },
                     Kind::Symlink(target) => match d {
@@ -501,7 +503,7 @@ fn copy_known(digest: Option<Digest>, held: Option<Digest>) -> Known {
             exact: false,
         },
         (None, Some(held)) => Known::Unless(held),
-        (None, None) => Known::Unread { report: false },
+        (None, None) => Known::Unread,
     }
 }
 
@@ -578,9 +580,7 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
 
     let applier = Applier {
         roots: [&opts.source, &opts.backup],
-        name_sides: false,
-        stage_new_dirs: true,
-        flush_while_copying: true,
+        target: Target::Mirror,
         learner: &learner,
     };
     let mut stats = PassStats {

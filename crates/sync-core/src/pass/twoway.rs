@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use crate::apply::{Applied, Applier};
+use crate::apply::{Applied, Applier, Target};
 use crate::display::Escaped;
 use crate::error::Error;
 use crate::hash::dircache::{DirCache, Learner, tree_digests};
@@ -249,7 +249,7 @@ pub fn twoway_pass(opts: &TwowayOptions, dir_cache: &mut DirCache) -> Result<Pas
                 } = &mut step
                     && unread[side.other() as usize].contains(rel.as_path())
                 {
-                    *known = Known::Unread { report: true };
+                    *known = Known::Unread;
                 }
                 steps.push(step);
             }
@@ -260,9 +260,7 @@ pub fn twoway_pass(opts: &TwowayOptions, dir_cache: &mut DirCache) -> Result<Pas
     steps.sort();
     let applier = Applier {
         roots: [&opts.source, &opts.backup],
-        name_sides: true,
-        stage_new_dirs: false,
-        flush_while_copying: false,
+        target: Target::Sync,
         learner: &learner,
     };
     if opts.dry_run {

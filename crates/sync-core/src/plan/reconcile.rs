@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use crate::model::Side;
 use crate::model::{Item, ItemList, Items};
-use crate::plan::step::{Known, Step};
+use crate::plan::step::{Step, arrive, finish};
 
 /// Who wins a conflict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,8 +264,14 @@ pub fn reconcile(
                 });
                 // The loser's side holds it under the new name once saved: the copy reads it
                 // there (no scan saw it under that name).
-                plan.steps
-                    .push(arrive(other_side(lside), to.clone(), &lost, None, None));
+                plan.steps.push(arrive(
+                    other_side(lside),
+                    to.clone(),
+                    &lost,
+                    None,
+                    true,
+                    None,
+                ));
                 plan.finals.insert(to.clone(), Some(lost));
                 plan.conflicts.push(Conflict {
                     rel: rel.to_path_buf(),
@@ -345,37 +351,6 @@ fn other_side(side: Side) -> Side {
     }
 }
 
-/// The step that makes `item` appear at `rel` on `side`, read from the other side, over
-/// `replace`; `source` is the other side's item as scanned there, if it was.
-fn arrive(
-    side: Side,
-    rel: PathBuf,
-    item: &Item,
-    source: Option<&Item>,
-    replace: Option<Item>,
-) -> Step<Item> {
-    match item {
-        Item::Dir { .. } => Step::MakeDir { side, rel },
-        Item::File { digest, .. } => Step::Copy {
-            side,
-            rel,
-            source: source.cloned(),
-            known: Known::Digest {
-                digest: *digest,
-                exact: true,
-            },
-            replace: replace.map(Box::new),
-        },
-        Item::Symlink { target, mtime } => Step::Symlink {
-            side,
-            rel,
-            target: target.clone(),
-            mtime: *mtime,
-            replace,
-        },
-    }
-}
-
 /// The steps that turn `here` (what `side` holds at `rel`) into `fin`; content comes from the
 /// other side, which holds `fin` already.
 fn steps_for_side(
@@ -451,17 +426,8 @@ fn steps_for_side(
                 }
                 other => other.cloned(),
             };
-            if let Item::Dir { mode, mtime } = f {
-                // Made private, and given its mode and time once its content is in place.
-                steps.push(Step::Dir {
-                    side,
-                    rel: rel.clone(),
-                    seen: None,
-                    want: Some((*mode, Some(*mtime))),
-                    changes_inside: false,
-                });
-            }
-            steps.push(arrive(side, rel, f, Some(f), replace));
+            steps.extend(finish(side, rel.clone(), f));
+            steps.push(arrive(side, rel, f, Some(f.clone()), true, replace));
         }
     }
 }
@@ -470,6 +436,7 @@ fn steps_for_side(
 mod tests {
     use super::*;
     use crate::model::Timestamp;
+    use crate::plan::step::Known;
     use proptest::prelude::*;
 
     fn file(content: u8, t: i64) -> Item {
@@ -602,6 +569,7 @@ mod tests {
                     source,
                     known,
                     replace,
+                    link: None,
                 } => {
                     let (here, there) = side(*s, src, dst);
                     // A conflict copy reads the name its file was just saved as.

@@ -31,12 +31,20 @@ pub enum Known {
     /// Not known, and the file being replaced holds these bytes: a copy whose bytes hash to
     /// them installs nothing (the source was only touched).
     Unless(Digest),
-    /// Not read before the plan: the copy hashes what it copies. With `report`, what it read
-    /// is handed back to the pass ([`crate::apply::Applied::read_by_copies`]).
-    Unread {
-        /// Hand back what the copy read.
-        report: bool,
-    },
+    /// Not read before the plan: the copy hashes what it copies.
+    Unread,
+}
+
+/// A file to hard-link instead of copying: versions are never edited in place, so one that
+/// holds the same bytes, mode and time can share its inode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkFrom {
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its size and modification time as recorded: a file edited since is copied instead.
+    pub size: u64,
+    /// See `size`.
+    pub mtime: Timestamp,
 }
 
 /// One thing a pass does to one path of one side. `S` is what the planner saw there.
@@ -84,6 +92,9 @@ pub enum Step<S = Entry> {
         /// What the scan saw at `rel`, to be replaced; `None` for a new name. (Boxed: a first
         /// copy holds one step per file, and most copies replace nothing.)
         replace: Option<Box<S>>,
+        /// A file with the same content and metadata that this side holds already (in an
+        /// earlier version): hard-linked instead of copied while it is as recorded.
+        link: Option<Box<LinkFrom>>,
     },
     /// Create a symbolic link, over `replace` if set.
     Symlink {
@@ -184,6 +195,7 @@ impl<S> Step<S> {
                 source,
                 known,
                 replace,
+                link,
             } => Step::Copy {
                 source: match source {
                     Some(s) => Some(bind(side.other(), &rel, s)?),
@@ -196,6 +208,7 @@ impl<S> Step<S> {
                 side,
                 rel,
                 known,
+                link,
             },
             Step::Symlink {
                 side,
@@ -245,6 +258,56 @@ impl<S> Step<S> {
                 changes_inside,
             },
         })
+    }
+}
+
+/// The step that makes `item` appear at `rel` on `side`, its content read from the other side,
+/// over `replace`; `source` is the other side's file as scanned, if it was. A file's digest is
+/// known; with `exact`, only those bytes may be installed. (A directory appears private: its
+/// mode and time come with its [`Step::Dir`], see [`finish`].)
+pub fn arrive<S>(
+    side: Side,
+    rel: PathBuf,
+    item: &Item,
+    source: Option<S>,
+    exact: bool,
+    replace: Option<S>,
+) -> Step<S> {
+    match item {
+        Item::Dir { .. } => Step::MakeDir { side, rel },
+        Item::File { digest, .. } => Step::Copy {
+            side,
+            rel,
+            source,
+            known: Known::Digest {
+                digest: *digest,
+                exact,
+            },
+            replace: replace.map(Box::new),
+            link: None,
+        },
+        Item::Symlink { target, mtime } => Step::Symlink {
+            side,
+            rel,
+            target: target.clone(),
+            mtime: *mtime,
+            replace,
+        },
+    }
+}
+
+/// The step that gives the directory at `rel` on `side`, made this pass, the mode and time of
+/// `item` once its content is in place.
+pub fn finish<S>(side: Side, rel: PathBuf, item: &Item) -> Option<Step<S>> {
+    match item {
+        Item::Dir { mode, mtime } => Some(Step::Dir {
+            side,
+            rel,
+            seen: None,
+            want: Some((*mode, Some(*mtime))),
+            changes_inside: false,
+        }),
+        _ => None,
     }
 }
 
@@ -431,6 +494,14 @@ impl<S> Default for Steps<S> {
     }
 }
 
+impl<S> Extend<Step<S>> for Steps<S> {
+    fn extend<I: IntoIterator<Item = Step<S>>>(&mut self, iter: I) {
+        for step in iter {
+            self.push(step);
+        }
+    }
+}
+
 impl<S> FromIterator<Step<S>> for Steps<S> {
     fn from_iter<I: IntoIterator<Item = Step<S>>>(iter: I) -> Self {
         let mut steps = Steps {
@@ -496,8 +567,9 @@ mod tests {
                     side,
                     rel: rel.clone(),
                     source: Some(entry(Kind::File)),
-                    known: Known::Unread { report: false },
+                    known: Known::Unread,
                     replace: None,
+                    link: None,
                 },
                 "copied d/a.txt",
             ),
@@ -506,8 +578,9 @@ mod tests {
                     side,
                     rel: rel.clone(),
                     source: Some(entry(Kind::File)),
-                    known: Known::Unread { report: false },
+                    known: Known::Unread,
                     replace: Some(Box::new(entry(Kind::File))),
+                    link: None,
                 },
                 "replaced d/a.txt",
             ),

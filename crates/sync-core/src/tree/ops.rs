@@ -949,6 +949,22 @@ pub fn make_writable(path: &Path, mode: u32) -> Result<(), OpError> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode | 0o700)).map_err(write_err(path))
 }
 
+/// Hard-links the regular file `existing` to the new name `dst`, if it still has `size` and
+/// `mtime` (linking moves a file's change time, so that is not compared).
+///
+/// Fails if `existing` is no longer such a file, or the link cannot be made (a file system
+/// without hard links, a file with as many links as it may have).
+pub fn hard_link(existing: &Path, size: u64, mtime: Timestamp, dst: &Path) -> Result<(), OpError> {
+    match Entry::read(existing) {
+        Ok(e) if e.kind == Kind::File && e.size == size && e.mtime == mtime => {
+            fs::hard_link(existing, dst).map_err(write_err(dst))
+        }
+        _ => Err(OpError::SourceChanged {
+            path: existing.to_path_buf(),
+        }),
+    }
+}
+
 /// Moves `from` to `to` in the same directory tree, if `from` is still what the scan saw and
 /// `to` does not exist (the check and the rename are one atomic step).
 ///
