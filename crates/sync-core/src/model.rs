@@ -3,9 +3,6 @@
 //! pass reports.
 
 use std::collections::BTreeMap;
-use std::fs::{self, Metadata};
-use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use checksum::Digest;
@@ -84,45 +81,6 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// Builds an entry from `lstat` metadata; a link's target is read separately.
-    pub fn from_metadata(meta: &Metadata, link_target: Option<PathBuf>) -> Entry {
-        let ft = meta.file_type();
-        let kind = if ft.is_file() {
-            Kind::File
-        } else if ft.is_dir() {
-            Kind::Dir
-        } else if ft.is_symlink() {
-            Kind::Symlink(link_target.unwrap_or_default())
-        } else {
-            Kind::Special
-        };
-        Entry {
-            kind,
-            mode: meta.mode() & 0o7777,
-            size: meta.size(),
-            mtime: Timestamp {
-                secs: meta.mtime(),
-                nanos: meta.mtime_nsec() as u32,
-            },
-            ctime: Timestamp {
-                secs: meta.ctime(),
-                nanos: meta.ctime_nsec() as u32,
-            },
-            ino: meta.ino(),
-        }
-    }
-
-    /// Reads the entry at `path` now (for the re-check before a destructive step).
-    pub fn read(path: &Path) -> io::Result<Entry> {
-        let meta = fs::symlink_metadata(path)?;
-        let target = if meta.file_type().is_symlink() {
-            Some(fs::read_link(path)?)
-        } else {
-            None
-        };
-        Ok(Entry::from_metadata(&meta, target))
-    }
-
     /// True when `self` is still the object a scan recorded as `seen`: same inode, content
     /// stamp and kind. Used before replacing or removing, so a concurrent edit is never lost.
     pub fn unchanged_since(&self, seen: &Entry) -> bool {
@@ -245,6 +203,18 @@ pub struct PassStats {
     pub interrupted: bool,
     /// Conflicts settled (two-way passes only).
     pub conflicts: Option<u64>,
+}
+
+/// A file to hard-link instead of copying: versions are never edited in place, so one that
+/// holds the same bytes, mode and time can share its inode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkFrom {
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its size and modification time as recorded: a file edited since is copied instead.
+    pub size: u64,
+    /// See `size`.
+    pub mtime: Timestamp,
 }
 
 /// The order of `Path`'s `Ord` (component by component), computed on the raw bytes: for the

@@ -8,13 +8,14 @@ use checksum::Digest;
 use sync_core::apply::{Applier, Target};
 use sync_core::display::Escaped;
 use sync_core::hash::dircache::{DirCache, Learner, tree_digests};
-use sync_core::model::{Kind, PassStats, Side, Timestamp};
+use sync_core::model::{Kind, LinkFrom, PassStats, Side, Timestamp};
 use sync_core::pass::PassOptions;
 use sync_core::plan::refuse::{self, Refusal};
-use sync_core::plan::step::{LinkFrom, Step, Steps, arrive, finish};
+use sync_core::plan::step::{Step, Steps, arrive, finish};
 use sync_core::run::passes::Job;
 use sync_core::run::startup::Session;
-use sync_core::scan::{self, Tree};
+use sync_core::scan::{self, Scanned};
+use sync_core::tree::LocalTree;
 use sync_core::{Error, signal};
 
 use crate::manifest::{Item, Items, Manifest};
@@ -39,7 +40,8 @@ pub fn versioned_pass(
     store.check_names(keep).map_err(store_error)?;
     store.clean();
 
-    let tree = scan::scan(&opts.source, "SOURCE", &opts.filter)?;
+    let source_tree = LocalTree::new(&opts.source);
+    let tree = scan::scan(&source_tree, "SOURCE", &opts.filter)?;
     let mut stats = PassStats::default();
     for (rel, err) in &tree.unlistable {
         log::error!("cannot list {} in SOURCE: {err}", Escaped(rel));
@@ -56,11 +58,11 @@ pub fn versioned_pass(
     } else {
         cache
     };
-    let nothing = Tree::default();
+    let nothing = Scanned::default();
     let digests = tree_digests(
         lookup,
         &learner,
-        [&opts.source, &opts.backup],
+        [&source_tree, &LocalTree::new(&opts.backup)],
         [&tree, &nothing],
         [&[], &[]],
     );
@@ -202,7 +204,7 @@ fn refuse_if_unsafe(
 /// SOURCE as this pass saw it: where it is, its scan, and the digests of its files.
 struct Source<'a> {
     opts: &'a PassOptions,
-    tree: &'a Tree,
+    tree: &'a Scanned,
     learner: &'a Learner,
 }
 
@@ -321,8 +323,9 @@ fn fill(
         steps.push(step);
     }
     steps.sort();
+    let (from, to) = (LocalTree::new(&source.opts.source), LocalTree::new(dir));
     let applier = Applier {
-        roots: [&source.opts.source, dir],
+        trees: [&from, &to],
         target: Target::Build,
         learner: source.learner,
     };

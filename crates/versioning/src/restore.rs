@@ -15,6 +15,7 @@ use sync_core::hash::Learner;
 use sync_core::model::Side;
 use sync_core::plan::step::{Steps, arrive, finish};
 use sync_core::run::lock::{DirLock, PathLock};
+use sync_core::tree::LocalTree;
 use sync_core::tree::ops as fsops;
 use sync_core::{Error, error::one_line};
 
@@ -255,8 +256,9 @@ fn copy_version(from: &Path, manifest: &Manifest, to: &Path) -> Result<(), Strin
     steps.sort();
     // Nothing a restore reads is remembered: a version is checked against its manifest.
     let learner = Learner::new(from, to);
+    let (version, work) = (LocalTree::new(from), LocalTree::new(to));
     let applied = Applier {
-        roots: [from, to],
+        trees: [&version, &work],
         target: Target::Build,
         learner: &learner,
     }

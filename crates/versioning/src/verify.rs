@@ -4,6 +4,7 @@ use std::path::Path;
 
 use sync_core::model::Kind;
 use sync_core::scan::{self, Filter};
+use sync_core::tree::LocalTree;
 
 use crate::manifest::{Item, Manifest};
 
@@ -13,7 +14,7 @@ use crate::manifest::{Item, Manifest};
 ///
 /// Fails only if `dir` itself cannot be listed.
 pub fn verify(dir: &Path, manifest: &Manifest) -> Result<Vec<String>, sync_core::Error> {
-    let tree = scan::scan(dir, "version", &Filter::default())?;
+    let tree = scan::scan(&LocalTree::new(dir), "version", &Filter::default())?;
     let mut problems = Vec::new();
     for (rel, err) in &tree.unlistable {
         problems.push(format!("{}: cannot list: {err}", rel.display()));

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use sync_core::model::Kind;
 use sync_core::scan::{Filter, scan};
+use sync_core::tree::LocalTree;
 use versioning::{Item, Manifest};
 
 fn fixtures() -> PathBuf {
@@ -20,7 +21,7 @@ fn expected(label: &str) -> String {
 }
 
 fn digest_of(root: &Path) -> String {
-    let tree = scan(root, "fixture", &Filter::default()).unwrap();
+    let tree = scan(&LocalTree::new(root), "fixture", &Filter::default()).unwrap();
     let items = tree
         .entries
         .into_iter()

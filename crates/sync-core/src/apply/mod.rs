@@ -19,8 +19,7 @@ use crate::hash::Learner;
 use crate::model::{Entry, Item, Side, path_order};
 use crate::plan::step::{Known, Step, Steps};
 use crate::signal;
-use crate::tree::flush;
-use crate::tree::ops::{self as fsops, Content, Dest, OpError};
+use crate::tree::{Content, Copied, Dest, OpError, Tree};
 
 /// How often a mirror's BACKUP is flushed while files are copied (see
 /// [`flush::flushing_while`]).
@@ -49,8 +48,8 @@ pub enum Target {
 
 /// Where and how a pass's steps are applied.
 pub struct Applier<'a> {
-    /// The two roots, by [`Side`]: the steps change their own side and read the other.
-    pub roots: [&'a Path; 2],
+    /// The two trees, by [`Side`]: the steps change their own side and read the other.
+    pub trees: [&'a dyn Tree; 2],
     /// What the steps are applied to.
     pub target: Target,
     /// Decides which digests may be trusted, and learns what the copies read.
@@ -156,7 +155,7 @@ enum Done {
     Nothing,
 }
 
-/// A new directory built under a temporary name (see [`fsops::stage_dir`]): everything in it
+/// A new directory built under a temporary name (see [`Tree::stage_dir`]): everything in it
 /// is created directly under its own name, and the whole directory appears at once.
 struct HiddenDir {
     side: Side,
@@ -193,7 +192,7 @@ impl Run<'_> {
                 ..
             } = step
                 && seen.mode & 0o700 != 0o700
-                && let Err(err) = fsops::make_writable(&self.path(*side, rel), seen.mode)
+                && let Err(err) = self.tree(*side).open_dir(rel, seen.mode)
             {
                 self.op_error(step, &err);
             }
@@ -237,9 +236,9 @@ impl Run<'_> {
             );
         };
         match written_side(&steps.transfers) {
-            Some(side) if run.at.target.flush_while_copying() => {
-                flush::flushing_while(run.at.roots[side as usize], EARLY_FLUSH, transfer)
-            }
+            Some(side) if run.at.target.flush_while_copying() => run
+                .tree(side)
+                .flushing_while(EARLY_FLUSH, &mut { transfer }),
             _ => transfer(),
         }
         // Even after a stop: every file in them is whole.
@@ -252,13 +251,8 @@ impl Run<'_> {
         }
     }
 
-    fn root(&self, side: Side) -> &Path {
-        self.at.roots[side as usize]
-    }
-
-    /// Where `rel` on `side` is now (not inside a hidden directory).
-    fn path(&self, side: Side, rel: &Path) -> PathBuf {
-        self.root(side).join(rel)
+    fn tree(&self, side: Side) -> &dyn Tree {
+        self.at.trees[side as usize]
     }
 
     /// ` in SIDE` where log lines name sides, else nothing.
@@ -334,14 +328,14 @@ impl Run<'_> {
             .find_map(|a| self.hidden.get(a).map(|h| (a, h)))
     }
 
-    /// Where `rel` on `side` is written now, and how.
-    fn place(&self, side: Side, rel: &Path) -> (PathBuf, Option<&HiddenDir>) {
+    /// Where `rel` is written now (inside a hidden directory, or at its own name), and how.
+    fn place(&self, rel: &Path) -> (PathBuf, Option<&HiddenDir>) {
         match self.hidden_in(rel) {
             Some((top, hidden)) => {
                 let inside = rel.strip_prefix(top).unwrap_or(rel);
                 (hidden.staged.join(inside), Some(hidden))
             }
-            None => (self.path(side, rel), None),
+            None => (rel.to_path_buf(), None),
         }
     }
 
@@ -365,7 +359,7 @@ impl Run<'_> {
         // hidden directory's parents were checked when it was made; what is inside is ours.)
         if !matches!(step, Step::Remove { .. })
             && self.hidden_in(rel).is_none()
-            && let Err(err) = fsops::check_parents(self.root(step.side()), rel)
+            && let Err(err) = self.tree(step.side()).check_parents(rel)
         {
             self.mark_failed(rel);
             self.op_error(step, &err);
@@ -380,7 +374,7 @@ impl Run<'_> {
         }
     }
 
-    /// Runs two copies that [`pairable`] chose together (see [`fsops::copy_pair`]); one that
+    /// Runs two copies that [`pairable`] chose together (see [`Tree::copy_pair_in`]); one that
     /// may not run leaves the other to run alone.
     fn execute_pair(&self, steps: [&Step; 2]) {
         let [a, b] = steps;
@@ -391,45 +385,40 @@ impl Run<'_> {
             (false, false) => return,
         }
         let (ja, jb) = (self.pair_job(a), self.pair_job(b));
+        let side = a.side();
         let started = SystemTime::now();
-        let results = fsops::copy_pair([(&ja.0, &ja.1, ja.2), (&jb.0, &jb.1, jb.2)]);
+        let results = self
+            .tree(side)
+            .copy_pair_in([(&ja.0, ja.1), (&jb.0, jb.1)], self.tree(side.other()));
         for (step, result) in [a, b].into_iter().zip(results) {
             let done = result.and_then(|c| self.copied(step, started, c));
             self.conclude(step, done);
         }
     }
 
-    /// What the copy `step` reads, where it writes, and over what.
-    fn pair_job<'s>(&self, step: &'s Step) -> (PathBuf, PathBuf, Dest<'s>) {
-        let Step::Copy {
-            side, rel, replace, ..
-        } = step
-        else {
+    /// Where the copy `step` writes, and over what (it reads the same path of the other side).
+    fn pair_job<'s>(&self, step: &'s Step) -> (PathBuf, Dest<'s>) {
+        let Step::Copy { rel, replace, .. } = step else {
             unreachable!("only copies are paired");
         };
-        let (dst, hidden) = self.place(*side, rel);
-        (
-            self.path(side.other(), rel),
-            dst,
-            dest(replace.as_deref(), self.hidden_dest(hidden)),
-        )
+        let (dst, hidden) = self.place(rel);
+        (dst, dest(replace.as_deref(), self.hidden_dest(hidden)))
     }
 
     /// Carries out `step` (already [`Run::ready`]) and logs what it did.
     fn run(&self, step: &Step) {
         let (side, rel) = (step.side(), step.rel());
-        let (dst, hidden) = self.place(side, rel);
+        let tree = self.tree(side);
+        let (dst, hidden) = self.place(rel);
         let result = match step {
-            Step::SaveAside { to, seen, .. } => {
-                fsops::rename_noreplace(&dst, &self.path(side, to), seen).map(|()| Done::AsPlanned)
-            }
-            Step::Remove { seen, .. } => fsops::remove(&dst, seen).map(|()| Done::AsPlanned),
-            Step::MakeDir { .. } => fsops::create_dir(&dst).map(|()| Done::AsPlanned),
+            Step::SaveAside { to, seen, .. } => tree
+                .rename_noreplace(&dst, to, seen)
+                .map(|()| Done::AsPlanned),
+            Step::Remove { seen, .. } => tree.remove(&dst, seen).map(|()| Done::AsPlanned),
+            Step::MakeDir { .. } => tree.make_dir(&dst).map(|()| Done::AsPlanned),
             Step::Copy {
                 link: Some(link), ..
-            } if fsops::hard_link(&link.path, link.size, link.mtime, &dst).is_ok() => {
-                Ok(Done::AsPlanned)
-            }
+            } if tree.hard_link(&dst, link).is_ok() => Ok(Done::AsPlanned),
             // A file to link that was edited, or that has as many links as it may, is copied.
             Step::Copy {
                 source,
@@ -458,34 +447,30 @@ impl Run<'_> {
                     (Known::Unless(held), _) => Content::Unless(held),
                     (Known::Digest { exact: false, .. } | Known::Unread, _) => Content::Hash(None),
                 };
-                let src = self.path(read, rel);
-                fsops::copy_file(
-                    &src,
-                    &dst,
-                    dest(replace.as_deref(), self.hidden_dest(hidden)),
-                    content,
-                )
-                .and_then(|c| self.copied(step, started, c))
+                let over = dest(replace.as_deref(), self.hidden_dest(hidden));
+                tree.copy_in(&dst, self.tree(read), rel, over, content)
+                    .and_then(|c| self.copied(step, started, c))
             }
             Step::Symlink {
                 target,
                 mtime,
                 replace,
                 ..
-            } => fsops::symlink(
-                target,
-                &dst,
-                dest(replace.as_ref(), self.hidden_dest(hidden)),
-                *mtime,
-            )
-            .map(|_| Done::AsPlanned),
+            } => tree
+                .symlink(
+                    &dst,
+                    target,
+                    dest(replace.as_ref(), self.hidden_dest(hidden)),
+                    *mtime,
+                )
+                .map(|_| Done::AsPlanned),
             Step::SetMeta {
                 seen,
                 mode,
                 mtime,
                 digest,
                 ..
-            } => fsops::set_metadata(&dst, seen, *mode, *mtime).map(|now| {
+            } => tree.set_meta(&dst, seen, *mode, *mtime).map(|now| {
                 if let Some(d) = digest {
                     self.at.learner.learn(side, rel, &now, *d, None);
                 }
@@ -498,7 +483,7 @@ impl Run<'_> {
 
     /// Learns what the copy `step` (begun at `started`) read and left, hands it back where the
     /// step asked, and finishes a copy that found the bytes already there.
-    fn copied(&self, step: &Step, started: SystemTime, c: fsops::Copied) -> Result<Done, OpError> {
+    fn copied(&self, step: &Step, started: SystemTime, c: Copied) -> Result<Done, OpError> {
         let Step::Copy {
             side, rel, source, ..
         } = step
@@ -538,8 +523,8 @@ impl Run<'_> {
             learn(there);
             return Ok(Done::Nothing);
         }
-        let (dst, _) = self.place(side, rel);
-        match fsops::set_metadata(&dst, there, want.mode, want.mtime) {
+        let (dst, _) = self.place(rel);
+        match self.tree(side).set_meta(&dst, there, want.mode, want.mtime) {
             Ok(now) => {
                 learn(&now);
                 Ok(Done::Metadata)
@@ -575,8 +560,8 @@ impl Run<'_> {
                     self.mark_failed(to);
                 }
                 if let (Step::Copy { .. } | Step::Symlink { .. }, (path, Some(hidden))) =
-                    (step, self.place(step.side(), rel))
-                    && std::fs::symlink_metadata(&path).is_ok()
+                    (step, self.place(rel))
+                    && self.tree(step.side()).exists(&path)
                 {
                     hidden.spoiled.store(true, Ordering::Relaxed);
                 }
@@ -606,8 +591,8 @@ impl Run<'_> {
             .filter(|step| self.ready(step))
             .filter_map(|step| {
                 let rel = step.rel();
-                let parent = self.path(step.side(), rel.parent().unwrap_or(Path::new("")));
-                match fsops::stage_dir(&parent) {
+                let parent = rel.parent().unwrap_or(Path::new(""));
+                match self.tree(step.side()).stage_dir(parent) {
                     Ok(staged) => Some((
                         rel.to_path_buf(),
                         HiddenDir {
@@ -644,15 +629,15 @@ impl Run<'_> {
                 ));
                 continue;
             }
-            let to = self.path(hidden.side, rel);
-            match fsops::publish_dir(&hidden.staged, &to) {
+            let tree = self.tree(hidden.side);
+            match tree.publish_dir(&hidden.staged, rel) {
                 Ok(()) => self.conclude(&made, Ok(Done::AsPlanned)),
                 Err(err) => {
                     self.conclude(&made, Err(err));
-                    if let Err(e) = std::fs::remove_dir_all(&hidden.staged) {
+                    if let Err(e) = tree.discard_dir(&hidden.staged) {
                         log::warn!(
                             "cannot remove {}: {e}; the next pass removes it",
-                            hidden.staged.display()
+                            Escaped(&hidden.staged)
                         );
                     }
                 }
@@ -679,12 +664,8 @@ impl Run<'_> {
         if !differs && !changes_inside {
             return;
         }
-        let path = self.path(*side, rel);
-        let result = match want {
-            (mode, Some(mtime)) => fsops::finish_dir(&path, *mode, *mtime),
-            (mode, None) => fsops::set_dir_mode(&path, *mode),
-        };
-        match result {
+        let (mode, mtime) = *want;
+        match self.tree(*side).finish_dir(rel, mode, mtime) {
             Ok(()) => {
                 if seen.is_some() && differs {
                     if self.at.target.log_steps() {

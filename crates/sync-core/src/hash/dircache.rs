@@ -22,10 +22,11 @@ use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 use sha2::{Digest as _, Sha256};
 
-use crate::hash::read::read_digests;
+use crate::hash::read_files;
 use crate::hash::stamp::{Reader, Stamp, Timestamps, encode_stamp, is_racy};
 use crate::model::{Entry, Kind, Side};
-use crate::scan::Tree;
+use crate::scan::Scanned;
+use crate::tree::Tree;
 
 const MAGIC: &[u8; 8] = b"DSYNCDC1";
 /// Bytes of SHA-256 kept per block: enough to catch damage, which is all they are for.
@@ -488,7 +489,7 @@ pub struct TreeDigests<'t> {
 /// One file of a tree: its place in the tree's order, path, name and entry.
 type TreeFile<'t> = (usize, &'t Path, &'t [u8], &'t Entry);
 
-/// Digests every file of `trees` (SOURCE, BACKUP, under `roots`): from `cache` while a file's
+/// Digests every file of `scans` (SOURCE, BACKUP, of `trees`): from `cache` while a file's
 /// stamp is unchanged, otherwise read, directory by directory in parallel (and the files of
 /// one directory in parallel when several must be read).
 ///
@@ -497,8 +498,8 @@ type TreeFile<'t> = (usize, &'t Path, &'t [u8], &'t Entry);
 pub fn tree_digests<'t>(
     cache: &DirCache,
     learner: &Learner,
-    roots: [&Path; 2],
-    trees: [&'t Tree; 2],
+    trees: [&dyn Tree; 2],
+    scans: [&'t Scanned; 2],
     unread: [&[bool]; 2],
 ) -> TreeDigests<'t> {
     // The files of each directory, both sides. A tree lists a directory's files together
@@ -506,7 +507,7 @@ pub fn tree_digests<'t>(
     // again only when it changes.
     let mut by_dir: Vec<(&'t [u8], [Vec<TreeFile<'t>>; 2])> = Vec::new();
     let mut slot_of: FxHashMap<&'t [u8], usize> = FxHashMap::default();
-    for (side, tree) in trees.iter().enumerate() {
+    for (side, tree) in scans.iter().enumerate() {
         let mut current: Option<(&[u8], usize)> = None;
         for (i, (rel, entry)) in tree.entries.iter().enumerate() {
             if entry.kind == Kind::File {
@@ -557,11 +558,11 @@ pub fn tree_digests<'t>(
                 // Nothing was read, and the block holds only what was found in it.
                 return (dir, Some(BlockOut::Keep), found, hit_count, 0);
             }
-            let paths: Vec<PathBuf> = reads
+            let files: Vec<(Side, &Path)> = reads
                 .iter()
-                .map(|&(side, _, rel, _, _)| roots[side as usize].join(rel))
+                .map(|&(side, _, rel, _, _)| (side, rel))
                 .collect();
-            let results: Vec<_> = read_digests(&paths)
+            let results: Vec<_> = read_files(trees, &files)
                 .into_iter()
                 .zip(reads)
                 .map(|((result, started), (side, i, rel, name, entry))| {
@@ -599,7 +600,7 @@ pub fn tree_digests<'t>(
         .collect();
 
     let mut out = TreeDigests {
-        sides: trees.map(|t| vec![None; t.entries.len()]),
+        sides: scans.map(|t| vec![None; t.entries.len()]),
         failed: Vec::new(),
         blocks: Vec::new(),
         hashed: 0,
@@ -785,7 +786,7 @@ mod tests {
 
     /// Two temporary roots holding the files `layouts` name (each file's content its root and
     /// path), and their scans.
-    fn scanned_roots(layouts: [&[&str]; 2]) -> ([tempfile::TempDir; 2], [Tree; 2]) {
+    fn scanned_roots(layouts: [&[&str]; 2]) -> ([tempfile::TempDir; 2], [Scanned; 2]) {
         let roots = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
         for (root, files) in roots.iter().zip(layouts) {
             for rel in files {
@@ -797,9 +798,9 @@ mod tests {
         // Out of the tick in which they were written: their digests may be remembered.
         std::thread::sleep(std::time::Duration::from_millis(50));
         let filter = crate::scan::Filter::default();
-        let trees = roots
-            .each_ref()
-            .map(|r| crate::scan::scan(r.path(), "root", &filter).unwrap());
+        let trees = roots.each_ref().map(|r| {
+            crate::scan::scan(&crate::tree::LocalTree::new(r.path()), "root", &filter).unwrap()
+        });
         (roots, trees)
     }
 
@@ -812,10 +813,12 @@ mod tests {
             &["a/m/g", "a/y", "b/c", "top"],
         ]);
         let paths = roots.each_ref().map(|r| r.path());
+        let locals = paths.map(crate::tree::LocalTree::new);
+        let sides: [&dyn Tree; 2] = [&locals[0], &locals[1]];
         let mut cache = DirCache::in_memory();
         for pass in 0..2 {
             let learner = Learner::new(paths[0], paths[1]);
-            let found = tree_digests(&cache, &learner, paths, trees.each_ref(), [&[], &[]]);
+            let found = tree_digests(&cache, &learner, sides, trees.each_ref(), [&[], &[]]);
             assert!(found.failed.is_empty());
             assert_eq!(found.hashed + found.cache_hits, 9, "pass {pass}");
             assert_eq!(found.hashed, if pass == 0 { 9 } else { 0 }, "pass {pass}");
@@ -836,6 +839,8 @@ mod tests {
     fn files_marked_unread_are_taken_from_the_cache_or_left_unread() {
         let (roots, trees) = scanned_roots([&["d/kept", "d/marked", "top"], &[]]);
         let paths = roots.each_ref().map(|r| r.path());
+        let locals = paths.map(crate::tree::LocalTree::new);
+        let sides: [&dyn Tree; 2] = [&locals[0], &locals[1]];
         let marked: Vec<bool> = trees[0]
             .entries
             .iter()
@@ -853,7 +858,7 @@ mod tests {
 
         // Not in the cache: left unread, and not counted as read.
         let learner = Learner::new(paths[0], paths[1]);
-        let found = tree_digests(&cache, &learner, paths, trees.each_ref(), [&marked, &[]]);
+        let found = tree_digests(&cache, &learner, sides, trees.each_ref(), [&marked, &[]]);
         assert_eq!((found.hashed, found.cache_hits), (2, 0));
         assert_eq!(digest_of(&found, "d/marked"), None);
         let kept = checksum::file_digest(&paths[0].join("d/kept")).unwrap();
@@ -864,13 +869,13 @@ mod tests {
 
         // Read once, unmarked: cached. Marked again, it comes from the cache.
         let learner = Learner::new(paths[0], paths[1]);
-        let found = tree_digests(&cache, &learner, paths, trees.each_ref(), [&[], &[]]);
+        let found = tree_digests(&cache, &learner, sides, trees.each_ref(), [&[], &[]]);
         assert_eq!((found.hashed, found.cache_hits), (1, 2));
         let mut blocks = found.blocks;
         learner.record_into(&mut blocks, &cache);
         cache.save(blocks, &[]).unwrap();
         let learner = Learner::new(paths[0], paths[1]);
-        let found = tree_digests(&cache, &learner, paths, trees.each_ref(), [&marked, &[]]);
+        let found = tree_digests(&cache, &learner, sides, trees.each_ref(), [&marked, &[]]);
         assert_eq!((found.hashed, found.cache_hits), (0, 3));
         let digest = checksum::file_digest(&paths[0].join("d/marked")).unwrap();
         assert_eq!(digest_of(&found, "d/marked"), Some(digest));

@@ -4,20 +4,57 @@
 //! pair of roots, never inside either root. Being a cache, a damaged or foreign file is
 //! dropped with a warning and rebuilt; it never decides anything on its own.
 //!
-//! `stamp` says when a digest may be remembered, `read` hashes files, `dircache` stores what a
-//! pass learnt ([`dircache::Learner`]) and finds the digests of scanned trees.
+//! `stamp` says when a digest may be remembered, `dircache` stores what a pass learnt
+//! ([`dircache::Learner`]) and finds the digests of scanned trees; [`read_files`] reads the
+//! files it must, from both sides at once.
 
 pub mod dircache;
-pub mod read;
 pub mod stamp;
 
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
+use checksum::Digest;
 use sha2::{Digest as _, Sha256};
+
+use crate::model::Side;
+use crate::tree::Tree;
 
 pub use dircache::{DirCache, Learner};
 pub use stamp::{Stamp, Timestamps, is_racy};
+
+/// Reads and hashes `files` (each on its side of `trees`): for each, in order, its digest and
+/// the time its reading began. Both sides are read at once.
+pub fn read_files(
+    trees: [&dyn Tree; 2],
+    files: &[(Side, &Path)],
+) -> Vec<(io::Result<Digest>, SystemTime)> {
+    let of = |side: Side| -> Vec<&Path> {
+        files
+            .iter()
+            .filter(|(s, _)| *s == side)
+            .map(|(_, rel)| *rel)
+            .collect()
+    };
+    let (src, dst) = (of(Side::Source), of(Side::Backup));
+    let (src, dst) = rayon::join(
+        || trees[Side::Source as usize].digests(&src),
+        || trees[Side::Backup as usize].digests(&dst),
+    );
+    let (mut src, mut dst) = (src.into_iter(), dst.into_iter());
+    files
+        .iter()
+        .map(|(side, _)| {
+            match side {
+                Side::Source => src.next(),
+                Side::Backup => dst.next(),
+            }
+            .expect("one result per file")
+        })
+        .collect()
+}
 
 /// Opens the hash cache of the pair (`source`, `backup`, canonical roots) in the user's cache
 /// directory (`$XDG_CACHE_HOME/oneway`, else `~/.cache/oneway`); one kept in memory only, with

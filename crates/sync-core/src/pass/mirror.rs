@@ -14,15 +14,14 @@ use crate::apply::{Applier, Target};
 use crate::display::Escaped;
 use crate::error::Error;
 use crate::hash::dircache::{self, BlockOut, DirCache, Learner, Record};
-use crate::hash::read;
+use crate::hash::read_files;
 use crate::hash::stamp::{Stamp, is_racy};
 use crate::model::{Entry, Kind, PassStats, Side};
 use crate::pass::PassOptions;
 use crate::plan::refuse;
 use crate::plan::step::{Known, Step, Steps, in_temp};
-use crate::scan;
 use crate::signal;
-use crate::tree::{flush, temp};
+use crate::tree::{LocalTree, Tree, temp};
 
 /// Which side of the pair.
 const SIDES: [(Side, &str); 2] = [(Side::Source, "SOURCE"), (Side::Backup, "BACKUP")];
@@ -70,6 +69,8 @@ struct Pair<'l> {
 /// Both trees walked together, directory by directory and in parallel, comparing as it goes.
 struct Walk<'a> {
     opts: &'a PassOptions,
+    /// SOURCE and BACKUP.
+    trees: [&'a dyn Tree; 2],
     cache: &'a DirCache,
     /// Decides which digests may be remembered; what the copies learn goes here later.
     learner: Learner,
@@ -83,17 +84,11 @@ struct Walk<'a> {
 }
 
 impl Walk<'_> {
-    fn root(&self, side: Side) -> &Path {
-        match side {
-            Side::Source => &self.opts.source,
-            Side::Backup => &self.opts.backup,
-        }
-    }
-
     /// Lists `rel` on `side`, or records it as unlistable and gives `None`.
     fn list(&self, side: Side, rel: &Path, found: &mut Found) -> Option<Vec<(OsString, Entry)>> {
-        let role = SIDES[side as usize].1;
-        match scan::list_dir(&self.root(side).join(rel), rel, &self.opts.filter) {
+        let role = side.name();
+        let skip = |name: &OsStr| self.opts.filter.excludes_child(rel, name);
+        match self.trees[side as usize].list(rel, &skip) {
             Ok(list) => Some(list),
             Err(err) => {
                 log::error!(
@@ -258,11 +253,13 @@ impl Walk<'_> {
                 }
             }
         }
-        let paths: Vec<PathBuf> = reads
+        let paths: Vec<(Side, PathBuf)> = reads
             .iter()
-            .map(|&(i, side)| self.root(side).join(rel).join(pairs[i].name))
+            .map(|&(i, side)| (side, rel.join(pairs[i].name)))
             .collect();
-        for ((result, started), (i, side)) in read::read_digests(&paths).into_iter().zip(reads) {
+        let files: Vec<(Side, &Path)> = paths.iter().map(|(s, p)| (*s, p.as_path())).collect();
+        for ((result, started), (i, side)) in read_files(self.trees, &files).into_iter().zip(reads)
+        {
             let p = &mut pairs[i];
             let entry = [p.src, p.dst][side as usize].expect("compared files exist");
             let cacheable = !is_racy(entry, started, self.learner.stamps(side));
@@ -515,8 +512,11 @@ fn copy_known(digest: Option<Digest>, held: Option<Digest>) -> Known {
 /// Fails (changing nothing) if a root cannot be listed, or if a safety check of SPEC §8
 /// refuses the pass and `force` is off. Per-entry faults are logged and counted instead.
 pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassStats, Error> {
+    let (source, backup) = (LocalTree::new(&opts.source), LocalTree::new(&opts.backup));
+    let walk_trees: [&dyn Tree; 2] = [&source, &backup];
     let walk = Walk {
         opts,
+        trees: walk_trees,
         cache: dir_cache,
         learner: Learner::new(&opts.source, &opts.backup),
         found: Mutex::new(Found::default()),
@@ -528,13 +528,15 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
         backup_entries: AtomicU64::new(0),
     };
     let list_root = |side: Side| {
-        scan::list_dir(walk.root(side), Path::new(""), &opts.filter).map_err(|source| {
-            Error::ListRoot {
-                role: SIDES[side as usize].1,
-                path: walk.root(side).to_path_buf(),
+        let root = Path::new("");
+        let skip = |name: &OsStr| opts.filter.excludes_child(root, name);
+        walk.trees[side as usize]
+            .list(root, &skip)
+            .map_err(|source| Error::ListRoot {
+                role: side.name(),
+                path: PathBuf::from(walk.trees[side as usize].name()),
                 source,
-            }
-        })
+            })
     };
     let (src_list, dst_list) = rayon::join(|| list_root(Side::Source), || list_root(Side::Backup));
     let (src_list, dst_list) = (src_list?, dst_list?);
@@ -579,7 +581,7 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
     found.steps.sort();
 
     let applier = Applier {
-        roots: [&opts.source, &opts.backup],
+        trees: walk_trees,
         target: Target::Mirror,
         learner: &learner,
     };
@@ -620,7 +622,7 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
     };
     let flush = || {
         if stats.operations > 0
-            && let Err(err) = flush::flush_fs(&opts.backup)
+            && let Err(err) = backup.flush()
         {
             log::warn!("cannot flush BACKUP {}: {err}", opts.backup.display());
         }

@@ -12,10 +12,10 @@ use crate::model::{Item, ItemList, Items, Kind, PassStats, Side};
 use crate::plan::reconcile::{Plan, Policy, Verdict, reconcile};
 use crate::plan::refuse::{self, Refusal};
 use crate::plan::step::{Known, Step, Steps};
-use crate::scan::{self, Filter, Tree};
+use crate::scan::{self, Filter, Scanned};
 use crate::signal;
 use crate::state::archive;
-use crate::tree::{flush, temp};
+use crate::tree::{LocalTree, Tree, temp};
 
 /// What a two-way pass works on and how.
 #[derive(Debug)]
@@ -54,7 +54,7 @@ const UNREAD: checksum::Digest = [0; 32];
 /// reconcile compares. Files whose digest is missing are left out (unreadable: the caller
 /// protects their paths), or carry [`UNREAD`] where `unread` marks them.
 fn items_of<'t>(
-    tree: &'t Tree,
+    tree: &'t Scanned,
     digests: &[Option<checksum::Digest>],
     unread: &[bool],
 ) -> ItemList<'t> {
@@ -95,7 +95,7 @@ fn items_of<'t>(
 /// holds and that `archived` does not know. Such a file is copied to the other side whatever
 /// its content, so no decision needs its digest: it is not read before its copy, which hashes
 /// it as it goes (a first sync into an empty directory reads each file once, not twice).
-fn unread_files(tree: &Tree, other: &Tree, archived: &Items) -> Vec<bool> {
+fn unread_files(tree: &Scanned, other: &Scanned, archived: &Items) -> Vec<bool> {
     tree.entries
         .iter()
         .map(|(rel, e)| {
@@ -112,6 +112,8 @@ fn unread_files(tree: &Tree, other: &Tree, archived: &Items) -> Vec<bool> {
 pub fn twoway_pass(opts: &TwowayOptions, dir_cache: &mut DirCache) -> Result<PassStats, Error> {
     // Before the scan, so that a killed pass's half-written files are gone rather than
     // taken for the user's.
+    let (source, backup) = (LocalTree::new(&opts.source), LocalTree::new(&opts.backup));
+    let trees: [&dyn Tree; 2] = [&source, &backup];
     let journal = opts.archive.with_extension("pending");
     for path in temp::remove_journaled_leftovers(&journal) {
         log::info!("removed leftover temporary file {}", path.display());
@@ -122,8 +124,8 @@ pub fn twoway_pass(opts: &TwowayOptions, dir_cache: &mut DirCache) -> Result<Pas
         || archive::load(&opts.archive, &opts.source, &opts.backup),
         || {
             rayon::join(
-                || scan::scan(&opts.source, "SOURCE", &opts.filter),
-                || scan::scan(&opts.backup, "BACKUP", &opts.filter),
+                || scan::scan(trees[0], "SOURCE", &opts.filter),
+                || scan::scan(trees[1], "BACKUP", &opts.filter),
             )
         },
     );
@@ -169,7 +171,7 @@ pub fn twoway_pass(opts: &TwowayOptions, dir_cache: &mut DirCache) -> Result<Pas
     let digests = tree_digests(
         dir_cache,
         &learner,
-        [&opts.source, &opts.backup],
+        trees,
         [&src, &dst],
         [&src_unread, &dst_unread],
     );
@@ -259,7 +261,7 @@ pub fn twoway_pass(opts: &TwowayOptions, dir_cache: &mut DirCache) -> Result<Pas
     }
     steps.sort();
     let applier = Applier {
-        roots: [&opts.source, &opts.backup],
+        trees,
         target: Target::Sync,
         learner: &learner,
     };
@@ -341,9 +343,9 @@ pub fn twoway_pass(opts: &TwowayOptions, dir_cache: &mut DirCache) -> Result<Pas
         // The data first: an archive claiming content that a crash then lost would make the
         // next pass carry the damage to the other side. (The text is made meanwhile.)
         let flush = || -> Result<(), Error> {
-            for root in [&opts.source, &opts.backup] {
-                flush::flush_fs(root).map_err(|source| Error::StateUnreadable {
-                    path: root.clone(),
+            for tree in trees {
+                tree.flush().map_err(|source| Error::StateUnreadable {
+                    path: PathBuf::from(tree.name()),
                     source,
                 })?;
             }
@@ -368,8 +370,8 @@ pub fn twoway_pass(opts: &TwowayOptions, dir_cache: &mut DirCache) -> Result<Pas
 /// more than half of a side's files.
 fn refuse_empty_side(
     opts: &TwowayOptions,
-    src: &Tree,
-    dst: &Tree,
+    src: &Scanned,
+    dst: &Scanned,
     archived: &Items,
 ) -> Result<(), Refusal> {
     let held = archived

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use checksum::Digest;
 
 use crate::display::Escaped;
-use crate::model::{Entry, Item, Kind, Side, Timestamp, path_order};
+use crate::model::{Entry, Item, Kind, LinkFrom, Side, Timestamp, path_order};
 use crate::tree::temp;
 
 /// What a copy knows of its source's content before it starts.
@@ -33,18 +33,6 @@ pub enum Known {
     Unless(Digest),
     /// Not read before the plan: the copy hashes what it copies.
     Unread,
-}
-
-/// A file to hard-link instead of copying: versions are never edited in place, so one that
-/// holds the same bytes, mode and time can share its inode.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkFrom {
-    /// Where it is.
-    pub path: PathBuf,
-    /// Its size and modification time as recorded: a file edited since is copied instead.
-    pub size: u64,
-    /// See `size`.
-    pub mtime: Timestamp,
 }
 
 /// One thing a pass does to one path of one side. `S` is what the planner saw there.

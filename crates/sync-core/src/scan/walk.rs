@@ -1,7 +1,6 @@
-//! Walking one root into its entries by relative path, in path order, without following links.
+//! Walking one tree into its entries by relative path, in path order, without following links.
 
 use std::ffi::OsString;
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -10,18 +9,19 @@ use rayon::prelude::*;
 use crate::error::Error;
 use crate::model::{Entry, path_order};
 use crate::scan::Filter;
+use crate::tree::Tree;
 
 /// A scanned root: every entry by relative path, in path order (a directory's descendants
 /// follow it directly), and the directories that could not be listed.
 #[derive(Debug, Default)]
-pub struct Tree {
+pub struct Scanned {
     /// Relative path → entry. The root itself is not included.
     pub entries: Entries,
     /// Directories whose listing failed: their content is unknown, never empty.
     pub unlistable: Vec<(PathBuf, io::Error)>,
 }
 
-impl Tree {
+impl Scanned {
     /// Number of entries that are not directories.
     pub fn non_dir_count(&self) -> usize {
         self.entries.values().filter(|e| !e.is_dir()).count()
@@ -99,32 +99,35 @@ struct Partial {
     unlistable: Vec<(PathBuf, io::Error)>,
 }
 
-/// Scans `root`, directories in parallel, skipping what `filter` excludes.
+/// Scans `tree`, directories in parallel, skipping what `filter` excludes.
 ///
 /// Fails only if the root itself cannot be listed; a subdirectory that cannot be listed is
-/// recorded in [`Tree::unlistable`], and an entry that vanishes during the scan is left out.
-pub fn scan(root: &Path, role: &'static str, filter: &Filter) -> Result<Tree, Error> {
-    let listing = fs::read_dir(root).map_err(|source| Error::ListRoot {
-        role,
-        path: root.to_path_buf(),
-        source,
-    })?;
-    let partial = scan_listing(root, Path::new(""), listing, filter);
+/// recorded in [`Scanned::unlistable`], and an entry that vanishes during the scan is left out.
+pub fn scan(tree: &dyn Tree, role: &'static str, filter: &Filter) -> Result<Scanned, Error> {
+    let root = Path::new("");
+    let children = tree
+        .list(root, &|name| filter.excludes_child(root, name))
+        .map_err(|source| Error::ListRoot {
+            role,
+            path: PathBuf::from(tree.name()),
+            source,
+        })?;
+    let partial = scan_children(tree, root, children, filter);
     debug_assert!(
         partial
             .entries
             .iter()
             .is_sorted_by(|a, b| path_order(&a.0, &b.0).is_lt())
     );
-    Ok(Tree {
+    Ok(Scanned {
         entries: Entries(partial.entries),
         unlistable: partial.unlistable,
     })
 }
 
-fn scan_dir(root: &Path, rel: &Path, filter: &Filter) -> Partial {
-    match fs::read_dir(root.join(rel)) {
-        Ok(listing) => scan_listing(root, rel, listing, filter),
+fn scan_dir(tree: &dyn Tree, rel: &Path, filter: &Filter) -> Partial {
+    match tree.list(rel, &|name| filter.excludes_child(rel, name)) {
+        Ok(children) => scan_children(tree, rel, children, filter),
         Err(err) => Partial {
             entries: Vec::new(),
             unlistable: vec![(rel.to_path_buf(), err)],
@@ -135,16 +138,12 @@ fn scan_dir(root: &Path, rel: &Path, filter: &Filter) -> Partial {
 /// A directory's subtree in path order: its children by name, each directory followed by its
 /// own subtree (scanned in parallel). Names in byte order, depth first, is path order
 /// ([`path_order`]).
-fn scan_listing(root: &Path, rel: &Path, listing: fs::ReadDir, filter: &Filter) -> Partial {
-    let children = match read_listing(listing, &root.join(rel), rel, filter) {
-        Ok(children) => children,
-        Err(err) => {
-            return Partial {
-                entries: Vec::new(),
-                unlistable: vec![(rel.to_path_buf(), err)],
-            };
-        }
-    };
+fn scan_children(
+    tree: &dyn Tree,
+    rel: &Path,
+    children: Vec<(OsString, Entry)>,
+    filter: &Filter,
+) -> Partial {
     let children: Vec<(PathBuf, Entry)> = children
         .into_iter()
         .map(|(name, entry)| (rel.join(name), entry))
@@ -152,7 +151,7 @@ fn scan_listing(root: &Path, rel: &Path, listing: fs::ReadDir, filter: &Filter) 
     let subtrees: Vec<Partial> = children
         .par_iter()
         .filter(|(_, e)| e.is_dir())
-        .map(|(child, _)| scan_dir(root, child, filter))
+        .map(|(child, _)| scan_dir(tree, child, filter))
         .collect();
     let total = children.len() + subtrees.iter().map(|p| p.entries.len()).sum::<usize>();
     let mut out = Partial {
@@ -171,53 +170,11 @@ fn scan_listing(root: &Path, rel: &Path, listing: fs::ReadDir, filter: &Filter) 
     out
 }
 
-/// One directory's entries (`dir` is its path, `rel` its path relative to the root), by name
-/// in byte order, without what `filter` excludes or what vanished while it was listed.
-///
-/// Fails if the directory cannot be listed completely, or an entry in it cannot be examined:
-/// what it holds is then unknown, which must never read as "nothing is here".
-pub fn list_dir(dir: &Path, rel: &Path, filter: &Filter) -> io::Result<Vec<(OsString, Entry)>> {
-    read_listing(fs::read_dir(dir)?, dir, rel, filter)
-}
-
-fn read_listing(
-    listing: fs::ReadDir,
-    dir: &Path,
-    rel: &Path,
-    filter: &Filter,
-) -> io::Result<Vec<(OsString, Entry)>> {
-    let mut out = Vec::new();
-    for item in listing {
-        // A listing that breaks off half-way is as unknown as one that never started.
-        let item = item?;
-        let name = item.file_name();
-        if filter.excludes_child(rel, &name) {
-            continue;
-        }
-        let meta = match item.metadata() {
-            Ok(meta) => meta,
-            // Vanished between listing and stat: it is simply not there any more.
-            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
-            // Listed but not searchable (a directory without its x bit), or any other fault.
-            Err(err) => return Err(err),
-        };
-        let target = if meta.file_type().is_symlink() {
-            match fs::read_link(dir.join(&name)) {
-                Ok(t) => Some(t),
-                Err(_) => continue,
-            }
-        } else {
-            None
-        };
-        out.push((name, Entry::from_metadata(&meta, target)));
-    }
-    out.sort_unstable_by(|a, b| a.0.as_encoded_bytes().cmp(b.0.as_encoded_bytes()));
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tree::LocalTree;
+    use std::fs;
 
     #[test]
     fn scanned_entries_are_found_where_byte_order_and_path_order_differ() {
@@ -229,7 +186,7 @@ mod tests {
         for file in ["a-b", "a.b", "a0", "a/b-c", "a/b/c/d", "a/b.c"] {
             fs::write(root.path().join(file), file).unwrap();
         }
-        let tree = scan(root.path(), "SOURCE", &Filter::default()).unwrap();
+        let tree = scan(&LocalTree::new(root.path()), "SOURCE", &Filter::default()).unwrap();
         let order: Vec<&str> = tree.entries.keys().map(|p| p.to_str().unwrap()).collect();
         assert_eq!(
             order,

@@ -1,10 +1,133 @@
-//! Reaching a user's tree: every change made to SOURCE, BACKUP, a version or a restore target
-//! goes through here. `ops` holds the safe operations of SPEC §7 (atomic replacement, a
-//! re-check against the scan before anything is replaced or removed, new directories built
-//! hidden); `temp` our temporary names and their journal; `flush` the flushes; `mapped` the
-//! hash of a large copy read from a mapping of it.
+//! Reaching a user's tree: every read and every change of SOURCE, BACKUP, a version being
+//! built or a restore's work directory goes through the [`Tree`] interface, implemented once
+//! for local trees ([`local::LocalTree`]). A side on another machine is meant to be one more
+//! implementation of it: its methods speak of paths relative to the tree's root, entries and
+//! digests, never of descriptors or paths of this machine (the one exception, for the
+//! kernel's copy between two local trees, answers `None` elsewhere).
+//!
+//! Below it: `ops` holds the safe operations of SPEC §7 (atomic replacement, a re-check against
+//! the scan before anything is replaced or removed, new directories built hidden); `read`
+//! hashes batches of files; `temp` our
+//! temporary names and their journal; `flush` the flushes; `mapped` the hash of a large copy
+//! read from a mapping of it.
 
 pub mod flush;
+pub mod local;
 pub(crate) mod mapped;
 pub mod ops;
+pub mod read;
 pub mod temp;
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use checksum::Digest;
+
+use crate::model::{Entry, LinkFrom, Timestamp};
+
+pub use local::LocalTree;
+pub use ops::{Content, Copied, Dest, OpError};
+
+/// One tree a pass reads or changes. Paths are relative to its root. Every change re-checks,
+/// right before it acts, that what it replaces or removes is still what the scan saw.
+pub trait Tree: Sync {
+    /// How messages name the tree.
+    fn name(&self) -> String;
+
+    /// The entries of the directory `rel`, by name in byte order, without those `skip` names
+    /// (not even examined) or that vanished while it was listed.
+    ///
+    /// Fails if the directory cannot be listed completely, or an entry in it cannot be
+    /// examined: what it holds is then unknown, never "nothing".
+    fn list(&self, rel: &Path, skip: &dyn Fn(&OsStr) -> bool)
+    -> io::Result<Vec<(OsString, Entry)>>;
+
+    /// What is at `rel` now (a link is not followed).
+    fn stat(&self, rel: &Path) -> io::Result<Entry>;
+
+    /// The SHA-256 of each file at `rels`, with the time its reading began.
+    fn digests(&self, rels: &[&Path]) -> Vec<(io::Result<Digest>, SystemTime)>;
+
+    /// Creates the directory `rel`, private to its owner until [`Tree::finish_dir`].
+    fn make_dir(&self, rel: &Path) -> Result<(), OpError>;
+
+    /// Copies `from`'s file `from_rel` to `rel` here, atomically, over what `dest` says, with
+    /// what `content` says is known of it.
+    fn copy_in(
+        &self,
+        rel: &Path,
+        from: &dyn Tree,
+        from_rel: &Path,
+        dest: Dest<'_>,
+        content: Content<'_>,
+    ) -> Result<Copied, OpError>;
+
+    /// Two copies of files whose content nothing knows yet, from the same paths of `from`,
+    /// hashed together on one core.
+    fn copy_pair_in(
+        &self,
+        jobs: [(&Path, Dest<'_>); 2],
+        from: &dyn Tree,
+    ) -> [Result<Copied, OpError>; 2];
+
+    /// Creates a symbolic link at `rel` (over what `dest` says) with the time `mtime`.
+    fn symlink(
+        &self,
+        rel: &Path,
+        target: &Path,
+        dest: Dest<'_>,
+        mtime: Timestamp,
+    ) -> Result<Entry, OpError>;
+
+    /// Hard-links `existing` (a file of this machine's version store) at the new name `rel`.
+    fn hard_link(&self, rel: &Path, existing: &LinkFrom) -> Result<(), OpError>;
+
+    /// Removes what the scan saw at `rel` (a directory once empty).
+    fn remove(&self, rel: &Path, seen: &Entry) -> Result<(), OpError>;
+
+    /// Moves what the scan saw at `rel` to `to`, never over anything.
+    fn rename_noreplace(&self, rel: &Path, to: &Path, seen: &Entry) -> Result<(), OpError>;
+
+    /// Sets the mode and time of what the scan saw at `rel`; gives what is there after.
+    fn set_meta(
+        &self,
+        rel: &Path,
+        seen: &Entry,
+        mode: u32,
+        mtime: Timestamp,
+    ) -> Result<Entry, OpError>;
+
+    /// Gives the directory `rel` its final mode (and time, if given).
+    fn finish_dir(&self, rel: &Path, mode: u32, mtime: Option<Timestamp>) -> Result<(), OpError>;
+
+    /// Lets its owner add and remove entries in the directory `rel`, whose mode is `mode`.
+    fn open_dir(&self, rel: &Path, mode: u32) -> Result<(), OpError>;
+
+    /// Checks that every directory above `rel` is still a real directory, not a link.
+    fn check_parents(&self, rel: &Path) -> Result<(), OpError>;
+
+    /// Whether anything is at `rel`.
+    fn exists(&self, rel: &Path) -> bool;
+
+    /// Creates a hidden directory in `parent` where a whole new directory is built before
+    /// [`Tree::publish_dir`] gives it its name; returns its path.
+    fn stage_dir(&self, parent: &Path) -> Result<PathBuf, OpError>;
+
+    /// Gives the hidden directory `staged` the name `to`, if nothing has it.
+    fn publish_dir(&self, staged: &Path, to: &Path) -> Result<(), OpError>;
+
+    /// Removes a hidden directory that will not be published, with what it holds.
+    fn discard_dir(&self, staged: &Path) -> io::Result<()>;
+
+    /// Makes everything written durable.
+    fn flush(&self) -> io::Result<()>;
+
+    /// Runs `work` while what it writes is flushed every `every`.
+    fn flushing_while(&self, every: Duration, work: &mut dyn FnMut());
+
+    /// The path of `rel` on this machine, for the kernel's copy between two local trees;
+    /// `None` for a tree elsewhere.
+    fn local_path(&self, rel: &Path) -> Option<PathBuf>;
+}

@@ -16,6 +16,46 @@ use crate::model::{Entry, Kind, Timestamp};
 use crate::tree::flush::start_writeback;
 use crate::tree::temp::{TEMP_PREFIX, note_temp_name};
 
+/// The entry an `lstat` describes; a link's target is read separately.
+pub fn entry_of(meta: &fs::Metadata, link_target: Option<PathBuf>) -> Entry {
+    use std::os::unix::fs::MetadataExt;
+    let ft = meta.file_type();
+    let kind = if ft.is_file() {
+        Kind::File
+    } else if ft.is_dir() {
+        Kind::Dir
+    } else if ft.is_symlink() {
+        Kind::Symlink(link_target.unwrap_or_default())
+    } else {
+        Kind::Special
+    };
+    Entry {
+        kind,
+        mode: meta.mode() & 0o7777,
+        size: meta.size(),
+        mtime: Timestamp {
+            secs: meta.mtime(),
+            nanos: meta.mtime_nsec() as u32,
+        },
+        ctime: Timestamp {
+            secs: meta.ctime(),
+            nanos: meta.ctime_nsec() as u32,
+        },
+        ino: meta.ino(),
+    }
+}
+
+/// What is at `path` now, not following a link (for the re-check before a destructive step).
+pub fn stat(path: &Path) -> io::Result<Entry> {
+    let meta = fs::symlink_metadata(path)?;
+    let target = if meta.file_type().is_symlink() {
+        Some(fs::read_link(path)?)
+    } else {
+        None
+    };
+    Ok(entry_of(&meta, target))
+}
+
 /// Why a single-path operation did not happen. The path is added by the caller's log line.
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {
@@ -279,7 +319,7 @@ fn open_source(path: &Path) -> io::Result<File> {
 
 fn replace_check(dst: &Path, expected: Option<&Entry>) -> Result<(), OpError> {
     match expected {
-        Some(seen) => match Entry::read(dst) {
+        Some(seen) => match stat(dst) {
             Ok(now) if now.unchanged_since(seen) => Ok(()),
             _ => Err(OpError::DestinationChanged {
                 path: dst.to_path_buf(),
@@ -534,7 +574,7 @@ impl<'a> Started<'a> {
             source,
         };
         let input = open_source(src).map_err(read_err)?;
-        let before = Entry::from_metadata(&input.metadata().map_err(read_err)?, None);
+        let before = entry_of(&input.metadata().map_err(read_err)?, None);
         if before.kind != Kind::File {
             return Err(OpError::SourceChanged {
                 path: src.to_path_buf(),
@@ -565,7 +605,7 @@ impl<'a> Started<'a> {
             path: src.to_path_buf(),
             source,
         })?;
-        let after = Entry::from_metadata(&after, None);
+        let after = entry_of(&after, None);
         if !after.unchanged_since(&self.before) || expect.is_some_and(|c| c != digest) {
             return Err(OpError::SourceChanged {
                 path: src.to_path_buf(),
@@ -596,11 +636,11 @@ impl<'a> Started<'a> {
         let dir = dst.parent().unwrap_or(Path::new("."));
         let file = self.staged.install(dir, dst, self.dest.replaces())?;
         // fstat of the file still open: its stamp after the rename, without a path lookup.
-        let mut destination = Entry::from_metadata(&file.metadata().map_err(write_err(dst))?, None);
+        let mut destination = entry_of(&file.metadata().map_err(write_err(dst))?, None);
         if destination.mode != self.before.mode {
             // Created with its mode, which the umask (or a default ACL) cut down.
             file.set_permissions(mode).map_err(write_err(dst))?;
-            destination = Entry::from_metadata(&file.metadata().map_err(write_err(dst))?, None);
+            destination = entry_of(&file.metadata().map_err(write_err(dst))?, None);
         }
         Ok(Copied {
             digest,
@@ -762,7 +802,7 @@ fn drop_cached(path: &Path, seen: &Entry) {
     let Ok(file) = open_source(path) else { return };
     let same = file
         .metadata()
-        .is_ok_and(|m| Entry::from_metadata(&m, None).unchanged_since(seen));
+        .is_ok_and(|m| entry_of(&m, None).unchanged_since(seen));
     if same {
         let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed);
     }
@@ -820,7 +860,7 @@ pub fn symlink(
         std::os::unix::fs::symlink(target, dst).map_err(write_err(dst))?;
         let mut made = RemoveOnDrop(Some(dst.to_path_buf()));
         filetime::set_symlink_file_times(dst, ft, ft).map_err(write_err(dst))?;
-        let entry = Entry::read(dst).map_err(write_err(dst))?;
+        let entry = stat(dst).map_err(write_err(dst))?;
         made.0 = None;
         return Ok(entry);
     }
@@ -834,14 +874,14 @@ pub fn symlink(
         .map_err(write_err(dst))?;
     filetime::set_symlink_file_times(tmp.path(), ft, ft).map_err(write_err(dst))?;
     persist(tmp, dst, dest.replaces())?;
-    Entry::read(dst).map_err(write_err(dst))
+    stat(dst).map_err(write_err(dst))
 }
 
 /// Removes the file, link or empty directory at `path` if it is still what the scan saw.
 ///
 /// Fails if it changed, or if removal fails (a directory that is not empty stays).
 pub fn remove(path: &Path, seen: &Entry) -> Result<(), OpError> {
-    let now = Entry::read(path).map_err(write_err(path))?;
+    let now = stat(path).map_err(write_err(path))?;
     // A directory's times move whenever its children are removed, so only its identity is
     // checked; `remove_dir` itself refuses anything but an empty one.
     let same = if seen.is_dir() {
@@ -872,7 +912,7 @@ pub fn set_metadata(
     mode: u32,
     mtime: Timestamp,
 ) -> Result<Entry, OpError> {
-    let now = Entry::read(path).map_err(write_err(path))?;
+    let now = stat(path).map_err(write_err(path))?;
     if !now.unchanged_since(seen) {
         return Err(OpError::DestinationChanged {
             path: path.to_path_buf(),
@@ -888,7 +928,7 @@ pub fn set_metadata(
         // `now` is not a link (checked above), so following the path is safe here.
         filetime::set_file_mtime(path, mtime.to_filetime()).map_err(write_err(path))?;
     }
-    Entry::read(path).map_err(write_err(path))
+    stat(path).map_err(write_err(path))
 }
 
 /// Gives the directory at `path` its final mode and modification time, once its content is
@@ -955,7 +995,7 @@ pub fn make_writable(path: &Path, mode: u32) -> Result<(), OpError> {
 /// Fails if `existing` is no longer such a file, or the link cannot be made (a file system
 /// without hard links, a file with as many links as it may have).
 pub fn hard_link(existing: &Path, size: u64, mtime: Timestamp, dst: &Path) -> Result<(), OpError> {
-    match Entry::read(existing) {
+    match stat(existing) {
         Ok(e) if e.kind == Kind::File && e.size == size && e.mtime == mtime => {
             fs::hard_link(existing, dst).map_err(write_err(dst))
         }
@@ -970,7 +1010,7 @@ pub fn hard_link(existing: &Path, size: u64, mtime: Timestamp, dst: &Path) -> Re
 ///
 /// Fails, moving nothing, if `from` changed, `to` exists, or the rename fails.
 pub fn rename_noreplace(from: &Path, to: &Path, seen: &Entry) -> Result<(), OpError> {
-    match Entry::read(from) {
+    match stat(from) {
         Ok(now) if now.unchanged_since(seen) => {}
         _ => {
             return Err(OpError::DestinationChanged {
@@ -1009,7 +1049,7 @@ fn rename_new(from: &Path, to: &Path) -> Result<(), OpError> {
 ///
 /// Fails if it is not, or the change is refused.
 pub fn set_dir_mode(path: &Path, mode: u32) -> Result<(), OpError> {
-    match Entry::read(path) {
+    match stat(path) {
         Ok(now) if now.is_dir() => {
             if now.mode != mode {
                 fs::set_permissions(path, fs::Permissions::from_mode(mode))
@@ -1108,7 +1148,7 @@ mod tests {
         let copied = copy_file(&src, &dst, Dest::Hidden, Content::Hash(None)).unwrap();
         assert_eq!(copied.digest, sha(b"content"));
         assert_eq!(fs::read(&dst).unwrap(), b"content");
-        let now = Entry::read(&dst).unwrap();
+        let now = stat(&dst).unwrap();
         assert_eq!((now.mode, now.mtime.to_filetime()), (0o640, mtime));
         assert!(now.unchanged_since(&copied.destination));
         // A name already taken, even in a hidden directory, is never written over.
@@ -1230,7 +1270,7 @@ mod tests {
                 .unwrap();
             // "b" replaces a file that was there.
             fs::write(path("b2"), b"old").unwrap();
-            let old = Entry::read(&path("b2")).unwrap();
+            let old = stat(&path("b2")).unwrap();
             let _ = fs::remove_file(path("a2"));
             let [ra, rb] = copy_pair([
                 (&path("a"), &path("a2"), Dest::New),
@@ -1251,9 +1291,9 @@ mod tests {
                 fs::read(path("b2")).unwrap() == db,
                 "b's copy differs ({lb})"
             );
-            let a2 = Entry::read(&path("a2")).unwrap();
+            let a2 = stat(&path("a2")).unwrap();
             assert_eq!(a2.mtime, ca.source.mtime);
-            assert_eq!(Entry::read(&path("b2")).unwrap().mode & 0o7777, 0o600);
+            assert_eq!(stat(&path("b2")).unwrap().mode & 0o7777, 0o600);
             assert!(a2.unchanged_since(&ca.destination));
         }
     }
