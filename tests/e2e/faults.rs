@@ -1054,6 +1054,59 @@ fn sigkill_at_any_point_of_a_mirror_pass_leaves_old_or_new_and_the_next_pass_con
     Ok(())
 }
 
+/// A first copy into an empty BACKUP applies each directory as soon as the walk has planned
+/// it (so that its plan is never held whole): killed anywhere, it leaves BACKUP holding only
+/// whole files of SOURCE (and hidden directories of ours), and the next pass converges.
+#[test]
+fn sigkill_at_any_point_of_a_first_copy_leaves_whole_files_and_the_next_pass_converges()
+-> TestResult {
+    let env = Env::new()?;
+    let gate = Hook::gate(&env)?;
+    oneway_generation(&env.src, 1)?;
+    let new = fingerprints(&env.src)?;
+    let plans = [
+        KillAt::AfterPlan,
+        KillAt::Ops(1),
+        KillAt::Ops(40),
+        KillAt::Ops(200),
+        KillAt::Millis(5),
+        KillAt::Millis(30),
+    ];
+    let mut cut = Vec::new();
+    for at in plans {
+        empty_dir(&env.dst)?;
+        let Killed { status, console } =
+            run_and_kill(&env, &[&"--once", &env.src, &env.dst], at, &gate)?;
+        let ops = operations_after(&console, 0);
+        let context = |e: Box<dyn std::error::Error>| {
+            fail(format!(
+                "after SIGKILL at {at:?} ({}, {ops} operations logged): {e:?}",
+                describe_status(status)
+            ))
+        };
+        if cut_short(status, &console, 0) {
+            cut.push((at, ops));
+        }
+        let now = fingerprints(&env.dst)?;
+        expect_each_path_old_or_new("BACKUP", &now, &Fps::new(), &new).map_err(context)?;
+
+        let rerun = env.once(&[]).map_err(context)?;
+        expect_clean(&rerun).map_err(context)?;
+        assert_trees_equal(&env.src, &env.dst).map_err(context)?;
+        let left = temp_files(&env.dst)?;
+        ensure!(
+            left.is_empty(),
+            "after SIGKILL at {at:?}: temporary files left after the next pass: {left:?}"
+        );
+    }
+    eprintln!("kills that cut a first copy short (point, operations logged): {cut:?}");
+    ensure!(
+        cut.len() >= 3 && cut.iter().any(|(_, ops)| *ops > 0),
+        "too few kills landed inside a first copy, and at least one must land mid-apply: {cut:?}"
+    );
+    Ok(())
+}
+
 /// The entries of VDIR that are not a sign of an unfinished rotation: `_0` … `_{keep-1}`,
 /// `.current`, the one generation it names, and the version trees and manifests it names.
 fn expect_clean_vdir(vdir: &Path, keep: usize) -> TestResult {

@@ -460,7 +460,7 @@ fn save_blocks(path: &Path, tag: &[u8], blocks: &BTreeMap<Vec<u8>, Vec<Record>>)
             )
         })
         .collect();
-    cache.save(out, &[]).unwrap();
+    cache.save(out, &[], None).unwrap();
 }
 
 proptest! {

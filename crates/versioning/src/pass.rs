@@ -160,7 +160,7 @@ pub fn versioned_pass(
             .iter()
             .map(|(rel, _)| rel.as_path())
             .collect();
-        if let Err(err) = cache.save(blocks, &unlistable) {
+        if let Err(err) = cache.save(blocks, &unlistable, None) {
             log::warn!("cannot save the hash cache: {err}");
         }
     }

@@ -47,6 +47,7 @@ pub enum Target {
 }
 
 /// Where and how a pass's steps are applied.
+#[derive(Clone, Copy)]
 pub struct Applier<'a> {
     /// The two trees, by [`Side`]: the steps change their own side and read the other.
     pub trees: [&'a dyn Tree; 2],
@@ -94,21 +95,84 @@ pub struct Applied {
 impl Applier<'_> {
     /// Applies `steps` (in path order within each group, see [`Steps::sort`]).
     pub fn apply(&self, steps: &Steps) -> Applied {
-        let mut run = Run {
-            at: self,
-            operations: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            failed: Mutex::new(HashSet::new()),
-            any_failed: AtomicBool::new(false),
-            hidden: HashMap::new(),
-            read_by_copies: Mutex::new(HashMap::new()),
-        };
-        run.all(steps);
+        let mut state = Applying::default();
+        Run::new(self, &state).open_dirs(&steps.dirs);
+        Run::new(self, &state).saves_and_removals(steps);
+        let nested = self.stage(&mut state, &steps.creates);
+        let run = Run::new(self, &state);
+        run.creates(&nested);
+        self.flushing(written_side(&steps.transfers), || {
+            run.transfers(&steps.transfers)
+        });
+        self.finish(state, &steps.dirs)
+    }
+
+    /// Begins applying a plan part by part, as a walk produces it (see [`Applier::stage`],
+    /// [`Applier::now`], [`Applier::finish`]).
+    pub fn begin(&self) -> Applying {
+        Applying::default()
+    }
+
+    /// Starts the creation of `creates` (new directories, in path order): where the target
+    /// builds them hidden, those whose parent is not new are made hidden now, and appear whole
+    /// at [`Applier::finish`]; returns the others, which [`Applier::now`] creates.
+    pub fn stage<'s>(&self, state: &mut Applying, creates: &'s [Step]) -> Vec<&'s Step> {
+        if !self.target.stage_new_dirs() {
+            return creates.iter().collect();
+        }
+        // What a hidden directory holds is created under its own name at once, rather than
+        // staged and linked in one by one.
+        let created: HashSet<&Path> = creates.iter().map(Step::rel).collect();
+        let (tops, nested): (Vec<&Step>, Vec<&Step>) = creates
+            .iter()
+            .partition(|step| step.rel().parent().is_none_or(|p| !created.contains(p)));
+        let hidden = Run::new(self, state).stage(&tops);
+        state.hidden.extend(hidden);
+        nested
+    }
+
+    /// Applies `steps` now, except their directories' modes (kept for [`Applier::finish`]);
+    /// new directories must not need staging (see [`Applier::stage`]).
+    pub fn now(&self, state: &Applying, steps: &Steps) {
+        let run = Run::new(self, state);
+        run.open_dirs(&steps.dirs);
+        run.saves_and_removals(steps);
+        run.creates(&steps.creates.iter().collect::<Vec<_>>());
+        run.transfers(&steps.transfers);
+    }
+
+    /// Runs `work`, which writes files on `side`, while that side is flushed where the target
+    /// asks for it.
+    pub fn flushing(&self, side: Option<Side>, work: impl FnOnce() + Send) {
+        match side {
+            Some(side) if self.target.flush_while_copying() => {
+                let mut work = Some(work);
+                self.trees[side as usize].flushing_while(EARLY_FLUSH, &mut || {
+                    if let Some(work) = work.take() {
+                        work()
+                    }
+                })
+            }
+            _ => work(),
+        }
+    }
+
+    /// Ends an application: publishes the hidden directories (even after a stop: every file
+    /// in them is whole), gives `dirs` their modes and times, deepest first, and says what was
+    /// done.
+    pub fn finish(&self, state: Applying, dirs: &[Step]) -> Applied {
+        let run = Run::new(self, &state);
+        run.publish();
+        // Adding or removing an entry moves a directory's mtime, and a read-only mode would
+        // have blocked the steps before.
+        for level in by_depth(dirs, |step| step.rel()).into_iter().rev() {
+            level.into_par_iter().for_each(|step| run.finish_dir(step));
+        }
         Applied {
-            operations: run.operations.into_inner(),
-            errors: run.errors.into_inner(),
-            failed: run.failed.into_inner().unwrap_or_else(|e| e.into_inner()),
-            read_by_copies: run
+            operations: state.operations.into_inner(),
+            errors: state.errors.into_inner(),
+            failed: state.failed.into_inner().unwrap_or_else(|e| e.into_inner()),
+            read_by_copies: state
                 .read_by_copies
                 .into_inner()
                 .unwrap_or_else(|e| e.into_inner()),
@@ -165,9 +229,10 @@ struct HiddenDir {
     spoiled: AtomicBool,
 }
 
-/// One application of steps in progress.
-struct Run<'a> {
-    at: &'a Applier<'a>,
+/// An application of steps in progress: what failed, what was counted, the directories being
+/// built hidden. Parts of one plan applied one after another (see [`Applier::begin`]) share it.
+#[derive(Default)]
+pub struct Applying {
     operations: AtomicU64,
     errors: AtomicU64,
     /// Paths whose step failed: nothing is done at or beneath them this pass, so a link left
@@ -180,10 +245,27 @@ struct Run<'a> {
     read_by_copies: Mutex<HashMap<PathBuf, Item>>,
 }
 
-impl Run<'_> {
-    fn all(&mut self, steps: &Steps) {
-        // Directories we must add to or remove from, that their own mode would forbid us to.
-        for step in &steps.dirs {
+impl Applying {
+    /// Whether `rel` is a directory being built hidden.
+    pub fn is_staged(&self, rel: &Path) -> bool {
+        self.hidden.contains_key(rel)
+    }
+}
+
+/// An applier at work on an application.
+struct Run<'a> {
+    at: &'a Applier<'a>,
+    state: &'a Applying,
+}
+
+impl<'a> Run<'a> {
+    fn new(at: &'a Applier<'a>, state: &'a Applying) -> Run<'a> {
+        Run { at, state }
+    }
+
+    /// Lets steps add to and remove from directories that their own mode would forbid it.
+    fn open_dirs(&self, dirs: &[Step]) {
+        for step in dirs {
             if let Step::Dir {
                 side,
                 rel,
@@ -197,6 +279,9 @@ impl Run<'_> {
                 self.op_error(step, &err);
             }
         }
+    }
+
+    fn saves_and_removals(&self, steps: &Steps) {
         // Losers are moved aside before anything could overwrite them.
         for step in &steps.saves {
             self.execute(step);
@@ -205,50 +290,25 @@ impl Run<'_> {
         for step in steps.removals.iter().rev() {
             self.execute(step);
         }
-        // A new directory whose parent is not new may be built hidden, with everything under
-        // it, and appear whole at the end: what it holds is then created under its own name at
-        // once, rather than staged and linked in one by one.
-        let nested: Vec<&Step> = if self.at.target.stage_new_dirs() {
-            let created: HashSet<&Path> = steps.creates.iter().map(Step::rel).collect();
-            let (tops, nested): (Vec<&Step>, Vec<&Step>) = steps
-                .creates
-                .iter()
-                .partition(|step| step.rel().parent().is_none_or(|p| !created.contains(p)));
-            self.hidden = self.stage(&tops);
-            nested
-        } else {
-            steps.creates.iter().collect()
-        };
-        let run = &*self;
-        // Parents before children: one depth at a time, each in parallel.
-        for level in by_depth(&nested, |step| step.rel()) {
-            level.into_par_iter().for_each(|step| run.execute(step));
-        }
-        let transfer = || {
-            let (pairs, singles) = pairable(&steps.transfers);
-            rayon::join(
-                || {
-                    pairs
-                        .into_par_iter()
-                        .for_each(|pair| run.execute_pair(pair))
-                },
-                || singles.into_par_iter().for_each(|step| run.execute(step)),
-            );
-        };
-        match written_side(&steps.transfers) {
-            Some(side) if run.at.target.flush_while_copying() => run
-                .tree(side)
-                .flushing_while(EARLY_FLUSH, &mut { transfer }),
-            _ => transfer(),
-        }
-        // Even after a stop: every file in them is whole.
-        run.publish();
+    }
 
-        // Directory modes and times last, deepest first: adding or removing an entry moves a
-        // directory's mtime, and a read-only mode would have blocked the steps above.
-        for level in by_depth(&steps.dirs, |step| step.rel()).into_iter().rev() {
-            level.into_par_iter().for_each(|step| run.finish_dir(step));
+    /// Parents before children: one depth at a time, each in parallel.
+    fn creates(&self, creates: &[&Step]) {
+        for level in by_depth(creates, |step| step.rel()) {
+            level.into_par_iter().for_each(|step| self.execute(step));
         }
+    }
+
+    fn transfers(&self, transfers: &[Step]) {
+        let (pairs, singles) = pairable(transfers);
+        rayon::join(
+            || {
+                pairs
+                    .into_par_iter()
+                    .for_each(|pair| self.execute_pair(pair))
+            },
+            || singles.into_par_iter().for_each(|step| self.execute(step)),
+        );
     }
 
     fn tree(&self, side: Side) -> &dyn Tree {
@@ -270,7 +330,7 @@ impl Run<'_> {
 
     fn error(&self, message: std::fmt::Arguments<'_>) {
         log::error!("{message}");
-        Run::bump(&self.errors);
+        Run::bump(&self.state.errors);
     }
 
     /// Logs and counts the fault of `step`.
@@ -303,29 +363,30 @@ impl Run<'_> {
 
     /// Whether `rel` or a parent of it failed this pass.
     fn blocked(&self, rel: &Path) -> bool {
-        if !self.any_failed.load(Ordering::Acquire) {
+        if !self.state.any_failed.load(Ordering::Acquire) {
             return false;
         }
-        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        let failed = self.state.failed.lock().unwrap_or_else(|e| e.into_inner());
         rel.ancestors().any(|a| failed.contains(a))
     }
 
     fn mark_failed(&self, rel: &Path) {
-        self.failed
+        self.state
+            .failed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(rel.to_path_buf());
-        self.any_failed.store(true, Ordering::Release);
+        self.state.any_failed.store(true, Ordering::Release);
     }
 
     /// The hidden directory that `rel` is being built in, if any.
     fn hidden_in<'r>(&self, rel: &'r Path) -> Option<(&'r Path, &HiddenDir)> {
-        if self.hidden.is_empty() {
+        if self.state.hidden.is_empty() {
             return None;
         }
         rel.ancestors()
             .skip(1)
-            .find_map(|a| self.hidden.get(a).map(|h| (a, h)))
+            .find_map(|a| self.state.hidden.get(a).map(|h| (a, h)))
     }
 
     /// Where `rel` is written now (inside a hidden directory, or at its own name), and how.
@@ -503,7 +564,8 @@ impl Run<'_> {
                 mode: c.source.mode,
                 mtime: c.source.mtime,
             };
-            self.read_by_copies
+            self.state
+                .read_by_copies
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(rel.clone(), item);
@@ -552,7 +614,7 @@ impl Run<'_> {
                     ),
                     Done::Nothing => return,
                 }
-                Run::bump(&self.operations);
+                Run::bump(&self.state.operations);
             }
             Err(err) => {
                 self.mark_failed(rel);
@@ -614,7 +676,7 @@ impl Run<'_> {
     /// something created since the scan is removed (it holds only our copies) and tried again
     /// next pass.
     fn publish(&self) {
-        let mut tops: Vec<(&PathBuf, &HiddenDir)> = self.hidden.iter().collect();
+        let mut tops: Vec<(&PathBuf, &HiddenDir)> = self.state.hidden.iter().collect();
         tops.sort_unstable_by(|a, b| path_order(a.0, b.0));
         for (rel, hidden) in tops {
             let made = Step::MakeDir {
@@ -671,7 +733,7 @@ impl Run<'_> {
                     if self.at.target.log_steps() {
                         log::info!("{}", step.describe(self.at.target.name_sides()));
                     }
-                    Run::bump(&self.operations);
+                    Run::bump(&self.state.operations);
                 }
             }
             Err(err) => {

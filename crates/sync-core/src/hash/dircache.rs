@@ -101,6 +101,22 @@ pub enum BlockOut {
     Keep,
     /// Replaced by these records, sorted by name.
     New(Vec<Record>),
+    /// Replaced by these records, already in their stored form (see [`BlockOut::compact`]).
+    Encoded(Vec<u8>),
+    /// Replaced by what was written to the pass's [`BlockWriter`] already.
+    Written,
+}
+
+impl BlockOut {
+    /// Puts new records in their stored form, a third of their size in memory: a first copy
+    /// holds the block of every directory it made until its end.
+    pub fn compact(&mut self) {
+        if let BlockOut::New(records) = self
+            && !records.is_empty()
+        {
+            *self = BlockOut::Encoded(encode_block(records));
+        }
+    }
 }
 
 /// The per-directory cache of one pair of roots.
@@ -196,16 +212,54 @@ impl DirCache {
         Some(bytes)
     }
 
-    /// Ends a pass: `blocks` holds every directory the pass saw and how its block ends;
-    /// blocks of directories it did not see are dropped, except those at or under one of
-    /// `unlistable` (parts of the tree the pass could not see into, kept for a later pass).
-    /// Writes a new file, atomically, only if something changed.
+    /// Starts the file a pass's [`DirCache::save`] will finish, so that blocks can be written
+    /// while the pass goes on (a first copy then holds none of them); `None` for a cache kept in
+    /// memory, or one whose file cannot be made (the blocks are then kept until the end).
+    pub fn writer(&self) -> Option<BlockWriter> {
+        let path = self.location.as_deref()?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let start = || -> io::Result<BlockWriter> {
+            fs::create_dir_all(dir)?;
+            let tmp = tempfile::Builder::new()
+                .prefix(".hashcache-")
+                .tempfile_in(dir)?;
+            let mut header = Vec::new();
+            header.extend_from_slice(MAGIC);
+            header.extend_from_slice(&(self.tag.len() as u64).to_le_bytes());
+            header.extend_from_slice(&self.tag);
+            let mut out = BufWriter::new(tmp);
+            out.write_all(&header)?;
+            Ok(BlockWriter {
+                open: Mutex::new(Open {
+                    offset: header.len() as u64,
+                    out,
+                    index: FxHashMap::default(),
+                    failed: None,
+                }),
+                header,
+            })
+        };
+        match start() {
+            Ok(writer) => Some(writer),
+            Err(err) => {
+                log::warn!("cannot write the hash cache in {}: {err}", dir.display());
+                None
+            }
+        }
+    }
+
+    /// Ends a pass: `blocks` holds every directory the pass saw and how its block ends (those
+    /// marked [`BlockOut::Written`] are in `writer` already); blocks of directories it did not
+    /// see are dropped, except those at or under one of `unlistable` (parts of the tree the
+    /// pass could not see into, kept for a later pass). Writes a new file, atomically, only if
+    /// something changed.
     ///
     /// Fails if the cache directory cannot be created or written.
     pub fn save(
         &mut self,
         blocks: Vec<(Box<[u8]>, BlockOut)>,
         unlistable: &[&Path],
+        writer: Option<BlockWriter>,
     ) -> io::Result<()> {
         let keep_unseen = |dir: &[u8]| {
             unlistable.iter().any(|u| {
@@ -223,18 +277,19 @@ impl DirCache {
         };
         let changed = self.damaged
             || kept != stored
-            || blocks.iter().any(|(_, b)| matches!(b, BlockOut::New(_)));
+            || blocks.iter().any(|(_, b)| !matches!(b, BlockOut::Keep));
         if !changed {
             return Ok(());
         }
         let mut seen: rustc_hash::FxHashSet<&[u8]> = Default::default();
-        let mut order: Vec<(&[u8], Option<&Vec<Record>>)> = Vec::new();
+        let mut order: Vec<(&[u8], Option<&BlockOut>)> = Vec::new();
         for (dir, out) in &blocks {
             seen.insert(dir);
             match out {
                 BlockOut::Keep => order.push((dir, None)),
-                BlockOut::New(records) if !records.is_empty() => order.push((dir, Some(records))),
-                BlockOut::New(_) => {}
+                BlockOut::New(records) if records.is_empty() => {}
+                BlockOut::Written => {}
+                BlockOut::New(_) | BlockOut::Encoded(_) => order.push((dir, Some(out))),
             }
         }
         let unseen: Vec<Box<[u8]>> = self
@@ -246,68 +301,99 @@ impl DirCache {
             .collect();
         order.extend(unseen.iter().map(|d| (&**d, None)));
 
-        let Some(path) = self.location.clone() else {
+        if self.location.is_none() {
             let mut memory = FxHashMap::default();
-            for (dir, records) in order {
-                let bytes = match records {
-                    Some(records) => encode_block(records),
-                    None => self.memory.get(dir).cloned().unwrap_or_default(),
+            for (dir, out) in order {
+                let bytes = match out {
+                    Some(BlockOut::New(records)) => encode_block(records),
+                    Some(BlockOut::Encoded(bytes)) => bytes.clone(),
+                    _ => self.memory.get(dir).cloned().unwrap_or_default(),
                 };
                 memory.insert(dir.into(), bytes);
             }
             self.memory = memory;
             return Ok(());
+        }
+        let writer = match writer {
+            Some(writer) => writer,
+            None => self
+                .writer()
+                .ok_or_else(|| io::Error::other("the hash cache file cannot be made"))?,
         };
-        let dir = path.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir)?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".hashcache-")
-            .tempfile_in(dir)?;
-        let mut out = BufWriter::new(tmp);
-        let mut header = Vec::new();
-        header.extend_from_slice(MAGIC);
-        header.extend_from_slice(&(self.tag.len() as u64).to_le_bytes());
-        header.extend_from_slice(&self.tag);
-        out.write_all(&header)?;
-        let mut offset = header.len() as u64;
-        let mut index = FxHashMap::default();
         let mut buf = Vec::new();
-        for (dir, records) in order {
-            let at = match records {
-                Some(records) => {
-                    buf = encode_block(records);
-                    BlockRef {
-                        offset,
-                        len: buf.len() as u32,
-                        check: check_of(&buf),
-                    }
-                }
-                None => {
+        for (dir, block) in order {
+            match block {
+                Some(BlockOut::New(records)) => writer.write(dir, &encode_block(records)),
+                Some(BlockOut::Encoded(bytes)) => writer.write(dir, bytes),
+                _ => {
                     let (Some(file), Some(old)) = (&self.file, self.index.get(dir)) else {
                         continue;
                     };
                     buf.resize(old.len as usize, 0);
                     file.read_exact_at(&mut buf, old.offset)?;
-                    BlockRef { offset, ..*old }
+                    writer.write(dir, &buf);
                 }
-            };
-            out.write_all(&buf)?;
-            offset += buf.len() as u64;
-            index.insert(Box::<[u8]>::from(dir), at);
+            }
         }
-        let index_bytes = encode_index(&index);
-        out.write_all(&index_bytes)?;
-        out.write_all(&offset.to_le_bytes())?;
-        let mut sum = Sha256::new();
-        sum.update(&header);
-        sum.update(&index_bytes);
-        out.write_all(&sum.finalize())?;
-        // Whatever a crash leaves of this file fails its checks and is dropped, so it needs
-        // no fsync of its own.
-        let tmp = out.into_inner().map_err(|e| e.into_error())?;
-        tmp.persist(&path).map_err(|e| e.error)?;
+        writer.finish(&self.location.clone().unwrap_or_default())?;
         self.damaged = false;
         self.reopen();
+        Ok(())
+    }
+}
+
+/// A new cache file being written, block by block (safe to share between workers), until
+/// [`DirCache::save`] gives it its index and its name.
+pub struct BlockWriter {
+    open: Mutex<Open>,
+    header: Vec<u8>,
+}
+
+struct Open {
+    out: BufWriter<tempfile::NamedTempFile>,
+    offset: u64,
+    index: FxHashMap<Box<[u8]>, BlockRef>,
+    /// The first write that failed: the file is not finished.
+    failed: Option<io::Error>,
+}
+
+impl BlockWriter {
+    /// Writes the stored form of `dir`'s block. A failure is kept for [`DirCache::save`].
+    pub fn write(&self, dir: &[u8], bytes: &[u8]) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.failed.is_some() {
+            return;
+        }
+        if let Err(err) = open.out.write_all(bytes) {
+            open.failed = Some(err);
+            return;
+        }
+        let at = BlockRef {
+            offset: open.offset,
+            len: bytes.len() as u32,
+            check: check_of(bytes),
+        };
+        open.offset += bytes.len() as u64;
+        open.index.insert(dir.into(), at);
+    }
+
+    /// Writes the index and the trailer and renames the file to `path`.
+    fn finish(self, path: &Path) -> io::Result<()> {
+        let mut open = self.open.into_inner().unwrap_or_else(|e| e.into_inner());
+        if let Some(err) = open.failed {
+            return Err(err);
+        }
+        let index_bytes = encode_index(&open.index);
+        open.out.write_all(&index_bytes)?;
+        open.out.write_all(&open.offset.to_le_bytes())?;
+        let mut sum = Sha256::new();
+        sum.update(&self.header);
+        sum.update(&index_bytes);
+        open.out.write_all(&sum.finalize())?;
+        // Whatever a crash leaves of this file fails its checks and is dropped, so it needs
+        // no fsync of its own.
+        let tmp = open.out.into_inner().map_err(|e| e.into_error())?;
+        tmp.persist(path).map_err(|e| e.error)?;
         Ok(())
     }
 }
@@ -335,6 +421,14 @@ impl Learner {
     pub fn new(source: &Path, backup: &Path) -> Learner {
         Learner {
             stamps: [Timestamps::of(source), Timestamps::of(backup)],
+            learnt: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A learner for the same roots that has learnt nothing yet.
+    pub fn fresh(&self) -> Learner {
+        Learner {
+            stamps: self.stamps,
             learnt: Mutex::new(Vec::new()),
         }
     }
@@ -435,8 +529,9 @@ impl Learner {
             });
             let out = &mut blocks[i].1;
             let old = match std::mem::replace(out, BlockOut::Keep) {
-                BlockOut::Keep => cache.block(dir),
+                BlockOut::Keep | BlockOut::Written => cache.block(dir),
                 BlockOut::New(records) => records,
+                BlockOut::Encoded(bytes) => decode_block(&bytes).unwrap_or_default(),
             };
             *out = BlockOut::New(merge_learnt(old, group));
         }
@@ -831,7 +926,7 @@ mod tests {
             }
             let mut blocks = found.blocks;
             learner.record_into(&mut blocks, &cache);
-            cache.save(blocks, &[]).unwrap();
+            cache.save(blocks, &[], None).unwrap();
         }
     }
 
@@ -865,7 +960,7 @@ mod tests {
         assert_eq!(digest_of(&found, "d/kept"), Some(kept));
         let mut blocks = found.blocks;
         learner.record_into(&mut blocks, &cache);
-        cache.save(blocks, &[]).unwrap();
+        cache.save(blocks, &[], None).unwrap();
 
         // Read once, unmarked: cached. Marked again, it comes from the cache.
         let learner = Learner::new(paths[0], paths[1]);
@@ -873,7 +968,7 @@ mod tests {
         assert_eq!((found.hashed, found.cache_hits), (1, 2));
         let mut blocks = found.blocks;
         learner.record_into(&mut blocks, &cache);
-        cache.save(blocks, &[]).unwrap();
+        cache.save(blocks, &[], None).unwrap();
         let learner = Learner::new(paths[0], paths[1]);
         let found = tree_digests(&cache, &learner, sides, trees.each_ref(), [&marked, &[]]);
         assert_eq!((found.hashed, found.cache_hits), (0, 3));
@@ -931,6 +1026,7 @@ mod tests {
             .save(
                 vec![(b"kept".as_slice().into(), BlockOut::New(stored))],
                 &[],
+                None,
             )
             .unwrap();
         let learner = Learner::new(roots.path(), roots.path());
@@ -982,7 +1078,7 @@ mod tests {
             .iter()
             .map(|(dir, out)| match out {
                 BlockOut::New(records) => (&**dir, records),
-                BlockOut::Keep => panic!("{dir:?} kept: its learnt records were dropped"),
+                _ => panic!("{dir:?} kept: its learnt records were dropped"),
             })
             .collect();
         let at = |d: u8, ino: u64| Some((Stamp::of(&file(ino)), [d; 32]));
@@ -1034,6 +1130,7 @@ mod tests {
                     (b"x/y".as_slice().into(), BlockOut::New(b.clone())),
                 ],
                 &[],
+                None,
             )
             .unwrap();
         let again = DirCache::open(file.clone(), b"a\0b".to_vec());
@@ -1051,13 +1148,14 @@ mod tests {
                     (b"x/y".as_slice().into(), BlockOut::Keep),
                 ],
                 &[],
+                None,
             )
             .unwrap();
         assert_eq!(fs::metadata(&file).unwrap().ino(), before);
 
         // A directory no longer seen is dropped; kept blocks are carried over.
         again
-            .save(vec![(b"x/y".as_slice().into(), BlockOut::Keep)], &[])
+            .save(vec![(b"x/y".as_slice().into(), BlockOut::Keep)], &[], None)
             .unwrap();
         let last = DirCache::open(file.clone(), b"a\0b".to_vec());
         assert!(last.block(b"").is_empty());
@@ -1082,6 +1180,7 @@ mod tests {
             .save(
                 vec![(b"d".as_slice().into(), BlockOut::New(a.clone()))],
                 &[],
+                None,
             )
             .unwrap();
         let bytes = fs::read(&file).unwrap();
@@ -1113,13 +1212,18 @@ mod tests {
         let a = vec![record(b"f", Some(1), Some(1))];
         let new = |d: &[u8]| (d.into(), BlockOut::New(a.clone()));
         cache
-            .save(vec![new(b"u"), new(b"u/v"), new(b"uv"), new(b"x")], &[])
+            .save(
+                vec![new(b"u"), new(b"u/v"), new(b"uv"), new(b"x")],
+                &[],
+                None,
+            )
             .unwrap();
         // The next pass sees only `x`, and could not list `u`.
         cache
             .save(
                 vec![(b"x".as_slice().into(), BlockOut::Keep)],
                 &[Path::new("u")],
+                None,
             )
             .unwrap();
         let after = DirCache::open(file, b"t".to_vec());
@@ -1140,11 +1244,12 @@ mod tests {
             .save(
                 vec![(b"d".as_slice().into(), BlockOut::New(a.clone()))],
                 &[],
+                None,
             )
             .unwrap();
         assert_eq!(cache.block(b"d"), a);
         cache
-            .save(vec![(b"d".as_slice().into(), BlockOut::Keep)], &[])
+            .save(vec![(b"d".as_slice().into(), BlockOut::Keep)], &[], None)
             .unwrap();
         assert_eq!(cache.block(b"d"), a);
     }

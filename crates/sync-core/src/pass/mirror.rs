@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use checksum::Digest;
 use rayon::prelude::*;
 
-use crate::apply::{Applier, Target};
+use crate::apply::{Applier, Applying, Target};
 use crate::display::Escaped;
 use crate::error::Error;
-use crate::hash::dircache::{self, BlockOut, DirCache, Learner, Record};
+use crate::hash::dircache::{self, BlockOut, BlockWriter, DirCache, Learner, Record};
 use crate::hash::read_files;
 use crate::hash::stamp::{Stamp, is_racy};
 use crate::model::{Entry, Kind, PassStats, Side};
@@ -73,7 +73,11 @@ struct Walk<'a> {
     trees: [&'a dyn Tree; 2],
     cache: &'a DirCache,
     /// Decides which digests may be remembered; what the copies learn goes here later.
-    learner: Learner,
+    learner: &'a Learner,
+    /// A first copy applies each directory as soon as it is planned (see [`mirror_pass`]).
+    streaming: Option<(&'a Applier<'a>, &'a Applying)>,
+    /// Where a first copy writes each directory's block of the cache once it is complete.
+    writer: Option<&'a BlockWriter>,
     found: Mutex<Found>,
     hashed: AtomicU64,
     cache_hits: AtomicU64,
@@ -178,6 +182,9 @@ impl Walk<'_> {
         }
         let subs = self.children(&rel, &src_list, &dst_list, &mut found);
         drop((src_list, dst_list));
+        if let Some(streaming) = self.streaming {
+            self.apply_now(streaming, &mut found);
+        }
         let holds_ops = subs.1;
         let differs = |s: &Entry| dst_dir.is_none_or(|d| d.mode != s.mode || d.mtime != s.mtime);
         if holds_ops || src_dir.is_some_and(differs) {
@@ -194,6 +201,45 @@ impl Walk<'_> {
             .unwrap_or_else(|e| e.into_inner())
             .append(found);
         subs.0.into_par_iter().for_each(|sub| self.visit(sub));
+    }
+
+    /// Applies what `found` holds for one directory (all but its directories' modes, which
+    /// come last), and gives its block of the hash cache what the copies learnt.
+    fn apply_now(&self, (applier, applying): (&Applier<'_>, &Applying), found: &mut Found) {
+        let Steps {
+            saves,
+            removals,
+            creates,
+            transfers,
+            dirs,
+        } = std::mem::take(&mut found.steps);
+        found.steps.dirs = dirs;
+        // A directory of the root was made hidden before the walk began.
+        let creates = creates
+            .into_iter()
+            .filter(|step| !applying.is_staged(step.rel()))
+            .collect();
+        let learner = self.learner.fresh();
+        let here = Applier {
+            learner: &learner,
+            ..*applier
+        };
+        let now = Steps {
+            saves,
+            removals,
+            creates,
+            transfers,
+            dirs: Vec::new(),
+        };
+        here.now(applying, &now);
+        learner.record_into(&mut found.blocks, self.cache);
+        for (dir, block) in &mut found.blocks {
+            block.compact();
+            if let (Some(writer), BlockOut::Encoded(bytes)) = (self.writer, &*block) {
+                writer.write(dir, bytes);
+                *block = BlockOut::Written;
+            }
+        }
     }
 
     fn count_removal(&self, rel: &Path, seen: &Entry) {
@@ -513,12 +559,40 @@ fn copy_known(digest: Option<Digest>, held: Option<Digest>) -> Known {
 /// refuses the pass and `force` is off. Per-entry faults are logged and counted instead.
 pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassStats, Error> {
     let (source, backup) = (LocalTree::new(&opts.source), LocalTree::new(&opts.backup));
-    let walk_trees: [&dyn Tree; 2] = [&source, &backup];
-    let walk = Walk {
+    let trees: [&dyn Tree; 2] = [&source, &backup];
+    let list_root = |side: Side| {
+        let root = Path::new("");
+        let skip = |name: &OsStr| opts.filter.excludes_child(root, name);
+        trees[side as usize]
+            .list(root, &skip)
+            .map_err(|source| Error::ListRoot {
+                role: side.name(),
+                path: PathBuf::from(trees[side as usize].name()),
+                source,
+            })
+    };
+    let (src_list, dst_list) = rayon::join(|| list_root(Side::Source), || list_root(Side::Backup));
+    let (src_list, dst_list) = (src_list?, dst_list?);
+    let source_empty = src_list.is_empty();
+    // A first copy into an empty BACKUP can be refused by nothing (it deletes nothing, and
+    // BACKUP holds nothing that an empty SOURCE would take away): each directory is applied as
+    // soon as the walk has planned it, so the plan of a first copy is never held whole.
+    let streaming = !opts.dry_run && dst_list.is_empty() && !source_empty;
+    let learner = Learner::new(&opts.source, &opts.backup);
+    let applier = Applier {
+        trees,
+        target: Target::Mirror,
+        learner: &learner,
+    };
+    let mut applying = applier.begin();
+    let writer = if streaming { dir_cache.writer() } else { None };
+    let mut walk = Walk {
         opts,
-        trees: walk_trees,
+        trees,
         cache: dir_cache,
-        learner: Learner::new(&opts.source, &opts.backup),
+        learner: &learner,
+        streaming: None,
+        writer: writer.as_ref(),
         found: Mutex::new(Found::default()),
         hashed: AtomicU64::new(0),
         cache_hits: AtomicU64::new(0),
@@ -527,28 +601,41 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
         removed_files: AtomicU64::new(0),
         backup_entries: AtomicU64::new(0),
     };
-    let list_root = |side: Side| {
-        let root = Path::new("");
-        let skip = |name: &OsStr| opts.filter.excludes_child(root, name);
-        walk.trees[side as usize]
-            .list(root, &skip)
-            .map_err(|source| Error::ListRoot {
-                role: side.name(),
-                path: PathBuf::from(walk.trees[side as usize].name()),
-                source,
-            })
-    };
-    let (src_list, dst_list) = rayon::join(|| list_root(Side::Source), || list_root(Side::Backup));
-    let (src_list, dst_list) = (src_list?, dst_list?);
-    let source_empty = src_list.is_empty();
     let mut found = Found::default();
     let (subs, _) = walk.children(Path::new(""), &src_list, &dst_list, &mut found);
     drop((src_list, dst_list));
-    walk.found
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .append(found);
-    subs.into_par_iter().for_each(|sub| walk.visit(sub));
+    if streaming {
+        crate::testhook::after_plan();
+        let root = std::mem::take(&mut found.steps);
+        // Every directory of SOURCE's root is new: each is built hidden and appears whole.
+        let tops: Vec<Step> = subs
+            .iter()
+            .map(|sub| Step::MakeDir {
+                side: Side::Backup,
+                rel: sub.rel.clone(),
+            })
+            .collect();
+        let nested = applier.stage(&mut applying, &tops);
+        debug_assert!(nested.is_empty());
+        walk.streaming = Some((&applier, &applying));
+        let walk = &walk;
+        applier.flushing(Some(Side::Backup), || {
+            rayon::join(
+                || applier.now(walk.streaming.expect("streaming").1, &only(root.transfers)),
+                || subs.into_par_iter().for_each(|sub| walk.visit(sub)),
+            );
+        });
+        walk.found
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .append(found);
+    } else {
+        walk.found
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .append(found);
+        subs.into_par_iter().for_each(|sub| walk.visit(sub));
+    }
 
     let Walk {
         found,
@@ -558,48 +645,43 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
         backup_files,
         removed_files,
         backup_entries,
-        learner,
         ..
     } = walk;
     let mut found = found.into_inner().unwrap_or_else(|e| e.into_inner());
     found.steps.shrink_to_fit();
     found.blocks.shrink_to_fit();
-    refuse::empty_side(
-        opts.force,
-        ("SOURCE", &opts.source),
-        source_empty,
-        "BACKUP",
-        backup_entries.into_inner(),
-    )?;
-    refuse::mass_deletion(
-        opts.force,
-        ("BACKUP", &opts.backup),
-        removed_files.into_inner(),
-        backup_files.into_inner(),
-    )?;
-
-    found.steps.sort();
-
-    let applier = Applier {
-        trees: walk_trees,
-        target: Target::Mirror,
-        learner: &learner,
-    };
     let mut stats = PassStats {
         errors: errors.into_inner(),
         hashed: hashed.into_inner(),
         cache_hits: cache_hits.into_inner(),
         ..PassStats::default()
     };
-    if opts.dry_run {
-        stats.operations = applier.dry_run(&found.steps);
-        return Ok(stats);
-    }
-
-    crate::testhook::after_plan();
-    // A copy, or a file found equal, learns at most one record.
-    learner.expect(found.steps.transfers.len());
-    let applied = applier.apply(&found.steps);
+    let applied = if streaming {
+        applier.finish(applying, &found.steps.dirs)
+    } else {
+        refuse::empty_side(
+            opts.force,
+            ("SOURCE", &opts.source),
+            source_empty,
+            "BACKUP",
+            backup_entries.into_inner(),
+        )?;
+        refuse::mass_deletion(
+            opts.force,
+            ("BACKUP", &opts.backup),
+            removed_files.into_inner(),
+            backup_files.into_inner(),
+        )?;
+        found.steps.sort();
+        if opts.dry_run {
+            stats.operations = applier.dry_run(&found.steps);
+            return Ok(stats);
+        }
+        crate::testhook::after_plan();
+        // A copy, or a file found equal, learns at most one record.
+        learner.expect(found.steps.transfers.len());
+        applier.apply(&found.steps)
+    };
     stats.operations = applied.operations;
     stats.errors += applied.errors;
     stats.interrupted = signal::stop_requested();
@@ -616,7 +698,7 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
     let unlistable: Vec<&Path> = protected.iter().map(PathBuf::as_path).collect();
     // The cache decides nothing: it is written while the data is flushed.
     let save_cache = move || {
-        if let Err(err) = dir_cache.save(blocks, &unlistable) {
+        if let Err(err) = dir_cache.save(blocks, &unlistable, writer) {
             log::warn!("cannot save the hash cache: {err}");
         }
     };
@@ -629,4 +711,12 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
     };
     rayon::join(save_cache, flush);
     Ok(stats)
+}
+
+/// Steps of one group, as [`Steps`] (the others empty).
+fn only(transfers: Vec<Step>) -> Steps {
+    Steps {
+        transfers,
+        ..Steps::default()
+    }
 }

@@ -303,7 +303,7 @@ pub fn twoway_pass(opts: &TwowayOptions, dir_cache: &mut DirCache) -> Result<Pas
     // The cache is written while the data is flushed and the archive written: it decides
     // nothing, so it need not wait for them, nor they for it.
     let save_cache = move || {
-        if let Err(err) = dir_cache.save(blocks, &unlistable) {
+        if let Err(err) = dir_cache.save(blocks, &unlistable, None) {
             log::warn!("cannot save the hash cache: {err}");
         }
     };
