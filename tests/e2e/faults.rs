@@ -1021,35 +1021,65 @@ fn sigkill_at_any_point_of_a_mirror_pass_leaves_old_or_new_and_the_next_pass_con
         let old = fingerprints(&env.dst)?;
         oneway_generation(&env.src, g)?;
         let new = fingerprints(&env.src)?;
-        let Killed { status, console } =
-            run_and_kill(&env, &[&"--once", &env.src, &env.dst], at, &gate)?;
-
-        let ops = operations_after(&console, 0);
-        let context = |e: Box<dyn std::error::Error>| {
-            fail(format!(
-                "after SIGKILL at {at:?} ({}, {ops} operations logged): {e:?}",
-                describe_status(status)
-            ))
-        };
-        if cut_short(status, &console, 0) {
-            cut.push((at, ops));
-        }
-        let now = fingerprints(&env.dst)?;
-        expect_each_path_old_or_new("BACKUP", &now, &old, &new).map_err(context)?;
-
-        let rerun = env.once(&[]).map_err(context)?;
-        expect_clean(&rerun).map_err(context)?;
-        assert_trees_equal(&env.src, &env.dst).map_err(context)?;
-        let left = temp_files(&env.dst)?;
-        ensure!(
-            left.is_empty(),
-            "after SIGKILL at {at:?}: temporary files left after the next pass: {left:?}"
-        );
+        kill_mirror_pass_then_converge(&env, &gate, at, (&old, &new), &mut cut)?;
     }
-    eprintln!("kills that cut a pass short (point, operations logged): {cut:?}");
+    expect_kills_landed("a pass", &cut)
+}
+
+/// Kills `oneway --once SOURCE BACKUP` at `at`; checks that BACKUP holds each path as `old`
+/// or `new` has it, then that the next pass makes BACKUP equal to SOURCE with no temporary
+/// file left. A kill that cut the pass short goes into `cut`, with the operations it logged.
+fn kill_mirror_pass_then_converge(
+    env: &Env,
+    gate: &Hook,
+    at: KillAt,
+    (old, new): (&Fps, &Fps),
+    cut: &mut Vec<(KillAt, usize)>,
+) -> TestResult {
+    let context = kill_pass(env, gate, at, cut)?;
+    let now = fingerprints(&env.dst)?;
+    expect_each_path_old_or_new("BACKUP", &now, old, new).map_err(context)?;
+
+    let rerun = env.once(&[]).map_err(context)?;
+    expect_clean(&rerun).map_err(context)?;
+    assert_trees_equal(&env.src, &env.dst).map_err(context)?;
+    let left = temp_files(&env.dst)?;
+    ensure!(
+        left.is_empty(),
+        "after SIGKILL at {at:?}: temporary files left after the next pass: {left:?}"
+    );
+    Ok(())
+}
+
+/// Runs `--once SOURCE BACKUP` and kills it at `at`; a kill that cut the pass short goes into
+/// `cut`, with the operations it logged. Gives what to wrap a later failure in: how the run
+/// ended and what it had done.
+fn kill_pass(
+    env: &Env,
+    gate: &Hook,
+    at: KillAt,
+    cut: &mut Vec<(KillAt, usize)>,
+) -> Res<impl Fn(Box<dyn std::error::Error>) -> Box<dyn std::error::Error> + Copy> {
+    let Killed { status, console } = run_and_kill(env, &[&"--once", &env.src, &env.dst], at, gate)?;
+    let ops = operations_after(&console, 0);
+    if cut_short(status, &console, 0) {
+        cut.push((at, ops));
+    }
+    Ok(move |e: Box<dyn std::error::Error>| {
+        fail(format!(
+            "after SIGKILL at {at:?} ({}, {ops} operations logged): {e:?}",
+            describe_status(status)
+        ))
+    })
+}
+
+/// At least three of the kills cut `what` short, and one of them after it had done something:
+/// the kills did land inside it.
+fn expect_kills_landed(what: &str, cut: &[(KillAt, usize)]) -> TestResult {
+    eprintln!("kills that cut {what} short (point, operations logged): {cut:?}");
     ensure!(
         cut.len() >= 3 && cut.iter().any(|(_, ops)| *ops > 0),
-        "too few kills landed inside a pass, and at least one must land mid-apply: {cut:?}"
+        "too few kills landed inside {what}, and at least one must land mid-apply: {cut:?}"
     );
     Ok(())
 }
@@ -1075,36 +1105,9 @@ fn sigkill_at_any_point_of_a_first_copy_leaves_whole_files_and_the_next_pass_con
     let mut cut = Vec::new();
     for at in plans {
         empty_dir(&env.dst)?;
-        let Killed { status, console } =
-            run_and_kill(&env, &[&"--once", &env.src, &env.dst], at, &gate)?;
-        let ops = operations_after(&console, 0);
-        let context = |e: Box<dyn std::error::Error>| {
-            fail(format!(
-                "after SIGKILL at {at:?} ({}, {ops} operations logged): {e:?}",
-                describe_status(status)
-            ))
-        };
-        if cut_short(status, &console, 0) {
-            cut.push((at, ops));
-        }
-        let now = fingerprints(&env.dst)?;
-        expect_each_path_old_or_new("BACKUP", &now, &Fps::new(), &new).map_err(context)?;
-
-        let rerun = env.once(&[]).map_err(context)?;
-        expect_clean(&rerun).map_err(context)?;
-        assert_trees_equal(&env.src, &env.dst).map_err(context)?;
-        let left = temp_files(&env.dst)?;
-        ensure!(
-            left.is_empty(),
-            "after SIGKILL at {at:?}: temporary files left after the next pass: {left:?}"
-        );
+        kill_mirror_pass_then_converge(&env, &gate, at, (&Fps::new(), &new), &mut cut)?;
     }
-    eprintln!("kills that cut a first copy short (point, operations logged): {cut:?}");
-    ensure!(
-        cut.len() >= 3 && cut.iter().any(|(_, ops)| *ops > 0),
-        "too few kills landed inside a first copy, and at least one must land mid-apply: {cut:?}"
-    );
-    Ok(())
+    expect_kills_landed("a first copy", &cut)
 }
 
 /// The entries of VDIR that are not a sign of an unfinished rotation: `_0` … `_{keep-1}`,
@@ -1388,19 +1391,7 @@ fn sigkill_at_any_point_of_a_twoway_pass_leaves_old_or_new_and_the_rerun_converg
         let gate = Hook::gate(&env)?;
         let want = twoway_kill_fixture(&env)?;
         let old = (fingerprints(&env.src)?, fingerprints(&env.dst)?);
-        let Killed { status, console } =
-            run_and_kill(&env, &[&"--once", &env.src, &env.dst], at, &gate)?;
-
-        let ops = operations_after(&console, 0);
-        let context = |e: Box<dyn std::error::Error>| {
-            fail(format!(
-                "after SIGKILL at {at:?} ({}, {ops} operations logged): {e:?}",
-                describe_status(status)
-            ))
-        };
-        if cut_short(status, &console, 0) {
-            cut.push((at, ops));
-        }
+        let context = kill_pass(&env, &gate, at, &mut cut)?;
         let now = (fingerprints(&env.src)?, fingerprints(&env.dst)?);
         expect_each_path_old_or_new("SOURCE", &now.0, &old.0, &want).map_err(context)?;
         expect_each_path_old_or_new("BACKUP", &now.1, &old.1, &want).map_err(context)?;
@@ -1433,15 +1424,8 @@ fn sigkill_at_any_point_of_a_twoway_pass_leaves_old_or_new_and_the_rerun_converg
         );
         expect_nothing_left(&env).map_err(context)?;
     }
-    eprintln!(
-        "twoway kills that cut a pass short (point, operations logged): {cut:?}; {leftovers} \
-         temporary files left in the sides"
-    );
-    ensure!(
-        cut.len() >= 3 && cut.iter().any(|(_, ops)| *ops > 0),
-        "too few kills landed inside a pass, and at least one must land mid-apply: {cut:?}"
-    );
-    Ok(())
+    eprintln!("{leftovers} temporary files left in the sides");
+    expect_kills_landed("a two-way pass", &cut)
 }
 
 /// A twoway fixture with the recovery system: `twoway SOURCE BACKUP --once` from the fixture's

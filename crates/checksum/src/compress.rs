@@ -215,19 +215,7 @@ unsafe fn compress_shani<const N: usize>(states: &mut [[u32; 8]; N], blocks: [&[
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Deterministic bytes that differ between `seed`s.
-    fn bytes(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::test_bytes as bytes;
 
     #[test]
     fn compression_of_two_lanes_equals_one_lane_each() {

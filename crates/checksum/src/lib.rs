@@ -240,6 +240,20 @@ fn list_dir(dir: &Path) -> Result<Listing, Error> {
     Ok(Listing { files, dirs })
 }
 
+/// Deterministic bytes that differ between `seed`s, for the tests of the hashers.
+#[cfg(test)]
+pub(crate) fn test_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -109,23 +109,11 @@ pub fn file_digest_pair(a: &Path, b: &Path) -> [io::Result<Digest>; 2] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_bytes as bytes;
     use sha2::{Digest as _, Sha256};
 
     fn sha(bytes: &[u8]) -> Digest {
         Sha256::digest(bytes).into()
-    }
-
-    /// Deterministic bytes that differ between `seed`s.
-    fn bytes(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
     }
 
     #[test]

@@ -127,6 +127,30 @@ pub enum Item {
     },
 }
 
+impl Item {
+    /// The item of a scanned entry whose content is `digest`; `None` for what an item cannot
+    /// describe: a file whose content is unknown, or a FIFO, socket or device.
+    pub fn of(entry: &Entry, digest: Option<Digest>) -> Option<Item> {
+        Some(match &entry.kind {
+            Kind::File => Item::File {
+                digest: digest?,
+                size: entry.size,
+                mode: entry.mode,
+                mtime: entry.mtime,
+            },
+            Kind::Dir => Item::Dir {
+                mode: entry.mode,
+                mtime: entry.mtime,
+            },
+            Kind::Symlink(target) => Item::Symlink {
+                target: target.clone(),
+                mtime: entry.mtime,
+            },
+            Kind::Special => return None,
+        })
+    }
+}
+
 /// Every entry of a tree by relative path, in path order.
 pub type Items = BTreeMap<PathBuf, Item>;
 

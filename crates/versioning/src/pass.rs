@@ -77,30 +77,14 @@ pub fn versioned_pass(
         .iter()
         .zip(&digests.sides[Side::Source as usize])
         .filter_map(|((rel, entry), digest)| {
-            let item = match &entry.kind {
-                Kind::File => Item::File {
-                    // A file that could not be read is logged above and left out.
-                    digest: (*digest)?,
-                    size: entry.size,
-                    mode: entry.mode,
-                    mtime: entry.mtime,
-                },
-                Kind::Dir => Item::Dir {
-                    mode: entry.mode,
-                    mtime: entry.mtime,
-                },
-                Kind::Symlink(target) => Item::Symlink {
-                    target: target.clone(),
-                    mtime: entry.mtime,
-                },
-                Kind::Special => {
-                    log::warn!(
-                        "skipped {}: not a regular file, directory or symlink",
-                        Escaped(rel)
-                    );
-                    return None;
-                }
-            };
+            if entry.kind == Kind::Special {
+                log::warn!(
+                    "skipped {}: not a regular file, directory or symlink",
+                    Escaped(rel)
+                );
+            }
+            // A file that could not be read is logged above and left out.
+            let item = Item::of(entry, *digest)?;
             Some((rel.clone(), item))
         })
         .collect();

@@ -397,52 +397,49 @@ impl Walk<'_> {
                         seen: d.clone(),
                     });
                 }
-                (Some(s), d) => match &s.kind {
-                    Kind::File => match (d, p.digests) {
-                        (Some(d), [Some(a), Some(b)]) if d.kind == Kind::File && a == b => {
-                            if s.mode != d.mode || s.mtime != d.mtime {
-                                found.steps.push(Step::SetMeta {
-                                    side: Side::Backup,
-                                    rel: child(),
-                                    seen: d.clone(),
-                                    mode: s.mode,
-                                    mtime: s.mtime,
-                                    digest: Some(b),
-                                });
+                (Some(s), d) => {
+                    // Same content: SOURCE's mode and time over what BACKUP holds.
+                    let set_meta = |d: &Entry, digest| Step::SetMeta {
+                        side: Side::Backup,
+                        rel: child(),
+                        seen: d.clone(),
+                        mode: s.mode,
+                        mtime: s.mtime,
+                        digest,
+                    };
+                    match &s.kind {
+                        Kind::File => match (d, p.digests) {
+                            (Some(d), [Some(a), Some(b)]) if d.kind == Kind::File && a == b => {
+                                if s.mode != d.mode || s.mtime != d.mtime {
+                                    found.steps.push(set_meta(d, Some(b)));
+                                }
                             }
-                        }
-                        (d, [digest, held]) => found.steps.push(Step::Copy {
-                            side: Side::Backup,
-                            rel: child(),
-                            source: Some(s.clone()),
-                            known: copy_known(digest, held),
-                            replace: d.cloned().map(Box::new),
-                            link: None,
-                        }),
-                    },
-                    Kind::Symlink(target) => match d {
-                        Some(d) if d.kind == s.kind => {
-                            if d.mtime != s.mtime {
-                                found.steps.push(Step::SetMeta {
-                                    side: Side::Backup,
-                                    rel: child(),
-                                    seen: d.clone(),
-                                    mode: s.mode,
-                                    mtime: s.mtime,
-                                    digest: None,
-                                });
+                            (d, [digest, held]) => found.steps.push(Step::Copy {
+                                side: Side::Backup,
+                                rel: child(),
+                                source: Some(s.clone()),
+                                known: copy_known(digest, held),
+                                replace: d.cloned().map(Box::new),
+                                link: None,
+                            }),
+                        },
+                        Kind::Symlink(target) => match d {
+                            Some(d) if d.kind == s.kind => {
+                                if d.mtime != s.mtime {
+                                    found.steps.push(set_meta(d, None));
+                                }
                             }
-                        }
-                        _ => found.steps.push(Step::Symlink {
-                            side: Side::Backup,
-                            rel: child(),
-                            target: target.clone(),
-                            mtime: s.mtime,
-                            replace: d.cloned(),
-                        }),
-                    },
-                    Kind::Dir | Kind::Special => {}
-                },
+                            _ => found.steps.push(Step::Symlink {
+                                side: Side::Backup,
+                                rel: child(),
+                                target: target.clone(),
+                                mtime: s.mtime,
+                                replace: d.cloned(),
+                            }),
+                        },
+                        Kind::Dir | Kind::Special => {}
+                    }
+                }
                 (None, None) => {}
             }
             holds_ops |= found.steps.len() > before;

@@ -64,28 +64,12 @@ fn items_of<'t>(
         .zip(digests)
         .zip(unread)
         .filter_map(|(((rel, e), digest), &unread)| {
-            let item = match &e.kind {
-                Kind::File => Item::File {
-                    digest: match digest {
-                        Some(d) => *d,
-                        None if unread => UNREAD,
-                        None => return None,
-                    },
-                    size: e.size,
-                    mode: e.mode,
-                    mtime: e.mtime,
-                },
-                Kind::Dir => Item::Dir {
-                    mode: e.mode,
-                    mtime: e.mtime,
-                },
-                Kind::Symlink(target) => Item::Symlink {
-                    target: target.clone(),
-                    mtime: e.mtime,
-                },
-                Kind::Special => return None,
+            let digest = match digest {
+                Some(d) => Some(*d),
+                None if unread => Some(UNREAD),
+                None => None,
             };
-            Some((rel.as_path(), item))
+            Some((rel.as_path(), Item::of(e, digest)?))
         })
         .collect();
     ItemList::from_sorted(items)
