@@ -192,7 +192,7 @@ fn run_sync(cli: &Cli, backup: &Path) -> ExitCode {
     let recovery = if cli.no_recovery || cli.dry_run {
         None
     } else {
-        let opts = &sync.opts;
+        let opts = &sync.session.opts;
         let state_dir = sync.session.state_dir.as_deref().unwrap_or(Path::new("."));
         let roots = [opts.source.as_path(), opts.backup.as_path()];
         match Recovery::prepare(state_dir, &cli.config, roots) {

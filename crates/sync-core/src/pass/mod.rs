@@ -4,8 +4,9 @@
 pub mod mirror;
 pub mod twoway;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use crate::model::Side;
 use crate::scan::Filter;
 
 /// What a pass works on and how.
@@ -23,4 +24,14 @@ pub struct PassOptions {
     pub checksum: bool,
     /// Let the refusals of SPEC §8 through.
     pub force: bool,
+}
+
+impl PassOptions {
+    /// The root of `side`.
+    pub fn root(&self, side: Side) -> &Path {
+        match side {
+            Side::Source => &self.source,
+            Side::Backup => &self.backup,
+        }
+    }
 }

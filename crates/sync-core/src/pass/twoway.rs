@@ -9,40 +9,22 @@ use crate::display::Escaped;
 use crate::error::Error;
 use crate::hash::dircache::{DirCache, Learner, tree_digests};
 use crate::model::{Item, ItemList, Items, Kind, PassStats, Side};
+use crate::pass::PassOptions;
 use crate::plan::reconcile::{Plan, Policy, Verdict, reconcile};
 use crate::plan::refuse::{self, Refusal};
 use crate::plan::step::{Known, Step, Steps};
-use crate::scan::{self, Filter, Scanned};
+use crate::scan::{self, Scanned};
 use crate::signal;
 use crate::state::archive;
 use crate::tree::{LocalTree, Tree, temp};
 
-/// What a two-way pass works on and how.
+/// What a two-way pass needs besides the [`PassOptions`] of every pass.
 #[derive(Debug)]
 pub struct TwowayOptions {
-    /// Canonical SOURCE.
-    pub source: PathBuf,
-    /// Canonical BACKUP.
-    pub backup: PathBuf,
     /// The archive file of this pair.
     pub archive: PathBuf,
-    /// Paths left alone on both sides (our temporary files included).
-    pub filter: Filter,
-    /// Log what would be done; change nothing.
-    pub dry_run: bool,
-    /// Let the refusals of SPEC §8 through.
-    pub force: bool,
     /// Who wins a conflict.
     pub policy: Policy,
-}
-
-impl TwowayOptions {
-    fn root(&self, side: Side) -> &Path {
-        match side {
-            Side::Source => &self.source,
-            Side::Backup => &self.backup,
-        }
-    }
 }
 
 /// The digest an item carries for a file left unread (see [`unread_files`]). Reconcile never
@@ -93,19 +75,23 @@ fn unread_files(tree: &Scanned, other: &Scanned, archived: &Items) -> Vec<bool> 
 /// Fails (changing nothing) if a root cannot be listed, the archive is damaged, or a
 /// refusal of SPEC §8 applies without `force`. Per-entry faults are logged and counted; their
 /// archive entries stay as they were, so they are retried next pass.
-pub fn twoway_pass(opts: &TwowayOptions, dir_cache: &mut DirCache) -> Result<PassStats, Error> {
+pub fn twoway_pass(
+    opts: &PassOptions,
+    sync: &TwowayOptions,
+    dir_cache: &mut DirCache,
+) -> Result<PassStats, Error> {
     // Before the scan, so that a killed pass's half-written files are gone rather than
     // taken for the user's.
     let (source, backup) = (LocalTree::new(&opts.source), LocalTree::new(&opts.backup));
     let trees: [&dyn Tree; 2] = [&source, &backup];
-    let journal = opts.archive.with_extension("pending");
+    let journal = sync.archive.with_extension("pending");
     for path in temp::remove_journaled_leftovers(&journal) {
         log::info!("removed leftover temporary file {}", path.display());
     }
     // The archive is parsed while the trees are scanned: the scan waits on the file system
     // more than it computes.
     let (archived, (src, dst)) = rayon::join(
-        || archive::load(&opts.archive, &opts.source, &opts.backup),
+        || archive::load(&sync.archive, &opts.source, &opts.backup),
         || {
             rayon::join(
                 || scan::scan(trees[0], "SOURCE", &opts.filter),
@@ -197,7 +183,7 @@ pub fn twoway_pass(opts: &TwowayOptions, dir_cache: &mut DirCache) -> Result<Pas
         &src_items,
         &dst_items,
         &protected,
-        opts.policy,
+        sync.policy,
         &stamp,
     );
 
@@ -338,9 +324,9 @@ pub fn twoway_pass(opts: &TwowayOptions, dir_cache: &mut DirCache) -> Result<Pas
         let (text, flushed) =
             rayon::join(|| archive::encode(&opts.source, &opts.backup, &next), flush);
         flushed?;
-        crate::state::text::write_atomically(&opts.archive, &text).map_err(|source| {
+        crate::state::text::write_atomically(&sync.archive, &text).map_err(|source| {
             Error::StateUnreadable {
-                path: opts.archive.clone(),
+                path: sync.archive.clone(),
                 source,
             }
         })
@@ -353,7 +339,7 @@ pub fn twoway_pass(opts: &TwowayOptions, dir_cache: &mut DirCache) -> Result<Pas
 /// SPEC §8 for a two-way pass: a side emptied since the last sync, and a pass that would delete
 /// more than half of a side's files.
 fn refuse_empty_side(
-    opts: &TwowayOptions,
+    opts: &PassOptions,
     src: &Scanned,
     dst: &Scanned,
     archived: &Items,
@@ -376,7 +362,7 @@ fn refuse_empty_side(
 }
 
 fn refuse_mass_deletion(
-    opts: &TwowayOptions,
+    opts: &PassOptions,
     plan: &Plan,
     src: &ItemList,
     dst: &ItemList,

@@ -2,6 +2,8 @@
 //! versioned job lives with its pass in the `versioning` crate; twoway's recovery system wraps
 //! [`TwowayJob`] in the binary.)
 
+use std::path::Path;
+
 use crate::error::Error;
 use crate::model::PassStats;
 use crate::pass::mirror::mirror_pass;
@@ -22,36 +24,27 @@ impl Job for MirrorJob {
 
 /// `twoway SOURCE BACKUP`: a two-way pass at every interval.
 pub struct TwowayJob {
-    /// The pass options.
-    pub opts: TwowayOptions,
     /// The session it runs in (its state directory is where twoway runs from).
     pub session: Session,
+    /// The pair's archive and conflict policy.
+    pub sync: TwowayOptions,
 }
 
 impl TwowayJob {
-    /// A two-way job on `session`, whose conflicts `policy` settles. The session must have
-    /// a state directory, where the pair's archive lives.
-    pub fn new(mut session: Session, policy: Policy) -> TwowayJob {
-        let state_dir = session
-            .state_dir
-            .clone()
-            .unwrap_or_else(|| std::path::PathBuf::from("."));
-        let opts = &mut session.opts;
-        let opts = TwowayOptions {
-            archive: archive::path_for(&state_dir, &opts.source, &opts.backup),
-            source: opts.source.clone(),
-            backup: opts.backup.clone(),
-            filter: std::mem::take(&mut opts.filter),
-            dry_run: opts.dry_run,
-            force: opts.force,
-            policy,
-        };
-        TwowayJob { opts, session }
+    /// A two-way job on `session`, whose conflicts `policy` settles. The pair's archive lives
+    /// in the session's state directory (the working directory if it has none).
+    pub fn new(session: Session, policy: Policy) -> TwowayJob {
+        let state_dir = session.state_dir.as_deref().unwrap_or(Path::new("."));
+        let archive = archive::path_for(state_dir, &session.opts.source, &session.opts.backup);
+        TwowayJob {
+            session,
+            sync: TwowayOptions { archive, policy },
+        }
     }
 }
 
 impl Job for TwowayJob {
     fn pass(&mut self) -> Result<PassStats, Error> {
-        twoway_pass(&self.opts, &mut self.session.cache)
+        twoway_pass(&self.session.opts, &self.sync, &mut self.session.cache)
     }
 }
