@@ -22,7 +22,7 @@ use crate::signal;
 use crate::tree::{Content, Copied, Dest, OpError, Tree};
 
 /// How often a mirror's BACKUP is flushed while files are copied (see
-/// [`flush::flushing_while`]).
+/// [`Tree::flushing_while`]).
 const EARLY_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Files from this size on, whose content is not known, are copied in pairs (see

@@ -1,5 +1,7 @@
-//! One mirror pass (SPEC §3): walk both roots together, compare, check the refusals of SPEC §8,
-//! apply with the safe operations of [`crate::fsops`], and record what was hashed.
+//! One mirror pass (SPEC §3): walk both trees together, directory by directory, comparing as
+//! it goes and planning in the one step vocabulary; check the refusals of SPEC §8; apply with the
+//! one applier; and record in the hash cache what was hashed and copied. A first copy into an
+//! empty BACKUP applies each directory as soon as it is planned.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;

@@ -1,5 +1,5 @@
-//! Reading a tree: walking a root into its entries without following links
-//! ([`walk::scan`], or one directory at a time with [`walk::list_dir`]), leaving out what the
+//! Reading a tree: walking it into its entries without following links ([`walk::scan`]; a
+//! mirror lists one directory at a time with [`crate::tree::Tree::list`]), leaving out what the
 //! [`filter::Filter`] excludes.
 
 pub mod filter;
