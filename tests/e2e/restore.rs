@@ -200,6 +200,40 @@ fn restore_over_existing_directory_keeps_its_content_under_versions() -> TestRes
     Ok(())
 }
 
+/// A version whose file was edited in place, keeping its size and times (only its content
+/// shows it), is never restored: what the version holds no longer says what was backed up.
+#[test]
+fn version_edited_in_place_is_refused_and_nothing_is_restored() -> TestResult {
+    let p = Pair::new()?;
+    fill(&p.a, "synced")?;
+    p.sync_once()?;
+    fs::remove_dir_all(&p.a)?;
+    // The file of A's latest version, found through its public name.
+    let latest = fs::canonicalize(p.versions("A").join("_1"))?;
+    let file = latest.join("notes.txt");
+    let before = fs::symlink_metadata(&file)?;
+    let mut bytes = fs::read(&file)?;
+    bytes[0] ^= 1;
+    fs::write(&file, &bytes)?;
+    let mtime = filetime::FileTime::from_last_modification_time(&before);
+    filetime::set_file_mtime(&file, mtime)?;
+
+    let out = p.run(&[&p.a, &"--restore"])?;
+
+    expect_code(&out, 2)?;
+    ensure!(
+        stderr(&out).contains("does not match its manifest")
+            && stderr(&out).contains("notes.txt: differs from the manifest"),
+        "the refusal does not name the edited file:\n{}",
+        stderr(&out)
+    );
+    ensure!(
+        !p.a.exists(),
+        "a directory was restored from an edited version"
+    );
+    Ok(())
+}
+
 #[test]
 fn restoring_unknown_directory_is_refused_and_creates_nothing() -> TestResult {
     let p = Pair::new()?;

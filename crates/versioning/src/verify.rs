@@ -4,7 +4,7 @@ use std::path::Path;
 
 use sync_core::model::Kind;
 use sync_core::scan::{self, Filter};
-use sync_core::tree::LocalTree;
+use sync_core::tree::{LocalTree, Tree};
 
 use crate::manifest::{Item, Manifest};
 
@@ -14,7 +14,8 @@ use crate::manifest::{Item, Manifest};
 ///
 /// Fails only if `dir` itself cannot be listed.
 pub fn verify(dir: &Path, manifest: &Manifest) -> Result<Vec<String>, sync_core::Error> {
-    let tree = scan::scan(&LocalTree::new(dir), "version", &Filter::default())?;
+    let version = LocalTree::new(dir);
+    let tree = scan::scan(&version, "version", &Filter::default())?;
     let mut problems = Vec::new();
     for (rel, err) in &tree.unlistable {
         problems.push(format!("{}: cannot list: {err}", rel.display()));
@@ -24,6 +25,8 @@ pub fn verify(dir: &Path, manifest: &Manifest) -> Result<Vec<String>, sync_core:
             problems.push(format!("{}: not in the manifest", rel.display()));
         }
     }
+    // Files whose metadata agree, to be read (all at once) with the digest they must have.
+    let mut to_read: Vec<(&Path, &checksum::Digest)> = Vec::new();
     for (rel, item) in &manifest.items {
         let Some(entry) = tree.entries.get(rel) else {
             problems.push(format!("{}: missing", rel.display()));
@@ -39,10 +42,11 @@ pub fn verify(dir: &Path, manifest: &Manifest) -> Result<Vec<String>, sync_core:
                 },
                 Kind::File,
             ) => {
-                entry.size == *size
-                    && entry.mode == *mode
-                    && entry.mtime == *mtime
-                    && checksum::file_digest(&dir.join(rel)).is_ok_and(|d| d == *digest)
+                let same = entry.size == *size && entry.mode == *mode && entry.mtime == *mtime;
+                if same {
+                    to_read.push((rel, digest));
+                }
+                same
             }
             (Item::Dir { mode, mtime }, Kind::Dir) => entry.mode == *mode && entry.mtime == *mtime,
             (Item::Symlink { target, mtime }, Kind::Symlink(t)) => {
@@ -51,6 +55,12 @@ pub fn verify(dir: &Path, manifest: &Manifest) -> Result<Vec<String>, sync_core:
             _ => false,
         };
         if !ok {
+            problems.push(format!("{}: differs from the manifest", rel.display()));
+        }
+    }
+    let rels: Vec<&Path> = to_read.iter().map(|(rel, _)| *rel).collect();
+    for ((rel, want), (got, _)) in to_read.iter().zip(version.digests(&rels)) {
+        if !got.is_ok_and(|d| d == **want) {
             problems.push(format!("{}: differs from the manifest", rel.display()));
         }
     }
