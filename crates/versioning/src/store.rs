@@ -10,10 +10,12 @@
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
-use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+
+use sync_core::model::Kind;
+use sync_core::tree::{LocalTree, Tree};
 
 use crate::manifest::{Manifest, ManifestError};
 
@@ -82,10 +84,11 @@ impl Version {
     }
 }
 
-/// The versions kept in one directory.
+/// The versions kept in one directory, reached through the tree interface.
 #[derive(Debug)]
 pub struct Store {
     vdir: PathBuf,
+    tree: LocalTree,
     generation: u64,
     /// Store ids (`.v-ID` names), oldest first.
     ids: Vec<String>,
@@ -96,12 +99,14 @@ impl Store {
     ///
     /// Fails if the current generation cannot be read.
     pub fn open(vdir: &Path) -> Result<Store, StoreError> {
+        let tree = LocalTree::new(vdir);
         let current = vdir.join(CURRENT);
-        let target = match fs::read_link(&current) {
+        let target = match tree.read_link(Path::new(CURRENT)) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Ok(Store {
                     vdir: vdir.to_path_buf(),
+                    tree,
                     generation: 0,
                     ids: Vec::new(),
                 });
@@ -120,20 +125,25 @@ impl Store {
             })?;
         let gen_dir = vdir.join(&target);
         let mut named: Vec<(u32, String)> = Vec::new();
-        for entry in fs::read_dir(&gen_dir).map_err(io_err(&gen_dir))? {
-            let entry = entry.map_err(io_err(&gen_dir))?;
-            let name = entry.file_name();
+        let listing = tree.list(&target, &|_| false).map_err(io_err(&gen_dir))?;
+        for (name, entry) in listing {
             let Some(k) = version_index(&name) else {
                 continue;
             };
-            let link = fs::read_link(entry.path()).map_err(io_err(&entry.path()))?;
+            let path = gen_dir.join(&name);
+            let Kind::Symlink(link) = entry.kind else {
+                return Err(io_err(&path)(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "is not a link to a version",
+                )));
+            };
             let id = link
                 .strip_prefix("..")
                 .ok()
                 .and_then(|p| p.to_str())
                 .filter(|id| id.starts_with(VERSION_PREFIX) && !id.contains('/'))
                 .ok_or_else(|| {
-                    io_err(&entry.path())(io::Error::new(
+                    io_err(&path)(io::Error::new(
                         io::ErrorKind::InvalidData,
                         "does not point to a version",
                     ))
@@ -143,6 +153,7 @@ impl Store {
         named.sort();
         Ok(Store {
             vdir: vdir.to_path_buf(),
+            tree,
             generation,
             ids: named.into_iter().map(|(_, id)| id).collect(),
         })
@@ -179,7 +190,7 @@ impl Store {
         for k in 0..keep {
             let name = format!("_{k}");
             let path = self.vdir.join(&name);
-            match fs::read_link(&path) {
+            match self.tree.read_link(Path::new(&name)) {
                 Ok(t) if t == Path::new(CURRENT).join(&name) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 _ => {
@@ -202,11 +213,17 @@ impl Store {
             .map(|d| d.as_nanos())
             .unwrap_or_default();
         let id = format!("{VERSION_PREFIX}{nanos:x}-{:x}", std::process::id());
-        let dir = self
-            .vdir
-            .join(format!("{BUILD_PREFIX}{}", &id[VERSION_PREFIX.len()..]));
-        fs::create_dir(&dir).map_err(io_err(&dir))?;
-        Ok(Build { id, dir })
+        let name = format!("{BUILD_PREFIX}{}", &id[VERSION_PREFIX.len()..]);
+        let dir = self.vdir.join(&name);
+        self.tree
+            .make_store_dir(Path::new(&name))
+            .map_err(io_err(&dir))?;
+        Ok(Build {
+            id,
+            name: name.into(),
+            dir,
+            tree: self.tree.clone(),
+        })
     }
 
     /// Makes `build` (complete, with `manifest`) the newest version, keeping `keep`
@@ -225,10 +242,12 @@ impl Store {
             name: format!("_{}", keep - 1),
             dir: final_dir.clone(),
         };
+        let tree = &self.tree;
         // The version's data reaches the disk before any name points to it.
-        sync_core::tree::flush::flush_fs(&build.dir).map_err(io_err(&build.dir))?;
+        tree.flush().map_err(io_err(&build.dir))?;
         manifest.write(&version.manifest_path())?;
-        fs::rename(&build.dir, &final_dir).map_err(io_err(&final_dir))?;
+        tree.rename_over(&build.name, Path::new(&build.id))
+            .map_err(io_err(&final_dir))?;
 
         let mut ids = self.ids.clone();
         ids.push(build.id);
@@ -237,32 +256,36 @@ impl Store {
         let generation = self.generation + 1;
         let gen_name = format!("{GEN_PREFIX}{generation}");
         let gen_dir = vdir.join(&gen_name);
+        let gen_rel = Path::new(&gen_name);
         // A leftover of a killed rotation may hold this name already.
-        remove_any(&gen_dir).map_err(io_err(&gen_dir))?;
-        fs::create_dir(&gen_dir).map_err(io_err(&gen_dir))?;
+        tree.remove_all(gen_rel).map_err(io_err(&gen_dir))?;
+        tree.make_store_dir(gen_rel).map_err(io_err(&gen_dir))?;
         let first = keep - ids.len();
         for (i, id) in ids.iter().enumerate() {
-            let link = gen_dir.join(format!("_{}", first + i));
-            std::os::unix::fs::symlink(Path::new("..").join(id), &link).map_err(io_err(&link))?;
+            let link = gen_rel.join(format!("_{}", first + i));
+            tree.make_link(&link, &Path::new("..").join(id))
+                .map_err(io_err(&vdir.join(&link)))?;
         }
-        sync_dir(&gen_dir)?;
+        tree.sync_dir(gen_rel).map_err(io_err(&gen_dir))?;
         // Public names for the versions the new generation holds; until the switch below
         // they resolve to nothing, as they did before.
         for k in first..keep {
             let name = format!("_{k}");
-            let public = vdir.join(&name);
-            if fs::symlink_metadata(&public).is_err() {
-                std::os::unix::fs::symlink(Path::new(CURRENT).join(&name), &public)
-                    .map_err(io_err(&public))?;
+            if tree.stat(Path::new(&name)).is_err() {
+                tree.make_link(Path::new(&name), &Path::new(CURRENT).join(&name))
+                    .map_err(io_err(&vdir.join(&name)))?;
             }
         }
-        let tmp_link = vdir.join(format!("{CURRENT}.tmp"));
-        remove_any(&tmp_link).map_err(io_err(&tmp_link))?;
-        std::os::unix::fs::symlink(&gen_name, &tmp_link).map_err(io_err(&tmp_link))?;
+        let tmp_link = PathBuf::from(format!("{CURRENT}.tmp"));
+        tree.remove_all(&tmp_link)
+            .map_err(io_err(&vdir.join(&tmp_link)))?;
+        tree.make_link(&tmp_link, gen_rel)
+            .map_err(io_err(&vdir.join(&tmp_link)))?;
         let current = vdir.join(CURRENT);
         // The one step that changes what every reader sees.
-        fs::rename(&tmp_link, &current).map_err(io_err(&current))?;
-        sync_dir(&vdir)?;
+        tree.rename_over(&tmp_link, Path::new(CURRENT))
+            .map_err(io_err(&current))?;
+        tree.sync_dir(Path::new("")).map_err(io_err(&vdir))?;
         self.generation = generation;
         self.ids = ids;
         self.clean();
@@ -276,11 +299,10 @@ impl Store {
     pub fn clean(&self) {
         let current_gen = format!("{GEN_PREFIX}{}", self.generation);
         let live: HashSet<&str> = self.ids.iter().map(String::as_str).collect();
-        let Ok(listing) = fs::read_dir(&self.vdir) else {
+        let Ok(listing) = self.tree.list(Path::new(""), &|_| false) else {
             return;
         };
-        for entry in listing.flatten() {
-            let name = entry.file_name();
+        for (name, entry) in listing {
             let Some(name) = name.to_str() else { continue };
             let stale = if let Some(rest) = name.strip_prefix(VERSION_PREFIX) {
                 let id = rest.strip_suffix(MANIFEST_SUFFIX).unwrap_or(rest);
@@ -294,13 +316,16 @@ impl Store {
                 true
             } else if version_index(OsStr::new(name)).is_some() {
                 // Ours, and naming no version of the current generation.
-                fs::read_link(entry.path()).is_ok_and(|t| t == Path::new(CURRENT).join(name))
-                    && fs::metadata(entry.path()).is_err()
+                entry.kind == Kind::Symlink(Path::new(CURRENT).join(name))
+                    && !self.tree.resolves(Path::new(name))
             } else {
                 false
             };
-            if stale && let Err(err) = remove_any(&entry.path()) {
-                log::warn!("cannot remove leftover {}: {err}", entry.path().display());
+            if stale && let Err(err) = self.tree.remove_all(Path::new(name)) {
+                log::warn!(
+                    "cannot remove leftover {}: {err}",
+                    self.vdir.join(name).display()
+                );
             }
         }
     }
@@ -310,14 +335,17 @@ impl Store {
 #[derive(Debug)]
 pub struct Build {
     id: String,
+    /// Its name in the store.
+    name: PathBuf,
     /// The directory to fill.
     pub dir: PathBuf,
+    tree: LocalTree,
 }
 
 impl Build {
     /// Throws the half-built version away (after a stop or a failure).
     pub fn abandon(self) {
-        if let Err(err) = remove_any(&self.dir) {
+        if let Err(err) = self.tree.remove_all(&self.name) {
             log::warn!(
                 "cannot remove {}: {err}; removed at the next pass",
                 self.dir.display()
@@ -333,42 +361,4 @@ fn version_index(name: &OsStr) -> Option<u32> {
         return None;
     }
     std::str::from_utf8(digits).ok()?.parse().ok()
-}
-
-/// Removes a file, link or whole directory tree; a missing path is fine. Read-only
-/// directories inside (a version keeps SOURCE's modes) are made writable first.
-fn remove_any(path: &Path) -> io::Result<()> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if !meta.is_dir() {
-        return fs::remove_file(path);
-    }
-    match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(_) => {
-            make_tree_writable(path);
-            fs::remove_dir_all(path)
-        }
-    }
-}
-
-fn make_tree_writable(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
-    if let Ok(listing) = fs::read_dir(dir) {
-        for entry in listing.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                make_tree_writable(&entry.path());
-            }
-        }
-    }
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
 }

@@ -174,6 +174,63 @@ impl Tree for LocalTree {
     fn local_path(&self, rel: &Path) -> Option<PathBuf> {
         Some(self.path(rel))
     }
+
+    fn read_link(&self, rel: &Path) -> io::Result<PathBuf> {
+        fs::read_link(self.path(rel))
+    }
+
+    fn make_link(&self, rel: &Path, target: &Path) -> io::Result<()> {
+        std::os::unix::fs::symlink(target, self.path(rel))
+    }
+
+    fn make_store_dir(&self, rel: &Path) -> io::Result<()> {
+        fs::create_dir(self.path(rel))
+    }
+
+    fn rename_over(&self, rel: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(self.path(rel), self.path(to))
+    }
+
+    fn remove_all(&self, rel: &Path) -> io::Result<()> {
+        let path = self.path(rel);
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if !meta.is_dir() {
+            return fs::remove_file(&path);
+        }
+        match fs::remove_dir_all(&path) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                // A version keeps SOURCE's modes: a read-only directory in it is opened first.
+                open_tree(&path);
+                fs::remove_dir_all(&path)
+            }
+        }
+    }
+
+    fn sync_dir(&self, rel: &Path) -> io::Result<()> {
+        fs::File::open(self.path(rel)).and_then(|d| d.sync_all())
+    }
+
+    fn resolves(&self, rel: &Path) -> bool {
+        fs::metadata(self.path(rel)).is_ok()
+    }
+}
+
+/// Lets its owner into every directory of the tree at `dir`.
+fn open_tree(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+    if let Ok(listing) = fs::read_dir(dir) {
+        for entry in listing.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                open_tree(&entry.path());
+            }
+        }
+    }
 }
 
 fn not_local() -> OpError {

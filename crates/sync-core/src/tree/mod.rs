@@ -130,4 +130,29 @@ pub trait Tree: Sync {
     /// The path of `rel` on this machine, for the kernel's copy between two local trees;
     /// `None` for a tree elsewhere.
     fn local_path(&self, rel: &Path) -> Option<PathBuf>;
+
+    // What a version store does to its own names (`.current`, `.gen-G`, `.v-ID`, `_k`): never
+    // to a user's entries, which the methods above handle with their re-checks.
+
+    /// The target of the symbolic link `rel`.
+    fn read_link(&self, rel: &Path) -> io::Result<PathBuf>;
+
+    /// Creates a symbolic link `rel` pointing to `target`; fails if the name is taken.
+    fn make_link(&self, rel: &Path, target: &Path) -> io::Result<()>;
+
+    /// Creates the directory `rel` with the mode new directories get by default.
+    fn make_store_dir(&self, rel: &Path) -> io::Result<()>;
+
+    /// Renames `rel` to `to`, replacing what `to` names, in one atomic step.
+    fn rename_over(&self, rel: &Path, to: &Path) -> io::Result<()>;
+
+    /// Removes what `rel` names, a whole directory tree included (read-only directories in it
+    /// are opened first); nothing there is fine.
+    fn remove_all(&self, rel: &Path) -> io::Result<()>;
+
+    /// Makes the names in the directory `rel` durable.
+    fn sync_dir(&self, rel: &Path) -> io::Result<()>;
+
+    /// Whether `rel` names something once links are followed (a link to nothing does not).
+    fn resolves(&self, rel: &Path) -> bool;
 }
