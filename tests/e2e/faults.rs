@@ -1877,6 +1877,42 @@ fn unreadable_source_files_keep_their_old_copies_and_are_retried() -> TestResult
     assert_trees_equal(&s, d)
 }
 
+/// A first copy into an empty BACKUP makes each directory of SOURCE's root before it reads it
+/// (it streams, see `mirror_pass`): one it cannot read is never left in BACKUP, not even empty,
+/// and comes whole once it can be read.
+#[test]
+fn unlistable_directory_of_a_first_copy_leaves_nothing_in_backup() -> TestResult {
+    let mut env = Env::new()?;
+    let s = env.src.clone();
+    for i in 0..4 {
+        put(
+            &s,
+            &format!("locked/f{i}.txt"),
+            &format!("locked {i}\n"),
+            T0,
+        )?;
+        put(&s, &format!("open/f{i}.txt"), &format!("open {i}\n"), T0)?;
+    }
+    env.run_as_nobody()?;
+    chmod(&s.join("locked"), 0o000)?;
+
+    let run = env.once(&[])?;
+
+    run.expect_code(1)?;
+    expect_error_about(&run, "cannot list locked")?;
+    run.expect("INFO", "copied open/f0.txt")?;
+    let held: Vec<PathBuf> = snapshot(&env.dst)?.into_keys().collect();
+    ensure!(
+        held.iter().all(|rel| rel.starts_with("open")),
+        "BACKUP holds more than SOURCE's readable directory: {held:?}\n{run}"
+    );
+
+    chmod(&s.join("locked"), 0o755)?;
+    let retry = env.once(&[])?;
+    expect_clean(&retry)?;
+    assert_trees_equal(&s, &env.dst)
+}
+
 #[test]
 fn unlistable_source_directory_is_never_taken_for_empty() -> TestResult {
     let mut env = Env::new()?;

@@ -227,6 +227,8 @@ struct HiddenDir {
     /// A failed copy or link could not take away what it wrote: the directory may hold a
     /// partial file, so it is not published (the next pass removes it and starts again).
     spoiled: AtomicBool,
+    /// What it was to hold could not be read: it is removed, not published.
+    abandoned: AtomicBool,
 }
 
 /// An application of steps in progress: what failed, what was counted, the directories being
@@ -249,6 +251,14 @@ impl Applying {
     /// Whether `rel` is a directory being built hidden.
     pub fn is_staged(&self, rel: &Path) -> bool {
         self.hidden.contains_key(rel)
+    }
+
+    /// Gives up the directory being built hidden for `rel`, if any (what it was to hold could
+    /// not be read): it is removed at the end rather than given its name.
+    pub fn abandon(&self, rel: &Path) {
+        if let Some(hidden) = self.hidden.get(rel) {
+            hidden.abandoned.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -661,6 +671,7 @@ impl<'a> Run<'a> {
                             side: step.side(),
                             staged,
                             spoiled: AtomicBool::new(false),
+                            abandoned: AtomicBool::new(false),
                         },
                     )),
                     Err(err) => {
@@ -683,6 +694,16 @@ impl<'a> Run<'a> {
                 side: hidden.side,
                 rel: rel.clone(),
             };
+            let tree = self.tree(hidden.side);
+            if hidden.abandoned.load(Ordering::Relaxed) {
+                if let Err(e) = tree.discard_dir(&hidden.staged) {
+                    log::warn!(
+                        "cannot remove {}: {e}; the next pass removes it",
+                        Escaped(&hidden.staged)
+                    );
+                }
+                continue;
+            }
             if hidden.spoiled.load(Ordering::Relaxed) {
                 self.mark_failed(rel);
                 self.error(format_args!(
@@ -691,7 +712,6 @@ impl<'a> Run<'a> {
                 ));
                 continue;
             }
-            let tree = self.tree(hidden.side);
             match tree.publish_dir(&hidden.staged, rel) {
                 Ok(()) => self.conclude(&made, Ok(Done::AsPlanned)),
                 Err(err) => {

@@ -132,6 +132,10 @@ impl Walk<'_> {
                 .map(|d| (Vec::new(), d)),
         };
         let Some((src_list, dst_list)) = lists else {
+            // A first copy made this directory hidden before reading it: it stays unmade.
+            if let Some((_, applying)) = self.streaming {
+                applying.abandon(&rel);
+            }
             self.found
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
