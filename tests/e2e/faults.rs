@@ -1110,6 +1110,49 @@ fn sigkill_at_any_point_of_a_first_copy_leaves_whole_files_and_the_next_pass_con
     expect_kills_landed("a first copy", &cut)
 }
 
+/// A first copy stopped by SIGTERM right after its plan began (the stop flag set while the
+/// after-plan hook holds it) changes nothing in BACKUP: no directory is made, hidden or not,
+/// and none is published empty; the next pass makes the whole copy.
+#[test]
+fn first_copy_stopped_before_it_copies_leaves_backup_empty() -> TestResult {
+    let env = Env::new()?;
+    oneway_generation(&env.src, 1)?;
+    let gate = Hook::gate(&env)?;
+    let mut cmd = env.command(&[&"--once", &env.src, &env.dst]);
+    cmd.env(HOOK, gate.value());
+    let mut run = env.spawn_command(cmd)?;
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while !gate.ready() {
+        ensure!(
+            run.try_wait()?.is_none(),
+            "the first copy ended before its plan was made\n{}",
+            run.stderr()
+        );
+        ensure!(Instant::now() < deadline, "the gate hook never ran");
+        thread::sleep(Duration::from_millis(1));
+    }
+    // The stop flag is set while the pass waits on the hook, before it changes anything.
+    run.signal("TERM")?;
+    thread::sleep(Duration::from_millis(100));
+    gate.release()?;
+    let status = run.wait_exit(WAIT_TIMEOUT)?;
+    ensure!(
+        status.code() == Some(0),
+        "a stopped first copy ended with {}\n{}",
+        describe_status(status),
+        run.stderr()
+    );
+    let held: Vec<PathBuf> = snapshot(&env.dst)?.into_keys().collect();
+    ensure!(
+        held.is_empty(),
+        "BACKUP holds {held:?} after a first copy stopped before it began\n{}",
+        run.stderr()
+    );
+    let next = env.once(&[])?;
+    expect_clean(&next)?;
+    assert_trees_equal(&env.src, &env.dst)
+}
+
 /// The entries of VDIR that are not a sign of an unfinished rotation: `_0` … `_{keep-1}`,
 /// `.current`, the one generation it names, and the version trees and manifests it names.
 fn expect_clean_vdir(vdir: &Path, keep: usize) -> TestResult {

@@ -110,6 +110,14 @@ impl Walk<'_> {
 
     /// Walks a directory that is one on at least one side, then its subdirectories.
     fn visit(&self, sub: Sub) {
+        // A first copy stopped by Ctrl+C or SIGTERM reads no further: nothing it would plan
+        // could be applied. (Other passes plan everything first, and stop in the applier.)
+        if let Some((_, applying)) = self.streaming
+            && signal::stop_requested()
+        {
+            applying.abandon(&sub.rel);
+            return;
+        }
         let Sub {
             rel,
             src,
