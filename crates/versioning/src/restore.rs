@@ -15,8 +15,7 @@ use sync_core::hash::Learner;
 use sync_core::model::Side;
 use sync_core::plan::step::{Steps, arrive, finish};
 use sync_core::run::lock::{DirLock, PathLock};
-use sync_core::tree::LocalTree;
-use sync_core::tree::ops as fsops;
+use sync_core::tree::{LocalTree, OpError, Tree};
 use sync_core::{Error, error::one_line};
 
 use crate::manifest::Manifest;
@@ -111,40 +110,43 @@ pub fn restore(state_dir: &Path, dir: &Path, which: Which) -> Result<Restored, E
             dir.display()
         ))
     })?;
+    // The path the user gave, resolved once: its missing ancestors are made, and from here on
+    // DIR's directory and the version store are reached as trees.
     fs::create_dir_all(parent).map_err(|source| Error::Inaccessible {
         role: "DIR",
         path: parent.to_path_buf(),
         source,
     })?;
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let work_prefix = format!(".{name}.restore-");
+    let (around, versions) = (LocalTree::new(parent), LocalTree::new(&vdir));
+    let name = PathBuf::from(dir.file_name().unwrap_or_default());
+    let shown = name.to_string_lossy().into_owned();
+    let work_prefix = format!(".{shown}.restore-");
     let stamp = sync_core::display::local_now()
         .strftime("%Y%m%d-%H%M%S")
         .to_string();
-    keep_leftovers(parent, &work_prefix, &vdir, &stamp);
-    let work = tempfile::Builder::new()
-        .prefix(&work_prefix)
-        .tempdir_in(parent)
-        .map_err(|source| Error::Inaccessible {
-            role: "DIR",
-            path: parent.to_path_buf(),
-            source,
-        })?;
-    if let Err(message) = copy_version(&chosen.dir, &manifest, work.path()) {
+    keep_leftovers(&around, &work_prefix, &versions, &stamp);
+    let inaccessible = |source| Error::Inaccessible {
+        role: "DIR",
+        path: parent.to_path_buf(),
+        source,
+    };
+    let work = around
+        .make_work_dir(Path::new(""), &work_prefix)
+        .map_err(inaccessible)?;
+    let work_path = parent.join(&work);
+    if let Err(message) = copy_version(&chosen.dir, &manifest, &work_path) {
+        // Nothing was changed: what was copied is ours, and goes.
+        if let Err(err) = around.remove_all(&work) {
+            log::warn!("cannot remove {}: {err}", work_path.display());
+        }
         return Err(fail(format!(
             "cannot restore {}: {message}; nothing was changed",
             dir.display()
         )));
     }
     // The restored root gets the mode DIR had (a version records its content, not its root).
-    let root_mode = fs::metadata(&dir)
-        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
-        .unwrap_or(0o755);
-    let _ = fsops::set_dir_mode(work.path(), root_mode);
-    let work = work.keep();
+    let root_mode = around.stat(&name).map(|e| e.mode).unwrap_or(0o755);
+    let _ = around.finish_dir(&work, root_mode, None);
 
     let swap_err = |source: io::Error| {
         fail(format!(
@@ -152,36 +154,33 @@ pub fn restore(state_dir: &Path, dir: &Path, which: Which) -> Result<Restored, E
             dir.display()
         ))
     };
-    let kept = if fs::symlink_metadata(&dir).is_ok() {
-        let keep = free_name(&vdir, &format!("before-restore-{stamp}"));
-        match fs::rename(&dir, &keep) {
+    let kept = if around.stat(&name).is_ok() {
+        let keep = free_name(&versions, &format!("before-restore-{stamp}"));
+        match around.move_to(&name, &versions, &keep) {
             // What DIR held is safe with the versions first; a kill before the next rename
             // leaves DIR absent (never half-restored) and a rerun completes.
             Ok(()) => {
-                rename_noreplace(&work, &dir).map_err(swap_err)?;
-                Some(keep)
+                around
+                    .publish_dir(&work, &name)
+                    .map_err(|e| swap_err(op_source(e)))?;
+                Some(vdir.join(keep))
             }
             // Another file system: swap both trees in one step, then keep the old one beside
             // DIR under a name no cleanup ever takes for a leftover.
             Err(_) => {
-                rustix::fs::renameat_with(
-                    rustix::fs::CWD,
-                    &work,
-                    rustix::fs::CWD,
-                    &dir,
-                    rustix::fs::RenameFlags::EXCHANGE,
-                )
-                .map_err(|e| swap_err(e.into()))?;
-                let beside = free_name(parent, &format!(".{name}.before-restore-{stamp}"));
-                Some(if fs::rename(&work, &beside).is_ok() {
-                    beside
+                around.exchange(&work, &name).map_err(swap_err)?;
+                let beside = free_name(&around, &format!(".{shown}.before-restore-{stamp}"));
+                Some(if around.publish_dir(&work, &beside).is_ok() {
+                    parent.join(beside)
                 } else {
-                    work.clone()
+                    work_path.clone()
                 })
             }
         }
     } else {
-        rename_noreplace(&work, &dir).map_err(swap_err)?;
+        around
+            .publish_dir(&work, &name)
+            .map_err(|e| swap_err(op_source(e)))?;
         None
     };
     Ok(Restored {
@@ -191,54 +190,51 @@ pub fn restore(state_dir: &Path, dir: &Path, which: Which) -> Result<Restored, E
     })
 }
 
-/// `name` in `dir`, or `name-2`, `name-3` … if taken.
-fn free_name(dir: &Path, name: &str) -> PathBuf {
-    let mut path = dir.join(name);
+/// The I/O fault behind a failed operation.
+fn op_source(err: OpError) -> io::Error {
+    match err {
+        OpError::Read { source, .. } | OpError::Write { source, .. } => source,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// `name` in `tree`'s root, or `name-2`, `name-3` … if taken.
+fn free_name(tree: &dyn Tree, name: &str) -> PathBuf {
+    let mut path = PathBuf::from(name);
     let mut n = 2;
-    while fs::symlink_metadata(&path).is_ok() {
-        path = dir.join(format!("{name}-{n}"));
+    while tree.stat(&path).is_ok() {
+        path = PathBuf::from(format!("{name}-{n}"));
         n += 1;
     }
     path
 }
 
-fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    rustix::fs::renameat_with(
-        rustix::fs::CWD,
-        from,
-        rustix::fs::CWD,
-        to,
-        rustix::fs::RenameFlags::NOREPLACE,
-    )
-    .map_err(io::Error::from)
-}
-
 /// Moves what an earlier, killed restore left beside DIR (our work directories, exactly
 /// `PREFIX` plus six letters or digits) in with the versions. Never deletes: such a directory
 /// may hold a half-built restore, or, after a kill right after the swap, what DIR held.
-fn keep_leftovers(parent: &Path, prefix: &str, vdir: &Path, stamp: &str) {
-    let Ok(listing) = fs::read_dir(parent) else {
+fn keep_leftovers(around: &dyn Tree, prefix: &str, versions: &dyn Tree, stamp: &str) {
+    let Ok(listing) = around.list(Path::new(""), &|_| false) else {
         return;
     };
-    for entry in listing.flatten() {
-        let name = entry.file_name();
+    for (name, entry) in listing {
         let ours = name
             .as_encoded_bytes()
             .strip_prefix(prefix.as_bytes())
             .is_some_and(|rest| rest.len() == 6 && rest.iter().all(u8::is_ascii_alphanumeric));
-        if !ours || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+        if !ours || !entry.is_dir() {
             continue;
         }
-        let to = free_name(vdir, &format!("unfinished-restore-{stamp}"));
-        match fs::rename(entry.path(), &to) {
+        let to = free_name(versions, &format!("unfinished-restore-{stamp}"));
+        let (from_shown, to_shown) = (
+            format!("{}/{}", around.name(), name.to_string_lossy()),
+            format!("{}/{}", versions.name(), to.display()),
+        );
+        match around.move_to(Path::new(&name), versions, &to) {
             Ok(()) => log::warn!(
-                "an earlier restore was interrupted; what it left in {} is kept in {}",
-                entry.path().display(),
-                to.display()
+                "an earlier restore was interrupted; what it left in {from_shown} is kept in {to_shown}"
             ),
             Err(err) => log::warn!(
-                "an earlier restore was interrupted and left {}; it is left there ({err})",
-                entry.path().display()
+                "an earlier restore was interrupted and left {from_shown}; it is left there ({err})"
             ),
         }
     }

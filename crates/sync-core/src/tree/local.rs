@@ -218,6 +218,29 @@ impl Tree for LocalTree {
     fn resolves(&self, rel: &Path) -> bool {
         fs::metadata(self.path(rel)).is_ok()
     }
+
+    fn make_work_dir(&self, parent: &Path, prefix: &str) -> io::Result<PathBuf> {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(self.path(parent))?
+            .keep();
+        Ok(self.rel_of(&dir))
+    }
+
+    fn exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        renameat_with(CWD, self.path(a), CWD, self.path(b), RenameFlags::EXCHANGE)
+            .map_err(io::Error::from)
+    }
+
+    fn move_to(&self, rel: &Path, to: &dyn Tree, to_rel: &Path) -> io::Result<()> {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        let target = to
+            .local_path(to_rel)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::CrossesDevices))?;
+        renameat_with(CWD, self.path(rel), CWD, target, RenameFlags::NOREPLACE)
+            .map_err(io::Error::from)
+    }
 }
 
 /// Lets its owner into every directory of the tree at `dir`.

@@ -155,4 +155,18 @@ pub trait Tree: Sync {
 
     /// Whether `rel` names something once links are followed (a link to nothing does not).
     fn resolves(&self, rel: &Path) -> bool;
+
+    // What a restore does to the directory that holds DIR: build the restored tree beside it,
+    // then swap the two.
+
+    /// Creates a new directory in `parent`, private to its owner, named `prefix` and six
+    /// random letters or digits; gives its path.
+    fn make_work_dir(&self, parent: &Path, prefix: &str) -> io::Result<PathBuf>;
+
+    /// Swaps what `a` and `b` name, in one atomic step.
+    fn exchange(&self, a: &Path, b: &Path) -> io::Result<()>;
+
+    /// Moves `rel` to `to_rel` in the tree `to`, never over anything; fails where the two
+    /// trees cannot be joined by a rename (another file system, another machine).
+    fn move_to(&self, rel: &Path, to: &dyn Tree, to_rel: &Path) -> io::Result<()>;
 }
