@@ -1920,11 +1920,9 @@ fn unreadable_source_files_keep_their_old_copies_and_are_retried() -> TestResult
     assert_trees_equal(&s, d)
 }
 
-/// A first copy into an empty BACKUP makes each directory of SOURCE's root before it reads it
-/// (it streams, see `mirror_pass`): one it cannot read is never left in BACKUP, not even empty,
-/// and comes whole once it can be read.
-#[test]
-fn unlistable_directory_of_a_first_copy_leaves_nothing_in_backup() -> TestResult {
+/// A oneway fixture run as nobody whose SOURCE holds `locked/` and `open/`, four files each;
+/// gives it and SOURCE's path.
+fn locked_and_open() -> Res<(Env, PathBuf)> {
     let mut env = Env::new()?;
     let s = env.src.clone();
     for i in 0..4 {
@@ -1937,6 +1935,15 @@ fn unlistable_directory_of_a_first_copy_leaves_nothing_in_backup() -> TestResult
         put(&s, &format!("open/f{i}.txt"), &format!("open {i}\n"), T0)?;
     }
     env.run_as_nobody()?;
+    Ok((env, s))
+}
+
+/// A first copy into an empty BACKUP makes each directory of SOURCE's root before it reads it
+/// (it streams, see `mirror_pass`): one it cannot read is never left in BACKUP, not even empty,
+/// and comes whole once it can be read.
+#[test]
+fn unlistable_directory_of_a_first_copy_leaves_nothing_in_backup() -> TestResult {
+    let (env, s) = locked_and_open()?;
     chmod(&s.join("locked"), 0o000)?;
 
     let run = env.once(&[])?;
@@ -1958,18 +1965,7 @@ fn unlistable_directory_of_a_first_copy_leaves_nothing_in_backup() -> TestResult
 
 #[test]
 fn unlistable_source_directory_is_never_taken_for_empty() -> TestResult {
-    let mut env = Env::new()?;
-    let s = env.src.clone();
-    for i in 0..4 {
-        put(
-            &s,
-            &format!("locked/f{i}.txt"),
-            &format!("locked {i}\n"),
-            T0,
-        )?;
-        put(&s, &format!("open/f{i}.txt"), &format!("open {i}\n"), T0)?;
-    }
-    env.run_as_nobody()?;
+    let (env, s) = locked_and_open()?;
     expect_clean(&env.once(&[])?)?;
     let before = snapshot(&env.dst.join("locked"))?;
 
