@@ -6,8 +6,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 /// Shows a path with every byte visible and the line unbroken: invalid UTF-8 as `\xNN`,
-/// control characters escaped, `\` doubled, so a log line is always one line and two names
-/// never print the same.
+/// control characters and the invisible characters that reorder or break a line on a screen
+/// (see `hides_itself`) escaped, `\` doubled, so a log line is always one line, reads in its
+/// own order, and two names never print the same.
 pub struct Escaped<'a>(pub &'a Path);
 
 impl fmt::Display for Escaped<'_> {
@@ -19,7 +20,7 @@ impl fmt::Display for Escaped<'_> {
                     '\n' => f.write_str("\\n")?,
                     '\t' => f.write_str("\\t")?,
                     '\r' => f.write_str("\\r")?,
-                    c if c.is_control() => write!(f, "\\u{{{:x}}}", c as u32)?,
+                    c if c.is_control() || hides_itself(c) => write!(f, "\\u{{{:x}}}", c as u32)?,
                     c => fmt::Write::write_char(f, c)?,
                 }
             }
@@ -29,6 +30,22 @@ impl fmt::Display for Escaped<'_> {
         }
         Ok(())
     }
+}
+
+/// Characters that show nothing themselves but change how a line is shown: the bidirectional
+/// controls, which reorder what follows (a name could make a line read `removed a.txt` where
+/// it removed another), the line and paragraph separators, which break a line on some
+/// screens, and the zero-width characters, which make two names look alike.
+fn hides_itself(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{feff}'
+    )
 }
 
 /// The current local time, for log lines and for the time stamps in file names.
@@ -55,6 +72,15 @@ pub fn local_now() -> jiff::ZonedDateTime {
 mod tests {
     use super::*;
     use std::ffi::OsStr;
+
+    #[test]
+    fn escapes_what_reorders_or_breaks_a_line_on_a_screen() {
+        let p = Path::new("a\u{202e}txt.exe\u{2028}b\u{200b}c\u{2067}d\u{feff}é");
+        assert_eq!(
+            Escaped(p).to_string(),
+            "a\\u{202e}txt.exe\\u{2028}b\\u{200b}c\\u{2067}d\\u{feff}é"
+        );
+    }
 
     #[test]
     fn escapes_invalid_bytes_newlines_and_backslashes() {
