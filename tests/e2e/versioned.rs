@@ -505,3 +505,29 @@ fn version_without_most_files_of_the_latest_is_refused_unless_forced() -> TestRe
     versioned(&env, &["--force"])?.expect_code(0)?;
     assert_trees_equal(&env.src, &env.dst.join("_1"))
 }
+
+/// A version's root takes SOURCE root's mode and time: a private SOURCE keeps private versions
+/// (other users cannot read a 0700 SOURCE's files through its versions).
+#[test]
+fn a_private_source_keeps_private_versions() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new()?;
+    build_tree(&env.src)?;
+    chmod(&env.src, 0o700)?;
+    set_mtime(&env.src, T0 + 20, 7)?;
+
+    versioned(&env, &[])?.expect_code(0)?;
+
+    let root = fs::metadata(resolved(&env, "_1")?)?;
+    ensure!(
+        root.permissions().mode() & 0o7777 == 0o700,
+        "the latest version of a 0700 SOURCE has mode {:o}",
+        root.permissions().mode() & 0o7777
+    );
+    ensure!(
+        filetime::FileTime::from_last_modification_time(&root)
+            == filetime::FileTime::from_unix_time(T0 + 20, 7),
+        "the latest version's root does not have SOURCE root's time"
+    );
+    Ok(())
+}

@@ -2,7 +2,7 @@
 //! build a new version (hard-linking what is unchanged, copying the rest) and rotate.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use checksum::Digest;
 use sync_core::apply::{Applier, Target};
@@ -15,7 +15,7 @@ use sync_core::plan::step::{Step, Steps, arrive, finish};
 use sync_core::run::passes::Job;
 use sync_core::run::startup::Session;
 use sync_core::scan::{self, Scanned};
-use sync_core::tree::LocalTree;
+use sync_core::tree::{LocalTree, Tree};
 use sync_core::{Error, signal};
 
 use crate::manifest::{Item, Items, Manifest};
@@ -306,8 +306,20 @@ fn fill(
         steps.extend(finish(Side::Backup, rel.clone(), item));
         steps.push(step);
     }
+    let from = LocalTree::new(&source.opts.source);
+    // The version's root takes SOURCE root's mode and time: a private SOURCE (0700) keeps a
+    // private version.
+    if let Ok(root) = from.stat(Path::new("")) {
+        steps.push(Step::Dir {
+            side: Side::Backup,
+            rel: PathBuf::new(),
+            seen: None,
+            want: Some((root.mode, Some(root.mtime))),
+            changes_inside: false,
+        });
+    }
     steps.sort();
-    let (from, to) = (LocalTree::new(&source.opts.source), LocalTree::new(dir));
+    let to = LocalTree::new(dir);
     let applier = Applier {
         trees: [&from, &to],
         target: Target::Build,

@@ -813,16 +813,16 @@ fn pairable(transfers: &[Step]) -> (Vec<[&Step; 2]>, Vec<&Step>) {
     (pairs, rest)
 }
 
-/// `items` grouped by the depth of their path, shallowest first.
+/// `items` grouped by the depth of their path, shallowest first (the root, `""`, alone before
+/// the names it holds).
 fn by_depth<T>(items: &[T], rel: impl Fn(&T) -> &Path) -> Vec<Vec<&T>> {
     let mut levels: Vec<Vec<&T>> = Vec::new();
     for item in items {
-        let depth = rel(item)
-            .as_os_str()
-            .as_bytes()
-            .iter()
-            .filter(|&&b| b == b'/')
-            .count();
+        let bytes = rel(item).as_os_str().as_bytes();
+        let depth = match bytes.is_empty() {
+            true => 0,
+            false => 1 + bytes.iter().filter(|&&b| b == b'/').count(),
+        };
         if levels.len() <= depth {
             levels.resize_with(depth + 1, Vec::new);
         }
