@@ -294,6 +294,69 @@ fn corrupt_config_is_refused_naming_it_and_nothing_is_synced() -> TestResult {
     Ok(())
 }
 
+/// config.json names a program that twoway runs (as root, often): a config.json, or a program,
+/// that another user could change is refused, saying what to mend, and nothing runs or syncs.
+#[test]
+fn config_or_script_that_another_user_could_change_is_refused() -> TestResult {
+    use std::os::unix::fs::{PermissionsExt, chown};
+    let p = Pair::new()?;
+    fill(&p.a, "x")?;
+    let config = p.state.join("config.json");
+    let script = p.state.join("versioner");
+    fs::copy(env!("CARGO_BIN_EXE_oneway"), &script)?;
+    let text = format!(
+        "{{\"script\": {:?}, \"interval\": [\"--interval\", \"60\"]}}",
+        script.display().to_string()
+    );
+    fs::write(&config, &text)?;
+    // What is spoiled, how, how it is mended, and what the refusal must say.
+    type Case<'a> = (
+        &'a str,
+        &'a dyn Fn() -> TestResult,
+        &'a dyn Fn() -> TestResult,
+        &'a str,
+    );
+    let cases: [Case; 2] = [
+        (
+            "a group-writable config.json",
+            &|| {
+                Ok(fs::set_permissions(
+                    &config,
+                    fs::Permissions::from_mode(0o664),
+                )?)
+            },
+            &|| {
+                Ok(fs::set_permissions(
+                    &config,
+                    fs::Permissions::from_mode(0o644),
+                )?)
+            },
+            "is writable by others (mode 664); run chmod go-w",
+        ),
+        (
+            "a script that another user owns",
+            &|| Ok(chown(&script, Some(65534), Some(65534))?),
+            &|| Ok(chown(&script, Some(0), Some(0))?),
+            "belongs to user 65534",
+        ),
+    ];
+    for (what, spoil, mend, needle) in cases {
+        spoil()?;
+        let out = p.run(&[&p.a, &p.b, &"--once"])?;
+        expect_code(&out, 2)?;
+        ensure!(
+            stderr(&out).contains("config.json") && stderr(&out).contains(needle),
+            "{what}: the refusal does not say what is wrong ({needle:?}):\n{}",
+            stderr(&out)
+        );
+        ensure!(fs::read_dir(&p.b)?.next().is_none(), "{what}: B was synced");
+        mend()?;
+    }
+    // Mended, the same configuration runs.
+    p.sync_once()?;
+    Ok(())
+}
+
 /// Children of `pid` (from /proc), with their command lines.
 fn children_of(pid: u32) -> Res<Vec<(u32, String)>> {
     let mut out = Vec::new();

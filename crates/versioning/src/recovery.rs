@@ -114,12 +114,51 @@ impl Config {
                 format!("\"script\" {script:?} is not an executable file (nor a program on PATH)"),
             )
         })?;
+        // What this file names is run, as whoever runs twoway (root, often): it, the program,
+        // and the directories above both must be beyond the reach of anyone else.
+        for file in [path, program.as_path()] {
+            if let Err(why) = untouchable(file) {
+                return Err(damaged(
+                    path,
+                    format!("refusing to run what it names: {why}"),
+                ));
+            }
+        }
         Ok(Config {
             script,
             interval,
             program,
         })
     }
+}
+
+/// Checks that no one but the running user and root can change `file` or what its path leads
+/// through (as ssh checks its files): each of them is owned by one of those two, and writable by
+/// no group or other user, except a directory with the sticky bit (such as /tmp), where others
+/// cannot move what is not theirs. Gives, if not, what is wrong and how to mend it.
+fn untouchable(file: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    let real = std::fs::canonicalize(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    for (i, at) in real.ancestors().enumerate() {
+        let meta = std::fs::metadata(at).map_err(|e| format!("{}: {e}", at.display()))?;
+        let (uid, mode) = (meta.uid(), meta.mode() & 0o7777);
+        if uid != me && uid != 0 {
+            return Err(format!(
+                "{} belongs to user {uid}, who could change it; it must belong to you or root",
+                at.display()
+            ));
+        }
+        let sticky_dir = i > 0 && mode & 0o1000 != 0;
+        if mode & 0o022 != 0 && !sticky_dir {
+            return Err(format!(
+                "{} is writable by others (mode {mode:o}); run chmod go-w {}",
+                at.display(),
+                at.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A program path: relative ones are relative to the configuration's directory; a bare name
