@@ -13,7 +13,7 @@ use std::path::Path;
 /// already, and the work of sending the pages (block allocation, on ext4) is done by the
 /// copying threads in parallel rather than by the kernel's flusher alone. On a first copy of 8
 /// files of 256 MiB it took a quarter off the system time and about a tenth off the wall time
-/// (see the README).
+/// (see docs/performance.md).
 pub(crate) fn start_writeback(file: &File, from: u64, len: u64) {
     // Linux starts the writeback of a range's dirty pages on DONTNEED (`sync_file_range`
     // without the wait, which rustix does not offer) and drops only its clean pages: pages
