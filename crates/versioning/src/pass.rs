@@ -122,7 +122,7 @@ pub fn versioned_pass(
             sync_core::testhook::after_plan();
             let previous = latest.as_ref().zip(latest_manifest.as_ref());
             let source = Source {
-                opts,
+                root: &source_tree,
                 tree: &tree,
                 learner: &learner,
             };
@@ -183,15 +183,16 @@ fn refuse_if_unsafe(
     )
 }
 
-/// Builds the new version and commits it; on a stop or a failure the build is abandoned and
-/// the existing versions stay as they were.
-/// SOURCE as this pass saw it: where it is, its scan, and the digests of its files.
+/// SOURCE as this pass saw it: the tree, its scan, and what trusts and learns its digests.
 struct Source<'a> {
-    opts: &'a PassOptions,
+    /// SOURCE, reached as a tree.
+    root: &'a LocalTree,
     tree: &'a Scanned,
     learner: &'a Learner,
 }
 
+/// Builds the new version and commits it; on a stop or a failure the build is abandoned and
+/// the existing versions stay as they were.
 fn rotate(
     source: &Source<'_>,
     store: &mut Store,
@@ -306,10 +307,9 @@ fn fill(
         steps.extend(finish(Side::Backup, rel.clone(), item));
         steps.push(step);
     }
-    let from = LocalTree::new(&source.opts.source);
     // The version's root takes SOURCE root's mode and time: a private SOURCE (0700) keeps a
     // private version.
-    if let Ok(root) = from.stat(Path::new("")) {
+    if let Ok(root) = source.root.stat(Path::new("")) {
         steps.push(Step::Dir {
             side: Side::Backup,
             rel: PathBuf::new(),
@@ -321,7 +321,7 @@ fn fill(
     steps.sort();
     let to = LocalTree::new(dir);
     let applier = Applier {
-        trees: [&from, &to],
+        trees: [source.root, &to],
         target: Target::Build,
         learner: source.learner,
     };
