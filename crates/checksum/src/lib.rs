@@ -28,7 +28,7 @@ use sha2::{Digest as _, Sha256};
 mod compress;
 mod pair;
 mod stream;
-pub use pair::file_digest_pair;
+pub use pair::{digest_open_pair, file_digest_pair};
 pub use stream::{Hasher, update_pair};
 
 /// A raw SHA-256 digest.
@@ -101,7 +101,15 @@ fn digest_with_buffer(mut reader: impl Read, capacity: usize) -> io::Result<Dige
 /// Fails if `path` cannot be opened or read (it does not exist, permission is denied, it is a
 /// directory, ...).
 pub fn file_digest(path: &Path) -> io::Result<Digest> {
-    let file = open_quietly(path, 0)?;
+    digest_open(open_quietly(path, 0)?)
+}
+
+/// SHA-256 of the content of the file `file`, open for reading, from where it stands.
+///
+/// # Errors
+///
+/// Fails if `file` cannot be read.
+pub fn digest_open(file: File) -> io::Result<Digest> {
     // A small file gets a buffer its size (plus the byte that shows the end): clearing a
     // large one for each of thousands of small files costs more than hashing them.
     let capacity = file.metadata().map_or(BUF_SIZE, |m| {

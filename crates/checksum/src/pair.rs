@@ -30,8 +30,7 @@ struct Stream {
 }
 
 impl Stream {
-    fn open(path: &Path) -> io::Result<Stream> {
-        let file = crate::open_quietly(path, 0)?;
+    fn of(file: File) -> io::Result<Stream> {
         // A small file gets a buffer its size (plus the byte that shows the end).
         let size = file.metadata()?.len();
         let capacity =
@@ -66,14 +65,21 @@ impl Stream {
 /// SHA-256 digests of the files at `a` and `b`, computed together (see the module doc); each
 /// result is what [`crate::file_digest`] would return for that path.
 pub fn file_digest_pair(a: &Path, b: &Path) -> [io::Result<Digest>; 2] {
+    digest_open_pair([a, b].map(|path| crate::open_quietly(path, 0)))
+}
+
+/// SHA-256 digests of two files already open (or the errors of opening them), computed
+/// together as [`file_digest_pair`] does; each result is what [`crate::digest_open`] would
+/// return for that file.
+pub fn digest_open_pair(files: [io::Result<File>; 2]) -> [io::Result<Digest>; 2] {
     if !shani_available() {
-        return [crate::file_digest(a), crate::file_digest(b)];
+        return files.map(|file| file.and_then(crate::digest_open));
     }
     let mut results: [Option<io::Result<Digest>>; 2] = [None, None];
-    // A file that cannot be opened has its result at once and no stream.
+    // A file that could not be opened has its result at once and no stream.
     let mut streams: [Option<Stream>; 2] = [None, None];
-    for ((slot, stream), path) in results.iter_mut().zip(&mut streams).zip([a, b]) {
-        match Stream::open(path) {
+    for ((slot, stream), file) in results.iter_mut().zip(&mut streams).zip(files) {
+        match file.and_then(Stream::of) {
             Ok(s) => *stream = Some(s),
             Err(e) => *slot = Some(Err(e)),
         }

@@ -16,6 +16,7 @@ use sync_core::hash::DirCache;
 use sync_core::pass::PassOptions;
 use sync_core::pass::mirror::mirror_pass;
 use sync_core::scan::Filter;
+use sync_core::tree::LocalTree;
 
 #[derive(Debug, Clone)]
 enum Spec {
@@ -191,6 +192,10 @@ fn options(source: &Path, backup: &Path) -> PassOptions {
     PassOptions {
         source: source.to_path_buf(),
         backup: backup.to_path_buf(),
+        trees: [
+            LocalTree::open(source).unwrap(),
+            LocalTree::open(backup).unwrap(),
+        ],
         filter: Filter::new(&[]).unwrap(),
         dry_run: false,
         checksum: false,

@@ -40,8 +40,10 @@ pub fn versioned_pass(
     store.check_names(keep).map_err(store_error)?;
     store.clean();
 
-    let source_tree = LocalTree::new(&opts.source);
-    let tree = scan::scan(&source_tree, "SOURCE", &opts.filter)?;
+    opts.check_roots()?;
+    let source_tree = opts.tree(Side::Source);
+    let tree = scan::scan(source_tree, "SOURCE", &opts.filter)?;
+    sync_core::pass::warn_privileged(&[source_tree]);
     let mut stats = PassStats::default();
     for (rel, err) in &tree.unlistable {
         log::error!("cannot list {} in SOURCE: {err}", Escaped(rel));
@@ -62,7 +64,7 @@ pub fn versioned_pass(
     let digests = tree_digests(
         lookup,
         &learner,
-        [&source_tree, &LocalTree::new(&opts.backup)],
+        [source_tree, opts.tree(Side::Backup)],
         [&tree, &nothing],
         [&[], &[]],
     );
@@ -122,7 +124,7 @@ pub fn versioned_pass(
             sync_core::testhook::after_plan();
             let previous = latest.as_ref().zip(latest_manifest.as_ref());
             let source = Source {
-                root: &source_tree,
+                root: source_tree,
                 tree: &tree,
                 learner: &learner,
             };
@@ -319,7 +321,10 @@ fn fill(
         });
     }
     steps.sort();
-    let to = LocalTree::new(dir);
+    let to = LocalTree::open(dir).map_err(|err| {
+        log::error!("cannot open {}: {err}", Escaped(dir));
+        1u64
+    })?;
     let applier = Applier {
         trees: [source.root, &to],
         target: Target::Build,

@@ -117,7 +117,16 @@ pub fn restore(state_dir: &Path, dir: &Path, which: Which) -> Result<Restored, E
         path: parent.to_path_buf(),
         source,
     })?;
-    let (around, versions) = (LocalTree::new(parent), LocalTree::new(&vdir));
+    let around = LocalTree::open(parent).map_err(|source| Error::Inaccessible {
+        role: "DIR",
+        path: parent.to_path_buf(),
+        source,
+    })?;
+    let versions = LocalTree::open(&vdir).map_err(|source| Error::Inaccessible {
+        role: "version store",
+        path: vdir.clone(),
+        source,
+    })?;
     let name = PathBuf::from(dir.file_name().unwrap_or_default());
     let shown = name.to_string_lossy().into_owned();
     let work_prefix = format!(".{shown}.restore-");
@@ -134,7 +143,14 @@ pub fn restore(state_dir: &Path, dir: &Path, which: Which) -> Result<Restored, E
         .make_work_dir(Path::new(""), &work_prefix)
         .map_err(inaccessible)?;
     let work_path = parent.join(&work);
-    if let Err(message) = copy_version(&chosen.dir, &manifest, &work_path) {
+    // The work directory is filled through the descriptor it was made with: whoever can
+    // write DIR's directory may rename it or put a link in its place, and nothing written
+    // goes anywhere but into the directory this restore created.
+    let copied = around
+        .subtree(&work)
+        .map_err(|e| e.to_string())
+        .and_then(|work_tree| copy_version(&chosen.dir, &manifest, &work_tree));
+    if let Err(message) = copied {
         // Nothing was changed: what was copied is ours, and goes.
         if let Err(err) = around.remove_all(&work) {
             log::warn!("cannot remove {}: {err}", work_path.display());
@@ -243,7 +259,7 @@ fn keep_leftovers(around: &dyn Tree, prefix: &str, versions: &dyn Tree, stamp: &
 /// Copies the version at `from` (as `manifest` lists it) into the empty directory `to`, through
 /// the one applier: the content of every file is checked against the manifest as it is
 /// copied. Fails with the number of entries that could not be copied (each is logged).
-fn copy_version(from: &Path, manifest: &Manifest, to: &Path) -> Result<(), String> {
+fn copy_version(from: &Path, manifest: &Manifest, work: &LocalTree) -> Result<(), String> {
     let mut steps = Steps::default();
     for (rel, item) in &manifest.items {
         steps.extend(finish(Side::Backup, rel.clone(), item));
@@ -251,10 +267,11 @@ fn copy_version(from: &Path, manifest: &Manifest, to: &Path) -> Result<(), Strin
     }
     steps.sort();
     // Nothing a restore reads is remembered: a version is checked against its manifest.
-    let learner = Learner::new(from, to);
-    let (version, work) = (LocalTree::new(from), LocalTree::new(to));
+    let learner = Learner::new(from, work.root());
+    let version =
+        LocalTree::open(from).map_err(|e| format!("cannot open {}: {e}", from.display()))?;
     let applied = Applier {
-        trees: [&version, &work],
+        trees: [&version, work],
         target: Target::Build,
         learner: &learner,
     }

@@ -99,7 +99,7 @@ impl Store {
     ///
     /// Fails if the current generation cannot be read.
     pub fn open(vdir: &Path) -> Result<Store, StoreError> {
-        let tree = LocalTree::new(vdir);
+        let tree = LocalTree::open(vdir).map_err(io_err(vdir))?;
         let current = vdir.join(CURRENT);
         let target = match tree.read_link(Path::new(CURRENT)) {
             Ok(t) => t,

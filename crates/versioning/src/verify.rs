@@ -14,7 +14,11 @@ use crate::manifest::{Item, Manifest};
 ///
 /// Fails only if `dir` itself cannot be listed.
 pub fn verify(dir: &Path, manifest: &Manifest) -> Result<Vec<String>, sync_core::Error> {
-    let version = LocalTree::new(dir);
+    let version = LocalTree::open(dir).map_err(|source| sync_core::Error::ListRoot {
+        role: "version",
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let tree = scan::scan(&version, "version", &Filter::default())?;
     let mut problems = Vec::new();
     for (rel, err) in &tree.unlistable {

@@ -21,7 +21,12 @@ fn expected(label: &str) -> String {
 }
 
 fn digest_of(root: &Path) -> String {
-    let tree = scan(&LocalTree::new(root), "fixture", &Filter::default()).unwrap();
+    let tree = scan(
+        &LocalTree::open(root).unwrap(),
+        "fixture",
+        &Filter::default(),
+    )
+    .unwrap();
     let items = tree
         .entries
         .into_iter()

@@ -458,22 +458,30 @@ impl<'a> Run<'a> {
         let (ja, jb) = (self.pair_job(a), self.pair_job(b));
         let side = a.side();
         let started = SystemTime::now();
-        let results = self
-            .tree(side)
-            .copy_pair_in([(&ja.0, ja.1), (&jb.0, jb.1)], self.tree(side.other()));
+        let results = self.tree(side).copy_pair_in(
+            [(&ja.0, ja.1, ja.2, ja.3), (&jb.0, jb.1, jb.2, jb.3)],
+            self.tree(side.other()),
+        );
         for (step, result) in [a, b].into_iter().zip(results) {
             let done = result.and_then(|c| self.copied(step, started, c));
             self.conclude(step, done);
         }
     }
 
-    /// Where the copy `step` writes, and over what (it reads the same path of the other side).
-    fn pair_job<'s>(&self, step: &'s Step) -> (PathBuf, Dest<'s>) {
-        let Step::Copy { rel, replace, .. } = step else {
+    /// Where the copy `step` writes, and over what; what it reads on the other side.
+    fn pair_job<'s>(&self, step: &'s Step) -> (PathBuf, &'s Path, Option<&'s Entry>, Dest<'s>) {
+        let Step::Copy {
+            rel,
+            replace,
+            source,
+            ..
+        } = step
+        else {
             unreachable!("only copies are paired");
         };
         let (dst, hidden) = self.place(rel);
-        (dst, dest(replace.as_deref(), self.hidden_dest(hidden)))
+        let over = dest(replace.as_deref(), self.hidden_dest(hidden));
+        (dst, rel, source.as_ref(), over)
     }
 
     /// Carries out `step` (already [`Run::ready`]) and logs what it did.
@@ -519,7 +527,7 @@ impl<'a> Run<'a> {
                     (Known::Digest { exact: false, .. } | Known::Unread, _) => Content::Hash(None),
                 };
                 let over = dest(replace.as_deref(), self.hidden_dest(hidden));
-                tree.copy_in(&dst, self.tree(read), rel, over, content)
+                tree.copy_in(&dst, self.tree(read), rel, source.as_ref(), over, content)
                     .and_then(|c| self.copied(step, started, c))
             }
             Step::Symlink {

@@ -894,7 +894,12 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(50));
         let filter = crate::scan::Filter::default();
         let trees = roots.each_ref().map(|r| {
-            crate::scan::scan(&crate::tree::LocalTree::new(r.path()), "root", &filter).unwrap()
+            crate::scan::scan(
+                &crate::tree::LocalTree::open(r.path()).unwrap(),
+                "root",
+                &filter,
+            )
+            .unwrap()
         });
         (roots, trees)
     }
@@ -908,7 +913,7 @@ mod tests {
             &["a/m/g", "a/y", "b/c", "top"],
         ]);
         let paths = roots.each_ref().map(|r| r.path());
-        let locals = paths.map(crate::tree::LocalTree::new);
+        let locals = paths.map(|p| crate::tree::LocalTree::open(p).unwrap());
         let sides: [&dyn Tree; 2] = [&locals[0], &locals[1]];
         let mut cache = DirCache::in_memory();
         for pass in 0..2 {
@@ -934,7 +939,7 @@ mod tests {
     fn files_marked_unread_are_taken_from_the_cache_or_left_unread() {
         let (roots, trees) = scanned_roots([&["d/kept", "d/marked", "top"], &[]]);
         let paths = roots.each_ref().map(|r| r.path());
-        let locals = paths.map(crate::tree::LocalTree::new);
+        let locals = paths.map(|p| crate::tree::LocalTree::open(p).unwrap());
         let sides: [&dyn Tree; 2] = [&locals[0], &locals[1]];
         let marked: Vec<bool> = trees[0]
             .entries

@@ -23,7 +23,7 @@ use crate::pass::PassOptions;
 use crate::plan::refuse;
 use crate::plan::step::{Known, Step, Steps, in_temp};
 use crate::signal;
-use crate::tree::{LocalTree, Tree, temp};
+use crate::tree::{Tree, temp};
 
 /// Which side of the pair.
 const SIDES: [(Side, &str); 2] = [(Side::Source, "SOURCE"), (Side::Backup, "BACKUP")];
@@ -569,8 +569,8 @@ fn copy_known(digest: Option<Digest>, held: Option<Digest>) -> Known {
 /// Fails (changing nothing) if a root cannot be listed, or if a safety check of SPEC §8
 /// refuses the pass and `force` is off. Per-entry faults are logged and counted instead.
 pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassStats, Error> {
-    let (source, backup) = (LocalTree::new(&opts.source), LocalTree::new(&opts.backup));
-    let trees: [&dyn Tree; 2] = [&source, &backup];
+    opts.check_roots()?;
+    let trees: [&dyn Tree; 2] = [opts.tree(Side::Source), opts.tree(Side::Backup)];
     let list_root = |side: Side| {
         let root = Path::new("");
         let skip = |name: &OsStr| opts.filter.excludes_child(root, name);
@@ -705,6 +705,7 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
         protected,
     } = found;
     drop(steps);
+    super::warn_privileged(&trees);
     learner.record_into(&mut blocks, dir_cache);
     let unlistable: Vec<&Path> = protected.iter().map(PathBuf::as_path).collect();
     // The cache decides nothing: it is written while the data is flushed.
@@ -715,7 +716,7 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
     };
     let flush = || {
         if stats.operations > 0
-            && let Err(err) = backup.flush()
+            && let Err(err) = opts.tree(Side::Backup).flush()
         {
             log::warn!("cannot flush BACKUP {}: {err}", opts.backup.display());
         }

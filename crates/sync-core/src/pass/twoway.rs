@@ -16,7 +16,7 @@ use crate::plan::step::{Known, Step, Steps};
 use crate::scan::{self, Scanned};
 use crate::signal;
 use crate::state::archive;
-use crate::tree::{LocalTree, Tree, temp};
+use crate::tree::{Tree, temp};
 
 /// What a two-way pass needs besides the [`PassOptions`] of every pass.
 #[derive(Debug)]
@@ -82,8 +82,8 @@ pub fn twoway_pass(
 ) -> Result<PassStats, Error> {
     // Before the scan, so that a killed pass's half-written files are gone rather than
     // taken for the user's.
-    let (source, backup) = (LocalTree::new(&opts.source), LocalTree::new(&opts.backup));
-    let trees: [&dyn Tree; 2] = [&source, &backup];
+    opts.check_roots()?;
+    let trees: [&dyn Tree; 2] = [opts.tree(Side::Source), opts.tree(Side::Backup)];
     let journal = sync.archive.with_extension("pending");
     for path in temp::remove_journaled_leftovers(&journal) {
         log::info!("removed leftover temporary file {}", path.display());
@@ -103,6 +103,7 @@ pub fn twoway_pass(
     let first_pass = archived.is_none();
     let archived = archived.unwrap_or_default();
     let (src, dst) = (src?, dst?);
+    super::warn_privileged(&trees);
 
     let mut stats = PassStats {
         conflicts: Some(0),

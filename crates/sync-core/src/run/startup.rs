@@ -14,6 +14,7 @@ use crate::run::passes::Schedule;
 use crate::run::{logging, roots};
 use crate::scan::Filter;
 use crate::signal;
+use crate::tree::LocalTree;
 
 /// Which program runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,10 +148,19 @@ impl Session {
                 backup.display()
             ),
         }
+        let open = |role, path: &PathBuf| {
+            LocalTree::open(path).map_err(|source| Error::Inaccessible {
+                role,
+                path: path.clone(),
+                source,
+            })
+        };
+        let trees = [open("SOURCE", &source)?, open("BACKUP", &backup)?];
         Ok(Session {
             opts: PassOptions {
                 source,
                 backup,
+                trees,
                 filter,
                 dry_run: setup.dry_run,
                 checksum: setup.checksum,

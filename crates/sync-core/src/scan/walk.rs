@@ -186,7 +186,12 @@ mod tests {
         for file in ["a-b", "a.b", "a0", "a/b-c", "a/b/c/d", "a/b.c"] {
             fs::write(root.path().join(file), file).unwrap();
         }
-        let tree = scan(&LocalTree::new(root.path()), "SOURCE", &Filter::default()).unwrap();
+        let tree = scan(
+            &LocalTree::open(root.path()).unwrap(),
+            "SOURCE",
+            &Filter::default(),
+        )
+        .unwrap();
         let order: Vec<&str> = tree.entries.keys().map(|p| p.to_str().unwrap()).collect();
         assert_eq!(
             order,

@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::os::fd::AsFd;
 
 /// Asks the disk to start writing `len` bytes of `file` from `from` on, without waiting for it.
 ///
@@ -30,24 +30,25 @@ pub(crate) fn start_writeback(file: &File, from: u64, len: u64) {
 /// pass's last step, before a state file records what it did).
 ///
 /// Fails if the file system cannot be flushed.
-pub fn flush_fs(root: &Path) -> io::Result<()> {
-    let dir = File::open(root)?;
-    rustix::fs::syncfs(&dir).map_err(io::Error::from)
+pub fn flush_fs(root: &impl AsFd) -> io::Result<()> {
+    rustix::fs::syncfs(root).map_err(io::Error::from)
 }
 
 /// Runs `work` while a helper thread flushes the file system of `root` every `every`, so that
 /// the disk writes what `work` writes while it goes on, and the final [`flush_fs`] has little
 /// left to wait for. (The kernel on its own starts writing only once a tenth or so of the
 /// memory is dirty.) A failed early flush is not an error: the final one decides.
-pub fn flushing_while<R>(root: &Path, every: std::time::Duration, work: impl FnOnce() -> R) -> R {
-    let Ok(dir) = File::open(root) else {
-        return work();
-    };
+pub fn flushing_while<R>(
+    root: &(impl AsFd + Sync),
+    every: std::time::Duration,
+    work: impl FnOnce() -> R,
+) -> R {
+    let dir = root.as_fd();
     let (done, wait) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|scope| {
         scope.spawn(move || {
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(every) {
-                let _ = rustix::fs::syncfs(&dir);
+                let _ = rustix::fs::syncfs(dir);
             }
         });
         let result = work();

@@ -1,44 +1,115 @@
-//! The [`Tree`] of a directory on this machine. Today its operations resolve paths below the
-//! root it was given (with the checks of [`crate::tree::ops`]); holding the root as a
-//! directory descriptor and working beneath it is the root-safety issue's, and changes nothing
-//! outside this file and `ops`.
+//! The [`Tree`] of a directory on this machine, held open from the moment it is named: its
+//! root is resolved once ([`LocalTree::open`]) and every entry below it is reached from that
+//! descriptor (see [`crate::tree::at`]), so that no one who can change the tree while a pass
+//! runs can steer a read or a write outside it.
 
 use std::ffi::{OsStr, OsString};
-use std::fs;
+use std::fs::File;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use checksum::Digest;
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 
 use crate::model::{Entry, LinkFrom, Timestamp};
-use crate::tree::ops::{self, Content, Copied, Dest, OpError};
+use crate::tree::at::{self, Place, open_beneath};
+use crate::tree::ops::{self, Content, Copied, Dest, OpError, Source};
 use crate::tree::{Tree, flush};
 
-/// A local directory tree, reached below its root.
+/// A local directory tree, reached beneath its root, which it holds open.
 #[derive(Debug, Clone)]
 pub struct LocalTree {
+    /// The path it was opened by, for messages and to see whether it still names the root.
     root: PathBuf,
+    dir: Arc<OwnedFd>,
+    /// The root's device and inode.
+    id: (u64, u64),
+    /// Setuid or setgid entries of someone else listed since it was last asked (see
+    /// [`Tree::take_privileged`]).
+    privileged: Arc<AtomicU64>,
 }
 
 impl LocalTree {
-    /// The tree below `root` (canonical).
-    pub fn new(root: impl Into<PathBuf>) -> LocalTree {
-        LocalTree { root: root.into() }
+    /// Opens the directory at `root` (a path given by the user, resolved this once, links
+    /// included) and holds it.
+    ///
+    /// Fails if it cannot be opened as a directory.
+    pub fn open(root: impl Into<PathBuf>) -> io::Result<LocalTree> {
+        let root = root.into();
+        let flags = OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let dir = match rustix::fs::openat(rustix::fs::CWD, &root, flags, Mode::empty()) {
+            Ok(dir) => dir,
+            // A directory we may search but not list: held for lookups only.
+            Err(rustix::io::Errno::ACCESS) => {
+                rustix::fs::openat(rustix::fs::CWD, &root, flags | OFlags::PATH, Mode::empty())?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(LocalTree {
+            id: at::identity(&dir)?,
+            root,
+            dir: Arc::new(dir),
+            privileged: Arc::default(),
+        })
     }
 
-    /// The root.
+    /// The directory `rel` of this tree, held as a tree of its own (reached beneath this one).
+    ///
+    /// Fails if it is not a directory below this root (a link on the way included).
+    pub fn subtree(&self, rel: &Path) -> io::Result<LocalTree> {
+        let dir = open_beneath(self.fd(), rel, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        Ok(LocalTree {
+            id: at::identity(&dir)?,
+            root: self.path(rel),
+            dir: Arc::new(dir),
+            privileged: Arc::default(),
+        })
+    }
+
+    /// The path the root was opened by.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    fn path(&self, rel: &Path) -> PathBuf {
-        self.root.join(rel)
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.dir.as_fd()
     }
 
-    /// `path`, below the root, as a path relative to it.
-    fn rel_of(&self, path: &Path) -> PathBuf {
-        path.strip_prefix(&self.root).unwrap_or(path).to_path_buf()
+    fn path(&self, rel: &Path) -> PathBuf {
+        if rel.as_os_str().is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(rel)
+        }
+    }
+
+    fn place(&self, rel: &Path) -> io::Result<Place> {
+        Place::of(self.fd(), rel, self.path(rel))
+    }
+
+    /// The place of `rel`, or the error of reaching it as a failed write.
+    fn place_to_write(&self, rel: &Path) -> Result<Place, OpError> {
+        self.place(rel).map_err(|source| OpError::Write {
+            path: self.path(rel),
+            source,
+        })
+    }
+
+    /// The file `rel`, opened to copy it.
+    fn source<'a>(&self, rel: &Path, seen: Option<&'a Entry>) -> Result<Source<'a>, OpError> {
+        let shown = self.path(rel);
+        match at::open_file(self.fd(), rel) {
+            Ok(file) => Ok(Source { file, seen, shown }),
+            Err(source) => Err(OpError::Read {
+                path: shown,
+                source,
+            }),
+        }
     }
 }
 
@@ -47,25 +118,46 @@ impl Tree for LocalTree {
         self.root.display().to_string()
     }
 
+    fn check_root(&self) -> io::Result<()> {
+        let now = rustix::fs::stat(&self.root)?;
+        #[allow(clippy::unnecessary_cast)]
+        let id = (now.st_dev as u64, now.st_ino as u64);
+        if id == self.id {
+            Ok(())
+        } else {
+            Err(io::Error::other(
+                "it now names another directory than the one this run started with",
+            ))
+        }
+    }
+
     fn list(
         &self,
         rel: &Path,
         skip: &dyn Fn(&OsStr) -> bool,
     ) -> io::Result<Vec<(OsString, Entry)>> {
-        list_dir(&self.path(rel), skip)
+        let dir = open_beneath(self.fd(), rel, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        let (entries, privileged) = list_dir(dir, skip)?;
+        if privileged > 0 {
+            self.privileged.fetch_add(privileged, Ordering::Relaxed);
+        }
+        Ok(entries)
+    }
+
+    fn take_privileged(&self) -> u64 {
+        self.privileged.swap(0, Ordering::Relaxed)
     }
 
     fn stat(&self, rel: &Path) -> io::Result<Entry> {
-        ops::stat(&self.path(rel))
+        self.place(rel)?.stat()
     }
 
     fn digests(&self, rels: &[&Path]) -> Vec<(io::Result<Digest>, SystemTime)> {
-        let paths: Vec<PathBuf> = rels.iter().map(|rel| self.path(rel)).collect();
-        crate::tree::read::read_digests(&paths)
+        crate::tree::read::read_digests(rels, &|rel| open_regular(self.fd(), rel))
     }
 
     fn make_dir(&self, rel: &Path) -> Result<(), OpError> {
-        ops::create_dir(&self.path(rel))
+        ops::create_dir(&self.place_to_write(rel)?)
     }
 
     fn copy_in(
@@ -73,25 +165,37 @@ impl Tree for LocalTree {
         rel: &Path,
         from: &dyn Tree,
         from_rel: &Path,
+        from_seen: Option<&Entry>,
         dest: Dest<'_>,
         content: Content<'_>,
     ) -> Result<Copied, OpError> {
-        let src = from.local_path(from_rel).ok_or_else(not_local)?;
-        ops::copy_file(&src, &self.path(rel), dest, content)
+        let from = from.as_local().ok_or_else(not_local)?;
+        let src = from.source(from_rel, from_seen)?;
+        ops::copy_file(src, &self.place_to_write(rel)?, dest, content)
     }
 
     fn copy_pair_in(
         &self,
-        jobs: [(&Path, Dest<'_>); 2],
+        jobs: [(&Path, &Path, Option<&Entry>, Dest<'_>); 2],
         from: &dyn Tree,
     ) -> [Result<Copied, OpError>; 2] {
-        let [(a, da), (b, db)] = jobs;
-        match (from.local_path(a), from.local_path(b)) {
-            (Some(sa), Some(sb)) => {
-                let (ta, tb) = (self.path(a), self.path(b));
-                ops::copy_pair([(&sa, &ta, da), (&sb, &tb, db)])
+        let Some(from) = from.as_local() else {
+            return [Err(not_local()), Err(not_local())];
+        };
+        let opened = jobs.map(|(rel, from_rel, seen, dest)| {
+            let place = self.place_to_write(rel)?;
+            Ok((from.source(from_rel, seen)?, place, dest))
+        });
+        match opened {
+            [Ok((sa, pa, da)), Ok((sb, pb, db))] => ops::copy_pair([(sa, &pa, da), (sb, &pb, db)]),
+            [a, b] => {
+                let one = |job: Result<(Source<'_>, Place, Dest<'_>), OpError>| {
+                    job.and_then(|(src, place, dest)| {
+                        ops::copy_file(src, &place, dest, Content::Hash(None))
+                    })
+                };
+                [one(a), one(b)]
             }
-            _ => [Err(not_local()), Err(not_local())],
         }
     }
 
@@ -102,7 +206,7 @@ impl Tree for LocalTree {
         dest: Dest<'_>,
         mtime: Timestamp,
     ) -> Result<Entry, OpError> {
-        ops::symlink(target, &self.path(rel), dest, mtime)
+        ops::symlink(target, &self.place_to_write(rel)?, dest, mtime)
     }
 
     fn hard_link(&self, rel: &Path, existing: &LinkFrom) -> Result<(), OpError> {
@@ -110,16 +214,16 @@ impl Tree for LocalTree {
             &existing.path,
             existing.size,
             existing.mtime,
-            &self.path(rel),
+            &self.place_to_write(rel)?,
         )
     }
 
     fn remove(&self, rel: &Path, seen: &Entry) -> Result<(), OpError> {
-        ops::remove(&self.path(rel), seen)
+        ops::remove(&self.place_to_write(rel)?, seen)
     }
 
     fn rename_noreplace(&self, rel: &Path, to: &Path, seen: &Entry) -> Result<(), OpError> {
-        ops::rename_noreplace(&self.path(rel), &self.path(to), seen)
+        ops::rename_noreplace(&self.place_to_write(rel)?, &self.place_to_write(to)?, seen)
     }
 
     fn set_meta(
@@ -129,130 +233,183 @@ impl Tree for LocalTree {
         mode: u32,
         mtime: Timestamp,
     ) -> Result<Entry, OpError> {
-        ops::set_metadata(&self.path(rel), seen, mode, mtime)
+        ops::set_metadata(&self.place_to_write(rel)?, seen, mode, mtime)
     }
 
     fn finish_dir(&self, rel: &Path, mode: u32, mtime: Option<Timestamp>) -> Result<(), OpError> {
-        match mtime {
-            Some(mtime) => ops::finish_dir(&self.path(rel), mode, mtime),
-            None => ops::set_dir_mode(&self.path(rel), mode),
-        }
+        ops::finish_dir(self.fd(), rel, &self.path(rel), mode, mtime)
     }
 
     fn open_dir(&self, rel: &Path, mode: u32) -> Result<(), OpError> {
-        ops::make_writable(&self.path(rel), mode)
+        ops::make_writable(self.fd(), rel, &self.path(rel), mode)
     }
 
     fn check_parents(&self, rel: &Path) -> Result<(), OpError> {
-        ops::check_parents(&self.root, rel)
+        // Reaching the parent beneath the root fails where a link or a file stands on the way.
+        self.place(rel)
+            .map(drop)
+            .map_err(|_| OpError::DestinationChanged {
+                path: self.path(rel.parent().unwrap_or(rel)),
+            })
     }
 
     fn exists(&self, rel: &Path) -> bool {
-        std::fs::symlink_metadata(self.path(rel)).is_ok()
+        self.stat(rel).is_ok()
     }
 
     fn stage_dir(&self, parent: &Path) -> Result<PathBuf, OpError> {
-        ops::stage_dir(&self.path(parent)).map(|staged| self.rel_of(&staged))
+        let shown = self.path(parent);
+        let dir = open_beneath(self.fd(), parent, OFlags::PATH | OFlags::DIRECTORY).map_err(
+            |source| OpError::Write {
+                path: shown.clone(),
+                source,
+            },
+        )?;
+        let name = ops::stage_dir(dir.as_fd(), &shown)?;
+        Ok(parent.join(name))
     }
 
     fn publish_dir(&self, staged: &Path, to: &Path) -> Result<(), OpError> {
-        ops::publish_dir(&self.path(staged), &self.path(to))
+        ops::publish_dir(&self.place_to_write(staged)?, &self.place_to_write(to)?)
     }
 
     fn discard_dir(&self, staged: &Path) -> io::Result<()> {
-        std::fs::remove_dir_all(self.path(staged))
+        self.remove_all(staged)
     }
 
     fn flush(&self) -> io::Result<()> {
-        flush::flush_fs(&self.root)
+        flush::flush_fs(&self.dir)
     }
 
     fn flushing_while(&self, every: Duration, work: &mut dyn FnMut()) {
-        flush::flushing_while(&self.root, every, work)
+        flush::flushing_while(&self.dir, every, work)
     }
 
-    fn local_path(&self, rel: &Path) -> Option<PathBuf> {
-        Some(self.path(rel))
+    fn as_local(&self) -> Option<&LocalTree> {
+        Some(self)
     }
 
     fn read_link(&self, rel: &Path) -> io::Result<PathBuf> {
-        fs::read_link(self.path(rel))
+        let place = self.place(rel)?;
+        at::read_link_at(place.dir(), &place.name)
     }
 
     fn make_link(&self, rel: &Path, target: &Path) -> io::Result<()> {
-        std::os::unix::fs::symlink(target, self.path(rel))
+        let place = self.place(rel)?;
+        Ok(rustix::fs::symlinkat(target, place.dir(), &place.name)?)
     }
 
     fn make_store_dir(&self, rel: &Path) -> io::Result<()> {
-        fs::create_dir(self.path(rel))
+        let place = self.place(rel)?;
+        Ok(rustix::fs::mkdirat(
+            place.dir(),
+            &place.name,
+            Mode::from_raw_mode(0o777),
+        )?)
     }
 
     fn rename_over(&self, rel: &Path, to: &Path) -> io::Result<()> {
-        fs::rename(self.path(rel), self.path(to))
+        let (from, to) = (self.place(rel)?, self.place(to)?);
+        Ok(rustix::fs::renameat(
+            from.dir(),
+            &from.name,
+            to.dir(),
+            &to.name,
+        )?)
     }
 
     fn remove_all(&self, rel: &Path) -> io::Result<()> {
-        let path = self.path(rel);
-        let meta = match fs::symlink_metadata(&path) {
-            Ok(m) => m,
+        let place = match self.place(rel) {
+            Ok(place) => place,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
-        if !meta.is_dir() {
-            return fs::remove_file(&path);
-        }
-        match fs::remove_dir_all(&path) {
-            Ok(()) => Ok(()),
-            Err(_) => {
-                // A version keeps SOURCE's modes: a read-only directory in it is opened first.
-                open_tree(&path);
-                fs::remove_dir_all(&path)
-            }
-        }
+        ops::remove_all(place.dir(), &place.name)
     }
 
     fn sync_dir(&self, rel: &Path) -> io::Result<()> {
-        fs::File::open(self.path(rel)).and_then(|d| d.sync_all())
+        let dir = open_beneath(self.fd(), rel, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        Ok(rustix::fs::fsync(dir)?)
     }
 
     fn resolves(&self, rel: &Path) -> bool {
-        fs::metadata(self.path(rel)).is_ok()
+        // The store's own links (`.current`) are followed: it is the runner's alone.
+        self.place(rel).is_ok_and(|place| {
+            rustix::fs::statat(place.dir(), &place.name, AtFlags::empty()).is_ok()
+        })
     }
 
     fn make_work_dir(&self, parent: &Path, prefix: &str) -> io::Result<PathBuf> {
-        let dir = tempfile::Builder::new()
-            .prefix(prefix)
-            .tempdir_in(self.path(parent))?
-            .keep();
-        Ok(self.rel_of(&dir))
+        let place_dir = open_beneath(self.fd(), parent, OFlags::PATH | OFlags::DIRECTORY)?;
+        let shown = self.path(parent);
+        let mut tries = 0;
+        loop {
+            let name = format!("{prefix}{}", random_suffix());
+            match rustix::fs::mkdirat(&place_dir, name.as_str(), Mode::from_raw_mode(0o700)) {
+                Err(rustix::io::Errno::EXIST) if tries < 100 => tries += 1,
+                Err(e) => {
+                    return Err(io::Error::new(
+                        io::Error::from(e).kind(),
+                        format!("cannot create a directory in {}: {e}", shown.display()),
+                    ));
+                }
+                Ok(()) => return Ok(parent.join(name)),
+            }
+        }
     }
 
     fn exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
-        use rustix::fs::{CWD, RenameFlags, renameat_with};
-        renameat_with(CWD, self.path(a), CWD, self.path(b), RenameFlags::EXCHANGE)
-            .map_err(io::Error::from)
+        let (a, b) = (self.place(a)?, self.place(b)?);
+        Ok(rustix::fs::renameat_with(
+            a.dir(),
+            &a.name,
+            b.dir(),
+            &b.name,
+            RenameFlags::EXCHANGE,
+        )?)
     }
 
     fn move_to(&self, rel: &Path, to: &dyn Tree, to_rel: &Path) -> io::Result<()> {
-        use rustix::fs::{CWD, RenameFlags, renameat_with};
-        let target = to
-            .local_path(to_rel)
+        let to = to
+            .as_local()
             .ok_or_else(|| io::Error::from(io::ErrorKind::CrossesDevices))?;
-        renameat_with(CWD, self.path(rel), CWD, target, RenameFlags::NOREPLACE)
-            .map_err(io::Error::from)
+        let (from, target) = (self.place(rel)?, to.place(to_rel)?);
+        Ok(rustix::fs::renameat_with(
+            from.dir(),
+            &from.name,
+            target.dir(),
+            &target.name,
+            RenameFlags::NOREPLACE,
+        )?)
     }
 }
 
-/// Lets its owner into every directory of the tree at `dir`.
-fn open_tree(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
-    if let Ok(listing) = fs::read_dir(dir) {
-        for entry in listing.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                open_tree(&entry.path());
-            }
-        }
+/// Six random letters or digits.
+fn random_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut bits = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let letters = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    (0..6)
+        .map(|_| {
+            let c = letters[(bits % letters.len() as u64) as usize] as char;
+            bits /= letters.len() as u64;
+            c
+        })
+        .collect()
+}
+
+/// Opens the file `rel` beneath `root` to hash it: a regular file, or it fails.
+fn open_regular(root: BorrowedFd<'_>, rel: &Path) -> io::Result<File> {
+    let file = at::open_file(root, rel)?;
+    if at::file_type(&rustix::fs::fstat(&file)?) == rustix::fs::FileType::RegularFile {
+        Ok(file)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file any more",
+        ))
     }
 }
 
@@ -266,38 +423,45 @@ fn not_local() -> OpError {
     }
 }
 
-/// The entries of the directory at `dir`, by name in byte order, without those `skip` names or
-/// that vanished while it was listed.
+/// The entries of the directory open as `dir`, by name in byte order, without those `skip`
+/// names or that vanished while it was listed; and how many of them are setuid or setgid
+/// and someone else's (see [`at::grantable`]).
 ///
 /// Fails if the directory cannot be listed completely, or an entry in it cannot be examined:
 /// what it holds is then unknown, which must never read as "nothing is here".
-fn list_dir(dir: &Path, skip: &dyn Fn(&OsStr) -> bool) -> io::Result<Vec<(OsString, Entry)>> {
-    let listing = fs::read_dir(dir)?;
+fn list_dir(
+    dir: OwnedFd,
+    skip: &dyn Fn(&OsStr) -> bool,
+) -> io::Result<(Vec<(OsString, Entry)>, u64)> {
+    let mut listing = rustix::fs::Dir::new(dir)?;
     let mut out = Vec::new();
-    for item in listing {
+    let mut privileged = 0;
+    while let Some(item) = listing.read() {
         // A listing that breaks off half-way is as unknown as one that never started.
         let item = item?;
-        let name = item.file_name();
-        if skip(&name) {
+        let name = OsStr::from_bytes(item.file_name().to_bytes());
+        if name == "." || name == ".." || skip(name) {
             continue;
         }
-        let meta = match item.metadata() {
-            Ok(meta) => meta,
+        let fd = listing.fd()?;
+        let stat = match rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => stat,
             // Vanished between listing and stat: it is simply not there any more.
-            Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
-            // Listed but not searchable (a directory without its x bit), or any other fault.
-            Err(err) => return Err(err),
+            Err(rustix::io::Errno::NOENT) => continue,
+            // Any other fault: what is there is unknown.
+            Err(err) => return Err(err.into()),
         };
-        let target = if meta.file_type().is_symlink() {
-            match fs::read_link(dir.join(&name)) {
+        let target = if at::file_type(&stat) == rustix::fs::FileType::Symlink {
+            match at::read_link_at(fd, name) {
                 Ok(t) => Some(t),
                 Err(_) => continue,
             }
         } else {
             None
         };
-        out.push((name, ops::entry_of(&meta, target)));
+        privileged += u64::from(at::loses_privilege(&stat));
+        out.push((name.to_os_string(), at::entry_of(&stat, target)));
     }
     out.sort_unstable_by(|a, b| a.0.as_encoded_bytes().cmp(b.0.as_encoded_bytes()));
-    Ok(out)
+    Ok((out, privileged))
 }

@@ -32,9 +32,10 @@ const PIECE: u64 = 8 * 1024 * 1024;
 pub(crate) fn copy_hashing_the_copy(
     input: &File,
     output: &File,
+    limit: u64,
     after_copy: impl FnOnce() + Send,
 ) -> (io::Result<u64>, io::Result<Digest>) {
-    copy_hashing_the_copy_by(input, output, after_copy, Copier::Kernel)
+    copy_hashing_the_copy_by(input, output, limit, after_copy, Copier::Kernel)
 }
 
 /// How the bytes are moved: by the kernel (`copy_file_range`), or through a buffer where the
@@ -48,6 +49,7 @@ enum Copier {
 fn copy_hashing_the_copy_by(
     input: &File,
     output: &File,
+    limit: u64,
     after_copy: impl FnOnce() + Send,
     copier: Copier,
 ) -> (io::Result<u64>, io::Result<Digest>) {
@@ -56,7 +58,7 @@ fn copy_hashing_the_copy_by(
     // picks the hash up, it simply runs after the copy, here.
     rayon::join(
         || {
-            let copied = copy_announcing(input, output, &progress, copier);
+            let copied = copy_announcing(input, output, limit, &progress, copier);
             if copied.is_ok() {
                 after_copy();
             }
@@ -106,10 +108,12 @@ impl Drop for EndOnDrop<'_> {
     }
 }
 
-/// Copies all of `input` to `output` (both from offset 0), announcing each piece.
+/// Copies `input` to `output` (both from offset 0), announcing each piece, until it ends or
+/// `limit` bytes are copied.
 fn copy_announcing(
     input: &File,
     output: &File,
+    limit: u64,
     progress: &Progress,
     mut copier: Copier,
 ) -> io::Result<u64> {
@@ -118,6 +122,10 @@ fn copy_announcing(
     let mut buffer = Vec::new();
     let mut at = 0u64;
     loop {
+        let piece = (limit - at).min(PIECE) as usize;
+        if piece == 0 {
+            return Ok(at);
+        }
         let n = match copier {
             Copier::Kernel => {
                 let (mut from, mut to) = (at, at);
@@ -126,7 +134,7 @@ fn copy_announcing(
                     Some(&mut from),
                     output,
                     Some(&mut to),
-                    PIECE as usize,
+                    piece,
                 ) {
                     Ok(n) => n,
                     Err(Errno::INTR) => continue,
@@ -139,7 +147,7 @@ fn copy_announcing(
                 }
             }
             Copier::Buffer => {
-                buffer.resize(1024 * 1024, 0);
+                buffer.resize(piece.min(1024 * 1024), 0);
                 let n = match input.read_at(&mut buffer, at) {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -289,8 +297,9 @@ mod tests {
             .num_threads(threads)
             .build()
             .unwrap();
-        let (copied, digest) =
-            pool.install(|| copy_hashing_the_copy_by(&input, &output, || after = true, copier));
+        let (copied, digest) = pool.install(|| {
+            copy_hashing_the_copy_by(&input, &output, u64::MAX, || after = true, copier)
+        });
         let case = format!("{len} bytes, {copier:?}, {threads} thread(s)");
         assert_eq!(copied.unwrap(), len as u64, "{case}");
         assert!(after, "{case}: what follows the copy did not run");
@@ -372,8 +381,9 @@ mod tests {
             .build()
             .unwrap();
         for copier in [Copier::Kernel, Copier::Buffer] {
-            let (copied, _) =
-                pool.install(|| copy_hashing_the_copy_by(&input, &output, || after = true, copier));
+            let (copied, _) = pool.install(|| {
+                copy_hashing_the_copy_by(&input, &output, u64::MAX, || after = true, copier)
+            });
             assert!(copied.is_err(), "{copier:?}: a copy into a read-only file");
         }
         assert!(!after);

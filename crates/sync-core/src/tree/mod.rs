@@ -5,12 +5,14 @@
 //! digests, never of descriptors or paths of this machine (the one exception, for the
 //! kernel's copy between two local trees, answers `None` elsewhere).
 //!
-//! Below it: `ops` holds the safe operations of SPEC §7 (atomic replacement, a re-check against
+//! Below it: `at` reaches an entry beneath a held directory, never by a path resolved again;
+//! `ops` holds the safe operations of SPEC §7 (atomic replacement, a re-check against
 //! the scan before anything is replaced or removed, new directories built hidden); `read`
 //! hashes batches of files; `temp` our
 //! temporary names and their journal; `flush` the flushes; `mapped` the hash of a large copy
 //! read from a mapping of it.
 
+pub(crate) mod at;
 pub mod flush;
 pub mod local;
 pub(crate) mod mapped;
@@ -27,14 +29,19 @@ use checksum::Digest;
 
 use crate::model::{Entry, LinkFrom, Timestamp};
 
+pub use at::Place;
 pub use local::LocalTree;
-pub use ops::{Content, Copied, Dest, OpError};
+pub use ops::{Content, Copied, Dest, OpError, Source};
 
 /// One tree a pass reads or changes. Paths are relative to its root. Every change re-checks,
 /// right before it acts, that what it replaces or removes is still what the scan saw.
 pub trait Tree: Sync {
     /// How messages name the tree.
     fn name(&self) -> String;
+
+    /// Checks that the root's name still names the root this tree holds; a pass over a root
+    /// that someone replaced since is refused.
+    fn check_root(&self) -> io::Result<()>;
 
     /// The entries of the directory `rel`, by name in byte order, without those `skip` names
     /// (not even examined) or that vanished while it was listed.
@@ -43,6 +50,11 @@ pub trait Tree: Sync {
     /// examined: what it holds is then unknown, never "nothing".
     fn list(&self, rel: &Path, skip: &dyn Fn(&OsStr) -> bool)
     -> io::Result<Vec<(OsString, Entry)>>;
+
+    /// How many entries listed since the last call were setuid or setgid and owned by
+    /// someone else: their copies, ours, do not keep those bits (the entries show the mode
+    /// their copies get).
+    fn take_privileged(&self) -> u64;
 
     /// What is at `rel` now (a link is not followed).
     fn stat(&self, rel: &Path) -> io::Result<Entry>;
@@ -53,22 +65,23 @@ pub trait Tree: Sync {
     /// Creates the directory `rel`, private to its owner until [`Tree::finish_dir`].
     fn make_dir(&self, rel: &Path) -> Result<(), OpError>;
 
-    /// Copies `from`'s file `from_rel` to `rel` here, atomically, over what `dest` says, with
-    /// what `content` says is known of it.
+    /// Copies `from`'s file `from_rel` (the one the scan saw there, `from_seen`, if given) to
+    /// `rel` here, atomically, over what `dest` says, with what `content` says is known of it.
     fn copy_in(
         &self,
         rel: &Path,
         from: &dyn Tree,
         from_rel: &Path,
+        from_seen: Option<&Entry>,
         dest: Dest<'_>,
         content: Content<'_>,
     ) -> Result<Copied, OpError>;
 
-    /// Two copies of files whose content nothing knows yet, from the same paths of `from`,
-    /// hashed together on one core.
+    /// Two copies of files whose content nothing knows yet, each to its path here from its
+    /// path in `from` (the file the scan saw there, if given), hashed together on one core.
     fn copy_pair_in(
         &self,
-        jobs: [(&Path, Dest<'_>); 2],
+        jobs: [(&Path, &Path, Option<&Entry>, Dest<'_>); 2],
         from: &dyn Tree,
     ) -> [Result<Copied, OpError>; 2];
 
@@ -127,9 +140,9 @@ pub trait Tree: Sync {
     /// Runs `work` while what it writes is flushed every `every`.
     fn flushing_while(&self, every: Duration, work: &mut dyn FnMut());
 
-    /// The path of `rel` on this machine, for the kernel's copy between two local trees;
+    /// This tree as a local one, for the kernel's copy and rename between two local trees;
     /// `None` for a tree elsewhere.
-    fn local_path(&self, rel: &Path) -> Option<PathBuf>;
+    fn as_local(&self) -> Option<&LocalTree>;
 
     // What a version store does to its own names (`.current`, `.gen-G`, `.v-ID`, `_k`): never
     // to a user's entries, which the methods above handle with their re-checks.

@@ -1,60 +1,26 @@
-//! The safe file operations of SPEC §7: every replacement goes through a temporary file in
-//! the same directory (written, flushed, renamed), and nothing is replaced or removed
-//! without first checking that it is still what the scan saw. A new directory may instead be
-//! built whole under a temporary name and then renamed into place ([`stage_dir`],
-//! [`Dest::Hidden`], [`publish_dir`]).
+//! The safe file operations of SPEC §7, on entries named through the directory that holds
+//! them ([`Place`]): every replacement goes through a temporary file in the same directory
+//! (written, flushed, renamed), and nothing is replaced or removed without first checking
+//! that it is still what the scan saw. A new directory may instead be built whole under a
+//! temporary name and then renamed into place ([`stage_dir`], [`Dest::Hidden`],
+//! [`publish_dir`]). Modes and times are set on a descriptor of the very object checked.
 
-use std::fs::{self, File, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use checksum::{Digest, Hasher};
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, Timespec, Timestamps};
+use rustix::io::Errno;
 use sha2::{Digest as _, Sha256};
 
 use crate::model::{Entry, Kind, Timestamp};
+use crate::tree::at::{self, Place, entry_of_file, have_proc, proc_path};
 use crate::tree::flush::start_writeback;
-use crate::tree::temp::{TEMP_PREFIX, note_temp_name};
-
-/// The entry an `lstat` describes; a link's target is read separately.
-pub fn entry_of(meta: &fs::Metadata, link_target: Option<PathBuf>) -> Entry {
-    use std::os::unix::fs::MetadataExt;
-    let ft = meta.file_type();
-    let kind = if ft.is_file() {
-        Kind::File
-    } else if ft.is_dir() {
-        Kind::Dir
-    } else if ft.is_symlink() {
-        Kind::Symlink(link_target.unwrap_or_default())
-    } else {
-        Kind::Special
-    };
-    Entry {
-        kind,
-        mode: meta.mode() & 0o7777,
-        size: meta.size(),
-        mtime: Timestamp {
-            secs: meta.mtime(),
-            nanos: meta.mtime_nsec() as u32,
-        },
-        ctime: Timestamp {
-            secs: meta.ctime(),
-            nanos: meta.ctime_nsec() as u32,
-        },
-        ino: meta.ino(),
-    }
-}
-
-/// What is at `path` now, not following a link (for the re-check before a destructive step).
-pub fn stat(path: &Path) -> io::Result<Entry> {
-    let meta = fs::symlink_metadata(path)?;
-    let target = if meta.file_type().is_symlink() {
-        Some(fs::read_link(path)?)
-    } else {
-        None
-    };
-    Ok(entry_of(&meta, target))
-}
+use crate::tree::temp::create_temp;
 
 /// Why a single-path operation did not happen. The path is added by the caller's log line.
 #[derive(Debug, thiserror::Error)]
@@ -91,10 +57,27 @@ pub enum OpError {
     },
 }
 
-fn write_err(path: &Path) -> impl FnOnce(io::Error) -> OpError + '_ {
+fn write_err<E: Into<io::Error>>(path: &Path) -> impl FnOnce(E) -> OpError + '_ {
     move |source| OpError::Write {
         path: path.to_path_buf(),
-        source,
+        source: source.into(),
+    }
+}
+
+/// A rename or link that would not go over an existing name, failed: that name was taken
+/// since the scan.
+fn taken_or_write(path: &Path) -> impl FnOnce(io::Error) -> OpError + '_ {
+    move |source| {
+        if source.kind() == io::ErrorKind::AlreadyExists {
+            OpError::DestinationChanged {
+                path: path.to_path_buf(),
+            }
+        } else {
+            OpError::Write {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
     }
 }
 
@@ -129,167 +112,170 @@ impl<'a> From<Option<&'a Entry>> for Dest<'a> {
     }
 }
 
-/// A file being written before it gets its final name. Where the file system allows, it has
-/// no name at all until it is complete (`O_TMPFILE`): a kill then leaves nothing behind. Else
-/// it is a temporary file `.oneway-tmp-XXXXXX` beside its final name. In a hidden directory
-/// ([`Dest::Hidden`]) it has its final name from the start.
-enum Staged {
-    Unnamed(File),
-    Named(tempfile::NamedTempFile),
-    Hidden(File, RemoveOnDrop),
+/// A name we made in a directory, removed again when dropped unless disarmed: a temporary
+/// file that was not renamed into place, or a partial file in a hidden directory.
+struct Made<'a> {
+    dir: BorrowedFd<'a>,
+    name: std::ffi::OsString,
+    armed: bool,
 }
 
-/// Removes the file at its path when dropped, unless disarmed: a copy into a hidden directory
-/// that fails takes its partial file away with it.
-struct RemoveOnDrop(Option<PathBuf>);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        if let Some(path) = &self.0 {
-            // Should this fail, the partial file stays in the hidden directory: the caller
-            // looks for it and then does not publish the directory (see `Dest::Hidden`).
-            let _ = fs::remove_file(path);
+impl<'a> Made<'a> {
+    fn new(dir: BorrowedFd<'a>, name: std::ffi::OsString) -> Made<'a> {
+        Made {
+            dir,
+            name,
+            armed: true,
         }
     }
 }
 
-impl Staged {
-    /// Stages the copy of a file whose permission bits are `mode`.
-    fn new(dst: &Path, dest: Dest<'_>, mode: u32) -> io::Result<Staged> {
-        use rustix::fs::{Mode, OFlags};
-        let dir = dst.parent().unwrap_or(Path::new("."));
+impl Drop for Made<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            // Should this fail, a partial file stays in a hidden directory: the caller looks
+            // for it and then does not publish the directory (see `Dest::Hidden`).
+            let _ = rustix::fs::unlinkat(self.dir, &self.name, AtFlags::empty());
+        }
+    }
+}
+
+/// A file being written before it gets its final name. Where the file system allows, it has
+/// no name at all until it is complete (`O_TMPFILE`): a kill then leaves nothing behind. Else
+/// it is a temporary file `.oneway-tmp-XXXXXX` beside its final name. In a hidden directory
+/// ([`Dest::Hidden`]) it has its final name from the start.
+enum Staged<'a> {
+    Unnamed(File),
+    Named(File, Made<'a>),
+    Hidden(File, Made<'a>),
+}
+
+impl<'a> Staged<'a> {
+    /// Stages the copy to `dst` of a file whose permission bits are `mode`.
+    fn new(dst: &'a Place, dest: Dest<'_>, mode: u32) -> io::Result<Staged<'a>> {
+        let create = OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         if let Dest::Hidden = dest {
             // A plain create: no unnamed inode to link later, which costs about as much again
             // as creating the file (the first copy of a tree of small files is mostly this).
             // Created with its final mode (no one else can enter the directory yet), which
             // saves a chmod unless the umask or a default ACL takes bits away.
-            let file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode & 0o777)
-                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-                .open(dst)?;
-            return Ok(Staged::Hidden(file, RemoveOnDrop(Some(dst.to_path_buf()))));
+            let fd = rustix::fs::openat(
+                dst.dir(),
+                &dst.name,
+                create | OFlags::WRONLY,
+                Mode::from_raw_mode(mode & 0o777),
+            )?;
+            return Ok(Staged::Hidden(
+                File::from(fd),
+                Made::new(dst.dir(), dst.name.clone()),
+            ));
         }
-        // Naming an unnamed file goes through /proc/self/fd; without /proc (some containers)
-        // only named temporary files work.
-        static PROC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let named = || {
-            tempfile::Builder::new()
-                .prefix(TEMP_PREFIX)
-                .make_in(dir, |p| {
-                    note_temp_name(p);
-                    OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .open(p)
-                })
-                .map(Staged::Named)
-        };
-        if !*PROC.get_or_init(|| Path::new("/proc/self/fd").is_dir()) {
-            return named();
+        // Naming an unnamed file may have to go through /proc/self/fd (see `link_unnamed`).
+        // Where O_TMPFILE is not supported by the file system (or kernel): a named file.
+        if have_proc()
+            && let Ok(fd) = rustix::fs::openat(
+                dst.dir(),
+                c".",
+                OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+        {
+            return Ok(Staged::Unnamed(File::from(fd)));
         }
-        match rustix::fs::openat(
-            rustix::fs::CWD,
-            dir,
-            OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        ) {
-            Ok(fd) => Ok(Staged::Unnamed(File::from(fd))),
-            // Not supported by this file system (or kernel): a named temporary file.
-            Err(_) => named(),
-        }
+        let (name, fd) = create_temp(shown_dir(dst), |name| {
+            let flags = create | OFlags::RDWR;
+            Ok(rustix::fs::openat(
+                dst.dir(),
+                name,
+                flags,
+                Mode::from_raw_mode(0o600),
+            )?)
+        })?;
+        Ok(Staged::Named(File::from(fd), Made::new(dst.dir(), name)))
     }
 
     fn file_mut(&mut self) -> &mut File {
         match self {
-            Staged::Unnamed(f) => f,
-            Staged::Named(t) => t.as_file_mut(),
-            Staged::Hidden(f, _) => f,
+            Staged::Unnamed(f) | Staged::Named(f, _) | Staged::Hidden(f, _) => f,
         }
     }
 
-    /// Gives the complete file its final name `dst`: over `expected` after re-checking it,
-    /// or only if `dst` does not exist when `expected` is `None`. A hidden file has it already.
-    fn install(self, dir: &Path, dst: &Path, expected: Option<&Entry>) -> Result<File, OpError> {
+    /// Gives the complete file its final name at `dst`: over `expected` after re-checking it,
+    /// or only if the name is free when `expected` is `None`. A hidden file has it already.
+    fn install(self, dst: &Place, expected: Option<&Entry>) -> Result<File, OpError> {
         match self {
-            Staged::Hidden(file, mut remove) => {
-                remove.0 = None;
+            Staged::Hidden(file, mut made) => {
+                made.armed = false;
                 Ok(file)
             }
-            Staged::Named(tmp) => persist(tmp, dst, expected),
+            Staged::Named(file, made) => {
+                persist(made, dst, expected)?;
+                Ok(file)
+            }
             Staged::Unnamed(file) => {
-                let link = |to: &Path| link_unnamed(&file, to);
                 match expected {
                     // A new name: linking fails if it exists, so nothing is ever overwritten.
-                    None => match link(dst) {
-                        Ok(()) => Ok(file),
-                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                            Err(OpError::DestinationChanged {
-                                path: dst.to_path_buf(),
-                            })
-                        }
-                        Err(e) => Err(OpError::Write {
-                            path: dst.to_path_buf(),
-                            source: e,
-                        }),
-                    },
+                    None => link_unnamed(&file, dst.dir(), &dst.name)
+                        .map_err(taken_or_write(&dst.shown))?,
                     // A replacement needs a rename over the old file: a name for an instant.
                     Some(_) => {
-                        let tmp = tempfile::Builder::new()
-                            .prefix(TEMP_PREFIX)
-                            .make_in(dir, |p| {
-                                note_temp_name(p);
-                                link(p)
-                            })
-                            .map_err(write_err(dst))?;
-                        persist(tmp, dst, expected)?;
-                        Ok(file)
+                        let (name, ()) = create_temp(shown_dir(dst), |name| {
+                            link_unnamed(&file, dst.dir(), name)
+                        })
+                        .map_err(write_err(&dst.shown))?;
+                        persist(Made::new(dst.dir(), name), dst, expected)?;
                     }
                 }
+                Ok(file)
             }
         }
     }
+}
+
+/// The directory of `place`, for messages and the journal of temporary names.
+fn shown_dir(place: &Place) -> &Path {
+    place.shown.parent().unwrap_or(Path::new(""))
 }
 
 /// False once linking a file by its descriptor alone (`AT_EMPTY_PATH`: before Linux 6.10 only
 /// with `CAP_DAC_READ_SEARCH`) was refused while linking it through /proc worked.
 static LINK_BY_DESCRIPTOR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
-/// Gives the unnamed file `file` the name `to`; fails if `to` exists.
-fn link_unnamed(file: &File, to: &Path) -> io::Result<()> {
+/// Gives the open file `file` the name `name` in `dir`; fails if the name exists.
+fn link_unnamed(file: &impl AsFd, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     use std::sync::atomic::Ordering;
     // By descriptor where allowed: the /proc path costs a lookup of four names per file. Any
     // failure is tried again through /proc, which tells a refusal of the descriptor (ENOENT
     // on older kernels, as for a missing directory; whatever a security module says) from a
     // fault of the destination, and gives the error to report.
     let by_descriptor = LINK_BY_DESCRIPTOR.load(Ordering::Relaxed);
-    if by_descriptor && link_by_descriptor(file, to).is_ok() {
+    if by_descriptor && link_by_descriptor(file, dir, name).is_ok() {
         return Ok(());
     }
-    link_through_proc(file, to)?;
+    link_through_proc(file, dir, name)?;
     if by_descriptor {
         LINK_BY_DESCRIPTOR.store(false, Ordering::Relaxed);
     }
     Ok(())
 }
 
-fn link_by_descriptor(file: &File, to: &Path) -> io::Result<()> {
-    use rustix::fs::{AtFlags, CWD, linkat};
-    Ok(linkat(file, "", CWD, to, AtFlags::EMPTY_PATH)?)
+fn link_by_descriptor(file: &impl AsFd, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    Ok(rustix::fs::linkat(
+        file,
+        c"",
+        dir,
+        name,
+        AtFlags::EMPTY_PATH,
+    )?)
 }
 
-fn link_through_proc(file: &File, to: &Path) -> io::Result<()> {
-    use rustix::fs::{AtFlags, CWD, linkat};
-    use std::os::fd::AsRawFd;
-    let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
-    Ok(linkat(
-        CWD,
+fn link_through_proc(file: &impl AsFd, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let fd_path = proc_path(&file.as_fd());
+    Ok(rustix::fs::linkat(
+        rustix::fs::CWD,
         fd_path.as_str(),
-        CWD,
-        to,
+        dir,
+        name,
         AtFlags::SYMLINK_FOLLOW,
     )?)
 }
@@ -308,52 +294,43 @@ pub struct Copied {
     pub installed: bool,
 }
 
-fn open_source(path: &Path) -> io::Result<File> {
-    // NOFOLLOW: a file swapped for a link since the scan is not followed out of the tree;
-    // NONBLOCK: one swapped for a FIFO cannot hang the pass. Its access time is left alone.
-    checksum::open_quietly(
-        path,
-        (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
-    )
+/// A file to copy: opened beneath its tree's root (see [`at::open_file`]), with what the scan
+/// saw there and where it is, for messages.
+pub struct Source<'a> {
+    /// The open file.
+    pub file: File,
+    /// What the scan saw at its name: a file opened there that is another object is not
+    /// copied.
+    pub seen: Option<&'a Entry>,
+    /// Where it is, for messages.
+    pub shown: PathBuf,
 }
 
-fn replace_check(dst: &Path, expected: Option<&Entry>) -> Result<(), OpError> {
+fn replace_check(dst: &Place, expected: Option<&Entry>) -> Result<(), OpError> {
     match expected {
-        Some(seen) => match stat(dst) {
+        Some(seen) => match dst.stat() {
             Ok(now) if now.unchanged_since(seen) => Ok(()),
             _ => Err(OpError::DestinationChanged {
-                path: dst.to_path_buf(),
+                path: dst.shown.clone(),
             }),
         },
         None => Ok(()),
     }
 }
 
-/// Renames `tmp` to `dst`: over `expected` after re-checking it, or only if `dst` does not
-/// exist when `expected` is `None`.
-fn persist<F>(
-    tmp: tempfile::NamedTempFile<F>,
-    dst: &Path,
-    expected: Option<&Entry>,
-) -> Result<F, OpError> {
+/// Renames what we `made` to `dst`: over `expected` after re-checking it, or only if the
+/// name is free when `expected` is `None`.
+fn persist(mut made: Made<'_>, dst: &Place, expected: Option<&Entry>) -> Result<(), OpError> {
     replace_check(dst, expected)?;
-    let result = if expected.is_some() {
-        tmp.persist(dst)
+    let flags = if expected.is_some() {
+        RenameFlags::empty()
     } else {
-        tmp.persist_noclobber(dst)
+        RenameFlags::NOREPLACE
     };
-    match result {
-        Ok(f) => Ok(f),
-        Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
-            Err(OpError::DestinationChanged {
-                path: dst.to_path_buf(),
-            })
-        }
-        Err(e) => Err(OpError::Write {
-            path: dst.to_path_buf(),
-            source: e.error,
-        }),
-    }
+    rustix::fs::renameat_with(made.dir, &made.name, dst.dir(), &dst.name, flags)
+        .map_err(|e| taken_or_write(&dst.shown)(e.into()))?;
+    made.armed = false;
+    Ok(())
 }
 
 /// What a copy knows of its source's content.
@@ -384,17 +361,18 @@ pub enum Content<'a> {
 }
 
 /// Copies the regular file `src` to `dst` atomically and gives the copy `src`'s permission
-/// bits and modification time.
+/// bits (less a setuid or setgid bit it may not keep, see [`at::grantable`]) and
+/// modification time.
 ///
 /// `dest` says whether `dst` is new (or in a hidden directory) or what the scan saw there,
 /// to be replaced.
 ///
-/// Fails, leaving `dst` untouched, if `src` cannot be read or changes during the copy (or no
-/// longer has the content the caller expects), if `dst` is no longer what the scan saw, or if
-/// writing fails.
+/// Fails, leaving `dst` untouched, if `src` cannot be read, is not the file the scan saw, or
+/// changes during the copy (or no longer has the content the caller expects), if `dst` is no
+/// longer what the scan saw, or if writing fails.
 pub fn copy_file(
-    src: &Path,
-    dst: &Path,
+    src: Source<'_>,
+    dst: &Place,
     dest: Dest<'_>,
     content: Content<'_>,
 ) -> Result<Copied, OpError> {
@@ -403,6 +381,8 @@ pub fn copy_file(
     let split = in_flight.count < rayon::current_num_threads();
     let mut copy = Started::begin(src, dst, dest)?;
     let (input, size) = (&copy.input, copy.before.size);
+    let (src, to) = (&*copy.src, copy.dst);
+    let dst = &*to.shown;
     let replaced = copy.dest.replaces();
     // Only a file no one else can open may be hashed from a mapping (see `mapped`).
     let split = match (split, &copy.staged) {
@@ -419,7 +399,7 @@ pub fn copy_file(
                 input,
                 output,
                 size,
-                (src, dst),
+                (src, to),
                 if expect.is_none() { split } else { Split::No },
                 replaced,
             )?,
@@ -427,7 +407,7 @@ pub fn copy_file(
             None,
         ),
         Content::Unless(held) => (
-            copy_and_hash(input, output, size, (src, dst), split, replaced)?,
+            copy_and_hash(input, output, size, (src, to), split, replaced)?,
             None,
             Some(*held),
         ),
@@ -440,12 +420,17 @@ pub fn copy_file(
                 if size < KERNEL_COPY_FROM {
                     copy_through_buffer(input, output, size, src, dst, None)?;
                 } else {
-                    io::copy(&mut &*input, output).map_err(write_err(dst))?;
+                    let copied = io::copy(&mut input.take(size + 1), output);
+                    if copied.map_err(write_err(dst))? > size {
+                        return Err(OpError::SourceChanged {
+                            path: src.to_path_buf(),
+                        });
+                    }
                 }
                 (digest, None, None)
             } else {
                 let split = if exact { Split::No } else { split };
-                let copied = copy_and_hash(input, output, size, (src, dst), split, replaced)?;
+                let copied = copy_and_hash(input, output, size, (src, to), split, replaced)?;
                 (copied, exact.then_some(digest), None)
             }
         }
@@ -454,7 +439,7 @@ pub fn copy_file(
 }
 
 /// One file to copy with [`copy_pair`]: source, destination, and what the destination is.
-pub type PairJob<'a> = (&'a Path, &'a Path, Dest<'a>);
+pub type PairJob<'a> = (Source<'a>, &'a Place, Dest<'a>);
 
 /// Copies two files on the calling thread, each as [`copy_file`] with [`Content::Hash`]`(None)`
 /// would, hashing both as they are copied with the two-lane hasher ([`checksum::update_pair`]),
@@ -540,16 +525,22 @@ impl Lane<'_> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(source) => {
                     return Err(OpError::Read {
-                        path: self.copy.src.to_path_buf(),
+                        path: self.copy.src.clone(),
                         source,
                     });
                 }
             }
         }
+        // Never more than the file held when opened: one that keeps growing is not followed.
+        if self.written.written + self.filled as u64 > self.copy.before.size {
+            return Err(OpError::SourceChanged {
+                path: self.copy.src.clone(),
+            });
+        }
         let output = self.copy.staged.file_mut();
         output
             .write_all(&self.buf[..self.filled])
-            .map_err(write_err(self.copy.dst))?;
+            .map_err(write_err(&self.copy.dst.shown))?;
         self.written.wrote(output, self.filled);
         Ok(())
     }
@@ -557,35 +548,31 @@ impl Lane<'_> {
 
 /// A copy under way: the source open, as it was when opened, and the staged destination.
 struct Started<'a> {
-    src: &'a Path,
-    dst: &'a Path,
+    src: PathBuf,
+    dst: &'a Place,
     dest: Dest<'a>,
     input: File,
     before: Entry,
-    staged: Staged,
+    staged: Staged<'a>,
 }
 
 impl<'a> Started<'a> {
-    /// Opens `src` (a regular file, or the copy fails as changed) and stages its copy beside
-    /// `dst`.
-    fn begin(src: &'a Path, dst: &'a Path, dest: Dest<'a>) -> Result<Self, OpError> {
-        let read_err = |source| OpError::Read {
-            path: src.to_path_buf(),
+    /// Checks that `src` is a regular file, the one the scan saw (or the copy fails as
+    /// changed), and stages its copy at `dst`.
+    fn begin(src: Source<'_>, dst: &'a Place, dest: Dest<'a>) -> Result<Self, OpError> {
+        let before = entry_of_file(&src.file).map_err(|source| OpError::Read {
+            path: src.shown.clone(),
             source,
-        };
-        let input = open_source(src).map_err(read_err)?;
-        let before = entry_of(&input.metadata().map_err(read_err)?, None);
-        if before.kind != Kind::File {
-            return Err(OpError::SourceChanged {
-                path: src.to_path_buf(),
-            });
+        })?;
+        if before.kind != Kind::File || src.seen.is_some_and(|seen| seen.ino != before.ino) {
+            return Err(OpError::SourceChanged { path: src.shown });
         }
-        let staged = Staged::new(dst, dest, before.mode).map_err(write_err(dst))?;
+        let staged = Staged::new(dst, dest, before.mode).map_err(write_err(&dst.shown))?;
         Ok(Started {
-            src,
+            src: src.shown,
             dst,
             dest,
-            input,
+            input: src.file,
             before,
             staged,
         })
@@ -600,17 +587,15 @@ impl<'a> Started<'a> {
         expect: Option<Digest>,
         held: Option<Digest>,
     ) -> Result<Copied, OpError> {
-        let (src, dst) = (self.src, self.dst);
-        let after = self.input.metadata().map_err(|source| OpError::Read {
-            path: src.to_path_buf(),
+        let (src, dst) = (&self.src, self.dst);
+        let after = entry_of_file(&self.input).map_err(|source| OpError::Read {
+            path: src.clone(),
             source,
         })?;
-        let after = entry_of(&after, None);
         if !after.unchanged_since(&self.before) || expect.is_some_and(|c| c != digest) {
-            return Err(OpError::SourceChanged {
-                path: src.to_path_buf(),
-            });
+            return Err(OpError::SourceChanged { path: src.clone() });
         }
+        let dst_shown = &dst.shown;
         if let (Some(held), Some(there)) = (held, self.dest.replaces())
             && held == digest
         {
@@ -623,24 +608,22 @@ impl<'a> Started<'a> {
                 installed: false,
             });
         }
-        let mode = fs::Permissions::from_mode(self.before.mode);
+        let mode = Mode::from_raw_mode(self.before.mode);
         let created_with_mode = matches!(self.staged, Staged::Hidden(..));
         let file = self.staged.file_mut();
         if !created_with_mode {
-            file.set_permissions(mode.clone()).map_err(write_err(dst))?;
+            rustix::fs::fchmod(&*file, mode).map_err(write_err(dst_shown))?;
         }
-        filetime::set_file_handle_times(file, None, Some(self.before.mtime.to_filetime()))
-            .map_err(write_err(dst))?;
+        rustix::fs::futimens(&*file, &times(self.before.mtime)).map_err(write_err(dst_shown))?;
         // No fsync per file: the pass flushes its whole file system once at its end (see
         // `flush_fs`), before it records anything that relies on the data being on disk.
-        let dir = dst.parent().unwrap_or(Path::new("."));
-        let file = self.staged.install(dir, dst, self.dest.replaces())?;
+        let file = self.staged.install(dst, self.dest.replaces())?;
         // fstat of the file still open: its stamp after the rename, without a path lookup.
-        let mut destination = entry_of(&file.metadata().map_err(write_err(dst))?, None);
+        let mut destination = entry_of_file(&file).map_err(write_err(dst_shown))?;
         if destination.mode != self.before.mode {
             // Created with its mode, which the umask (or a default ACL) cut down.
-            file.set_permissions(mode).map_err(write_err(dst))?;
-            destination = entry_of(&file.metadata().map_err(write_err(dst))?, None);
+            rustix::fs::fchmod(&file, mode).map_err(write_err(dst_shown))?;
+            destination = entry_of_file(&file).map_err(write_err(dst_shown))?;
         }
         Ok(Copied {
             digest,
@@ -691,9 +674,15 @@ fn copy_through_buffer(
         if let Some(h) = hasher.as_deref_mut() {
             h.update(&buf[..n]);
         }
+        total += n as u64;
+        // Never more than the file held when opened: one that keeps growing is not followed.
+        if total > size_hint {
+            return Err(OpError::SourceChanged {
+                path: src.to_path_buf(),
+            });
+        }
         output.write_all(&buf[..n]).map_err(write_err(dst))?;
         written.wrote(output, n);
-        total += n as u64;
         // All the bytes the open file's stamp said, and less than asked for: the read that
         // would return 0 is saved (one system call per small file). Had the file grown since,
         // the stamp check after the copy finds it.
@@ -751,7 +740,7 @@ fn copy_and_hash(
     input: &File,
     output: &mut File,
     size_hint: u64,
-    (src, dst): (&Path, &Path),
+    (src, dst): (&Path, &Place),
     split: Split,
     replaced: Option<&Entry>,
 ) -> Result<Digest, OpError> {
@@ -759,30 +748,41 @@ fn copy_and_hash(
         path: src.to_path_buf(),
         source,
     };
+    let grew = || OpError::SourceChanged {
+        path: src.to_path_buf(),
+    };
     let after_copy = || {
         if let Some(seen) = replaced {
             drop_cached(dst, seen);
         }
     };
+    // One byte more than the file held when opened shows that it grew: the copy stops there.
+    let limit = size_hint + 1;
+    let dst_place = dst;
+    let dst = &*dst_place.shown;
     match split {
         Split::HashTheCopy if size_hint >= PARALLEL_HASH_FROM => {
             let (copied, hashed) =
-                crate::tree::mapped::copy_hashing_the_copy(input, output, after_copy);
-            copied.map_err(write_err(dst))?;
+                crate::tree::mapped::copy_hashing_the_copy(input, output, limit, after_copy);
+            if copied.map_err(write_err(dst))? > size_hint {
+                return Err(grew());
+            }
             return hashed.map_err(write_err(dst));
         }
         Split::HashTheSource if size_hint >= PARALLEL_HASH_FROM => {
             let (hashed, copied) = rayon::join(
-                || checksum::digest_reader(PositionalReader { file: input, at: 0 }),
+                || checksum::digest_reader(PositionalReader { file: input, at: 0 }.take(limit)),
                 || {
-                    let copied = io::copy(&mut &*input, output);
+                    let copied = io::copy(&mut input.take(limit), output);
                     if copied.is_ok() {
                         after_copy();
                     }
                     copied
                 },
             );
-            copied.map_err(write_err(dst))?;
+            if copied.map_err(write_err(dst))? > size_hint {
+                return Err(grew());
+            }
             return hashed.map_err(read_err);
         }
         _ => {}
@@ -792,17 +792,18 @@ fn copy_and_hash(
     Ok(hasher.finalize().into())
 }
 
-/// Drops the cached pages of the file at `path` if it is still the one the scan saw (`seen`).
+/// Drops the cached pages of the file at `place` if it is still the one the scan saw (`seen`).
 ///
 /// The rename that replaces a file frees its cached pages, which for a large file held in the
 /// page cache costs 15–27 ms (256 MiB) on the critical path of a pass; a thread that is done
 /// with its share of a copy frees them beforehand instead. Clean pages only: a file being
 /// written keeps its own. A failure changes only the timing.
-fn drop_cached(path: &Path, seen: &Entry) {
-    let Ok(file) = open_source(path) else { return };
-    let same = file
-        .metadata()
-        .is_ok_and(|m| entry_of(&m, None).unchanged_since(seen));
+fn drop_cached(place: &Place, seen: &Entry) {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let Ok(file) = rustix::fs::openat(place.dir(), &place.name, flags, Mode::empty()) else {
+        return;
+    };
+    let same = entry_of_file(&file).is_ok_and(|now| now.unchanged_since(seen));
     if same {
         let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed);
     }
@@ -845,45 +846,61 @@ impl Read for PositionalReader<'_> {
     }
 }
 
+/// The times to give an entry: its modification time `mtime`; the access time is left alone.
+fn times(mtime: Timestamp) -> Timestamps {
+    Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: mtime.secs,
+            tv_nsec: mtime.nanos.into(),
+        },
+    }
+}
+
 /// Creates (or, as `dest` says, replaces) a symbolic link at `dst` pointing to `target`, with
 /// modification time `mtime`, atomically.
 ///
 /// Fails, leaving `dst` untouched, if `dst` is no longer what the scan saw or writing fails.
 pub fn symlink(
     target: &Path,
-    dst: &Path,
+    dst: &Place,
     dest: Dest<'_>,
     mtime: Timestamp,
 ) -> Result<Entry, OpError> {
-    let ft = mtime.to_filetime();
+    let shown = &dst.shown;
+    // A link's own time, set by name in the held directory: never followed.
+    let set_time = |name: &OsStr| {
+        rustix::fs::utimensat(dst.dir(), name, &times(mtime), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(write_err(shown))
+    };
     if let Dest::Hidden = dest {
-        std::os::unix::fs::symlink(target, dst).map_err(write_err(dst))?;
-        let mut made = RemoveOnDrop(Some(dst.to_path_buf()));
-        filetime::set_symlink_file_times(dst, ft, ft).map_err(write_err(dst))?;
-        let entry = stat(dst).map_err(write_err(dst))?;
-        made.0 = None;
+        rustix::fs::symlinkat(target, dst.dir(), &dst.name).map_err(write_err(shown))?;
+        let mut made = Made::new(dst.dir(), dst.name.clone());
+        set_time(&dst.name)?;
+        let entry = dst.stat().map_err(write_err(shown))?;
+        made.armed = false;
         return Ok(entry);
     }
-    let dir = dst.parent().unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .make_in(dir, |path| {
-            note_temp_name(path);
-            std::os::unix::fs::symlink(target, path)
-        })
-        .map_err(write_err(dst))?;
-    filetime::set_symlink_file_times(tmp.path(), ft, ft).map_err(write_err(dst))?;
-    persist(tmp, dst, dest.replaces())?;
-    stat(dst).map_err(write_err(dst))
+    let (name, ()) = create_temp(shown_dir(dst), |name| {
+        Ok(rustix::fs::symlinkat(target, dst.dir(), name)?)
+    })
+    .map_err(write_err(shown))?;
+    let made = Made::new(dst.dir(), name);
+    set_time(&made.name)?;
+    persist(made, dst, dest.replaces())?;
+    dst.stat().map_err(write_err(shown))
 }
 
-/// Removes the file, link or empty directory at `path` if it is still what the scan saw.
+/// Removes the file, link or empty directory at `at` if it is still what the scan saw.
 ///
 /// Fails if it changed, or if removal fails (a directory that is not empty stays).
-pub fn remove(path: &Path, seen: &Entry) -> Result<(), OpError> {
-    let now = stat(path).map_err(write_err(path))?;
+pub fn remove(at: &Place, seen: &Entry) -> Result<(), OpError> {
+    let now = at.stat().map_err(write_err(&at.shown))?;
     // A directory's times move whenever its children are removed, so only its identity is
-    // checked; `remove_dir` itself refuses anything but an empty one.
+    // checked; removing it fails unless it is empty.
     let same = if seen.is_dir() {
         now.is_dir() && now.ino == seen.ino
     } else {
@@ -891,130 +908,244 @@ pub fn remove(path: &Path, seen: &Entry) -> Result<(), OpError> {
     };
     if !same {
         return Err(OpError::DestinationChanged {
-            path: path.to_path_buf(),
+            path: at.shown.clone(),
         });
     }
-    if seen.is_dir() {
-        fs::remove_dir(path)
+    let flags = if seen.is_dir() {
+        AtFlags::REMOVEDIR
     } else {
-        fs::remove_file(path)
-    }
-    .map_err(write_err(path))
+        AtFlags::empty()
+    };
+    rustix::fs::unlinkat(at.dir(), &at.name, flags).map_err(write_err(&at.shown))
 }
 
-/// Sets the permission bits and modification time of the file or link at `path`, if it is
-/// still what the scan saw.
+/// An entry opened to change its mode or time: the very object that was checked.
+struct Object {
+    fd: OwnedFd,
+    /// Opened for lookups only (we may not read it): reached through `/proc/self/fd`.
+    by_proc: bool,
+}
+
+impl Object {
+    /// Opens the entry `name` in `dir` (not through a link: a link fails with `ELOOP`).
+    fn open(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Object> {
+        // Opened for reading, without blocking on a FIFO or taking a terminal, so that its
+        // mode and times can be set on the descriptor. (Device files are not opened as such
+        // by anyone without privilege: only root can make them.)
+        let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
+        match at::open_beneath(dir, Path::new(name), flags) {
+            Ok(fd) => Ok(Object { fd, by_proc: false }),
+            // Not readable by us (another user's 0200 file, for a user without privilege): a
+            // descriptor for lookups, and its /proc link, reach the same object.
+            Err(e) if e.raw_os_error() == Some(Errno::ACCESS.raw_os_error()) && have_proc() => {
+                let fd = at::open_beneath(dir, Path::new(name), OFlags::PATH)?;
+                if at::file_type(&rustix::fs::fstat(&fd)?) == rustix::fs::FileType::Symlink {
+                    return Err(Errno::LOOP.into());
+                }
+                Ok(Object { fd, by_proc: true })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn entry(&self) -> io::Result<Entry> {
+        entry_of_file(&self.fd)
+    }
+
+    fn chmod(&self, mode: u32) -> io::Result<()> {
+        let mode = Mode::from_raw_mode(mode);
+        if self.by_proc {
+            Ok(rustix::fs::chmodat(
+                rustix::fs::CWD,
+                proc_path(&self.fd).as_str(),
+                mode,
+                AtFlags::empty(),
+            )?)
+        } else {
+            Ok(rustix::fs::fchmod(&self.fd, mode)?)
+        }
+    }
+
+    fn set_mtime(&self, mtime: Timestamp) -> io::Result<()> {
+        if self.by_proc {
+            let path = proc_path(&self.fd);
+            Ok(rustix::fs::utimensat(
+                rustix::fs::CWD,
+                path.as_str(),
+                &times(mtime),
+                AtFlags::empty(),
+            )?)
+        } else {
+            Ok(rustix::fs::futimens(&self.fd, &times(mtime))?)
+        }
+    }
+}
+
+/// Sets the permission bits and modification time of the file or link at `at`, if it is
+/// still what the scan saw; gives what it is after.
 ///
 /// Fails if it changed or the change is refused.
 pub fn set_metadata(
-    path: &Path,
+    at: &Place,
     seen: &Entry,
     mode: u32,
     mtime: Timestamp,
 ) -> Result<Entry, OpError> {
-    let now = stat(path).map_err(write_err(path))?;
-    if !now.unchanged_since(seen) {
-        return Err(OpError::DestinationChanged {
-            path: path.to_path_buf(),
-        });
-    }
-    if let Kind::Symlink(_) = now.kind {
-        let ft = mtime.to_filetime();
-        filetime::set_symlink_file_times(path, ft, ft).map_err(write_err(path))?;
-    } else {
-        if now.mode != mode {
-            fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(write_err(path))?;
+    let shown = &at.shown;
+    let changed = || OpError::DestinationChanged {
+        path: shown.clone(),
+    };
+    let object = match Object::open(at.dir(), &at.name) {
+        Ok(object) => object,
+        // A link: it has no mode of its own, and its time is set by name, never followed.
+        Err(e) if e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => {
+            let now = at.stat().map_err(write_err(shown))?;
+            if !now.unchanged_since(seen) {
+                return Err(changed());
+            }
+            rustix::fs::utimensat(at.dir(), &at.name, &times(mtime), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(write_err(shown))?;
+            return at.stat().map_err(write_err(shown));
         }
-        // `now` is not a link (checked above), so following the path is safe here.
-        filetime::set_file_mtime(path, mtime.to_filetime()).map_err(write_err(path))?;
+        Err(_) => return Err(changed()),
+    };
+    let now = object.entry().map_err(write_err(shown))?;
+    if !now.unchanged_since(seen) {
+        return Err(changed());
     }
-    stat(path).map_err(write_err(path))
+    if now.mode != mode {
+        object.chmod(mode).map_err(write_err(shown))?;
+    }
+    object.set_mtime(mtime).map_err(write_err(shown))?;
+    object.entry().map_err(write_err(shown))
 }
 
-/// Gives the directory at `path` its final mode and modification time, once its content is
-/// in place (filling it moves its mtime, and a read-only mode would have blocked filling it).
+/// Gives the directory `rel` beneath `root` the permission bits `mode`, and the modification
+/// time `mtime` if given, once its content is in place (filling it moves its time, and a
+/// read-only mode would have blocked filling it).
 ///
 /// Fails if it is no longer a directory or the change is refused.
-pub fn finish_dir(path: &Path, mode: u32, mtime: Timestamp) -> Result<(), OpError> {
-    set_dir_mode(path, mode)?;
-    // A directory (checked just above): following the path is safe here.
-    filetime::set_file_mtime(path, mtime.to_filetime()).map_err(write_err(path))
+pub fn finish_dir(
+    root: BorrowedFd<'_>,
+    rel: &Path,
+    shown: &Path,
+    mode: u32,
+    mtime: Option<Timestamp>,
+) -> Result<(), OpError> {
+    let changed = || OpError::DestinationChanged {
+        path: shown.to_path_buf(),
+    };
+    let dir = open_dir_object(root, rel).map_err(|_| changed())?;
+    let now = dir.entry().map_err(write_err(shown))?;
+    if !now.is_dir() {
+        return Err(changed());
+    }
+    if now.mode != mode {
+        dir.chmod(mode).map_err(write_err(shown))?;
+    }
+    if let Some(mtime) = mtime {
+        dir.set_mtime(mtime).map_err(write_err(shown))?;
+    }
+    Ok(())
 }
 
-/// Creates the directory `path`, owner-writable for now: its real mode is set once its
+/// Opens the directory `rel` beneath `root` to set its mode or time.
+fn open_dir_object(root: BorrowedFd<'_>, rel: &Path) -> io::Result<Object> {
+    let (parent, name) = match (rel.parent(), rel.file_name()) {
+        (Some(parent), Some(name)) => (parent, name),
+        _ => (Path::new(""), OsStr::new(".")),
+    };
+    let parent = at::open_beneath(root, parent, OFlags::PATH | OFlags::DIRECTORY)?;
+    let object = Object::open(parent.as_fd(), name)?;
+    if object.entry()?.is_dir() {
+        Ok(object)
+    } else {
+        Err(Errno::NOTDIR.into())
+    }
+}
+
+/// Creates the directory at `at`, owner-writable for now: its real mode is set once its
 /// content is in place, or a read-only directory could not be filled.
 ///
 /// Fails if it exists or cannot be created.
-pub fn create_dir(path: &Path) -> Result<(), OpError> {
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .create(path)
-        .map_err(write_err(path))
+pub fn create_dir(at: &Place) -> Result<(), OpError> {
+    rustix::fs::mkdirat(at.dir(), &at.name, Mode::from_raw_mode(0o700))
+        .map_err(write_err(&at.shown))
 }
 
-/// Creates a hidden directory in `parent`, under a temporary name of ours, where a whole new
-/// directory is built (its entries written with [`Dest::Hidden`]) before [`publish_dir`] gives
-/// it its name. A kill before then leaves only that temporary directory, which the next pass
-/// removes, never a half-written file under a real name.
+/// Creates a hidden directory in the directory `parent` (shown as `shown`), under a
+/// temporary name of ours, where a whole new directory is built (its entries written with
+/// [`Dest::Hidden`]) before [`publish_dir`] gives it its name. A kill before then leaves only
+/// that temporary directory, which the next pass removes, never a half-written file under a
+/// real name. Gives the name.
 ///
 /// Fails if the directory cannot be created.
-pub fn stage_dir(parent: &Path) -> Result<PathBuf, OpError> {
-    let dir = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .make_in(parent, |path| {
-            note_temp_name(path);
-            fs::DirBuilder::new().mode(0o700).create(path)
-        })
-        .map_err(write_err(parent))?;
-    // Kept: from now on it is the caller's, to publish or to leave for the next pass.
-    dir.into_temp_path().keep().map_err(|e| OpError::Write {
-        path: parent.to_path_buf(),
-        source: e.error,
+pub fn stage_dir(parent: BorrowedFd<'_>, shown: &Path) -> Result<std::ffi::OsString, OpError> {
+    let (name, ()) = create_temp(shown, |name| {
+        Ok(rustix::fs::mkdirat(
+            parent,
+            name,
+            Mode::from_raw_mode(0o700),
+        )?)
     })
+    .map_err(write_err(shown))?;
+    Ok(name)
 }
 
-/// Gives the hidden directory `staged` (made by [`stage_dir`]) its name `to`, if `to` does
+/// Gives the hidden directory `staged` (made by [`stage_dir`]) the name `to`, if `to` does
 /// not exist (the check and the rename are one atomic step).
 ///
 /// Fails, leaving `staged` where it is, if `to` exists or the rename fails.
-pub fn publish_dir(staged: &Path, to: &Path) -> Result<(), OpError> {
+pub fn publish_dir(staged: &Place, to: &Place) -> Result<(), OpError> {
     rename_new(staged, to)
 }
 
-/// Makes the directory `path` writable by its owner, so entries can be added or removed in
-/// it; its recorded mode is restored at the end of the pass.
+/// Makes the directory `rel` beneath `root` writable by its owner, so entries can be added or
+/// removed in it; its recorded mode `mode` is restored at the end of the pass.
 ///
 /// Fails if the mode cannot be changed.
-pub fn make_writable(path: &Path, mode: u32) -> Result<(), OpError> {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode | 0o700)).map_err(write_err(path))
+pub fn make_writable(
+    root: BorrowedFd<'_>,
+    rel: &Path,
+    shown: &Path,
+    mode: u32,
+) -> Result<(), OpError> {
+    let dir = open_dir_object(root, rel).map_err(write_err(shown))?;
+    dir.chmod(mode | 0o700).map_err(write_err(shown))
 }
 
-/// Hard-links the regular file `existing` to the new name `dst`, if it still has `size` and
-/// `mtime` (linking moves a file's change time, so that is not compared).
+/// Hard-links the regular file at `existing` (a path of the runner's own version store) to
+/// the new name `dst`, if it still has `size` and `mtime` (linking moves a file's change time,
+/// so that is not compared). The file checked is the file linked: it is opened, and linked by
+/// its descriptor.
 ///
 /// Fails if `existing` is no longer such a file, or the link cannot be made (a file system
 /// without hard links, a file with as many links as it may have).
-pub fn hard_link(existing: &Path, size: u64, mtime: Timestamp, dst: &Path) -> Result<(), OpError> {
-    match stat(existing) {
+pub fn hard_link(existing: &Path, size: u64, mtime: Timestamp, dst: &Place) -> Result<(), OpError> {
+    let changed = || OpError::SourceChanged {
+        path: existing.to_path_buf(),
+    };
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let file = rustix::fs::openat(rustix::fs::CWD, existing, flags, Mode::empty())
+        .map_err(|_| changed())?;
+    match entry_of_file(&file) {
         Ok(e) if e.kind == Kind::File && e.size == size && e.mtime == mtime => {
-            fs::hard_link(existing, dst).map_err(write_err(dst))
+            link_unnamed(&file, dst.dir(), &dst.name).map_err(write_err(&dst.shown))
         }
-        _ => Err(OpError::SourceChanged {
-            path: existing.to_path_buf(),
-        }),
+        _ => Err(changed()),
     }
 }
 
-/// Moves `from` to `to` in the same directory tree, if `from` is still what the scan saw and
-/// `to` does not exist (the check and the rename are one atomic step).
+/// Moves `from` to `to`, if `from` is still what the scan saw and `to` does not exist (the
+/// check and the rename are one atomic step).
 ///
 /// Fails, moving nothing, if `from` changed, `to` exists, or the rename fails.
-pub fn rename_noreplace(from: &Path, to: &Path, seen: &Entry) -> Result<(), OpError> {
-    match stat(from) {
+pub fn rename_noreplace(from: &Place, to: &Place, seen: &Entry) -> Result<(), OpError> {
+    match from.stat() {
         Ok(now) if now.unchanged_since(seen) => {}
         _ => {
             return Err(OpError::DestinationChanged {
-                path: from.to_path_buf(),
+                path: from.shown.clone(),
             });
         }
     }
@@ -1022,63 +1153,65 @@ pub fn rename_noreplace(from: &Path, to: &Path, seen: &Entry) -> Result<(), OpEr
 }
 
 /// Renames `from` to `to` if `to` does not exist, atomically.
-fn rename_new(from: &Path, to: &Path) -> Result<(), OpError> {
+fn rename_new(from: &Place, to: &Place) -> Result<(), OpError> {
     rustix::fs::renameat_with(
-        rustix::fs::CWD,
-        from,
-        rustix::fs::CWD,
-        to,
-        rustix::fs::RenameFlags::NOREPLACE,
+        from.dir(),
+        &from.name,
+        to.dir(),
+        &to.name,
+        RenameFlags::NOREPLACE,
     )
-    .map_err(|e| {
-        let source = io::Error::from(e);
-        if source.kind() == io::ErrorKind::AlreadyExists {
-            OpError::DestinationChanged {
-                path: to.to_path_buf(),
-            }
-        } else {
-            OpError::Write {
-                path: to.to_path_buf(),
-                source,
-            }
-        }
-    })
+    .map_err(|e| taken_or_write(&to.shown)(e.into()))
 }
 
-/// Sets the permission bits of the directory at `path`, if it is still a directory.
-///
-/// Fails if it is not, or the change is refused.
-pub fn set_dir_mode(path: &Path, mode: u32) -> Result<(), OpError> {
-    match stat(path) {
-        Ok(now) if now.is_dir() => {
-            if now.mode != mode {
-                fs::set_permissions(path, fs::Permissions::from_mode(mode))
-                    .map_err(write_err(path))?;
-            }
-            Ok(())
-        }
-        _ => Err(OpError::DestinationChanged {
-            path: path.to_path_buf(),
-        }),
+/// Removes the entry `name` of `dir`, a whole directory tree included (read-only directories
+/// in it are opened first); nothing there is fine. Never follows a link, never leaves `dir`,
+/// and holds one descriptor per level rather than recursing, so any depth is removed.
+pub fn remove_all(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) => return Ok(()),
+        Err(Errno::NOENT) => return Ok(()),
+        Err(Errno::ISDIR | Errno::PERM) => {}
+        Err(e) => return Err(e.into()),
     }
-}
-
-/// Checks that every directory between `root` and `rel`'s parent is still a real directory,
-/// not a link: a directory swapped for a symlink after the scan must never be written through
-/// (the new entry would land outside the tree). Called right before creating anything.
-///
-/// Fails with [`OpError::DestinationChanged`] naming the first ancestor that is not a
-/// directory.
-pub fn check_parents(root: &Path, rel: &Path) -> Result<(), OpError> {
-    let Some(parent) = rel.parent() else {
-        return Ok(());
+    let open = |at: BorrowedFd<'_>, name: &OsStr| -> io::Result<OwnedFd> {
+        let fd = at::open_beneath(at, Path::new(name), OFlags::RDONLY | OFlags::DIRECTORY)?;
+        // A version keeps SOURCE's modes: a read-only directory in it is opened first.
+        let _ = rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700));
+        Ok(fd)
     };
-    let mut path = root.to_path_buf();
-    for part in parent.components() {
-        path.push(part);
-        match fs::symlink_metadata(&path) {
-            Ok(meta) if meta.file_type().is_dir() => {}
-            _ => return Err(OpError::DestinationChanged { path }),
+    // The directories being emptied, outermost first, each with its name in the one before.
+    let mut stack: Vec<(OwnedFd, std::ffi::OsString)> = vec![(open(dir, name)?, name.into())];
+    while let Some((fd, _)) = stack.last() {
+        let mut deeper = None;
+        for entry in rustix::fs::Dir::read_from(fd)? {
+            let entry = entry?;
+            let child = OsStr::from_bytes(entry.file_name().to_bytes());
+            if child == "." || child == ".." {
+                continue;
+            }
+            match rustix::fs::unlinkat(fd, child, AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(Errno::ISDIR | Errno::PERM) => {
+                    deeper = Some(child.to_os_string());
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        match deeper {
+            Some(child) => {
+                let fd = open(fd.as_fd(), &child)?;
+                stack.push((fd, child));
+            }
+            None => {
+                let (_, name) = stack.pop().expect("the loop runs while the stack has one");
+                let parent = stack.last().map_or(dir, |(fd, _)| fd.as_fd());
+                match rustix::fs::unlinkat(parent, &name, AtFlags::REMOVEDIR) {
+                    Ok(()) | Err(Errno::NOENT) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
         }
     }
     Ok(())
@@ -1087,6 +1220,32 @@ pub fn check_parents(root: &Path, rel: &Path) -> Result<(), OpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The place of `path`: its parent held open.
+    fn place(path: &Path) -> Place {
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let parent = path.parent().unwrap();
+        Place {
+            dir: rustix::fs::openat(rustix::fs::CWD, parent, flags, Mode::empty()).unwrap(),
+            name: path.file_name().unwrap().to_os_string(),
+            shown: path.to_path_buf(),
+        }
+    }
+
+    /// The file at `path`, opened to be copied.
+    fn source(path: &Path) -> Source<'static> {
+        Source {
+            file: File::open(path).unwrap(),
+            seen: None,
+            shown: path.to_path_buf(),
+        }
+    }
+
+    fn stat(path: &Path) -> io::Result<Entry> {
+        place(path).stat()
+    }
 
     fn sha(bytes: &[u8]) -> Digest {
         Sha256::digest(bytes).into()
@@ -1095,24 +1254,25 @@ mod tests {
     #[test]
     fn unnamed_files_get_their_name_either_way_and_never_over_another() {
         let dir = tempfile::tempdir().unwrap();
-        type Link = fn(&File, &Path) -> io::Result<()>;
+        type Link = fn(&File, BorrowedFd<'_>, &OsStr) -> io::Result<()>;
         let ways: [(&str, Link); 3] = [
             ("descriptor", link_by_descriptor),
             ("proc", link_through_proc),
             ("either", link_unnamed),
         ];
         for (way, link) in ways {
-            let mut staged = Staged::new(&dir.path().join("unused"), Dest::New, 0o600).unwrap();
+            let unused = place(&dir.path().join("unused"));
+            let mut staged = Staged::new(&unused, Dest::New, 0o600).unwrap();
             staged.file_mut().write_all(way.as_bytes()).unwrap();
             let Staged::Unnamed(file) = staged else {
                 panic!("no O_TMPFILE here: the unnamed path is not tested");
             };
-            let name = dir.path().join(way);
-            link(&file, &name).unwrap();
-            assert_eq!(fs::read_to_string(&name).unwrap(), way);
+            let held = place(&dir.path().join(way));
+            link(&file, held.dir(), OsStr::new(way)).unwrap();
+            assert_eq!(fs::read_to_string(dir.path().join(way)).unwrap(), way);
             // A name that exists is never replaced.
             let taken = dir.path().join("descriptor");
-            let err = link(&file, &taken).unwrap_err();
+            let err = link(&file, held.dir(), OsStr::new("descriptor")).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{way}");
             assert_eq!(fs::read_to_string(&taken).unwrap(), "descriptor");
         }
@@ -1126,7 +1286,8 @@ mod tests {
         fs::set_permissions(&src, fs::Permissions::from_mode(0o640)).unwrap();
         let mtime = filetime::FileTime::from_unix_time(1_000_000, 5);
         filetime::set_file_mtime(&src, mtime).unwrap();
-        let hidden = stage_dir(dir.path()).unwrap();
+        let root = place(&dir.path().join("x"));
+        let hidden = dir.path().join(stage_dir(root.dir(), dir.path()).unwrap());
         assert!(
             crate::tree::temp::is_temp_name(hidden.file_name().unwrap()),
             "{hidden:?}"
@@ -1135,7 +1296,12 @@ mod tests {
 
         // A copy refused after its bytes were written takes them away with it.
         let wrong = [0; 32];
-        let refused = copy_file(&src, &dst, Dest::Hidden, Content::Hash(Some(&wrong)));
+        let refused = copy_file(
+            source(&src),
+            &place(&dst),
+            Dest::Hidden,
+            Content::Hash(Some(&wrong)),
+        );
         assert!(
             matches!(refused, Err(OpError::SourceChanged { .. })),
             "{refused:?}"
@@ -1145,7 +1311,13 @@ mod tests {
             "a refused copy left a file"
         );
 
-        let copied = copy_file(&src, &dst, Dest::Hidden, Content::Hash(None)).unwrap();
+        let copied = copy_file(
+            source(&src),
+            &place(&dst),
+            Dest::Hidden,
+            Content::Hash(None),
+        );
+        let copied = copied.unwrap();
         assert_eq!(copied.digest, sha(b"content"));
         assert_eq!(fs::read(&dst).unwrap(), b"content");
         let now = stat(&dst).unwrap();
@@ -1153,12 +1325,17 @@ mod tests {
         assert!(now.unchanged_since(&copied.destination));
         // A name already taken, even in a hidden directory, is never written over.
         fs::write(&src, b"other").unwrap();
-        let taken = copy_file(&src, &dst, Dest::Hidden, Content::Hash(None));
+        let taken = copy_file(
+            source(&src),
+            &place(&dst),
+            Dest::Hidden,
+            Content::Hash(None),
+        );
         assert!(matches!(taken, Err(OpError::Write { .. })), "{taken:?}");
         assert_eq!(fs::read(&dst).unwrap(), b"content");
         let link = symlink(
             Path::new("copy.txt"),
-            &hidden.join("link"),
+            &place(&hidden.join("link")),
             Dest::Hidden,
             now.mtime,
         );
@@ -1167,14 +1344,14 @@ mod tests {
         // Published only where the name is free; else it stays where it was.
         let to = dir.path().join("published");
         fs::create_dir(&to).unwrap();
-        let refused = publish_dir(&hidden, &to);
+        let refused = publish_dir(&place(&hidden), &place(&to));
         assert!(
             matches!(refused, Err(OpError::DestinationChanged { .. })),
             "{refused:?}"
         );
         assert!(hidden.join("copy.txt").exists());
         fs::remove_dir(&to).unwrap();
-        publish_dir(&hidden, &to).unwrap();
+        publish_dir(&place(&hidden), &place(&to)).unwrap();
         assert_eq!(fs::read(to.join("copy.txt")).unwrap(), b"content");
         assert_eq!(
             fs::read_link(to.join("link")).unwrap(),
@@ -1200,20 +1377,22 @@ mod tests {
         ];
         for (case, rewrite) in rewrites.iter().enumerate() {
             fs::write(&src, b"first").unwrap();
-            let mut copy = Started::begin(&src, &dst, Dest::New).unwrap();
+            let to = place(&dst);
+            let mut copy = Started::begin(source(&src), &to, Dest::New).unwrap();
             // Opened and looked at; rewritten before its bytes are read.
             rewrite();
             let size = copy.before.size;
-            let digest = copy_and_hash(
+            // One that grew is refused as soon as it shows more bytes than it had; any
+            // other change, once copied.
+            let refused = copy_and_hash(
                 &copy.input,
                 copy.staged.file_mut(),
                 size,
-                (&src, &dst),
+                (&src, &to),
                 Split::No,
                 None,
             )
-            .unwrap();
-            let refused = copy.finish(digest, None, None);
+            .and_then(|digest| copy.finish(digest, None, None));
             assert!(
                 matches!(refused, Err(OpError::SourceChanged { .. })),
                 "case {case}: {refused:?}"
@@ -1273,8 +1452,8 @@ mod tests {
             let old = stat(&path("b2")).unwrap();
             let _ = fs::remove_file(path("a2"));
             let [ra, rb] = copy_pair([
-                (&path("a"), &path("a2"), Dest::New),
-                (&path("b"), &path("b2"), Dest::Replace(&old)),
+                (source(&path("a")), &place(&path("a2")), Dest::New),
+                (source(&path("b")), &place(&path("b2")), Dest::Replace(&old)),
             ]);
             let (ca, cb) = (ra.unwrap(), rb.unwrap());
             assert_eq!(
@@ -1304,12 +1483,17 @@ mod tests {
         let path = |name: &str| dir.path().join(name);
         let data = pattern(2 * PAIR_BUF + 5, 3);
         fs::write(path("good"), &data).unwrap();
-        // A missing source, on either side.
+        // A source that is not a file (a directory put in its place), on either side.
+        fs::create_dir(path("dir")).unwrap();
         let (good, good2) = (path("good"), path("good2"));
-        let (gone, gone2) = (path("gone"), path("gone2"));
+        let (gone, gone2) = (path("dir"), path("gone2"));
+        let (to_good, to_gone) = (place(&good2), place(&gone2));
         for missing_first in [true, false] {
             let _ = fs::remove_file(&good2);
-            let mut jobs = [(&*good, &*good2, Dest::New), (&*gone, &*gone2, Dest::New)];
+            let mut jobs = [
+                (source(&good), &to_good, Dest::New),
+                (source(&gone), &to_gone, Dest::New),
+            ];
             if missing_first {
                 jobs.reverse();
             }
@@ -1318,7 +1502,7 @@ mod tests {
                 results.reverse();
             }
             let [ok, bad] = results;
-            assert!(matches!(bad, Err(OpError::Read { .. })), "{bad:?}");
+            assert!(matches!(bad, Err(OpError::SourceChanged { .. })), "{bad:?}");
             assert_eq!(ok.unwrap().digest, sha(&data));
             assert!(fs::read(&good2).unwrap() == data);
             assert!(!gone2.exists());
@@ -1327,8 +1511,8 @@ mod tests {
         fs::write(path("taken"), b"someone else's").unwrap();
         let _ = fs::remove_file(path("good2"));
         let [taken, ok] = copy_pair([
-            (&path("good"), &path("taken"), Dest::New),
-            (&path("good"), &path("good2"), Dest::New),
+            (source(&path("good")), &place(&path("taken")), Dest::New),
+            (source(&path("good")), &place(&path("good2")), Dest::New),
         ]);
         assert!(matches!(taken, Err(OpError::DestinationChanged { .. })));
         assert_eq!(fs::read(path("taken")).unwrap(), b"someone else's");

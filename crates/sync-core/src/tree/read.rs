@@ -1,21 +1,26 @@
 //! How a batch of files is read and hashed, for every kind of pass: [`read_digests`].
 
+use std::fs::File;
 use std::io;
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::SystemTime;
 
 use checksum::Digest;
 use rayon::prelude::*;
 
-/// Reads and hashes the files at `paths`: for each, its digest and the time its reading began.
+/// Reads and hashes the files `rels`, each opened with `open`: for each, its digest and the
+/// time its reading began.
 ///
 /// With enough files to give every thread a pair, they are hashed two at a time on one core
 /// (`checksum::file_digest_pair`, almost twice the throughput of one stream); with fewer, one
 /// per thread, so that two large files still use two cores.
-pub fn read_digests(paths: &[PathBuf]) -> Vec<(io::Result<Digest>, SystemTime)> {
-    let single = |path: &PathBuf| {
+pub fn read_digests(
+    paths: &[&Path],
+    open: &(dyn Fn(&Path) -> io::Result<File> + Sync),
+) -> Vec<(io::Result<Digest>, SystemTime)> {
+    let single = |path: &&Path| {
         let started = SystemTime::now();
-        (checksum::file_digest(path), started)
+        (open(path).and_then(checksum::digest_open), started)
     };
     match paths.len() {
         0 => Vec::new(),
@@ -27,7 +32,7 @@ pub fn read_digests(paths: &[PathBuf]) -> Vec<(io::Result<Digest>, SystemTime)> 
                 let started = SystemTime::now();
                 match chunk {
                     [a, b] => {
-                        let [x, y] = checksum::file_digest_pair(a, b);
+                        let [x, y] = checksum::digest_open_pair([open(a), open(b)]);
                         vec![(x, started), (y, started)]
                     }
                     _ => chunk.iter().map(single).collect(),
@@ -40,6 +45,7 @@ pub fn read_digests(paths: &[PathBuf]) -> Vec<(io::Result<Digest>, SystemTime)> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     /// Whatever the batch size (one, fewer than a pair per thread, or many, odd or even), each
     /// result is that file's own digest or error, in order, and its start time precedes it.
@@ -66,9 +72,11 @@ mod tests {
             .flat_map(|n| [(n, None), (n, Some(&one_thread))])
         {
             let before = SystemTime::now();
+            let rels: Vec<&Path> = paths[..n].iter().map(PathBuf::as_path).collect();
+            let open = |path: &Path| File::open(path);
             let results = match pool {
-                Some(pool) => pool.install(|| read_digests(&paths[..n])),
-                None => read_digests(&paths[..n]),
+                Some(pool) => pool.install(|| read_digests(&rels, &open)),
+                None => read_digests(&rels, &open),
             };
             assert_eq!(results.len(), n);
             for (path, (result, started)) in paths.iter().zip(results) {

@@ -2,8 +2,10 @@
 //! known, and a user's look-alike is not), and the journal in which a two-way pass notes each
 //! one before making it, so that the next pass removes exactly those.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 /// Every temporary name we create starts with this, so leftovers of a killed run are known.
@@ -13,12 +15,50 @@ pub const TEMP_PREFIX: &str = ".oneway-tmp-";
 const TEMP_RANDOM_LEN: usize = 6;
 
 /// True for a name of exactly our temporary form: the prefix, then six letters or digits.
-pub fn is_temp_name(name: &std::ffi::OsStr) -> bool {
+pub fn is_temp_name(name: &OsStr) -> bool {
     name.as_encoded_bytes()
         .strip_prefix(TEMP_PREFIX.as_bytes())
         .is_some_and(|rest| {
             rest.len() == TEMP_RANDOM_LEN && rest.iter().all(u8::is_ascii_alphanumeric)
         })
+}
+
+/// A fresh temporary name: [`TEMP_PREFIX`] and six random letters or digits.
+fn temp_name() -> OsString {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    static DRAWN: AtomicU64 = AtomicU64::new(0);
+    // Randomly keyed hashes of a counter: unpredictable enough for names that are only ever
+    // created exclusively (a name taken is simply drawn again).
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(DRAWN.fetch_add(1, Ordering::Relaxed));
+    let mut bits = hasher.finish();
+    let mut name = TEMP_PREFIX.as_bytes().to_vec();
+    for _ in 0..TEMP_RANDOM_LEN {
+        name.push(LETTERS[(bits % LETTERS.len() as u64) as usize]);
+        bits /= LETTERS.len() as u64;
+    }
+    OsString::from_vec(name)
+}
+
+/// Creates something under a fresh temporary name in the directory shown as `shown_dir`,
+/// with `make` (which must fail with `AlreadyExists` on a name that is taken, and is then
+/// given another); the name is noted in the journal first. Gives the name and what `make`
+/// gave.
+pub(crate) fn create_temp<T>(
+    shown_dir: &Path,
+    mut make: impl FnMut(&OsStr) -> io::Result<T>,
+) -> io::Result<(OsString, T)> {
+    let mut tries = 0;
+    loop {
+        let name = temp_name();
+        note_temp_name(&shown_dir.join(&name));
+        match make(&name) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 100 => tries += 1,
+            made => return made.map(|m| (name, m)),
+        }
+    }
 }
 
 /// Where every temporary name is noted just before it is created, while a two-way pass runs:
