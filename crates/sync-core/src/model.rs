@@ -78,14 +78,17 @@ pub struct Entry {
     pub ctime: Timestamp,
     /// Inode number.
     pub ino: u64,
+    /// The device of the file system holding it.
+    pub dev: u64,
 }
 
 impl Entry {
-    /// True when `self` is still the object a scan recorded as `seen`: same inode, content
-    /// stamp and kind. Used before replacing or removing, so a concurrent edit is never lost.
+    /// True when `self` is still the object a scan recorded as `seen`: same inode (on the same
+    /// device), content stamp and kind. Used before replacing or removing, so a concurrent edit is never lost.
     pub fn unchanged_since(&self, seen: &Entry) -> bool {
         self.kind == seen.kind
             && self.ino == seen.ino
+            && self.dev == seen.dev
             && self.size == seen.size
             && self.mtime == seen.mtime
             && self.ctime == seen.ctime

@@ -852,6 +852,7 @@ mod tests {
             mtime: Timestamp::default(),
             ctime: Timestamp::default(),
             ino: 1,
+            dev: 1,
         };
         Step::Copy {
             side: Side::Backup,

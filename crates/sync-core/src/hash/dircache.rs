@@ -1042,6 +1042,7 @@ mod tests {
             mtime: crate::model::Timestamp { secs: 5, nanos: 6 },
             ctime: crate::model::Timestamp { secs: 7, nanos: 8 },
             ino,
+            dev: 1,
         };
         // Learnt in an order that is neither by directory nor by name; `kept/m` twice, one
         // side each time, and `new/c` as a copy (both sides at once).

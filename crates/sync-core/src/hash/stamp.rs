@@ -51,8 +51,14 @@ fn coarse_window(entry: &Entry) -> Duration {
 pub enum Timestamps {
     /// Multigrain timestamps (Linux 6.13+ on ext4, XFS, Btrfs, tmpfs): once a file's ctime has
     /// been read (our scan does), its next change gets a finer, strictly later ctime, so a
-    /// hash taken after the scan can always be cached.
-    MultiGrain,
+    /// hash taken after the scan can always be cached. Only on the root's own file system
+    /// (device `dev`), and only for files whose times have a part below the second: an ext4
+    /// made with 128-byte inodes keeps whole seconds only, and a file system mounted below the
+    /// root may be any other.
+    MultiGrain {
+        /// The device of the root's file system.
+        dev: u64,
+    },
     /// Coarse ticks: a file changed within a tick of being hashed is hashed again next time.
     Coarse,
 }
@@ -67,10 +73,12 @@ impl Timestamps {
         const TMPFS: i64 = 0x0102_1994;
         let multigrain_fs =
             rustix::fs::statfs(root).is_ok_and(|s| [EXT4, XFS, BTRFS, TMPFS].contains(&s.f_type));
-        if multigrain_fs && kernel_at_least(6, 13) {
-            Timestamps::MultiGrain
-        } else {
-            Timestamps::Coarse
+        match rustix::fs::stat(root) {
+            #[allow(clippy::unnecessary_cast)]
+            Ok(stat) if multigrain_fs && kernel_at_least(6, 13) => Timestamps::MultiGrain {
+                dev: stat.st_dev as u64,
+            },
+            _ => Timestamps::Coarse,
         }
     }
 }
@@ -90,7 +98,10 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
 /// True if `entry`, hashed from `hashed_at` on, may have changed since without its stamp
 /// showing it.
 pub fn is_racy(entry: &Entry, hashed_at: SystemTime, stamps: Timestamps) -> bool {
-    if stamps == Timestamps::MultiGrain {
+    if let Timestamps::MultiGrain { dev } = stamps
+        && entry.dev == dev
+        && entry.ctime.nanos != 0
+    {
         return false;
     }
     let ctime =
@@ -163,6 +174,7 @@ mod tests {
             mtime: Timestamp { secs: 5, nanos: 6 },
             ctime: Timestamp { secs: 7, nanos: 8 },
             ino,
+            dev: 1,
         }
     }
 
@@ -176,7 +188,22 @@ mod tests {
             nanos: since.subsec_nanos().max(1),
         };
         assert!(is_racy(&e, now, Timestamps::Coarse));
-        assert!(!is_racy(&e, now, Timestamps::MultiGrain));
+        assert!(!is_racy(&e, now, Timestamps::MultiGrain { dev: 1 }));
+        // On another file system than the root's, which may have coarse ticks.
+        assert!(is_racy(&e, now, Timestamps::MultiGrain { dev: 2 }));
+        // Whole seconds: a file system that keeps no finer times (ext4 with small inodes).
+        let whole = Entry {
+            mtime: Timestamp {
+                secs: e.ctime.secs,
+                nanos: 0,
+            },
+            ctime: Timestamp {
+                secs: e.ctime.secs,
+                nanos: 0,
+            },
+            ..e.clone()
+        };
+        assert!(is_racy(&whole, now, Timestamps::MultiGrain { dev: 1 }));
         e.ctime.secs -= 10;
         assert!(!is_racy(&e, now, Timestamps::Coarse));
     }

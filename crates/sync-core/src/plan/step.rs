@@ -518,6 +518,7 @@ mod tests {
             mtime: Timestamp::default(),
             ctime: Timestamp::default(),
             ino: 1,
+            dev: 1,
         }
     }
 

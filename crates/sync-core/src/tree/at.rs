@@ -207,6 +207,7 @@ pub(crate) fn entry_of(stat: &Stat, link_target: Option<PathBuf>) -> Entry {
             nanos: stat.st_ctime_nsec as u32,
         },
         ino: stat.st_ino as u64,
+        dev: stat.st_dev as u64,
     }
 }
 

@@ -564,7 +564,8 @@ impl<'a> Started<'a> {
             path: src.shown.clone(),
             source,
         })?;
-        if before.kind != Kind::File || src.seen.is_some_and(|seen| seen.ino != before.ino) {
+        let other = |seen: &Entry| (seen.dev, seen.ino) != (before.dev, before.ino);
+        if before.kind != Kind::File || src.seen.is_some_and(other) {
             return Err(OpError::SourceChanged { path: src.shown });
         }
         let staged = Staged::new(dst, dest, before.mode).map_err(write_err(&dst.shown))?;
