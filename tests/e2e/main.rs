@@ -5,5 +5,6 @@ mod util;
 mod faults;
 mod oneway;
 mod restore;
+mod state_safety;
 mod twoway;
 mod versioned;

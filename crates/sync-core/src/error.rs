@@ -72,10 +72,12 @@ pub enum Error {
         outer: PathBuf,
     },
     /// Another process holds the lock.
-    #[error("{path} is locked by another running instance (flock on {path}); stop it first")]
+    #[error("{path} is locked by another running instance (lock file {lock}); stop it first")]
     Locked {
         /// The locked directory.
         path: PathBuf,
+        /// The lock file, in the running user's lock directory.
+        lock: PathBuf,
     },
     /// The lock could not be taken for another reason.
     #[error("cannot lock {path}")]
@@ -85,6 +87,20 @@ pub enum Error {
         /// Why.
         #[source]
         source: io::Error,
+    },
+    /// There is no place for the lock files of a user other than root.
+    #[error("no directory for lock files: set HOME (or XDG_CACHE_HOME)")]
+    NoLockDir,
+    /// A directory or file of the program's own could be changed by another user, or leads
+    /// through another user's link (issue 20); nothing was changed.
+    #[error("refusing to use {what} {path}: {why}")]
+    Untrusted {
+        /// What it is: "the state directory", "the cache directory", "the lock directory".
+        what: &'static str,
+        /// The path as the program found it.
+        path: PathBuf,
+        /// What is wrong and how to mend it, naming the path concerned.
+        why: String,
     },
     /// The log file cannot be opened for appending.
     #[error("cannot open log file {path}")]

@@ -4,13 +4,13 @@
 //! that directory live.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 use sync_core::Error;
+use sync_core::run::trust::untouchable;
 use sync_core::state::text::write_atomically;
 
 /// The directory, in the state directory, that holds one version directory per key.
@@ -132,35 +132,6 @@ impl Config {
     }
 }
 
-/// Checks that no one but the running user and root can change `file` or what its path leads
-/// through (as ssh checks its files): each of them is owned by one of those two, and writable by
-/// no group or other user, except a directory with the sticky bit (such as /tmp), where others
-/// cannot move what is not theirs. Gives, if not, what is wrong and how to mend it.
-fn untouchable(file: &Path) -> Result<(), String> {
-    use std::os::unix::fs::MetadataExt;
-    let me = rustix::process::geteuid().as_raw();
-    let real = std::fs::canonicalize(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    for (i, at) in real.ancestors().enumerate() {
-        let meta = std::fs::metadata(at).map_err(|e| format!("{}: {e}", at.display()))?;
-        let (uid, mode) = (meta.uid(), meta.mode() & 0o7777);
-        if uid != me && uid != 0 {
-            return Err(format!(
-                "{} belongs to user {uid}, who could change it; it must belong to you or root",
-                at.display()
-            ));
-        }
-        let sticky_dir = i > 0 && mode & 0o1000 != 0;
-        if mode & 0o022 != 0 && !sticky_dir {
-            return Err(format!(
-                "{} is writable by others (mode {mode:o}); run chmod go-w {}",
-                at.display(),
-                at.display()
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// A program path: relative ones are relative to the configuration's directory; a bare name
 /// is looked up on PATH.
 fn resolve_program(script: &str, base: &Path) -> Option<PathBuf> {
@@ -279,36 +250,6 @@ impl Info {
             })?;
         }
         Ok(keys)
-    }
-}
-
-/// The absolute form of `dir`, which need not exist any more: its deepest existing ancestor
-/// canonicalized, the rest appended.
-pub fn absolute_dir(dir: &Path) -> io::Result<PathBuf> {
-    let abs = std::path::absolute(dir)?;
-    let mut rest: Vec<OsString> = Vec::new();
-    let mut cur = abs.as_path();
-    loop {
-        if let Ok(real) = std::fs::canonicalize(cur) {
-            let mut out = real;
-            for part in rest.iter().rev() {
-                match part.to_str() {
-                    Some("..") => {
-                        out.pop();
-                    }
-                    Some(".") => {}
-                    _ => out.push(part),
-                }
-            }
-            return Ok(out);
-        }
-        match (cur.parent(), cur.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_os_string());
-                cur = parent;
-            }
-            _ => return Ok(abs),
-        }
     }
 }
 

@@ -14,12 +14,14 @@ use sync_core::apply::{Applier, Target};
 use sync_core::hash::Learner;
 use sync_core::model::Side;
 use sync_core::plan::step::{Steps, arrive, finish};
-use sync_core::run::lock::{DirLock, PathLock};
+use sync_core::run::lock::LockDir;
+use sync_core::run::places::absolute_dir;
+use sync_core::run::trust;
 use sync_core::tree::{LocalTree, OpError, Tree};
 use sync_core::{Error, error::one_line};
 
 use crate::manifest::Manifest;
-use crate::recovery::{Info, VERSIONS_DIR, absolute_dir};
+use crate::recovery::{Info, VERSIONS_DIR};
 use crate::store::Store;
 use crate::verify::verify;
 
@@ -49,15 +51,17 @@ fn fail(message: String) -> Error {
 
 /// Restores `dir` from the versions recorded in `state_dir`.
 ///
-/// Fails, having changed nothing, if `dir` is unknown to `.info.json`, a twoway of its pair
-/// (or a versioning child) is running, the version does not exist or does not match its
-/// manifest, or the copy fails.
+/// Fails, having changed nothing, if the state directory could be changed by another user,
+/// `dir` is unknown to `.info.json`, a twoway of its pair (or a versioning child) is running,
+/// the version does not exist or does not match its manifest, or the copy fails.
 pub fn restore(state_dir: &Path, dir: &Path, which: Which) -> Result<Restored, Error> {
     let dir = absolute_dir(dir).map_err(|source| Error::Inaccessible {
         role: "DIR",
         path: dir.to_path_buf(),
         source,
     })?;
+    // `.info.json` says where to write, as root often: it must be the user's word.
+    trust::untouchable(state_dir).map_err(|d| d.about("the state directory", state_dir))?;
     let info = Info::load(state_dir)?;
     let key = info.key_of(&dir).ok_or_else(|| {
         fail(format!(
@@ -66,7 +70,8 @@ pub fn restore(state_dir: &Path, dir: &Path, which: Which) -> Result<Restored, E
             state_dir.join(crate::recovery::INFO_FILE).display()
         ))
     })?;
-    let _pair = PathLock::acquire(&dir)?;
+    let locks = LockDir::open()?;
+    let _pair = locks.lock_path(&dir)?;
     let vdir = state_dir.join(VERSIONS_DIR).join(key);
     if !vdir.is_dir() {
         return Err(fail(format!(
@@ -75,7 +80,7 @@ pub fn restore(state_dir: &Path, dir: &Path, which: Which) -> Result<Restored, E
             vdir.display()
         )));
     }
-    let _versions = DirLock::acquire(&vdir)?;
+    let _versions = locks.lock_dir(&vdir)?;
     let store = Store::open(&vdir).map_err(|e| fail(one_line(&e)))?;
     let versions = store.versions(usize::MAX);
     let chosen = match which {

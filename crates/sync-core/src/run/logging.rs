@@ -8,8 +8,11 @@
 //! an error arrives, when it reaches 64 KiB, 100 ms after its first line (a thread of its own,
 //! asleep while there is nothing to write), on [`flush`] (the end of every pass, and before
 //! the program exits) and after a panic; a SIGKILL can lose at most the last 100 ms of lines.
+//!
+//! The file is opened, each time, without following a link that another user owns
+//! ([`trust::open_append`]).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -17,6 +20,8 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
+
+use crate::run::trust;
 
 /// The log file, reopened when the path no longer names the file we hold open.
 struct LogFile {
@@ -35,11 +40,10 @@ const BATCH_BYTES: usize = 64 * 1024;
 const BATCH_DELAY: Duration = Duration::from_millis(100);
 
 impl LogFile {
+    /// Opens (or makes) the file, never through another user's link: a root run must not
+    /// append to, or create, whatever file a planted link names (issue 20).
     fn open(&mut self) -> io::Result<()> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        let file = trust::open_append(&self.path)?;
         let meta = file.metadata()?;
         self.identity = Some((meta.dev(), meta.ino()));
         self.file = Some(file);
@@ -166,7 +170,8 @@ impl Log for Logger {
 /// Installs the process-wide logger writing to stderr and to `path` (appended, created if
 /// missing). `program` is the tag in brackets, `ONEWAY` or `TWOWAY`.
 ///
-/// Fails if the log file cannot be opened, or if a logger was installed already.
+/// Fails if the log file cannot be opened (also when its path leads through another user's
+/// link), or if a logger was installed already.
 pub fn init(program: &'static str, path: &Path, level: LevelFilter) -> io::Result<()> {
     // Resolve now: a relative path must keep naming the same file for the whole run.
     let path = std::path::absolute(path)?;

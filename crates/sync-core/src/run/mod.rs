@@ -1,9 +1,12 @@
 //! Running a program: the checks and set-up both binaries share ([`startup`], [`roots`],
-//! [`lock`], [`logging`]) and the loop that runs a pass at every interval ([`passes`]).
+//! [`lock`], [`logging`]), where the program keeps its own files ([`places`]) and whether it
+//! may rely on them ([`trust`]), and the loop that runs a pass at every interval ([`passes`]).
 
 pub mod jobs;
 pub mod lock;
 pub mod logging;
 pub mod passes;
+pub mod places;
 pub mod roots;
 pub mod startup;
+pub mod trust;

@@ -1,6 +1,9 @@
 //! The start-up both programs share, in one order: check the roots (and twoway's state
-//! directory), build the filter, take the locks, start logging, install the stop flag, open the
-//! hash cache. What it returns, a [`Session`], holds all of it until the run ends; the jobs of
+//! directory), build the filter, check the cache directory, take the locks, start logging,
+//! install the stop flag, open the hash cache. The state and cache directories must be beyond
+//! the reach of other users ([`trust::untouchable`]): a root run reads and writes there.
+//!
+//! What it returns, a [`Session`], holds all of it until the run ends; the jobs of
 //! [`crate::run::jobs`] (and the versioned one of the `versioning` crate) run passes on it.
 
 use std::path::{Path, PathBuf};
@@ -9,9 +12,9 @@ use std::time::{Duration, SystemTime};
 use crate::error::Error;
 use crate::hash::{self, DirCache};
 use crate::pass::PassOptions;
-use crate::run::lock::{DirLock, PathLock};
+use crate::run::lock::{Lock, LockDir};
 use crate::run::passes::Schedule;
-use crate::run::{logging, roots};
+use crate::run::{logging, places, roots, trust};
 use crate::scan::Filter;
 use crate::signal;
 use crate::tree::LocalTree;
@@ -60,14 +63,6 @@ pub struct Setup {
     pub state_dir: Option<PathBuf>,
 }
 
-/// One of the locks a session holds until it ends.
-#[derive(Debug)]
-#[allow(dead_code)] // held for its drop, never read
-enum Lock {
-    Path(PathLock),
-    Dir(DirLock),
-}
-
 /// A checked, locked pair of roots with logging and the hash cache set up.
 pub struct Session {
     /// What every pass works on (canonical roots, the filter) and how.
@@ -82,22 +77,26 @@ pub struct Session {
 }
 
 impl Session {
-    /// Checks the roots (and the state directory, which must lie outside both), builds the
-    /// filter, takes the locks (oneway: on BACKUP; twoway: on both roots, by directory and by
-    /// path, so the pair is held whatever directory twoway runs from), starts logging, installs
-    /// the stop flag and opens the hash cache.
+    /// Checks the roots (and the state directory, which must lie outside both and be beyond
+    /// other users' reach), builds the filter, checks the cache directory, takes the locks
+    /// (oneway: on BACKUP; twoway: on both roots, by directory and by path, so the pair is held
+    /// whatever directory twoway runs from), starts logging, installs the stop flag and opens
+    /// the hash cache.
     ///
-    /// Fails, having changed nothing, on bad paths, a bad pattern, a held lock or an unusable
-    /// log file.
+    /// Fails, having changed nothing, on bad paths, a bad pattern, a state or cache directory
+    /// that another user could change, a lock directory that is not the user's own, a held
+    /// lock or an unusable log file.
     pub fn open(setup: Setup) -> Result<Session, Error> {
         let (source, backup) = roots::validate(&setup.source, &setup.backup)?;
         let state_dir = match &setup.state_dir {
-            Some(dir) => Some(state_dir_outside(dir, &source, &backup)?),
+            Some(dir) => Some(checked_state_dir(dir, &source, &backup)?),
             None => None,
         };
         let mut filter = Filter::new(&setup.exclude)?;
-        let locks = match setup.program {
-            Program::Oneway => vec![Lock::Dir(DirLock::acquire(&backup)?)],
+        check_cache_dir(&source, &backup)?;
+        let lock_dir = LockDir::open()?;
+        let locks: Vec<Lock> = match setup.program {
+            Program::Oneway => vec![lock_dir.lock_dir(&backup)?],
             Program::Twoway => {
                 // twoway leaves our temporary names alone on both sides: a user's file may
                 // look like one, and only names it noted itself are removed.
@@ -105,10 +104,10 @@ impl Session {
                 // Path locks hold the pair even while a root is missing (what a restore
                 // checks); directory locks keep a oneway off either root.
                 vec![
-                    Lock::Path(PathLock::acquire(&source)?),
-                    Lock::Path(PathLock::acquire(&backup)?),
-                    Lock::Dir(DirLock::acquire(&source)?),
-                    Lock::Dir(DirLock::acquire(&backup)?),
+                    lock_dir.lock_path(&source)?,
+                    lock_dir.lock_path(&backup)?,
+                    lock_dir.lock_dir(&source)?,
+                    lock_dir.lock_dir(&backup)?,
                 ]
             }
         };
@@ -118,10 +117,13 @@ impl Session {
                 source,
             },
         )?;
-        // Our own log file, if the user put it in a root, is neither copied nor deleted.
+        // Our own log file and lock files, if they lie in a root (a user backing up their
+        // home with the cache in it), are neither copied nor deleted.
         for root in [&source, &backup] {
-            if let Some(rel) = roots::relative_inside(root, &setup.log) {
-                filter.exclude_exact(rel);
+            for own in [setup.log.as_path(), lock_dir.path()] {
+                if let Some(rel) = roots::relative_inside(root, own) {
+                    filter.exclude_exact(rel);
+                }
             }
         }
         if let Err(err) = signal::install() {
@@ -174,8 +176,10 @@ impl Session {
     }
 }
 
-/// The canonical state directory, which must lie outside both roots.
-fn state_dir_outside(dir: &Path, source: &Path, backup: &Path) -> Result<PathBuf, Error> {
+/// The canonical state directory, which must lie outside both roots and be beyond the reach
+/// of other users: twoway reads what it finds there (`.info.json` names the directories a
+/// restore writes) and writes its archive there.
+fn checked_state_dir(dir: &Path, source: &Path, backup: &Path) -> Result<PathBuf, Error> {
     let state_dir = std::fs::canonicalize(dir).map_err(|source| Error::StateUnreadable {
         path: dir.to_path_buf(),
         source,
@@ -189,7 +193,21 @@ fn state_dir_outside(dir: &Path, source: &Path, backup: &Path) -> Result<PathBuf
             });
         }
     }
+    trust::untouchable(&state_dir).map_err(|d| d.about("the state directory", &state_dir))?;
     Ok(state_dir)
+}
+
+/// Refuses a cache directory that another user could change (the hash cache decides which
+/// files are copied), unless it lies in a root, where the hash cache is not kept anyway.
+fn check_cache_dir(source: &Path, backup: &Path) -> Result<(), Error> {
+    let Some(dir) = places::cache_dir() else {
+        return Ok(());
+    };
+    let resolved = places::absolute_dir(&dir).unwrap_or_else(|_| dir.clone());
+    if resolved.starts_with(source) || resolved.starts_with(backup) {
+        return Ok(());
+    }
+    trust::untouchable_or_missing(&dir).map_err(|d| d.about("the cache directory", &dir))
 }
 
 /// Removes what a killed write of a state file left in the state directory. Several pairs
