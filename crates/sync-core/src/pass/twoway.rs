@@ -85,7 +85,11 @@ pub fn twoway_pass(
     opts.check_roots()?;
     let trees: [&dyn Tree; 2] = [opts.tree(Side::Source), opts.tree(Side::Backup)];
     let journal = sync.archive.with_extension("pending");
-    for path in temp::remove_journaled_leftovers(&journal) {
+    let roots = [
+        (opts.source.as_path(), trees[0]),
+        (opts.backup.as_path(), trees[1]),
+    ];
+    for path in temp::remove_journaled_leftovers(&journal, &roots) {
         log::info!("removed leftover temporary file {}", path.display());
     }
     // The archive is parsed while the trees are scanned: the scan waits on the file system

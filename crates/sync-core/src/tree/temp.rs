@@ -93,18 +93,31 @@ pub fn end_temp_journal(journal: &Path) {
 }
 
 /// Removes what an earlier, killed run left under the names `journal` lists (only names of
-/// our exact temporary form, only files and links), then the journal itself. Returns the
+/// our exact temporary form, only files and links, only inside one of `trees`, each given
+/// with the path of its root, and reached beneath it), then the journal itself. Returns the
 /// paths removed.
-pub fn remove_journaled_leftovers(journal: &Path) -> Vec<PathBuf> {
+pub fn remove_journaled_leftovers(
+    journal: &Path,
+    trees: &[(&Path, &dyn crate::tree::Tree)],
+) -> Vec<PathBuf> {
     let Ok(text) = fs::read_to_string(journal) else {
         return Vec::new();
     };
     let mut removed = Vec::new();
     for path in text.lines().filter_map(crate::state::text::decode_path) {
-        let ours = path.file_name().is_some_and(is_temp_name);
-        let leftover = fs::symlink_metadata(&path).is_ok_and(|m| !m.is_dir());
-        if ours && leftover && fs::remove_file(&path).is_ok() {
-            removed.push(path);
+        if !path.file_name().is_some_and(is_temp_name) {
+            continue;
+        }
+        for (root, tree) in trees {
+            let Ok(rel) = path.strip_prefix(root) else {
+                continue;
+            };
+            let gone = tree
+                .stat(rel)
+                .is_ok_and(|seen| !seen.is_dir() && tree.remove(rel, &seen).is_ok());
+            if gone {
+                removed.push(path.clone());
+            }
         }
     }
     let _ = fs::remove_file(journal);
