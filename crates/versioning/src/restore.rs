@@ -151,11 +151,8 @@ pub fn restore(state_dir: &Path, dir: &Path, which: Which) -> Result<Restored, E
     // The work directory is filled through the descriptor it was made with: whoever can
     // write DIR's directory may rename it or put a link in its place, and nothing written
     // goes anywhere but into the directory this restore created.
-    let copied = around
-        .subtree(&work)
-        .map_err(|e| e.to_string())
-        .and_then(|work_tree| copy_version(&chosen.dir, &manifest, &work_tree));
-    if let Err(message) = copied {
+    let work_tree = around.subtree(&work).map_err(inaccessible)?;
+    if let Err(message) = copy_version(&chosen.dir, &manifest, &work_tree) {
         // Nothing was changed: what was copied is ours, and goes.
         if let Err(err) = around.remove_all(&work) {
             log::warn!("cannot remove {}: {err}", work_path.display());
@@ -167,7 +164,26 @@ pub fn restore(state_dir: &Path, dir: &Path, which: Which) -> Result<Restored, E
     }
     // The restored root gets the mode DIR had (a version records its content, not its root).
     let root_mode = around.stat(&name).map(|e| e.mode).unwrap_or(0o755);
-    let _ = around.finish_dir(&work, root_mode, None);
+    let _ = work_tree.finish_dir(Path::new(""), root_mode, None);
+    // Whether `rel` in DIR's directory is still the work directory this restore filled: the
+    // names there are whoever can write that directory's to change.
+    let ours = |rel: &Path| {
+        around
+            .stat(rel)
+            .is_ok_and(|e| e.is_dir() && (e.dev, e.ino) == work_tree.identity())
+    };
+    let replaced = |what: &str| {
+        fail(format!(
+            "{what} {} was replaced by someone who can write {} while the restore ran; \
+             {} is not restored",
+            work_path.display(),
+            parent.display(),
+            dir.display()
+        ))
+    };
+    if !ours(&work) {
+        return Err(replaced("the work directory"));
+    }
 
     let swap_err = |source: io::Error| {
         fail(format!(
@@ -204,6 +220,18 @@ pub fn restore(state_dir: &Path, dir: &Path, which: Which) -> Result<Restored, E
             .map_err(|e| swap_err(op_source(e)))?;
         None
     };
+    if !ours(&name) {
+        let kept = kept.map_or(String::new(), |k| {
+            format!(" (what it held is in {})", k.display())
+        });
+        return Err(fail(format!(
+            "the work directory {} was replaced by someone who can write {} while the restore \
+             ran; {} is not restored{kept}",
+            work_path.display(),
+            parent.display(),
+            dir.display()
+        )));
+    }
     Ok(Restored {
         dir,
         kept,

@@ -71,6 +71,11 @@ impl LocalTree {
         })
     }
 
+    /// The device and inode of the root this tree holds.
+    pub fn identity(&self) -> (u64, u64) {
+        self.id
+    }
+
     /// The path the root was opened by.
     pub fn root(&self) -> &Path {
         &self.root
