@@ -1278,3 +1278,46 @@ fn checksum_option_rehashes_every_file() -> TestResult {
     );
     assert_trees_equal(&env.src, &env.dst)
 }
+
+/// BACKUP's root takes SOURCE root's mode and time, as every directory below it does: a
+/// private SOURCE keeps a private BACKUP (other users cannot read a 0700 SOURCE's files through
+/// a 0755 BACKUP), and a later change of SOURCE root's mode is carried too.
+#[test]
+fn a_private_source_keeps_a_private_backup() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new()?;
+    write(&env.src, "d/f.txt", "private")?;
+    chmod(&env.src, 0o700)?;
+    chmod(&env.dst, 0o755)?;
+    set_mtime(&env.src, T0 + 20, 7)?;
+    let mode = |path: &Path| -> Res<u32> { Ok(fs::metadata(path)?.permissions().mode() & 0o7777) };
+
+    env.once(&[])?.expect_code(0)?;
+    ensure!(
+        mode(&env.dst)? == 0o700,
+        "BACKUP of a 0700 SOURCE has mode {:o}",
+        mode(&env.dst)?
+    );
+    ensure!(
+        filetime::FileTime::from_last_modification_time(&fs::metadata(&env.dst)?)
+            == filetime::FileTime::from_unix_time(T0 + 20, 7),
+        "BACKUP's root does not have SOURCE root's time"
+    );
+
+    chmod(&env.src, 0o750)?;
+    set_mtime(&env.src, T0 + 20, 7)?;
+    env.once(&[])?.expect_code(0)?;
+    ensure!(
+        mode(&env.dst)? == 0o750,
+        "BACKUP's root kept mode {:o} after SOURCE's became 750",
+        mode(&env.dst)?
+    );
+    // Nothing differs now: the next pass does nothing.
+    let again = env.once(&[])?;
+    again.expect_code(0)?;
+    ensure!(
+        again.summary()?.operations == 0,
+        "a pass after the root was matched still did something\n{again}"
+    );
+    Ok(())
+}

@@ -613,7 +613,7 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
         backup_entries: AtomicU64::new(0),
     };
     let mut found = Found::default();
-    let (subs, _) = walk.children(Path::new(""), &src_list, &dst_list, &mut found);
+    let (subs, root_holds_ops) = walk.children(Path::new(""), &src_list, &dst_list, &mut found);
     drop((src_list, dst_list));
     if streaming {
         crate::testhook::after_plan();
@@ -659,6 +659,20 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
         ..
     } = walk;
     let mut found = found.into_inner().unwrap_or_else(|e| e.into_inner());
+    // The root itself takes SOURCE root's mode and time, as every directory below does: a
+    // private SOURCE (0700) keeps a private BACKUP.
+    let root = Path::new("");
+    if let (Ok(src_root), Ok(dst_root)) = (trees[0].stat(root), trees[1].stat(root))
+        && (root_holds_ops || src_root.mode != dst_root.mode || src_root.mtime != dst_root.mtime)
+    {
+        found.steps.push(Step::Dir {
+            side: Side::Backup,
+            rel: PathBuf::new(),
+            seen: Some(dst_root),
+            want: Some((src_root.mode, Some(src_root.mtime))),
+            changes_inside: root_holds_ops,
+        });
+    }
     found.steps.shrink_to_fit();
     found.blocks.shrink_to_fit();
     let mut stats = PassStats {

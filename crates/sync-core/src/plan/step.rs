@@ -337,7 +337,12 @@ impl<S: Seen> Step<S> {
     /// two-way pass changes both).
     pub fn describe(&self, sides: bool) -> String {
         let mut s = String::new();
-        let (rel, side) = (Escaped(self.rel()), self.side().name());
+        // The root has no name of its own; `.` is how a shell names it.
+        let rel = match self.rel() {
+            root if root.as_os_str().is_empty() => Path::new("."),
+            rel => rel,
+        };
+        let (rel, side) = (Escaped(rel), self.side().name());
         let _ = match self {
             Step::SaveAside { to, .. } => write!(s, "saved {rel} as {}", Escaped(to)),
             Step::Remove { seen, .. } => {
