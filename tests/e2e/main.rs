@@ -3,6 +3,7 @@
 mod util;
 
 mod faults;
+mod limits;
 mod oneway;
 mod restore;
 mod state_safety;
