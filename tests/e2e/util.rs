@@ -231,7 +231,15 @@ impl Env {
         fs::create_dir(&bindir)?;
         let bin = bindir.join(self.program.name());
         let built = self.program.bin();
-        fs::copy(built, &bin).context(|| format!("copy {built} to {}", bin.display()))?;
+        // Copied by another process: a copy written here would be open for writing in this
+        // process while another test thread forks, and the child's inherited descriptor makes
+        // `exec` of the copy fail with "Text file busy".
+        let copied = Command::new("cp").arg(built).arg(&bin).status();
+        ensure!(
+            copied.as_ref().is_ok_and(|s| s.success()),
+            "cannot copy {built} to {}: {copied:?}",
+            bin.display()
+        );
         chmod(&bindir, 0o755)?;
         chmod(&bin, 0o755)?;
         chown_tree(&self.root, NOBODY, NOBODY)?;
