@@ -2,6 +2,7 @@
 
 mod util;
 
+mod attacks;
 mod faults;
 mod oneway;
 mod restore;
