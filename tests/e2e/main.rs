@@ -2,6 +2,7 @@
 
 mod util;
 
+mod attacks;
 mod faults;
 mod limits;
 mod oneway;
