@@ -211,7 +211,15 @@ fn racer_exe(root: &Path) -> Res<PathBuf> {
     let bin = mkdir(root, "bin")?;
     chmod(&bin, 0o755)?;
     let copy = bin.join("e2e");
-    fs::copy(&exe, &copy).context(|| format!("copy {} to {}", exe.display(), copy.display()))?;
+    // Copied by another process, as in `Env::run_as_nobody`: a copy open for writing here
+    // while another test thread forks would make its exec fail with "Text file busy".
+    let copied = Command::new("cp").arg(&exe).arg(&copy).status();
+    ensure!(
+        copied.as_ref().is_ok_and(|s| s.success()),
+        "cannot copy {} to {}: {copied:?}",
+        exe.display(),
+        copy.display()
+    );
     chmod(&copy, 0o755)?;
     Ok(copy)
 }
