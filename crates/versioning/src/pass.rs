@@ -36,11 +36,11 @@ pub fn versioned_pass(
     cache: &mut DirCache,
     keep: usize,
 ) -> Result<PassStats, Error> {
-    let mut store = Store::open(&opts.backup).map_err(store_error)?;
+    opts.check_roots()?;
+    let mut store = Store::held(opts.tree(Side::Backup).clone()).map_err(store_error)?;
     store.check_names(keep).map_err(store_error)?;
     store.clean();
 
-    opts.check_roots()?;
     let source_tree = opts.tree(Side::Source);
     let tree = scan::scan(source_tree, "SOURCE", &opts.filter)?;
     sync_core::pass::warn_privileged(&[source_tree]);

@@ -99,7 +99,15 @@ impl Store {
     ///
     /// Fails if the current generation cannot be read.
     pub fn open(vdir: &Path) -> Result<Store, StoreError> {
-        let tree = LocalTree::open(vdir).map_err(io_err(vdir))?;
+        Store::held(LocalTree::open(vdir).map_err(io_err(vdir))?)
+    }
+
+    /// Opens the versions in the directory `tree` holds (none if it holds no `.current` yet).
+    ///
+    /// Fails if the current generation cannot be read.
+    pub fn held(tree: LocalTree) -> Result<Store, StoreError> {
+        let vdir = tree.root().to_path_buf();
+        let vdir = vdir.as_path();
         let current = vdir.join(CURRENT);
         let target = match tree.read_link(Path::new(CURRENT)) {
             Ok(t) => t,
