@@ -1167,7 +1167,9 @@ fn rename_new(from: &Place, to: &Place) -> Result<(), OpError> {
 
 /// Removes the entry `name` of `dir`, a whole directory tree included (read-only directories
 /// in it are opened first); nothing there is fine. Never follows a link, never leaves `dir`,
-/// and holds one descriptor per level rather than recursing, so any depth is removed.
+/// and walks without recursion, holding a descriptor for each of the last [`HELD_LEVELS`]
+/// levels only (a deeper parent is opened again from `dir` when it is reached again), so any
+/// depth is removed within a small descriptor limit.
 pub fn remove_all(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
         Ok(()) => return Ok(()),
@@ -1175,15 +1177,17 @@ pub fn remove_all(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
         Err(Errno::ISDIR | Errno::PERM) => {}
         Err(e) => return Err(e.into()),
     }
-    let open = |at: BorrowedFd<'_>, name: &OsStr| -> io::Result<OwnedFd> {
-        let fd = at::open_beneath(at, Path::new(name), OFlags::RDONLY | OFlags::DIRECTORY)?;
+    let open = |at: BorrowedFd<'_>, rel: &Path| -> io::Result<OwnedFd> {
+        let fd = at::open_beneath(at, rel, OFlags::RDONLY | OFlags::DIRECTORY)?;
         // A version keeps SOURCE's modes: a read-only directory in it is opened first.
         let _ = rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700));
         Ok(fd)
     };
-    // The directories being emptied, outermost first, each with its name in the one before.
-    let mut stack: Vec<(OwnedFd, std::ffi::OsString)> = vec![(open(dir, name)?, name.into())];
-    while let Some((fd, _)) = stack.last() {
+    // The directories being emptied, outermost first, each with its name in the one before
+    // and, for the last few, held open.
+    let mut stack: Vec<(Option<OwnedFd>, std::ffi::OsString)> =
+        vec![(Some(open(dir, Path::new(name))?), name.into())];
+    while let Some((Some(fd), _)) = stack.last() {
         let mut deeper = None;
         for entry in rustix::fs::Dir::read_from(fd)? {
             let entry = entry?;
@@ -1202,12 +1206,25 @@ pub fn remove_all(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
         }
         match deeper {
             Some(child) => {
-                let fd = open(fd.as_fd(), &child)?;
-                stack.push((fd, child));
+                let fd = open(fd.as_fd(), Path::new(&child))?;
+                stack.push((Some(fd), child));
+                if let Some(older) = stack.len().checked_sub(HELD_LEVELS + 1) {
+                    stack[older].0 = None;
+                }
             }
             None => {
                 let (_, name) = stack.pop().expect("the loop runs while the stack has one");
-                let parent = stack.last().map_or(dir, |(fd, _)| fd.as_fd());
+                if let Some((None, _)) = stack.last() {
+                    let rel: PathBuf = stack.iter().map(|(_, n)| n.as_os_str()).collect();
+                    let fd = open(dir, &rel)?;
+                    if let Some(last) = stack.last_mut() {
+                        last.0 = Some(fd);
+                    }
+                }
+                let parent = stack
+                    .last()
+                    .and_then(|(fd, _)| fd.as_ref())
+                    .map_or(dir, |fd| fd.as_fd());
                 match rustix::fs::unlinkat(parent, &name, AtFlags::REMOVEDIR) {
                     Ok(()) | Err(Errno::NOENT) => {}
                     Err(e) => return Err(e.into()),
@@ -1217,6 +1234,9 @@ pub fn remove_all(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// How many levels of a tree [`remove_all`] holds open at once.
+const HELD_LEVELS: usize = 64;
 
 #[cfg(test)]
 mod tests {
@@ -1422,6 +1442,46 @@ mod tests {
             Digest::from(Sha256::digest(&data))
         );
         assert!(fs::read(&dst).unwrap() == data, "the copy differs");
+    }
+
+    /// A tree deeper than the levels held open at once, read-only directories and a link to
+    /// a file outside in it, is removed whole; the link's target is left alone.
+    #[test]
+    fn remove_all_takes_a_deep_read_only_tree_and_follows_no_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::write(&outside, b"keep").unwrap();
+        let top = dir.path().join("top");
+        fs::create_dir(&top).unwrap();
+        let mut at = rustix::fs::openat(
+            rustix::fs::CWD,
+            &top,
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap();
+        for level in 0..3 * HELD_LEVELS + 5 {
+            rustix::fs::mkdirat(&at, "d", Mode::from_raw_mode(0o755)).unwrap();
+            let fd = at::open_beneath(at.as_fd(), Path::new("d"), OFlags::RDONLY).unwrap();
+            rustix::fs::symlinkat(&outside, &fd, "link").unwrap();
+            let file = rustix::fs::openat(
+                &fd,
+                "f",
+                OFlags::CREATE | OFlags::WRONLY,
+                Mode::from_raw_mode(0o400),
+            );
+            drop(file.unwrap());
+            if level % 7 == 0 {
+                rustix::fs::fchmod(&at, Mode::from_raw_mode(0o500)).unwrap();
+            }
+            at = fd;
+        }
+        let parent = place(&top);
+        remove_all(parent.dir(), &parent.name).unwrap();
+        assert!(!top.exists(), "the tree is still there");
+        assert_eq!(fs::read(&outside).unwrap(), b"keep");
+        // Nothing there is fine.
+        remove_all(parent.dir(), &parent.name).unwrap();
     }
 
     /// Bytes that differ between `seed`s and from one 4 KiB block to the next.
