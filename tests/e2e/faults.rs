@@ -1656,79 +1656,11 @@ fn restore_killed_after_its_swap_never_loses_what_the_directory_held() -> TestRe
 // ---------------------------------------------------------------------------------------------
 // 3. Disk full
 
-/// A tmpfs mounted over a directory for the length of a test; unmounted when dropped.
-struct Tmpfs {
-    path: PathBuf,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` (`2m`, …) over the existing directory `path`; the error says
-    /// why it cannot be done (not root, no mount permission in a container, …).
-    fn mount(path: &Path, options: &str) -> Result<Tmpfs, String> {
-        let out = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("{options},mode=0755"),
-                "tmpfs",
-            ])
-            .arg(path)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-        }
-        Ok(Tmpfs {
-            path: path.to_path_buf(),
-        })
-    }
-
-    /// Changes the size of the mounted tmpfs.
-    fn resize(&self, size: &str) -> TestResult {
-        let status = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.path)
-            .status()?;
-        ensure!(
-            status.success(),
-            "cannot resize the tmpfs at {}",
-            self.path.display()
-        );
-        Ok(())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount")
-            .arg(&self.path)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !unmounted {
-            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-        }
-    }
-}
-
-/// Mounts a small tmpfs over `path`, or says on the console that `test` is skipped and why.
-fn small_fs_or_skip(path: &Path, size: &str, test: &str) -> Res<Option<Tmpfs>> {
-    match Tmpfs::mount(path, &format!("size={size}")) {
-        Ok(fs) => Ok(Some(fs)),
-        // A disk-full test that cannot make its small disk has proved nothing: it fails,
-        // unless the run explicitly allows skipping (then it says SKIPPED, not passed).
-        Err(why) if std::env::var_os("ONEWAY_TESTS_ALLOW_SKIP").is_some() => {
-            console(&format!(
-                "SKIPPED: faults::{test}: cannot mount a {size} tmpfs ({why}); the disk-full \
-                 test needs root"
-            ));
-            Ok(None)
-        }
-        Err(why) => Err(fail(format!(
-            "faults::{test}: cannot mount a {size} tmpfs ({why}); the disk-full tests need root \
-             (set ONEWAY_TESTS_ALLOW_SKIP=1 to skip them explicitly)"
-        ))),
-    }
+/// Mounts a small tmpfs over `path`, or says on the console that `test` is skipped and why:
+/// a disk-full test that cannot make its small disk has proved nothing.
+fn small_fs_or_skip(path: &Path, size: &str, test: &str) -> Res<Option<Mounted>> {
+    let made = Mounted::tmpfs(path, &format!("size={size}"));
+    mounted_or_skip(made, &format!("a {size} tmpfs"), &format!("faults::{test}"))
 }
 
 #[test]
@@ -2742,7 +2674,7 @@ fn directory_of_100000_entries_is_mirrored_once_and_then_left_alone() -> TestRes
     // On a tmpfs when possible: 100,000 files are made, copied and deleted once each, and a
     // file system without a journal takes minutes over that.
     let fs_dir = mkdir(&env.root, "fs")?;
-    let mounted = Tmpfs::mount(&fs_dir, "size=512m,nr_inodes=400k").ok();
+    let mounted = Mounted::tmpfs(&fs_dir, "size=512m,nr_inodes=400k").ok();
     let (src, dst) = if mounted.is_some() {
         (mkdir(&fs_dir, "src")?, mkdir(&fs_dir, "dst")?)
     } else {

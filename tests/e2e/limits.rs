@@ -25,105 +25,24 @@ use crate::util::*;
 // ---------------------------------------------------------------------------------------------
 // Mounts
 
-/// A file system mounted over a directory for the length of a test; unmounted when dropped (a
-/// loop device made by `mount -o loop` goes with it).
-struct Mounted {
-    path: PathBuf,
-}
-
-impl Mounted {
-    /// Runs `mount ARGS... PATH`; the error says why it failed.
-    fn mount<S: AsRef<OsStr>>(args: &[S], path: &Path) -> Result<Mounted, String> {
-        let out = Command::new("mount")
-            .args(args)
-            .arg(path)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !out.status.success() {
-            return Err(one_line(&out.stderr));
-        }
-        Ok(Mounted {
-            path: path.to_path_buf(),
-        })
+/// A fresh 32 MiB ext4 with 128-byte inodes, which keep no time finer than a second, in the
+/// image file `image`, loop-mounted over the existing directory `path`.
+fn ext4_whole_seconds(image: &Path, path: &Path) -> Result<Mounted, String> {
+    File::create(image)
+        .and_then(|f| f.set_len(32 << 20))
+        .map_err(|e| format!("cannot make the image {}: {e}", image.display()))?;
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-I", "128"])
+        .arg(image)
+        .output()
+        .map_err(|e| format!("cannot run mkfs.ext4 (e2fsprogs): {e}"))?;
+    if !out.status.success() {
+        return Err(format!("mkfs.ext4 failed: {}", one_line(&out.stderr)));
     }
-
-    /// A tmpfs of `size` (`64m`, …) over the existing directory `path`.
-    fn tmpfs(path: &Path, size: &str) -> Result<Mounted, String> {
-        let options = format!("size={size},mode=0755");
-        Mounted::mount(&["-t", "tmpfs", "-o", &options, "tmpfs"], path)
-    }
-
-    /// A fresh 32 MiB ext4 with 128-byte inodes, which keep no time finer than a second, in the
-    /// image file `image`, loop-mounted over the existing directory `path`.
-    fn ext4_whole_seconds(image: &Path, path: &Path) -> Result<Mounted, String> {
-        File::create(image)
-            .and_then(|f| f.set_len(32 << 20))
-            .map_err(|e| format!("cannot make the image {}: {e}", image.display()))?;
-        let out = Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-I", "128"])
-            .arg(image)
-            .output()
-            .map_err(|e| format!("cannot run mkfs.ext4 (e2fsprogs): {e}"))?;
-        if !out.status.success() {
-            return Err(format!("mkfs.ext4 failed: {}", one_line(&out.stderr)));
-        }
-        Mounted::mount(
-            &[OsStr::new("-o"), OsStr::new("loop"), image.as_os_str()],
-            path,
-        )
-    }
-
-    /// Changes the size of a mounted tmpfs.
-    fn resize(&self, size: &str) -> TestResult {
-        let status = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.path)
-            .status()?;
-        ensure!(
-            status.success(),
-            "cannot resize the tmpfs at {}",
-            self.path.display()
-        );
-        Ok(())
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount")
-            .arg(&self.path)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !unmounted {
-            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-        }
-    }
-}
-
-/// A tool's error output on one line.
-fn one_line(stderr: &[u8]) -> String {
-    let text = String::from_utf8_lossy(stderr);
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// The mount `made`, or, where it failed, a failure; `None` after saying on the console that
-/// `test` is skipped, when the run allows skipping. A test that cannot make its file system has
-/// proved nothing, so it never passes silently.
-fn mounted_or_skip(made: Result<Mounted, String>, what: &str, test: &str) -> Res<Option<Mounted>> {
-    match made {
-        Ok(m) => Ok(Some(m)),
-        Err(why) if std::env::var_os("ONEWAY_TESTS_ALLOW_SKIP").is_some() => {
-            let _ = writeln!(
-                io::stderr(),
-                "SKIPPED: limits::{test}: cannot mount {what} ({why}); the test needs root"
-            );
-            Ok(None)
-        }
-        Err(why) => Err(fail(format!(
-            "limits::{test}: cannot mount {what} ({why}); the test needs root (set \
-             ONEWAY_TESTS_ALLOW_SKIP=1 to skip it explicitly)"
-        ))),
-    }
+    Mounted::mount(
+        &[OsStr::new("-o"), OsStr::new("loop"), image.as_os_str()],
+        path,
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -175,8 +94,13 @@ fn a_same_size_edit_within_the_second_of_the_hash_is_copied_on_a_whole_second_fi
         "a_same_size_edit_within_the_second_of_the_hash_is_copied_on_a_whole_second_file_system";
     let env = Env::new()?;
     let mountpoint = mkdir(&env.root, "ext4")?;
-    let made = Mounted::ext4_whole_seconds(&env.root.join("ext4.img"), &mountpoint);
-    let Some(_ext4) = mounted_or_skip(made, "an ext4 with 128-byte inodes", TEST)? else {
+    let made = ext4_whole_seconds(&env.root.join("ext4.img"), &mountpoint);
+    let Some(_ext4) = mounted_or_skip(
+        made,
+        "an ext4 with 128-byte inodes",
+        &format!("limits::{TEST}"),
+    )?
+    else {
         return Ok(());
     };
     // SOURCE is a directory on the ext4 itself, so the root's own file system is the coarse
@@ -364,13 +288,22 @@ fn a_file_that_keeps_growing_while_copied_is_left_for_the_next_pass_not_followed
     const TEST: &str =
         "a_file_that_keeps_growing_while_copied_is_left_for_the_next_pass_not_followed";
     let env = Env::new()?;
-    let Some(backup) = mounted_or_skip(Mounted::tmpfs(&env.dst, BACKUP_SIZE), "a tmpfs", TEST)?
+    let Some(backup) = mounted_or_skip(
+        Mounted::tmpfs(&env.dst, &format!("size={BACKUP_SIZE}")),
+        "a tmpfs",
+        &format!("limits::{TEST}"),
+    )?
     else {
         return Ok(());
     };
     // SOURCE on a tmpfs of its own: the writer runs at memory speed, and whatever happens it
     // cannot fill the machine's disk.
-    let Some(_source) = mounted_or_skip(Mounted::tmpfs(&env.src, "512m"), "a tmpfs", TEST)? else {
+    let Some(_source) = mounted_or_skip(
+        Mounted::tmpfs(&env.src, "size=512m"),
+        "a tmpfs",
+        &format!("limits::{TEST}"),
+    )?
+    else {
         return Ok(());
     };
     let path = env.src.join("capture.bin");

@@ -1381,3 +1381,89 @@ pub fn compact_stamp(unix_secs: i64, offset: i64) -> String {
         secs % 60
     )
 }
+
+/// A file system mounted over a directory for the length of a test; unmounted when dropped (a
+/// loop device made by `mount -o loop` goes with it).
+pub struct Mounted {
+    path: PathBuf,
+}
+
+impl Mounted {
+    /// Runs `mount ARGS... PATH`; the error says why it failed.
+    pub fn mount<S: AsRef<OsStr>>(args: &[S], path: &Path) -> Result<Mounted, String> {
+        let out = Command::new("mount")
+            .args(args)
+            .arg(path)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(one_line(&out.stderr));
+        }
+        Ok(Mounted {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// A tmpfs with `options` (`size=64m`, …) over the existing directory `path`.
+    pub fn tmpfs(path: &Path, options: &str) -> Result<Mounted, String> {
+        let options = format!("{options},mode=0755");
+        Mounted::mount(&["-t", "tmpfs", "-o", &options, "tmpfs"], path)
+    }
+
+    /// Changes the size of a mounted tmpfs.
+    pub fn resize(&self, size: &str) -> TestResult {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.path)
+            .status()?;
+        ensure!(
+            status.success(),
+            "cannot resize the tmpfs at {}",
+            self.path.display()
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(&self.path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+    }
+}
+
+/// A tool's error output on one line.
+pub fn one_line(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The mount `made`, or, where it failed, a failure; `None` after saying on the console that
+/// `test` (`module::name`) is skipped, when the run allows skipping. A test that cannot make its file system has
+/// proved nothing, so it never passes silently.
+pub fn mounted_or_skip(
+    made: Result<Mounted, String>,
+    what: &str,
+    test: &str,
+) -> Res<Option<Mounted>> {
+    match made {
+        Ok(m) => Ok(Some(m)),
+        Err(why) if std::env::var_os("ONEWAY_TESTS_ALLOW_SKIP").is_some() => {
+            // Past the test harness's capture: it shows for a passing test too.
+            let _ = io::Write::write_fmt(
+                &mut io::stderr(),
+                format_args!("SKIPPED: {test}: cannot mount {what} ({why}); the test needs root\n"),
+            );
+            Ok(None)
+        }
+        Err(why) => Err(fail(format!(
+            "{test}: cannot mount {what} ({why}); the test needs root (set \
+             ONEWAY_TESTS_ALLOW_SKIP=1 to skip it explicitly)"
+        ))),
+    }
+}
