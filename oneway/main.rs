@@ -47,6 +47,10 @@ struct Cli {
     /// Allow a pass that the safety checks would refuse.
     #[arg(long)]
     force: bool,
+    /// Leave alone what is below a mount point inside a root, on both sides (as rsync's
+    /// -x): another file system mounted there is neither copied nor deleted.
+    #[arg(short = 'x', long)]
+    one_file_system: bool,
 }
 
 fn main() {
@@ -79,6 +83,7 @@ fn main() {
         dry_run: cli.dry_run,
         checksum: cli.checksum,
         force: cli.force,
+        one_file_system: cli.one_file_system,
         state_dir: None,
     };
     let code = match Session::open(setup) {

@@ -67,6 +67,10 @@ struct Cli {
     /// Allow a pass that the safety checks would refuse.
     #[arg(long)]
     force: bool,
+    /// Leave alone what is below a mount point inside a root, on both sides (as rsync's
+    /// -x): another file system mounted there is neither copied nor deleted.
+    #[arg(short = 'x', long)]
+    one_file_system: bool,
     /// Which side wins a conflict; the loser is kept as a conflict copy on both sides.
     #[arg(long, value_enum, default_value_t = ConflictPolicy::Newer, value_name = "POLICY")]
     conflict: ConflictPolicy,
@@ -176,6 +180,7 @@ fn run_sync(cli: &Cli, backup: &Path) -> ExitCode {
         dry_run: cli.dry_run,
         checksum: false,
         force: cli.force,
+        one_file_system: cli.one_file_system,
         state_dir: Some(PathBuf::from(".")),
     };
     let policy = match cli.conflict {

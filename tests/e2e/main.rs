@@ -5,6 +5,7 @@ mod util;
 mod attacks;
 mod faults;
 mod limits;
+mod mounts;
 mod oneway;
 mod restore;
 mod state_safety;

@@ -200,6 +200,7 @@ fn options(source: &Path, backup: &Path) -> PassOptions {
         dry_run: false,
         checksum: false,
         force: true,
+        one_file_system: false,
     }
 }
 

@@ -37,6 +37,9 @@ pub fn versioned_pass(
     keep: usize,
 ) -> Result<PassStats, Error> {
     opts.check_roots()?;
+    // Only SOURCE: BACKUP is the version store, the runner's own.
+    let record = cache.beside("mounts");
+    sync_core::pass::prepare_mounts(opts, &[Side::Source], record.as_deref());
     let mut store = Store::held(opts.tree(Side::Backup).clone()).map_err(store_error)?;
     store.check_names(keep).map_err(store_error)?;
     store.clean();

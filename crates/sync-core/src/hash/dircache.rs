@@ -139,6 +139,16 @@ impl DirCache {
         DirCache::default()
     }
 
+    /// A file of the pair's own beside the cache's, named as the cache with `extension` added;
+    /// `None` for a cache kept in memory only.
+    pub fn beside(&self, extension: &str) -> Option<PathBuf> {
+        let location = self.location.as_deref()?;
+        let mut name = location.file_name()?.to_os_string();
+        name.push(".");
+        name.push(extension);
+        Some(location.with_file_name(name))
+    }
+
     /// Opens the cache of the pair `tag` at `location`, reading only its index. A missing file
     /// gives an empty cache; a damaged or foreign one too, with a warning.
     pub fn open(location: PathBuf, tag: Vec<u8>) -> DirCache {

@@ -570,6 +570,8 @@ fn copy_known(digest: Option<Digest>, held: Option<Digest>) -> Known {
 /// refuses the pass and `force` is off. Per-entry faults are logged and counted instead.
 pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassStats, Error> {
     opts.check_roots()?;
+    let record = dir_cache.beside("mounts");
+    super::prepare_mounts(opts, &[Side::Source, Side::Backup], record.as_deref());
     let trees: [&dyn Tree; 2] = [opts.tree(Side::Source), opts.tree(Side::Backup)];
     let list_root = |side: Side| {
         let root = Path::new("");

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::error::Error;
 use crate::model::Side;
 use crate::scan::Filter;
+use crate::tree::mounts::{self, Recorded};
 use crate::tree::{LocalTree, Tree};
 
 /// What a pass works on and how.
@@ -28,6 +29,8 @@ pub struct PassOptions {
     pub checksum: bool,
     /// Let the refusals of SPEC §8 through.
     pub force: bool,
+    /// Leave alone what is below a mount point inside a root (`--one-file-system`).
+    pub one_file_system: bool,
 }
 
 impl PassOptions {
@@ -74,5 +77,61 @@ pub fn warn_privileged(trees: &[&dyn Tree]) {
                 crate::display::Escaped(Path::new(&tree.name()))
             );
         }
+    }
+}
+
+/// Sets a pass up for the file systems mounted inside the roots of `sides`: with
+/// `--one-file-system`, what is below a mount point is left alone on both sides; a directory
+/// that was a mount point at the last pass (as `record` says) and is not one now is fenced
+/// (nothing below it is changed, as below a directory that cannot be read: an unmounted drive
+/// must not read as its content deleted) until it is mounted again, or a pass with `--force`
+/// takes it as it is. Writes the record for the next pass at once (not on a dry run).
+pub fn prepare_mounts(opts: &PassOptions, sides: &[Side], record: Option<&Path>) {
+    let last = record.map(Recorded::load).unwrap_or_default();
+    let mut next = Recorded::default();
+    let mut uncrossed = Vec::new();
+    for &side in sides {
+        let now = mounts::mounted_under(opts.root(side)).unwrap_or_else(|err| {
+            log::warn!("cannot read the list of mounted file systems: {err}");
+            Vec::new()
+        });
+        let tree = opts.tree(side);
+        let mut fenced = Vec::new();
+        for rel in &last.sides[side as usize] {
+            let unmounted = !now.contains(rel) && tree.stat(rel).is_ok_and(|e| e.is_dir());
+            if !unmounted || opts.force {
+                continue;
+            }
+            log::warn!(
+                "{} {} was a mount point at the last pass and is not one now: nothing under it \
+                 is changed until it is mounted again (or a pass with --force takes it as it is)",
+                side.name(),
+                crate::display::Escaped(&opts.root(side).join(rel))
+            );
+            fenced.push((
+                rel.clone(),
+                "it was a mount point at the last pass and is not one now".to_string(),
+            ));
+        }
+        next.sides[side as usize] = now
+            .iter()
+            .cloned()
+            .chain(fenced.iter().map(|(rel, _)| rel.clone()))
+            .collect();
+        if opts.one_file_system {
+            uncrossed.extend(now);
+        }
+        tree.fence(fenced);
+    }
+    opts.filter.leave_contents_of(uncrossed);
+    if let Some(path) = record
+        && !opts.dry_run
+        && next != last
+        && let Err(err) = next.save(path)
+    {
+        log::warn!(
+            "cannot record the mount points for the next pass in {}: {err}",
+            path.display()
+        );
     }
 }

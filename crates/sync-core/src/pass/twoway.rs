@@ -83,6 +83,8 @@ pub fn twoway_pass(
     // Before the scan, so that a killed pass's half-written files are gone rather than
     // taken for the user's.
     opts.check_roots()?;
+    let record = dir_cache.beside("mounts");
+    super::prepare_mounts(opts, &[Side::Source, Side::Backup], record.as_deref());
     let trees: [&dyn Tree; 2] = [opts.tree(Side::Source), opts.tree(Side::Backup)];
     let journal = sync.archive.with_extension("pending");
     let roots = [

@@ -59,6 +59,8 @@ pub struct Setup {
     pub checksum: bool,
     /// Let the refusals of SPEC §8 through.
     pub force: bool,
+    /// Leave alone what is below a mount point inside a root.
+    pub one_file_system: bool,
     /// twoway's state directory (where it runs from), which must lie outside both roots.
     pub state_dir: Option<PathBuf>,
 }
@@ -167,6 +169,7 @@ impl Session {
                 dry_run: setup.dry_run,
                 checksum: setup.checksum,
                 force: setup.force,
+                one_file_system: setup.one_file_system,
             },
             schedule: setup.schedule,
             state_dir,

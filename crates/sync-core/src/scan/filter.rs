@@ -1,5 +1,6 @@
-//! Which paths a pass leaves alone on both sides: the `--exclude` globs, our own log file, and
-//! (in two-way passes) names of our temporary form.
+//! Which paths a pass leaves alone on both sides: the `--exclude` globs, our own log file,
+//! (in two-way passes) names of our temporary form, and what is below a mount point with
+//! `--one-file-system`.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -16,6 +17,11 @@ pub struct Filter {
     paths: GlobSet,
     exact: HashSet<PathBuf>,
     temp_names: bool,
+    /// Directories whose content is left alone this pass (mount points, with
+    /// `--one-file-system`); set at the start of each pass, before anything is listed.
+    uncrossed: std::sync::RwLock<HashSet<PathBuf>>,
+    /// `uncrossed` is not empty: asked on every name listed, so the lock is taken only then.
+    crossing: std::sync::atomic::AtomicBool,
 }
 
 impl Filter {
@@ -55,6 +61,8 @@ impl Filter {
             names: build(names, "")?,
             paths: build(paths, "")?,
             exact: HashSet::new(),
+            uncrossed: Default::default(),
+            crossing: Default::default(),
             temp_names: false,
         })
     }
@@ -71,12 +79,29 @@ impl Filter {
         self.exact.insert(rel);
     }
 
+    /// From now on, leaves alone what the directories `dirs` hold (not the directories
+    /// themselves), in place of those it left alone before.
+    pub fn leave_contents_of(&self, dirs: impl IntoIterator<Item = PathBuf>) {
+        use std::sync::atomic::Ordering;
+        let mut uncrossed = self.uncrossed.write().unwrap_or_else(|e| e.into_inner());
+        uncrossed.clear();
+        uncrossed.extend(dirs);
+        self.crossing
+            .store(!uncrossed.is_empty(), Ordering::Release);
+    }
+
     /// True if `name`, a child of the directory `dir` (relative to the root), is left alone.
     /// Builds the child's path only when a rule needs it (patterns with `/`, exact paths).
     pub fn excludes_child(&self, dir: &Path, name: &OsStr) -> bool {
         self.excludes_name(name)
             || (!(self.paths.is_empty() && self.exact.is_empty())
                 && self.excludes_path(&dir.join(name)))
+            || (self.crossing.load(std::sync::atomic::Ordering::Acquire)
+                && self
+                    .uncrossed
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(dir))
     }
 
     /// True if `rel` (whose last component is `name`) is left alone.
@@ -91,7 +116,15 @@ impl Filter {
     }
 
     fn excludes_path(&self, rel: &Path) -> bool {
-        self.paths.is_match(rel) || self.exact.contains(rel)
+        self.paths.is_match(rel)
+            || self.exact.contains(rel)
+            || (self.crossing.load(std::sync::atomic::Ordering::Acquire)
+                && rel.parent().is_some_and(|dir| {
+                    self.uncrossed
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains(dir)
+                }))
     }
 }
 

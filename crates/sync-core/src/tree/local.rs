@@ -32,6 +32,8 @@ pub struct LocalTree {
     /// Setuid or setgid entries of someone else listed since it was last asked (see
     /// [`Tree::take_privileged`]).
     privileged: Arc<AtomicU64>,
+    /// Directories that cannot be listed this pass, and why (see [`LocalTree::fence`]).
+    fenced: Arc<std::sync::RwLock<Vec<(PathBuf, String)>>>,
 }
 
 impl LocalTree {
@@ -55,7 +57,24 @@ impl LocalTree {
             root,
             dir: Arc::new(dir),
             privileged: Arc::default(),
+            fenced: Arc::default(),
         })
+    }
+
+    /// From now on, the directories `dirs` of this tree cannot be listed (each for its reason),
+    /// in place of those fenced before: a pass then changes nothing below them, as below any
+    /// directory it cannot read.
+    pub fn fence(&self, dirs: Vec<(PathBuf, String)>) {
+        *self.fenced.write().unwrap_or_else(|e| e.into_inner()) = dirs;
+    }
+
+    /// Why the directory `rel` is fenced, if it is.
+    fn fenced(&self, rel: &Path) -> Option<String> {
+        let fenced = self.fenced.read().unwrap_or_else(|e| e.into_inner());
+        fenced
+            .iter()
+            .find(|(dir, _)| dir == rel)
+            .map(|(_, why)| why.clone())
     }
 
     /// The directory `rel` of this tree, held as a tree of its own (reached beneath this one).
@@ -68,6 +87,7 @@ impl LocalTree {
             root: self.path(rel),
             dir: Arc::new(dir),
             privileged: Arc::default(),
+            fenced: Arc::default(),
         })
     }
 
@@ -141,6 +161,9 @@ impl Tree for LocalTree {
         rel: &Path,
         skip: &dyn Fn(&OsStr) -> bool,
     ) -> io::Result<Vec<(OsString, Entry)>> {
+        if let Some(why) = self.fenced(rel) {
+            return Err(io::Error::other(why));
+        }
         let dir = open_beneath(self.fd(), rel, OFlags::RDONLY | OFlags::DIRECTORY)?;
         let (entries, privileged) = list_dir(dir, skip)?;
         if privileged > 0 {

@@ -9,13 +9,15 @@
 //! `ops` holds the safe operations of SPEC §7 (atomic replacement, a re-check against
 //! the scan before anything is replaced or removed, new directories built hidden); `read`
 //! hashes batches of files; `temp` our
-//! temporary names and their journal; `flush` the flushes; `mapped` the hash of a large copy
+//! temporary names and their journal; `mounts` the file systems mounted inside a tree; `flush`
+//! the flushes; `mapped` the hash of a large copy
 //! read from a mapping of it.
 
 pub(crate) mod at;
 pub mod flush;
 pub mod local;
 pub(crate) mod mapped;
+pub mod mounts;
 pub mod ops;
 pub mod read;
 pub mod temp;
