@@ -3,8 +3,8 @@
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
-
-use rayon::prelude::*;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::Error;
 use crate::model::{Entry, path_order};
@@ -92,13 +92,6 @@ impl IntoIterator for Entries {
     }
 }
 
-/// A scanned subtree, its entries in path order.
-#[derive(Default)]
-struct Partial {
-    entries: Vec<(PathBuf, Entry)>,
-    unlistable: Vec<(PathBuf, io::Error)>,
-}
-
 /// Scans `tree`, directories in parallel, skipping what `filter` excludes.
 ///
 /// Fails only if the root itself cannot be listed; a subdirectory that cannot be listed is
@@ -112,62 +105,142 @@ pub fn scan(tree: &dyn Tree, role: &'static str, filter: &Filter) -> Result<Scan
             path: PathBuf::from(tree.name()),
             source,
         })?;
-    let partial = scan_children(tree, root, children, filter);
+    let lister = Lister {
+        tree,
+        filter,
+        next_id: AtomicUsize::new(1),
+        done: Mutex::new(Vec::new()),
+    };
+    rayon::scope(|scope| lister.take(scope, 0, root, children));
+    let scanned = lister.assemble();
     debug_assert!(
-        partial
+        scanned
             .entries
+            .0
             .iter()
             .is_sorted_by(|a, b| path_order(&a.0, &b.0).is_lt())
     );
-    Ok(Scanned {
-        entries: Entries(partial.entries),
-        unlistable: partial.unlistable,
-    })
+    Ok(scanned)
 }
 
-fn scan_dir(tree: &dyn Tree, rel: &Path, filter: &Filter) -> Partial {
-    match tree.list(rel, &|name| filter.excludes_child(rel, name)) {
-        Ok(children) => scan_children(tree, rel, children, filter),
-        Err(err) => Partial {
-            entries: Vec::new(),
-            unlistable: vec![(rel.to_path_buf(), err)],
-        },
-    }
+/// One directory as listed: its children by name with their paths made, or why it could not
+/// be listed.
+enum Listing {
+    Listed {
+        children: Vec<(PathBuf, Entry)>,
+        /// The id of its first subdirectory; the others follow in the order of `children`.
+        first_sub: usize,
+    },
+    Unlistable(PathBuf, io::Error),
 }
 
-/// A directory's subtree in path order: its children by name, each directory followed by its
-/// own subtree (scanned in parallel). Names in byte order, depth first, is path order
-/// ([`path_order`]).
-fn scan_children(
-    tree: &dyn Tree,
-    rel: &Path,
-    children: Vec<(OsString, Entry)>,
-    filter: &Filter,
-) -> Partial {
-    let children: Vec<(PathBuf, Entry)> = children
-        .into_iter()
-        .map(|(name, entry)| (rel.join(name), entry))
-        .collect();
-    let subtrees: Vec<Partial> = children
-        .par_iter()
-        .filter(|(_, e)| e.is_dir())
-        .map(|(child, _)| scan_dir(tree, child, filter))
-        .collect();
-    let total = children.len() + subtrees.iter().map(|p| p.entries.len()).sum::<usize>();
-    let mut out = Partial {
-        entries: Vec::with_capacity(total),
-        unlistable: Vec::new(),
-    };
-    let mut subtrees = subtrees.into_iter();
-    for (child, entry) in children {
-        let is_dir = entry.is_dir();
-        out.entries.push((child, entry));
-        if is_dir && let Some(mut sub) = subtrees.next() {
-            out.entries.append(&mut sub.entries);
-            out.unlistable.append(&mut sub.unlistable);
+/// Lists the directories of one tree in parallel, each directory a task of its own, so that
+/// no thread's stack grows with the depth of the tree (SECURITY.md rule 7): a task lists its
+/// directory and hands its subdirectories to new tasks rather than descending into them.
+/// Each directory has an id (the root 0); [`Lister::assemble`] puts the listings together in
+/// path order once all are done.
+struct Lister<'a> {
+    tree: &'a dyn Tree,
+    filter: &'a Filter,
+    next_id: AtomicUsize,
+    /// Listings with their directory's id, in the order they were done.
+    done: Mutex<Vec<(usize, Listing)>>,
+}
+
+impl Lister<'_> {
+    /// Lists the directory `rel` (id `id`), then hands its subdirectories to new tasks.
+    fn list<'s>(&'s self, scope: &rayon::Scope<'s>, id: usize, rel: PathBuf) {
+        match self
+            .tree
+            .list(&rel, &|name| self.filter.excludes_child(&rel, name))
+        {
+            Ok(children) => self.take(scope, id, &rel, children),
+            Err(err) => self.done(id, Listing::Unlistable(rel, err)),
         }
     }
-    out
+
+    /// Keeps the listing `children` of `rel` (id `id`), and spawns a task for each of its
+    /// subdirectories. Rayon queues a spawned task, never runs it inline: it starts once this
+    /// one has returned, so the stack does not grow however deep the tree.
+    fn take<'s>(
+        &'s self,
+        scope: &rayon::Scope<'s>,
+        id: usize,
+        rel: &Path,
+        children: Vec<(OsString, Entry)>,
+    ) {
+        let children: Vec<(PathBuf, Entry)> = children
+            .into_iter()
+            .map(|(name, entry)| (rel.join(name), entry))
+            .collect();
+        let dirs = || children.iter().filter(|(_, e)| e.is_dir());
+        let first_sub = self.next_id.fetch_add(dirs().count(), Ordering::Relaxed);
+        for (sub_id, (child, _)) in (first_sub..).zip(dirs()) {
+            let child = child.clone();
+            scope.spawn(move |scope| self.list(scope, sub_id, child));
+        }
+        self.done(
+            id,
+            Listing::Listed {
+                children,
+                first_sub,
+            },
+        );
+    }
+
+    fn done(&self, id: usize, listing: Listing) {
+        self.done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((id, listing));
+    }
+
+    /// The listings put together in path order: each directory's children by name, each
+    /// subdirectory followed by its own subtree (names in byte order, depth first, is path
+    /// order, see [`path_order`]). A stack of the listings being read stands in for recursion.
+    fn assemble(self) -> Scanned {
+        let done = self.done.into_inner().unwrap_or_else(|e| e.into_inner());
+        let mut by_id: Vec<Option<Listing>> = Vec::new();
+        by_id.resize_with(self.next_id.into_inner(), || None);
+        let mut total = 0;
+        for (id, listing) in done {
+            if let Listing::Listed { children, .. } = &listing {
+                total += children.len();
+            }
+            by_id[id] = Some(listing);
+        }
+        let mut out = Scanned {
+            entries: Entries(Vec::with_capacity(total)),
+            unlistable: Vec::new(),
+        };
+        // The listings being read, innermost last: what is left of each, and the id of its
+        // next subdirectory.
+        let mut reading: Vec<(std::vec::IntoIter<(PathBuf, Entry)>, usize)> = Vec::new();
+        let mut enter = Some(0);
+        loop {
+            match enter.take().and_then(|id| by_id[id].take()) {
+                Some(Listing::Listed {
+                    children,
+                    first_sub,
+                }) => reading.push((children.into_iter(), first_sub)),
+                Some(Listing::Unlistable(rel, err)) => out.unlistable.push((rel, err)),
+                None => {}
+            }
+            let Some((children, next_sub)) = reading.last_mut() else {
+                break;
+            };
+            let Some((rel, entry)) = children.next() else {
+                reading.pop();
+                continue;
+            };
+            if entry.is_dir() {
+                enter = Some(*next_sub);
+                *next_sub += 1;
+            }
+            out.entries.0.push((rel, entry));
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -202,5 +275,41 @@ mod tests {
             assert_eq!(tree.entries.get(Path::new(missing)), None, "{missing}");
         }
         assert_eq!(tree.non_dir_count(), 6);
+    }
+
+    /// A walk that recursed would need a frame per level: on workers with a 256 KiB stack, a
+    /// tree 1,000 levels deep (far from PATH_MAX) is too deep for that.
+    #[test]
+    fn a_tree_deeper_than_the_stack_could_hold_frames_for_is_scanned_in_order() {
+        let root = tempfile::tempdir().unwrap();
+        let depth = 1_000;
+        let mut dir = root.path().to_path_buf();
+        for _ in 0..depth {
+            fs::write(dir.join("f"), "").unwrap();
+            dir.push("d");
+            fs::create_dir(&dir).unwrap();
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .stack_size(256 * 1024)
+            .build()
+            .unwrap();
+        let tree = pool
+            .install(|| scan(&LocalTree::new(root.path()), "SOURCE", &Filter::default()))
+            .unwrap();
+        assert!(tree.unlistable.is_empty());
+        assert_eq!(tree.entries.len(), 2 * depth);
+        assert_eq!(tree.non_dir_count(), depth);
+        // Path order: at each level the directory `d`, its whole subtree, then the file `f`.
+        let mut chain = PathBuf::new();
+        let mut want = Vec::new();
+        for _ in 0..depth {
+            chain.push("d");
+            want.push(chain.clone());
+        }
+        for level in (0..depth).rev() {
+            want.push(want[level].parent().unwrap().join("f"));
+        }
+        assert!(tree.entries.keys().eq(want.iter()));
     }
 }
