@@ -2,6 +2,7 @@
 
 mod util;
 
+mod depth;
 mod faults;
 mod oneway;
 mod restore;
