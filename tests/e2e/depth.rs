@@ -14,6 +14,9 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
+use std::process::Stdio;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 
@@ -158,7 +161,8 @@ fn twoway_on_a_chain(depth: usize) -> TestResult {
     Ok(())
 }
 
-/// A fixture whose trees are removed level by level before its temporary directory goes.
+/// A fixture whose trees are removed level by level before its temporary directory goes, and
+/// whose runs report a failure, a timeout included, in a few short lines.
 struct Deep(Env);
 
 impl std::ops::Deref for Deep {
@@ -176,35 +180,99 @@ impl Drop for Deep {
     }
 }
 
-/// Fails unless `run` exited 0 and, if it logged a pass summary, the pass counted no error.
-fn expect_pass(run: &Run, what: &str) -> TestResult {
-    expect_exit_0(run, what)?;
-    if let Some(summary) = last_summary(&run.log) {
+/// A finished run, and whether it had to be killed.
+struct Ran {
+    run: Run,
+    timed_out: bool,
+}
+
+impl Deep {
+    /// `PROGRAM --log LOG --once EXTRA... SOURCE BACKUP`, as [`Deep::run`] runs it.
+    fn once(&self, extra: &[&dyn AsRef<OsStr>]) -> Res<Ran> {
+        let mut args: Vec<&dyn AsRef<OsStr>> = vec![&"--once"];
+        args.extend_from_slice(extra);
+        args.push(&self.src);
+        args.push(&self.dst);
+        self.run(&args)
+    }
+
+    /// Runs `PROGRAM --log LOG ARGS...` as [`Env::run`] does, except that a run killed after
+    /// [`RUN_TIMEOUT`] is returned like any other, for [`expect_exit_0`] to report briefly
+    /// (its whole output would be megabytes of 20,000-byte lines).
+    fn run(&self, args: &[&dyn AsRef<OsStr>]) -> Res<Ran> {
+        let log_before = fs::metadata(&self.log).map_or(0, |m| m.len());
+        let mut cmd = self.command(args);
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn()?;
+        let mut stderr = child.stderr.take().ok_or_else(|| fail("no stderr pipe"))?;
+        // Drained meanwhile: a pass logs far more than a pipe holds.
+        let reader = thread::spawn(move || {
+            let mut bytes = Vec::new();
+            stderr.read_to_end(&mut bytes).map(|_| bytes)
+        });
+        let deadline = Instant::now() + RUN_TIMEOUT;
+        let (status, timed_out) = loop {
+            if let Some(status) = child.try_wait()? {
+                break (status, false);
+            }
+            if Instant::now() >= deadline {
+                child.kill()?;
+                break (child.wait()?, true);
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        let stderr = reader
+            .join()
+            .map_err(|_| fail("the stderr reader panicked"))??;
+        let log = fs::read(&self.log).unwrap_or_default();
+        let new = log.get(usize::try_from(log_before)?..).unwrap_or(&log);
+        Ok(Ran {
+            run: Run {
+                program: self.program,
+                status,
+                stdout: String::new(),
+                stderr: String::from_utf8_lossy(&stderr).into_owned(),
+                log: String::from_utf8_lossy(new).into_owned(),
+            },
+            timed_out,
+        })
+    }
+}
+
+/// Fails unless the run exited 0 and, if it logged a pass summary, the pass counted no error.
+fn expect_pass(ran: &Ran, what: &str) -> TestResult {
+    expect_exit_0(ran, what)?;
+    if let Some(summary) = last_summary(&ran.run.log) {
         ensure!(
             summary.errors == 0,
             "{what}: the pass counted errors: {summary:?}\n{}",
-            short(run)
+            short(&ran.run)
         );
     }
     Ok(())
 }
 
-fn expect_exit_0(run: &Run, what: &str) -> TestResult {
+fn expect_exit_0(ran: &Ran, what: &str) -> TestResult {
     ensure!(
-        run.status.code() == Some(0),
-        "{what}: expected exit code 0, got {}\n{}",
-        describe_status(run.status),
-        short(run)
+        ran.run.status.code() == Some(0),
+        "{what}: expected exit code 0, got {}{}\n{}",
+        describe_status(ran.run.status),
+        if ran.timed_out {
+            format!(" (killed after {RUN_TIMEOUT:?})")
+        } else {
+            String::new()
+        },
+        short(&ran.run)
     );
     Ok(())
 }
 
-fn expect_operations(run: &Run, n: u64) -> TestResult {
-    let summary = last_summary(&run.log).ok_or_else(|| fail("no pass summary in the log"))?;
+fn expect_operations(ran: &Ran, n: u64) -> TestResult {
+    let summary = last_summary(&ran.run.log).ok_or_else(|| fail("no pass summary in the log"))?;
     ensure!(
         summary.operations == n,
         "expected {n} operations, the summary says {summary:?}\n{}",
-        short(run)
+        short(&ran.run)
     );
     Ok(())
 }
@@ -414,39 +482,57 @@ fn compare_chains(a: &Path, b: &Path, dir_times: bool) -> TestResult {
 
 /// Removes the tree at `path`, level by level: each directory is reached from the one above,
 /// emptied of what is not a directory, and removed from its parent (reached through `..`)
-/// once empty. One descriptor is open at a time, whatever the depth.
+/// once empty. One descriptor is open at a time, whatever the depth. An entry that vanishes
+/// meanwhile is let go (a versioning child killed with its twoway removes its own work).
 fn remove_tree(path: &Path) -> TestResult {
+    use rustix::io::Errno;
+    let gone = |result: rustix::io::Result<()>| match result {
+        Err(Errno::NOENT) => Ok(()),
+        other => other,
+    };
     let mut dir = match open_dir(path) {
         Ok(dir) => dir,
         Err(_) if fs::symlink_metadata(path).is_err() => return Ok(()),
         Err(err) => return Err(err),
     };
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW;
     // The names from `path` down to `dir`.
     let mut down: Vec<OsString> = Vec::new();
     loop {
         let mut sub = None;
         for name in names(&dir)? {
-            let st = rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW)?;
-            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-                sub = Some(name);
-                break;
-            }
-            rustix::fs::unlinkat(&dir, &name, AtFlags::empty())?;
-        }
-        match sub {
-            Some(name) => {
-                // A version keeps SOURCE's modes: a read-only directory is opened up first.
-                rustix::fs::chmodat(&dir, &name, Mode::RWXU, AtFlags::empty())?;
-                dir = open_sub(&dir, &name, down.len())?;
-                down.push(name);
-            }
-            None => {
-                let Some(name) = down.pop() else { break };
-                let parent = open_sub(&dir, OsStr::new(".."), down.len() + 1)?;
-                rustix::fs::unlinkat(&parent, &name, AtFlags::REMOVEDIR)?;
-                dir = parent;
+            match rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                    sub = Some(name);
+                    break;
+                }
+                Ok(_) => gone(rustix::fs::unlinkat(&dir, &name, AtFlags::empty()))?,
+                Err(Errno::NOENT) => {}
+                Err(err) => return Err(err.into()),
             }
         }
+        if let Some(name) = sub {
+            // A version keeps SOURCE's modes: a read-only directory is opened up first.
+            gone(rustix::fs::chmodat(
+                &dir,
+                &name,
+                Mode::RWXU,
+                AtFlags::empty(),
+            ))?;
+            match rustix::fs::openat(&dir, &name, flags, Mode::empty()) {
+                Ok(inner) => {
+                    dir = inner;
+                    down.push(name);
+                }
+                Err(Errno::NOENT) => {}
+                Err(err) => return Err(err.into()),
+            }
+            continue;
+        }
+        let Some(name) = down.pop() else { break };
+        let parent = rustix::fs::openat(&dir, "..", flags, Mode::empty())?;
+        gone(rustix::fs::unlinkat(&parent, &name, AtFlags::REMOVEDIR))?;
+        dir = parent;
     }
     drop(dir);
     fs::remove_dir(path).context(|| format!("remove {}", path.display()))
