@@ -2,6 +2,7 @@
 
 use std::ffi::OsString;
 use std::io;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -109,7 +110,7 @@ pub fn scan(tree: &dyn Tree, role: &'static str, filter: &Filter) -> Result<Scan
         tree,
         filter,
         next_id: AtomicUsize::new(1),
-        done: Mutex::new(Vec::new()),
+        done: Mutex::new(Done::default()),
     };
     rayon::scope(|scope| lister.take(scope, 0, root, children));
     let scanned = lister.assemble();
@@ -123,28 +124,38 @@ pub fn scan(tree: &dyn Tree, role: &'static str, filter: &Filter) -> Result<Scan
     Ok(scanned)
 }
 
-/// One directory as listed: its children by name with their paths made, or why it could not
-/// be listed.
-enum Listing {
-    Listed {
-        children: Vec<(PathBuf, Entry)>,
-        /// The id of its first subdirectory; the others follow in the order of `children`.
-        first_sub: usize,
-    },
-    Unlistable(PathBuf, io::Error),
-}
-
 /// Lists the directories of one tree in parallel, each directory a task of its own, so that
 /// no thread's stack grows with the depth of the tree (SECURITY.md rule 7): a task lists its
 /// directory and hands its subdirectories to new tasks rather than descending into them.
-/// Each directory has an id (the root 0); [`Lister::assemble`] puts the listings together in
-/// path order once all are done.
+/// Each directory has an id (the root 0); [`Lister::assemble`] puts the listings in path
+/// order once all are done.
 struct Lister<'a> {
     tree: &'a dyn Tree,
     filter: &'a Filter,
     next_id: AtomicUsize,
-    /// Listings with their directory's id, in the order they were done.
-    done: Mutex<Vec<(usize, Listing)>>,
+    done: Mutex<Done>,
+}
+
+/// What the tasks listed, in the order they were done.
+#[derive(Default)]
+struct Done {
+    /// Every entry, the children of each directory together and by name. Holding them in one
+    /// vector, not one per directory, is what lets [`Lister::assemble`] order them in place:
+    /// a copy into path order would hold every entry twice.
+    entries: Vec<(PathBuf, Entry)>,
+    /// Where each directory's children are, by its id.
+    listings: Vec<(usize, Listing)>,
+}
+
+/// One directory as listed: where its children are in [`Done::entries`], or why it could not
+/// be listed.
+enum Listing {
+    Listed {
+        children: Range<usize>,
+        /// The id of its first subdirectory; the others follow in the order of its children.
+        first_sub: usize,
+    },
+    Unlistable(PathBuf, io::Error),
 }
 
 impl Lister<'_> {
@@ -155,7 +166,7 @@ impl Lister<'_> {
             .list(&rel, &|name| self.filter.excludes_child(&rel, name))
         {
             Ok(children) => self.take(scope, id, &rel, children),
-            Err(err) => self.done(id, Listing::Unlistable(rel, err)),
+            Err(err) => self.done(id, Listing::Unlistable(rel, err), Vec::new()),
         }
     }
 
@@ -179,67 +190,82 @@ impl Lister<'_> {
             let child = child.clone();
             scope.spawn(move |scope| self.list(scope, sub_id, child));
         }
-        self.done(
-            id,
-            Listing::Listed {
-                children,
-                first_sub,
-            },
-        );
+        let listing = Listing::Listed {
+            children: 0..0,
+            first_sub,
+        };
+        self.done(id, listing, children);
     }
 
-    fn done(&self, id: usize, listing: Listing) {
-        self.done
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((id, listing));
+    /// Records the listing of the directory `id`, with its `children`.
+    fn done(&self, id: usize, mut listing: Listing, children: Vec<(PathBuf, Entry)>) {
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        if let Listing::Listed { children: at, .. } = &mut listing {
+            *at = done.entries.len()..done.entries.len() + children.len();
+        }
+        done.entries.extend(children);
+        done.listings.push((id, listing));
     }
 
-    /// The listings put together in path order: each directory's children by name, each
-    /// subdirectory followed by its own subtree (names in byte order, depth first, is path
-    /// order, see [`path_order`]). A stack of the listings being read stands in for recursion.
+    /// The entries in path order: each directory's children by name, each subdirectory
+    /// followed by its own subtree (names in byte order, depth first, is path order, see
+    /// [`path_order`]). A stack of the listings being read stands in for recursion; it says
+    /// where each entry goes, and the entries are then moved there in place.
     fn assemble(self) -> Scanned {
-        let done = self.done.into_inner().unwrap_or_else(|e| e.into_inner());
+        let Done {
+            mut entries,
+            listings,
+        } = self.done.into_inner().unwrap_or_else(|e| e.into_inner());
         let mut by_id: Vec<Option<Listing>> = Vec::new();
         by_id.resize_with(self.next_id.into_inner(), || None);
-        let mut total = 0;
-        for (id, listing) in done {
-            if let Listing::Listed { children, .. } = &listing {
-                total += children.len();
-            }
+        for (id, listing) in listings {
             by_id[id] = Some(listing);
         }
-        let mut out = Scanned {
-            entries: Entries(Vec::with_capacity(total)),
-            unlistable: Vec::new(),
-        };
+        let mut unlistable = Vec::new();
+        // Where the entry now at each index goes.
+        let mut place = vec![0; entries.len()];
+        let mut placed = 0;
         // The listings being read, innermost last: what is left of each, and the id of its
         // next subdirectory.
-        let mut reading: Vec<(std::vec::IntoIter<(PathBuf, Entry)>, usize)> = Vec::new();
+        let mut reading: Vec<(Range<usize>, usize)> = Vec::new();
         let mut enter = Some(0);
         loop {
             match enter.take().and_then(|id| by_id[id].take()) {
                 Some(Listing::Listed {
                     children,
                     first_sub,
-                }) => reading.push((children.into_iter(), first_sub)),
-                Some(Listing::Unlistable(rel, err)) => out.unlistable.push((rel, err)),
+                }) => reading.push((children, first_sub)),
+                Some(Listing::Unlistable(rel, err)) => unlistable.push((rel, err)),
                 None => {}
             }
             let Some((children, next_sub)) = reading.last_mut() else {
                 break;
             };
-            let Some((rel, entry)) = children.next() else {
+            let Some(i) = children.next() else {
                 reading.pop();
                 continue;
             };
-            if entry.is_dir() {
+            place[i] = placed;
+            placed += 1;
+            if entries[i].1.is_dir() {
                 enter = Some(*next_sub);
                 *next_sub += 1;
             }
-            out.entries.0.push((rel, entry));
         }
-        out
+        debug_assert_eq!(placed, entries.len());
+        // Each swap puts one entry where it goes.
+        for i in 0..entries.len() {
+            while place[i] != i {
+                let to = place[i];
+                entries.swap(i, to);
+                place.swap(i, to);
+            }
+        }
+        entries.shrink_to_fit();
+        Scanned {
+            entries: Entries(entries),
+            unlistable,
+        }
     }
 }
 
@@ -275,6 +301,47 @@ mod tests {
             assert_eq!(tree.entries.get(Path::new(missing)), None, "{missing}");
         }
         assert_eq!(tree.non_dir_count(), 6);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// Whatever the shape of the tree, the listings put together give every entry once, in
+        /// path order.
+        #[test]
+        fn any_tree_is_scanned_whole_and_in_path_order(
+            paths in proptest::collection::vec(
+                proptest::collection::vec(proptest::sample::select(vec!["a", "a-", "a.b", "b"]), 1..5),
+                0..40,
+            ),
+        ) {
+            let root = tempfile::tempdir().unwrap();
+            let mut want: Vec<(PathBuf, bool)> = Vec::new();
+            for parts in &paths {
+                let rel: PathBuf = parts.iter().collect();
+                // Every prefix a directory, the last name a file unless something is under it.
+                let mut dir = PathBuf::new();
+                for part in &parts[..parts.len() - 1] {
+                    dir.push(part);
+                    if !want.iter().any(|(p, _)| *p == dir) {
+                        if fs::create_dir(root.path().join(&dir)).is_err() {
+                            break;
+                        }
+                        want.push((dir.clone(), true));
+                    }
+                }
+                if !want.iter().any(|(p, _)| *p == rel)
+                    && fs::write(root.path().join(&rel), "").is_ok()
+                {
+                    want.push((rel, false));
+                }
+            }
+            want.sort_by(|a, b| path_order(&a.0, &b.0));
+            let tree = scan(&LocalTree::new(root.path()), "SOURCE", &Filter::default()).unwrap();
+            let got: Vec<(PathBuf, bool)> =
+                tree.entries.iter().map(|(p, e)| (p.clone(), e.is_dir())).collect();
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 
     /// A walk that recursed would need a frame per level: on workers with a 256 KiB stack, a
