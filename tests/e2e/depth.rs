@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,10 @@ use crate::util::*;
 const DEEP: usize = 10_000;
 /// Paths of 3,800 bytes, below PATH_MAX, and still deep enough to overflow a recursive walk.
 const BELOW_PATH_MAX: usize = 1_900;
+
+/// The descriptors a run may hold at once: the usual soft limit (this machine's may be
+/// higher), far fewer than the levels, so that a walk holding one per level fails here too.
+const DESCRIPTORS: u32 = 1024;
 
 /// The name of every directory of a chain.
 const DIR: &str = "d";
@@ -57,50 +61,14 @@ fn twoway_on_a_tree_10000_levels_deep_carries_edits_at_the_bottom_both_ways() ->
 
 #[test]
 fn versions_of_a_tree_10000_levels_deep_are_made_rotated_and_dropped() -> TestResult {
-    let env = Deep(Env::new()?);
-    build_chain(&env.src, DEEP)?;
-    let versioned = |tag: &str| -> TestResult {
-        let run = env.once(&[&"--versioned"])?;
-        expect_pass(&run, &format!("versioned pass {tag}"))
-    };
-    let (latest, previous) = (env.dst.join("_1"), env.dst.join("_0"));
+    versions_of_a_chain(DEEP)
+}
 
-    versioned("1")?;
-    same_trees(&env.src, &latest)?;
-
-    // A new version shares the unchanged half-way file with the one before, and keeps the
-    // bottom file of each.
-    write_at(&env.src, DEEP, BOTTOM, b"second\n", T0 + 10)?;
-    versioned("2")?;
-    same_trees(&env.src, &latest)?;
-    ensure!(
-        read_at(&previous, DEEP, BOTTOM)? == b"at the bottom\n",
-        "_0 does not hold the first bottom file"
-    );
-    ensure!(
-        stat_at(&previous, DEEP / 2, HALF)?.st_ino == stat_at(&latest, DEEP / 2, HALF)?.st_ino,
-        "the unchanged half-way file was not hard-linked into the new version"
-    );
-
-    // A third version pushes the first out: its 10,000 levels are removed.
-    write_at(&env.src, DEEP, BOTTOM, b"third\n", T0 + 20)?;
-    versioned("3")?;
-    same_trees(&env.src, &latest)?;
-    ensure!(
-        read_at(&previous, DEEP, BOTTOM)? == b"second\n",
-        "_0 does not hold the second bottom file"
-    );
-    let trees: Vec<OsString> = fs::read_dir(&env.dst)?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .filter(|n| n.as_bytes().starts_with(b".v-") && !n.as_bytes().ends_with(b".manifest"))
-        .collect();
-    ensure!(
-        trees.len() == 2,
-        "expected the two kept version trees in VDIR, found {trees:?}"
-    );
-    Ok(())
+/// Dropping the oldest version removes a whole tree: one that holds a descriptor per level
+/// (std's `remove_dir_all` does) runs out of them here, far below PATH_MAX.
+#[test]
+fn versions_of_a_tree_deeper_than_the_descriptors_a_run_may_hold_are_dropped() -> TestResult {
+    versions_of_a_chain(DESCRIPTORS as usize + 100)
 }
 
 #[test]
@@ -161,6 +129,59 @@ fn twoway_on_a_chain(depth: usize) -> TestResult {
     Ok(())
 }
 
+/// Three versions: the first, a second that shares the unchanged half-way file with it, and a
+/// third that pushes the first out (its whole tree is removed).
+fn versions_of_a_chain(depth: usize) -> TestResult {
+    let env = Deep(Env::new()?);
+    build_chain(&env.src, depth)?;
+    let versioned = |tag: &str| -> TestResult {
+        let run = env.once(&[&"--versioned"])?;
+        expect_pass(&run, &format!("versioned pass {tag}"))?;
+        ensure!(
+            !run.run.log.contains(" - WARNING] - "),
+            "versioned pass {tag} warned:\n{}",
+            short(&run.run)
+        );
+        Ok(())
+    };
+    let (latest, previous) = (env.dst.join("_1"), env.dst.join("_0"));
+
+    versioned("1")?;
+    same_trees(&env.src, &latest)?;
+
+    write_at(&env.src, depth, BOTTOM, b"second\n", T0 + 10)?;
+    versioned("2")?;
+    same_trees(&env.src, &latest)?;
+    ensure!(
+        read_at(&previous, depth, BOTTOM)? == b"at the bottom\n",
+        "_0 does not hold the first bottom file"
+    );
+    ensure!(
+        stat_at(&previous, depth / 2, HALF)?.st_ino == stat_at(&latest, depth / 2, HALF)?.st_ino,
+        "the unchanged half-way file (depth {}) was copied into the new version, not hard-linked",
+        depth / 2
+    );
+
+    write_at(&env.src, depth, BOTTOM, b"third\n", T0 + 20)?;
+    versioned("3")?;
+    same_trees(&env.src, &latest)?;
+    ensure!(
+        read_at(&previous, depth, BOTTOM)? == b"second\n",
+        "_0 does not hold the second bottom file"
+    );
+    let trees: Vec<OsString> = fs::read_dir(&env.dst)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter(|n| n.as_bytes().starts_with(b".v-") && !n.as_bytes().ends_with(b".manifest"))
+        .collect();
+    ensure!(
+        trees.len() == 2,
+        "expected the two kept version trees in VDIR, found {trees:?}"
+    );
+    Ok(())
+}
+
 /// A fixture whose trees are removed level by level before its temporary directory goes, and
 /// whose runs report a failure, a timeout included, in a few short lines.
 struct Deep(Env);
@@ -198,11 +219,28 @@ impl Deep {
 
     /// Runs `PROGRAM --log LOG ARGS...` as [`Env::run`] does, except that a run killed after
     /// [`RUN_TIMEOUT`] is returned like any other, for [`expect_exit_0`] to report briefly
-    /// (its whole output would be megabytes of 20,000-byte lines).
+    /// (its whole output would be megabytes of 20,000-byte lines), and that the program may
+    /// open at most [`DESCRIPTORS`] files at once.
     fn run(&self, args: &[&dyn AsRef<OsStr>]) -> Res<Ran> {
         let log_before = fs::metadata(&self.log).map_or(0, |m| m.len());
-        let mut cmd = self.command(args);
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let program = self.command(args);
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={DESCRIPTORS}"))
+            .arg("--")
+            .arg(program.get_program())
+            .args(program.get_args());
+        if let Some(dir) = program.get_current_dir() {
+            cmd.current_dir(dir);
+        }
+        for (key, value) in program.get_envs() {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn()?;
         let mut stderr = child.stderr.take().ok_or_else(|| fail("no stderr pipe"))?;
         // Drained meanwhile: a pass logs far more than a pipe holds.
@@ -278,9 +316,10 @@ fn expect_operations(ran: &Ran, n: u64) -> TestResult {
 }
 
 /// What a run printed, shortened: a line naming an entry 10,000 levels deep is 20,000 bytes
-/// long. The errors and warnings first, then the last lines, each cut in the middle.
+/// long. What stderr holds besides the log's lines (a crash), the log's errors and warnings,
+/// then its last lines, each cut in the middle.
 fn short(run: &Run) -> String {
-    let cut = |line: &str| -> String {
+    let cut = |line: &&str| -> String {
         let chars: Vec<char> = line.chars().collect();
         match chars.len() {
             0..=240 => format!("{line}\n"),
@@ -291,21 +330,22 @@ fn short(run: &Run) -> String {
             ),
         }
     };
+    let tag = run.program.tag();
+    let other: Vec<&str> = run.stderr.lines().filter(|l| !l.starts_with(tag)).collect();
     let lines: Vec<&str> = run.log.lines().collect();
     let faults = lines
         .iter()
-        .filter(|l| l.contains(" - ERROR] - ") || l.contains(" - WARN] - "))
+        .filter(|l| l.contains(" - ERROR] - ") || l.contains(" - WARNING] - "))
         .take(8);
     let last = &lines[lines.len().saturating_sub(4)..];
-    let stderr: Vec<&str> = run.stderr.lines().collect();
     format!(
-        "--- stderr (last lines):\n{}--- log (errors and warnings, then the last lines):\n{}…\n{}",
-        stderr[stderr.len().saturating_sub(6)..]
+        "--- stderr, without the log's lines:\n{}--- log: errors and warnings, then the last lines:\n{}…\n{}",
+        other[other.len().saturating_sub(8)..]
             .iter()
-            .map(|l| cut(l))
+            .map(cut)
             .collect::<String>(),
-        faults.map(|l| cut(l)).collect::<String>(),
-        last.iter().map(|l| cut(l)).collect::<String>()
+        faults.map(cut).collect::<String>(),
+        last.iter().map(cut).collect::<String>()
     )
 }
 
