@@ -3,6 +3,7 @@
 mod util;
 
 mod attacks;
+mod depth;
 mod faults;
 mod limits;
 mod mounts;

@@ -6,8 +6,8 @@
 //! - [`scan`]: reading a tree without following links; [`hash`]: digests and the one hash cache;
 //! - [`plan`]: deciding what to do (the two-way reconcile, the refusals of SPEC §8);
 //! - [`tree`]: the safe operations on a user's tree; [`state`]: manifests and the archive;
-//! - [`model`], [`error`], [`display`], [`signal`]: the words, faults, printing and stop flag
-//!   every part shares.
+//! - [`model`], [`error`], [`display`], [`signal`], [`subtrees`]: the words, faults, printing,
+//!   stop flag and sets of subtrees every part shares.
 
 pub mod apply;
 pub mod display;
@@ -20,6 +20,7 @@ pub mod run;
 pub mod scan;
 pub mod signal;
 pub mod state;
+pub mod subtrees;
 pub mod testhook;
 pub mod tree;
 

@@ -425,3 +425,34 @@ fn large_files_copied_in_pairs_are_whole_and_each_keeps_its_own_digest() {
         assert_eq!(kept.mtime(), 1_600_000_000 + k as i64);
     }
 }
+
+/// A walk that recursed would need a frame per level: on workers with a 128 KiB stack, a tree
+/// 500 levels deep (far from PATH_MAX) is too deep for that, in a first copy (applied as it is
+/// walked) as in a pass that compares both trees.
+#[test]
+fn a_tree_deeper_than_the_stack_could_hold_frames_for_is_mirrored() {
+    let (_dir, s, b) = empty_roots();
+    let mut bottom = s.clone();
+    for _ in 0..500 {
+        bottom.push("d");
+        fs::create_dir(&bottom).unwrap();
+    }
+    let file = bottom.join("f");
+    fs::write(&file, "at the bottom").unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .stack_size(128 * 1024)
+        .build()
+        .unwrap();
+    let opts = options(&s, &b);
+    let mut cache = DirCache::in_memory();
+
+    let first = pool.install(|| mirror_pass(&opts, &mut cache)).unwrap();
+    assert_eq!(first.errors, 0);
+    assert_eq!(read_tree(&b), read_tree(&s));
+
+    fs::write(&file, "edited at the bottom").unwrap();
+    let second = pool.install(|| mirror_pass(&opts, &mut cache)).unwrap();
+    assert_eq!((second.operations, second.errors), (1, 0));
+    assert_eq!(read_tree(&b), read_tree(&s));
+}

@@ -19,6 +19,7 @@ use crate::hash::Learner;
 use crate::model::{Entry, Item, Side, path_order};
 use crate::plan::step::{Known, Step, Steps};
 use crate::signal;
+use crate::subtrees::Subtrees;
 use crate::tree::{Content, Copied, Dest, OpError, Tree};
 
 /// How often a mirror's BACKUP is flushed while files are copied (see
@@ -127,6 +128,9 @@ impl Applier<'_> {
             .iter()
             .partition(|step| step.rel().parent().is_none_or(|p| !created.contains(p)));
         let hidden = Run::new(self, state).stage(&tops);
+        for rel in hidden.keys() {
+            state.hidden_roots.insert(rel);
+        }
         state.hidden.extend(hidden);
         nested
     }
@@ -171,7 +175,11 @@ impl Applier<'_> {
         Applied {
             operations: state.operations.into_inner(),
             errors: state.errors.into_inner(),
-            failed: state.failed.into_inner().unwrap_or_else(|e| e.into_inner()),
+            failed: state
+                .failed
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .paths,
             read_by_copies: state
                 .read_by_copies
                 .into_inner()
@@ -239,11 +247,13 @@ pub struct Applying {
     errors: AtomicU64,
     /// Paths whose step failed: nothing is done at or beneath them this pass, so a link left
     /// where a directory should be is never written through.
-    failed: Mutex<HashSet<PathBuf>>,
+    failed: Mutex<Failed>,
     /// Something is in `failed` (read without a lock by every step).
     any_failed: AtomicBool,
     /// New directories being built hidden, by the path they get when complete.
     hidden: HashMap<PathBuf, HiddenDir>,
+    /// The same paths, asked whether a path lies in one of them.
+    hidden_roots: Subtrees,
     read_by_copies: Mutex<HashMap<PathBuf, Item>>,
 }
 
@@ -260,6 +270,13 @@ impl Applying {
             hidden.abandoned.store(true, Ordering::Relaxed);
         }
     }
+}
+
+/// The paths whose step failed, and the same asked whether a path lies beneath one.
+#[derive(Default)]
+struct Failed {
+    paths: HashSet<PathBuf>,
+    under: Subtrees,
 }
 
 /// An applier at work on an application.
@@ -377,26 +394,21 @@ impl<'a> Run<'a> {
             return false;
         }
         let failed = self.state.failed.lock().unwrap_or_else(|e| e.into_inner());
-        rel.ancestors().any(|a| failed.contains(a))
+        failed.under.contains(rel)
     }
 
     fn mark_failed(&self, rel: &Path) {
-        self.state
-            .failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(rel.to_path_buf());
+        let mut failed = self.state.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if failed.paths.insert(rel.to_path_buf()) {
+            failed.under.insert(rel);
+        }
         self.state.any_failed.store(true, Ordering::Release);
     }
 
     /// The hidden directory that `rel` is being built in, if any.
     fn hidden_in<'r>(&self, rel: &'r Path) -> Option<(&'r Path, &HiddenDir)> {
-        if self.state.hidden.is_empty() {
-            return None;
-        }
-        rel.ancestors()
-            .skip(1)
-            .find_map(|a| self.state.hidden.get(a).map(|h| (a, h)))
+        let top = self.state.hidden_roots.root_above(rel)?;
+        self.state.hidden.get(top).map(|hidden| (top, hidden))
     }
 
     /// Where `rel` is written now (inside a hidden directory, or at its own name), and how.

@@ -10,7 +10,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use checksum::Digest;
-use rayon::prelude::*;
 
 use crate::apply::{Applier, Applying, Target};
 use crate::display::Escaped;
@@ -108,8 +107,10 @@ impl Walk<'_> {
         }
     }
 
-    /// Walks a directory that is one on at least one side, then its subdirectories.
-    fn visit(&self, sub: Sub) {
+    /// Walks a directory that is one on at least one side, then hands its subdirectories to
+    /// tasks of their own in `scope`. Rayon queues a spawned task, never runs it inline, so the
+    /// stack does not grow with the depth of the tree (SECURITY.md rule 7).
+    fn visit<'s>(&'s self, scope: &rayon::Scope<'s>, sub: Sub) {
         // A first copy stopped by Ctrl+C or SIGTERM reads no further: nothing it would plan
         // could be applied. (Other passes plan everything first, and stop in the applier.)
         if let Some((_, applying)) = self.streaming
@@ -214,7 +215,18 @@ impl Walk<'_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .append(found);
-        subs.0.into_par_iter().for_each(|sub| self.visit(sub));
+        for sub in subs.0 {
+            scope.spawn(move |scope| self.visit(scope, sub));
+        }
+    }
+
+    /// Walks `subs` and everything beneath them, in parallel; returns once all is walked.
+    fn visit_all(&self, subs: Vec<Sub>) {
+        rayon::scope(|scope| {
+            for sub in subs {
+                scope.spawn(move |scope| self.visit(scope, sub));
+            }
+        });
     }
 
     /// Applies what `found` holds for one directory (all but its directories' modes, which
@@ -635,7 +647,7 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
         applier.flushing(Some(Side::Backup), || {
             rayon::join(
                 || applier.now(walk.streaming.expect("streaming").1, &only(root.transfers)),
-                || subs.into_par_iter().for_each(|sub| walk.visit(sub)),
+                || walk.visit_all(subs),
             );
         });
         walk.found
@@ -647,7 +659,7 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .append(found);
-        subs.into_par_iter().for_each(|sub| walk.visit(sub));
+        walk.visit_all(subs);
     }
 
     let Walk {

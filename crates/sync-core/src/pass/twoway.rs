@@ -16,6 +16,7 @@ use crate::plan::step::{Known, Step, Steps};
 use crate::scan::{self, Scanned};
 use crate::signal;
 use crate::state::archive;
+use crate::subtrees::Subtrees;
 use crate::tree::{Tree, temp};
 
 /// What a two-way pass needs besides the [`PassOptions`] of every pass.
@@ -291,8 +292,8 @@ pub fn twoway_pass(
             return Ok(());
         }
         let mut next = archived;
-        let covered =
-            |rel: &Path| !failed.is_empty() && rel.ancestors().any(|a| failed.contains(a));
+        let failed: Subtrees = failed.iter().collect();
+        let covered = |rel: &Path| failed.contains(rel);
         let mut changed = first_pass;
         for (rel, fin) in &plan.finals {
             if covered(rel) {

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use crate::model::Side;
 use crate::model::{Item, ItemList, Items};
 use crate::plan::step::{Step, arrive, finish};
+use crate::subtrees::Subtrees;
 
 /// Who wins a conflict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,8 +150,8 @@ pub fn reconcile(
     policy: Policy,
     stamp: &str,
 ) -> Plan {
-    let covered =
-        |rel: &Path| !protected.is_empty() && rel.ancestors().any(|a| protected.contains(a));
+    let protected_trees: Subtrees = protected.iter().collect();
+    let covered = |rel: &Path| protected_trees.contains(rel);
     let rows = join3(archive, source, backup);
     // Conflict names already handed out this pass; names on disk or in the archive are
     // looked up in the three maps.

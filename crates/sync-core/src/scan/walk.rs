@@ -2,9 +2,10 @@
 
 use std::ffi::OsString;
 use std::io;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-
-use rayon::prelude::*;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::Error;
 use crate::model::{Entry, path_order};
@@ -92,13 +93,6 @@ impl IntoIterator for Entries {
     }
 }
 
-/// A scanned subtree, its entries in path order.
-#[derive(Default)]
-struct Partial {
-    entries: Vec<(PathBuf, Entry)>,
-    unlistable: Vec<(PathBuf, io::Error)>,
-}
-
 /// Scans `tree`, directories in parallel, skipping what `filter` excludes.
 ///
 /// Fails only if the root itself cannot be listed; a subdirectory that cannot be listed is
@@ -112,62 +106,167 @@ pub fn scan(tree: &dyn Tree, role: &'static str, filter: &Filter) -> Result<Scan
             path: PathBuf::from(tree.name()),
             source,
         })?;
-    let partial = scan_children(tree, root, children, filter);
+    let lister = Lister {
+        tree,
+        filter,
+        next_id: AtomicUsize::new(1),
+        done: Mutex::new(Done::default()),
+    };
+    rayon::scope(|scope| lister.take(scope, 0, root, children));
+    let scanned = lister.assemble();
     debug_assert!(
-        partial
+        scanned
             .entries
+            .0
             .iter()
             .is_sorted_by(|a, b| path_order(&a.0, &b.0).is_lt())
     );
-    Ok(Scanned {
-        entries: Entries(partial.entries),
-        unlistable: partial.unlistable,
-    })
+    Ok(scanned)
 }
 
-fn scan_dir(tree: &dyn Tree, rel: &Path, filter: &Filter) -> Partial {
-    match tree.list(rel, &|name| filter.excludes_child(rel, name)) {
-        Ok(children) => scan_children(tree, rel, children, filter),
-        Err(err) => Partial {
-            entries: Vec::new(),
-            unlistable: vec![(rel.to_path_buf(), err)],
-        },
-    }
+/// Lists the directories of one tree in parallel, each directory a task of its own, so that
+/// no thread's stack grows with the depth of the tree (SECURITY.md rule 7): a task lists its
+/// directory and hands its subdirectories to new tasks rather than descending into them.
+/// Each directory has an id (the root 0); [`Lister::assemble`] puts the listings in path
+/// order once all are done.
+struct Lister<'a> {
+    tree: &'a dyn Tree,
+    filter: &'a Filter,
+    next_id: AtomicUsize,
+    done: Mutex<Done>,
 }
 
-/// A directory's subtree in path order: its children by name, each directory followed by its
-/// own subtree (scanned in parallel). Names in byte order, depth first, is path order
-/// ([`path_order`]).
-fn scan_children(
-    tree: &dyn Tree,
-    rel: &Path,
-    children: Vec<(OsString, Entry)>,
-    filter: &Filter,
-) -> Partial {
-    let children: Vec<(PathBuf, Entry)> = children
-        .into_iter()
-        .map(|(name, entry)| (rel.join(name), entry))
-        .collect();
-    let subtrees: Vec<Partial> = children
-        .par_iter()
-        .filter(|(_, e)| e.is_dir())
-        .map(|(child, _)| scan_dir(tree, child, filter))
-        .collect();
-    let total = children.len() + subtrees.iter().map(|p| p.entries.len()).sum::<usize>();
-    let mut out = Partial {
-        entries: Vec::with_capacity(total),
-        unlistable: Vec::new(),
-    };
-    let mut subtrees = subtrees.into_iter();
-    for (child, entry) in children {
-        let is_dir = entry.is_dir();
-        out.entries.push((child, entry));
-        if is_dir && let Some(mut sub) = subtrees.next() {
-            out.entries.append(&mut sub.entries);
-            out.unlistable.append(&mut sub.unlistable);
+/// What the tasks listed, in the order they were done.
+#[derive(Default)]
+struct Done {
+    /// Every entry, the children of each directory together and by name. Holding them in one
+    /// vector, not one per directory, is what lets [`Lister::assemble`] order them in place:
+    /// a copy into path order would hold every entry twice.
+    entries: Vec<(PathBuf, Entry)>,
+    /// Where each directory's children are, by its id.
+    listings: Vec<(usize, Listing)>,
+}
+
+/// One directory as listed: where its children are in [`Done::entries`], or why it could not
+/// be listed.
+enum Listing {
+    Listed {
+        children: Range<usize>,
+        /// The id of its first subdirectory; the others follow in the order of its children.
+        first_sub: usize,
+    },
+    Unlistable(PathBuf, io::Error),
+}
+
+impl Lister<'_> {
+    /// Lists the directory `rel` (id `id`), then hands its subdirectories to new tasks.
+    fn list<'s>(&'s self, scope: &rayon::Scope<'s>, id: usize, rel: PathBuf) {
+        match self
+            .tree
+            .list(&rel, &|name| self.filter.excludes_child(&rel, name))
+        {
+            Ok(children) => self.take(scope, id, &rel, children),
+            Err(err) => self.done(id, Listing::Unlistable(rel, err), Vec::new()),
         }
     }
-    out
+
+    /// Keeps the listing `children` of `rel` (id `id`), and spawns a task for each of its
+    /// subdirectories. Rayon queues a spawned task, never runs it inline: it starts once this
+    /// one has returned, so the stack does not grow however deep the tree.
+    fn take<'s>(
+        &'s self,
+        scope: &rayon::Scope<'s>,
+        id: usize,
+        rel: &Path,
+        children: Vec<(OsString, Entry)>,
+    ) {
+        let children: Vec<(PathBuf, Entry)> = children
+            .into_iter()
+            .map(|(name, entry)| (rel.join(name), entry))
+            .collect();
+        let dirs = || children.iter().filter(|(_, e)| e.is_dir());
+        let first_sub = self.next_id.fetch_add(dirs().count(), Ordering::Relaxed);
+        for (sub_id, (child, _)) in (first_sub..).zip(dirs()) {
+            let child = child.clone();
+            scope.spawn(move |scope| self.list(scope, sub_id, child));
+        }
+        let listing = Listing::Listed {
+            children: 0..0,
+            first_sub,
+        };
+        self.done(id, listing, children);
+    }
+
+    /// Records the listing of the directory `id`, with its `children`.
+    fn done(&self, id: usize, mut listing: Listing, children: Vec<(PathBuf, Entry)>) {
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        if let Listing::Listed { children: at, .. } = &mut listing {
+            *at = done.entries.len()..done.entries.len() + children.len();
+        }
+        done.entries.extend(children);
+        done.listings.push((id, listing));
+    }
+
+    /// The entries in path order: each directory's children by name, each subdirectory
+    /// followed by its own subtree (names in byte order, depth first, is path order, see
+    /// [`path_order`]). A stack of the listings being read stands in for recursion; it says
+    /// where each entry goes, and the entries are then moved there in place.
+    fn assemble(self) -> Scanned {
+        let Done {
+            mut entries,
+            listings,
+        } = self.done.into_inner().unwrap_or_else(|e| e.into_inner());
+        let mut by_id: Vec<Option<Listing>> = Vec::new();
+        by_id.resize_with(self.next_id.into_inner(), || None);
+        for (id, listing) in listings {
+            by_id[id] = Some(listing);
+        }
+        let mut unlistable = Vec::new();
+        // Where the entry now at each index goes.
+        let mut place = vec![0; entries.len()];
+        let mut placed = 0;
+        // The listings being read, innermost last: what is left of each, and the id of its
+        // next subdirectory.
+        let mut reading: Vec<(Range<usize>, usize)> = Vec::new();
+        let mut enter = Some(0);
+        loop {
+            match enter.take().and_then(|id| by_id[id].take()) {
+                Some(Listing::Listed {
+                    children,
+                    first_sub,
+                }) => reading.push((children, first_sub)),
+                Some(Listing::Unlistable(rel, err)) => unlistable.push((rel, err)),
+                None => {}
+            }
+            let Some((children, next_sub)) = reading.last_mut() else {
+                break;
+            };
+            let Some(i) = children.next() else {
+                reading.pop();
+                continue;
+            };
+            place[i] = placed;
+            placed += 1;
+            if entries[i].1.is_dir() {
+                enter = Some(*next_sub);
+                *next_sub += 1;
+            }
+        }
+        debug_assert_eq!(placed, entries.len());
+        // Each swap puts one entry where it goes.
+        for i in 0..entries.len() {
+            while place[i] != i {
+                let to = place[i];
+                entries.swap(i, to);
+                place.swap(i, to);
+            }
+        }
+        entries.shrink_to_fit();
+        Scanned {
+            entries: Entries(entries),
+            unlistable,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -207,5 +306,92 @@ mod tests {
             assert_eq!(tree.entries.get(Path::new(missing)), None, "{missing}");
         }
         assert_eq!(tree.non_dir_count(), 6);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 24,
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Whatever the shape of the tree, the listings put together give every entry once, in
+        /// path order.
+        #[test]
+        fn any_tree_is_scanned_whole_and_in_path_order(
+            paths in proptest::collection::vec(
+                proptest::collection::vec(proptest::sample::select(vec!["a", "a-", "a.b", "b"]), 1..5),
+                0..40,
+            ),
+        ) {
+            let root = tempfile::tempdir().unwrap();
+            let mut want: Vec<(PathBuf, bool)> = Vec::new();
+            for parts in &paths {
+                let rel: PathBuf = parts.iter().collect();
+                // Every prefix a directory, the last name a file unless something is under it.
+                let mut dir = PathBuf::new();
+                for part in &parts[..parts.len() - 1] {
+                    dir.push(part);
+                    if !want.iter().any(|(p, _)| *p == dir) {
+                        if fs::create_dir(root.path().join(&dir)).is_err() {
+                            break;
+                        }
+                        want.push((dir.clone(), true));
+                    }
+                }
+                if !want.iter().any(|(p, _)| *p == rel)
+                    && fs::write(root.path().join(&rel), "").is_ok()
+                {
+                    want.push((rel, false));
+                }
+            }
+            want.sort_by(|a, b| path_order(&a.0, &b.0));
+            let tree = scan(&LocalTree::open(root.path()).unwrap(), "SOURCE", &Filter::default()).unwrap();
+            let got: Vec<(PathBuf, bool)> =
+                tree.entries.iter().map(|(p, e)| (p.clone(), e.is_dir())).collect();
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+
+    /// A walk that recursed would need a frame per level: on workers with a 256 KiB stack, a
+    /// tree 1,000 levels deep (far from PATH_MAX) is too deep for that.
+    #[test]
+    fn a_tree_deeper_than_the_stack_could_hold_frames_for_is_scanned_in_order() {
+        let root = tempfile::tempdir().unwrap();
+        let depth = 1_000;
+        let mut dir = root.path().to_path_buf();
+        for _ in 0..depth {
+            fs::write(dir.join("f"), "").unwrap();
+            dir.push("d");
+            fs::create_dir(&dir).unwrap();
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .stack_size(256 * 1024)
+            .build()
+            .unwrap();
+        let tree = pool
+            .install(|| {
+                scan(
+                    &LocalTree::open(root.path()).unwrap(),
+                    "SOURCE",
+                    &Filter::default(),
+                )
+            })
+            .unwrap();
+        assert!(tree.unlistable.is_empty());
+        assert_eq!(tree.entries.len(), 2 * depth);
+        assert_eq!(tree.non_dir_count(), depth);
+        // Path order: at each level the directory `d`, its whole subtree, then the file `f`.
+        let mut chain = PathBuf::new();
+        let mut want = Vec::new();
+        for _ in 0..depth {
+            chain.push("d");
+            want.push(chain.clone());
+        }
+        for level in (0..depth).rev() {
+            want.push(want[level].parent().unwrap().join("f"));
+        }
+        assert!(tree.entries.keys().eq(want.iter()));
     }
 }
