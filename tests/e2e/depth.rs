@@ -76,7 +76,10 @@ fn versions_of_a_tree_deeper_than_the_descriptors_a_run_may_hold_are_dropped() -
 fn restore_of_a_tree_10000_levels_deep_brings_it_back_whole() -> TestResult {
     // Recovery on: the pass snapshots both sides, which the restore reads back.
     let env = Deep(Env::for_program(Program::Twoway)?);
+    // Both sides start as the same chain: the pass copies nothing, and its children make a
+    // version of each side (two deep copies already, on two cores).
     build_chain(&env.src, DEEP)?;
+    build_chain(&env.dst, DEEP)?;
     let run = env.once(&[])?;
     expect_pass(&run, "two-way pass with snapshots")?;
     synced_trees(&env.src, &env.dst)?;
@@ -185,6 +188,10 @@ fn versions_of_a_chain(depth: usize) -> TestResult {
 
 /// A fixture whose trees are removed level by level before its temporary directory goes, and
 /// whose runs report a failure, a timeout included, in a few short lines.
+/// How long a run over a deep tree may take before it is taken for hung: longer than
+/// [`RUN_TIMEOUT`], since each of its 10,000 levels is logged with a path of 20,000 bytes.
+const DEEP_TIMEOUT: Duration = Duration::from_secs(300);
+
 struct Deep(Env);
 
 impl std::ops::Deref for Deep {
@@ -219,7 +226,7 @@ impl Deep {
     }
 
     /// Runs `PROGRAM --log LOG ARGS...` as [`Env::run`] does, except that a run killed after
-    /// [`RUN_TIMEOUT`] is returned like any other, for [`expect_exit_0`] to report briefly
+    /// [`DEEP_TIMEOUT`] is returned like any other, for [`expect_exit_0`] to report briefly
     /// (its whole output would be megabytes of 20,000-byte lines), and that the program may
     /// open at most [`DESCRIPTORS`] files at once.
     fn run(&self, args: &[&dyn AsRef<OsStr>]) -> Res<Ran> {
@@ -249,7 +256,7 @@ impl Deep {
             let mut bytes = Vec::new();
             stderr.read_to_end(&mut bytes).map(|_| bytes)
         });
-        let deadline = Instant::now() + RUN_TIMEOUT;
+        let deadline = Instant::now() + DEEP_TIMEOUT;
         let (status, timed_out) = loop {
             if let Some(status) = child.try_wait()? {
                 break (status, false);
@@ -297,7 +304,7 @@ fn expect_exit_0(ran: &Ran, what: &str) -> TestResult {
         "{what}: expected exit code 0, got {}{}\n{}",
         describe_status(ran.run.status),
         if ran.timed_out {
-            format!(" (killed after {RUN_TIMEOUT:?})")
+            format!(" (killed after {DEEP_TIMEOUT:?})")
         } else {
             String::new()
         },

@@ -96,6 +96,41 @@ fn open_piece(dir: BorrowedFd<'_>, rel: &Path, flags: OFlags) -> io::Result<Owne
     held.ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
+/// Opens the absolute `path` of the runner's own (in the version store) with `flags`, as
+/// `open(2)` would, but in pieces when it is longer than the kernel takes at once.
+pub(crate) fn open_long(path: &Path, flags: OFlags) -> io::Result<OwnedFd> {
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() <= PIECE {
+        return Ok(rustix::fs::openat(
+            rustix::fs::CWD,
+            path,
+            flags | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?);
+    }
+    let mut held: Option<OwnedFd> = None;
+    let mut rest = bytes;
+    while rest.len() > PIECE {
+        let cut = rest[1..=PIECE]
+            .iter()
+            .rposition(|&b| b == b'/')
+            .map(|i| i + 1)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidFilename))?;
+        let piece = OsStr::from_bytes(&rest[..cut]);
+        let at = held.as_ref().map_or(rustix::fs::CWD, |f| f.as_fd());
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        held = Some(rustix::fs::openat(at, piece, flags, Mode::empty())?);
+        rest = &rest[cut + 1..];
+    }
+    let at = held.as_ref().map_or(rustix::fs::CWD, |f| f.as_fd());
+    Ok(rustix::fs::openat(
+        at,
+        OsStr::from_bytes(rest),
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
 /// Opens the file `rel` beneath `dir` for reading: not through a link, without blocking on a
 /// FIFO put in its place, and without moving its access time where the kernel allows (see
 /// `checksum::open_quietly`).
@@ -123,20 +158,6 @@ pub struct Place {
 }
 
 impl Place {
-    /// The place of `rel` beneath `root`: `rel`'s parent directory opened beneath `root`.
-    /// A tree's root is its own place, named `.` (it cannot be renamed or removed).
-    pub(crate) fn of(root: BorrowedFd<'_>, rel: &Path, shown: PathBuf) -> io::Result<Place> {
-        let (parent, name) = match (rel.parent(), rel.file_name()) {
-            (Some(parent), Some(name)) => (parent, name.to_os_string()),
-            _ => (Path::new(""), OsString::from(".")),
-        };
-        Ok(Place {
-            dir: open_beneath(root, parent, OFlags::PATH | OFlags::DIRECTORY)?,
-            name,
-            shown,
-        })
-    }
-
     /// The directory holding the entry.
     pub(crate) fn dir(&self) -> BorrowedFd<'_> {
         self.dir.as_fd()

@@ -34,7 +34,29 @@ pub struct LocalTree {
     privileged: Arc<AtomicU64>,
     /// Directories that cannot be listed this pass, and why (see [`LocalTree::fence`]).
     fenced: Arc<std::sync::RwLock<Vec<(PathBuf, String)>>>,
+    /// Deep directories held open (see [`LocalTree::base`]).
+    deep: Arc<std::sync::Mutex<DeepDirs>>,
 }
+
+/// Directories far below the root, held open since they were last reached, so that the next
+/// operation near one resolves a few hundred names from it rather than thousands from the root
+/// (a walk down and back up a chain 10,000 levels deep would otherwise resolve 100 million).
+#[derive(Debug, Default)]
+struct DeepDirs {
+    held: Vec<(PathBuf, Arc<OwnedFd>)>,
+    /// The slot the next directory takes once all are held.
+    next: usize,
+}
+
+/// From this length on, a path's directories are held in [`DeepDirs`]; shorter ones cost too
+/// little to resolve to be worth a lock.
+const DEEP: usize = 1024;
+
+/// How many deep directories are held at once.
+const DEEP_HELD: usize = 32;
+
+/// The most of a path resolved from a held directory before an ancestor on the way is held.
+const HOP: usize = 1024;
 
 impl LocalTree {
     /// Opens the directory at `root` (a path given by the user, resolved this once, links
@@ -58,6 +80,7 @@ impl LocalTree {
             dir: Arc::new(dir),
             privileged: Arc::default(),
             fenced: Arc::default(),
+            deep: Arc::default(),
         })
     }
 
@@ -88,6 +111,7 @@ impl LocalTree {
             dir: Arc::new(dir),
             privileged: Arc::default(),
             fenced: Arc::default(),
+            deep: Arc::default(),
         })
     }
 
@@ -114,7 +138,109 @@ impl LocalTree {
     }
 
     fn place(&self, rel: &Path) -> io::Result<Place> {
-        Place::of(self.fd(), rel, self.path(rel))
+        let (parent, name) = match (rel.parent(), rel.file_name()) {
+            (Some(parent), Some(name)) => (parent, name.to_os_string()),
+            _ => (Path::new(""), OsString::from(".")),
+        };
+        Ok(Place {
+            dir: self.open_dir_beneath(parent, OFlags::PATH | OFlags::DIRECTORY)?,
+            name,
+            shown: self.path(rel),
+        })
+    }
+
+    /// A held directory to reach `rel` from, and what of `rel` is left to resolve below it:
+    /// the root; or, for a deep path, the deepest of its ancestors held (see [`DeepDirs`]) that
+    /// is still in the tree's name space (a removed directory has no links left).
+    fn base<'r>(&self, rel: &'r Path) -> (Arc<OwnedFd>, &'r Path) {
+        let bytes = rel.as_os_str().as_bytes();
+        if bytes.len() >= DEEP {
+            // Compared as bytes: `Path`'s own comparisons go component by component, which for
+            // paths of thousands of components costs more than what is saved.
+            let deep = self.deep.lock().unwrap_or_else(|e| e.into_inner());
+            let below = |dir: &Path| {
+                let dir = dir.as_os_str().as_bytes();
+                bytes.starts_with(dir) && matches!(bytes.get(dir.len()), None | Some(b'/'))
+            };
+            let best = deep
+                .held
+                .iter()
+                .filter(|(dir, _)| below(dir))
+                .max_by_key(|(dir, _)| dir.as_os_str().len());
+            if let Some((dir, fd)) = best
+                && rustix::fs::fstat(fd).is_ok_and(|s| s.st_nlink > 0)
+            {
+                let rest = bytes.get(dir.as_os_str().len() + 1..).unwrap_or_default();
+                return (fd.clone(), Path::new(OsStr::from_bytes(rest)));
+            }
+        }
+        (self.dir.clone(), rel)
+    }
+
+    /// Holds the directory `dir` (the path `rel`) in [`DeepDirs`].
+    fn hold(&self, rel: &Path, dir: &OwnedFd) {
+        let Ok(copy) = rustix::io::fcntl_dupfd_cloexec(dir, 0) else {
+            return;
+        };
+        let mut deep = self.deep.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = (rel.to_path_buf(), Arc::new(copy));
+        if deep.held.len() < DEEP_HELD {
+            deep.held.push(entry);
+        } else {
+            let slot = deep.next;
+            deep.held[slot] = entry;
+            deep.next = (slot + 1) % DEEP_HELD;
+        }
+    }
+
+    /// Opens the directory `rel` beneath the root with `flags` (see [`open_beneath`]), from the
+    /// deepest of its ancestors held (see [`LocalTree::base`]). Of a deep path, the directory
+    /// and an ancestor a little above it are held, so that the next operation nearby, below or
+    /// above, resolves a few hundred names at most.
+    fn open_dir_beneath(&self, rel: &Path, flags: OFlags) -> io::Result<OwnedFd> {
+        let (base, rest) = self.base(rel);
+        let rest_bytes = rest.as_os_str().as_bytes();
+        if rest_bytes.len() <= HOP {
+            let dir = open_beneath(base.as_fd(), rest, flags)?;
+            if rel.as_os_str().len() >= DEEP && !rest_bytes.is_empty() {
+                self.hold(rel, &dir);
+            }
+            return Ok(dir);
+        }
+        // Far from anything held: an ancestor half a hop above is opened and held first.
+        let cut = rest_bytes[..rest_bytes.len() - HOP / 2]
+            .iter()
+            .rposition(|&b| b == b'/')
+            .unwrap_or(0);
+        let (upper, lower) = rest_bytes.split_at(cut);
+        let lower = Path::new(OsStr::from_bytes(lower.strip_prefix(b"/").unwrap_or(lower)));
+        let ancestor = open_beneath(
+            base.as_fd(),
+            Path::new(OsStr::from_bytes(upper)),
+            OFlags::PATH | OFlags::DIRECTORY,
+        )?;
+        let rel_bytes = rel.as_os_str().as_bytes();
+        let ancestor_rel = &rel_bytes[..rel_bytes.len() - rest_bytes.len() + cut];
+        self.hold(Path::new(OsStr::from_bytes(ancestor_rel)), &ancestor);
+        let dir = open_beneath(ancestor.as_fd(), lower, flags)?;
+        self.hold(rel, &dir);
+        Ok(dir)
+    }
+
+    /// The directory holding `rel`, opened (for lookups), and `rel`'s name in it (for the
+    /// root: the root, and no name).
+    fn parent_and_name<'r>(&self, rel: &'r Path) -> Result<(OwnedFd, &'r Path), OpError> {
+        let (parent, name) = match (rel.parent(), rel.file_name()) {
+            (Some(parent), Some(name)) => (parent, Path::new(name)),
+            _ => (Path::new(""), Path::new("")),
+        };
+        let dir = self
+            .open_dir_beneath(parent, OFlags::PATH | OFlags::DIRECTORY)
+            .map_err(|source| OpError::Write {
+                path: self.path(rel),
+                source,
+            })?;
+        Ok((dir, name))
     }
 
     /// The place of `rel`, or the error of reaching it as a failed write.
@@ -128,7 +254,8 @@ impl LocalTree {
     /// The file `rel`, opened to copy it.
     fn source<'a>(&self, rel: &Path, seen: Option<&'a Entry>) -> Result<Source<'a>, OpError> {
         let shown = self.path(rel);
-        match at::open_file(self.fd(), rel) {
+        let (base, rest) = self.base(rel);
+        match at::open_file(base.as_fd(), rest) {
             Ok(file) => Ok(Source { file, seen, shown }),
             Err(source) => Err(OpError::Read {
                 path: shown,
@@ -164,7 +291,7 @@ impl Tree for LocalTree {
         if let Some(why) = self.fenced(rel) {
             return Err(io::Error::other(why));
         }
-        let dir = open_beneath(self.fd(), rel, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        let dir = self.open_dir_beneath(rel, OFlags::RDONLY | OFlags::DIRECTORY)?;
         let (entries, privileged) = list_dir(dir, skip)?;
         if privileged > 0 {
             self.privileged.fetch_add(privileged, Ordering::Relaxed);
@@ -181,7 +308,10 @@ impl Tree for LocalTree {
     }
 
     fn digests(&self, rels: &[&Path]) -> Vec<(io::Result<Digest>, SystemTime)> {
-        crate::tree::read::read_digests(rels, &|rel| open_regular(self.fd(), rel))
+        crate::tree::read::read_digests(rels, &|rel| {
+            let (base, rest) = self.base(rel);
+            open_regular(base.as_fd(), rest)
+        })
     }
 
     fn make_dir(&self, rel: &Path) -> Result<(), OpError> {
@@ -265,11 +395,13 @@ impl Tree for LocalTree {
     }
 
     fn finish_dir(&self, rel: &Path, mode: u32, mtime: Option<Timestamp>) -> Result<(), OpError> {
-        ops::finish_dir(self.fd(), rel, &self.path(rel), mode, mtime)
+        let (parent, name) = self.parent_and_name(rel)?;
+        ops::finish_dir(parent.as_fd(), name, &self.path(rel), mode, mtime)
     }
 
     fn open_dir(&self, rel: &Path, mode: u32) -> Result<(), OpError> {
-        ops::make_writable(self.fd(), rel, &self.path(rel), mode)
+        let (parent, name) = self.parent_and_name(rel)?;
+        ops::make_writable(parent.as_fd(), name, &self.path(rel), mode)
     }
 
     fn check_parents(&self, rel: &Path) -> Result<(), OpError> {
@@ -287,12 +419,12 @@ impl Tree for LocalTree {
 
     fn stage_dir(&self, parent: &Path) -> Result<PathBuf, OpError> {
         let shown = self.path(parent);
-        let dir = open_beneath(self.fd(), parent, OFlags::PATH | OFlags::DIRECTORY).map_err(
-            |source| OpError::Write {
+        let dir = self
+            .open_dir_beneath(parent, OFlags::PATH | OFlags::DIRECTORY)
+            .map_err(|source| OpError::Write {
                 path: shown.clone(),
                 source,
-            },
-        )?;
+            })?;
         let name = ops::stage_dir(dir.as_fd(), &shown)?;
         Ok(parent.join(name))
     }
@@ -356,7 +488,7 @@ impl Tree for LocalTree {
     }
 
     fn sync_dir(&self, rel: &Path) -> io::Result<()> {
-        let dir = open_beneath(self.fd(), rel, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        let dir = self.open_dir_beneath(rel, OFlags::RDONLY | OFlags::DIRECTORY)?;
         Ok(rustix::fs::fsync(dir)?)
     }
 
@@ -368,7 +500,7 @@ impl Tree for LocalTree {
     }
 
     fn make_work_dir(&self, parent: &Path, prefix: &str) -> io::Result<PathBuf> {
-        let place_dir = open_beneath(self.fd(), parent, OFlags::PATH | OFlags::DIRECTORY)?;
+        let place_dir = self.open_dir_beneath(parent, OFlags::PATH | OFlags::DIRECTORY)?;
         let shown = self.path(parent);
         let mut tries = 0;
         loop {

@@ -1126,9 +1126,7 @@ pub fn hard_link(existing: &Path, size: u64, mtime: Timestamp, dst: &Place) -> R
     let changed = || OpError::SourceChanged {
         path: existing.to_path_buf(),
     };
-    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let file = rustix::fs::openat(rustix::fs::CWD, existing, flags, Mode::empty())
-        .map_err(|_| changed())?;
+    let file = at::open_long(existing, OFlags::PATH | OFlags::NOFOLLOW).map_err(|_| changed())?;
     match entry_of_file(&file) {
         Ok(e) if e.kind == Kind::File && e.size == size && e.mtime == mtime => {
             link_unnamed(&file, dst.dir(), &dst.name).map_err(write_err(&dst.shown))
