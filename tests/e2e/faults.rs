@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-/// The test aid's variable (README, "Test aid").
+/// The test aid's variable (docs/testing.md, "The test aid").
 const HOOK: &str = "ONEWAY_TEST_HOOK_AFTER_PLAN";
 
 // ---------------------------------------------------------------------------------------------
