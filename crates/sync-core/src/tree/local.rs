@@ -504,8 +504,8 @@ impl Tree for LocalTree {
         let shown = self.path(parent);
         let mut tries = 0;
         loop {
-            let name = format!("{prefix}{}", random_suffix());
-            match rustix::fs::mkdirat(&place_dir, name.as_str(), Mode::from_raw_mode(0o700)) {
+            let name = crate::tree::temp::random_name(prefix);
+            match rustix::fs::mkdirat(&place_dir, &name, Mode::from_raw_mode(0o700)) {
                 Err(rustix::io::Errno::EXIST) if tries < 100 => tries += 1,
                 Err(e) => {
                     return Err(io::Error::new(
@@ -542,22 +542,6 @@ impl Tree for LocalTree {
             RenameFlags::NOREPLACE,
         )?)
     }
-}
-
-/// Six random letters or digits.
-fn random_suffix() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut bits = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    let letters = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    (0..6)
-        .map(|_| {
-            let c = letters[(bits % letters.len() as u64) as usize] as char;
-            bits /= letters.len() as u64;
-            c
-        })
-        .collect()
 }
 
 /// Opens the file `rel` beneath `root` to hash it: a regular file, or it fails.

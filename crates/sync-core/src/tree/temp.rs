@@ -23,8 +23,8 @@ pub fn is_temp_name(name: &OsStr) -> bool {
         })
 }
 
-/// A fresh temporary name: [`TEMP_PREFIX`] and six random letters or digits.
-fn temp_name() -> OsString {
+/// A fresh name: `prefix` and six random letters or digits (the form of tempfile's names).
+pub(crate) fn random_name(prefix: &str) -> OsString {
     use std::hash::{BuildHasher, Hasher};
     use std::sync::atomic::{AtomicU64, Ordering};
     const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
@@ -34,7 +34,7 @@ fn temp_name() -> OsString {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(DRAWN.fetch_add(1, Ordering::Relaxed));
     let mut bits = hasher.finish();
-    let mut name = TEMP_PREFIX.as_bytes().to_vec();
+    let mut name = prefix.as_bytes().to_vec();
     for _ in 0..TEMP_RANDOM_LEN {
         name.push(LETTERS[(bits % LETTERS.len() as u64) as usize]);
         bits /= LETTERS.len() as u64;
@@ -52,7 +52,7 @@ pub(crate) fn create_temp<T>(
 ) -> io::Result<(OsString, T)> {
     let mut tries = 0;
     loop {
-        let name = temp_name();
+        let name = random_name(TEMP_PREFIX);
         note_temp_name(&shown_dir.join(&name));
         match make(&name) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 100 => tries += 1,
