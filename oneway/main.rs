@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 use sync_core::run::jobs::MirrorJob;
 use sync_core::run::passes::{Schedule, run_passes};
+use sync_core::tree::meta::{Wanted, set_carry};
 use sync_core::{ExitCode, Program, Session, Setup};
 use versioning::pass::VersionedJob;
 
@@ -51,6 +52,15 @@ struct Cli {
     /// -x): another file system mounted there is neither copied nor deleted.
     #[arg(short = 'x', long)]
     one_file_system: bool,
+    /// Do not carry owners: copies are owned by the user running this (as without root).
+    #[arg(long)]
+    no_owner: bool,
+    /// Do not carry groups.
+    #[arg(long)]
+    no_group: bool,
+    /// Do not carry extended attributes and ACLs.
+    #[arg(long)]
+    no_xattrs: bool,
 }
 
 fn main() {
@@ -66,6 +76,11 @@ fn main() {
         }
         Err(err) => err.exit(),
     };
+    set_carry(Wanted {
+        owner: !cli.no_owner,
+        group: !cli.no_group,
+        xattrs: !cli.no_xattrs,
+    });
     if cli.keep.is_some() && !cli.versioned {
         eprintln!("oneway: --keep applies only with --versioned");
         std::process::exit(ExitCode::Usage.code());

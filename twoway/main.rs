@@ -11,6 +11,7 @@ use sync_core::model::PassStats;
 use sync_core::plan::reconcile::Policy;
 use sync_core::run::jobs::TwowayJob;
 use sync_core::run::passes::{Job, Schedule, run_passes};
+use sync_core::tree::meta::{Wanted, set_carry};
 use sync_core::{Error, ExitCode, Program, Session, Setup};
 use versioning::restore::{Which, restore};
 
@@ -71,6 +72,15 @@ struct Cli {
     /// -x): another file system mounted there is neither copied nor deleted.
     #[arg(short = 'x', long)]
     one_file_system: bool,
+    /// Do not carry owners: copies are owned by the user running this (as without root).
+    #[arg(long)]
+    no_owner: bool,
+    /// Do not carry groups.
+    #[arg(long)]
+    no_group: bool,
+    /// Do not carry extended attributes and ACLs.
+    #[arg(long)]
+    no_xattrs: bool,
     /// Which side wins a conflict; the loser is kept as a conflict copy on both sides.
     #[arg(long, value_enum, default_value_t = ConflictPolicy::Newer, value_name = "POLICY")]
     conflict: ConflictPolicy,
@@ -106,6 +116,11 @@ fn parse() -> Cli {
 
 fn main() {
     let cli = parse();
+    set_carry(Wanted {
+        owner: !cli.no_owner,
+        group: !cli.no_group,
+        xattrs: !cli.no_xattrs,
+    });
     let code = match (cli.restore, &cli.backup) {
         (true, Some(_)) => usage_error("--restore takes one directory, not SOURCE and BACKUP"),
         (true, None) => run_restore(&cli),
@@ -200,7 +215,19 @@ fn run_sync(cli: &Cli, backup: &Path) -> ExitCode {
         let opts = &sync.session.opts;
         let state_dir = sync.session.state_dir.as_deref().unwrap_or(Path::new("."));
         let roots = [opts.source.as_path(), opts.backup.as_path()];
-        match Recovery::prepare(state_dir, &cli.config, roots) {
+        // The versions carry what the sync carries.
+        let carry = [
+            (cli.no_owner, "--no-owner"),
+            (cli.no_group, "--no-group"),
+            (cli.no_xattrs, "--no-xattrs"),
+            (cli.one_file_system, "--one-file-system"),
+        ];
+        let child_args = carry
+            .into_iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, flag)| flag.to_string())
+            .collect();
+        match Recovery::prepare(state_dir, &cli.config, roots, child_args) {
             Ok(r) => Some(r),
             Err(err) => {
                 log::error!("{}", sync_core::error::one_line(&err));

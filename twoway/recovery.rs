@@ -32,6 +32,8 @@ pub struct Recovery {
     config: Config,
     state_dir: PathBuf,
     keepers: Vec<Keeper>,
+    /// Options of the sync that the children take too.
+    child_args: Vec<String>,
 }
 
 impl Recovery {
@@ -40,7 +42,12 @@ impl Recovery {
     /// stops twoway before anything is synced.
     ///
     /// Fails, naming the file, on a bad configuration or `.info.json`.
-    pub fn prepare(state_dir: &Path, config: &Path, roots: [&Path; 2]) -> Result<Recovery, Error> {
+    pub fn prepare(
+        state_dir: &Path,
+        config: &Path,
+        roots: [&Path; 2],
+        child_args: Vec<String>,
+    ) -> Result<Recovery, Error> {
         let config = Config::load_or_create(&state_dir.join(config))?;
         let keys = Info::register(state_dir, &roots)?;
         let mut keepers = Vec::new();
@@ -63,6 +70,7 @@ impl Recovery {
             config,
             state_dir: state_dir.to_path_buf(),
             keepers,
+            child_args,
         })
     }
 
@@ -72,6 +80,7 @@ impl Recovery {
             .arg(&keeper.vdir)
             .arg("--versioned")
             .args(&self.config.interval)
+            .args(&self.child_args)
             .arg("--log")
             .arg(keeper.vdir.join("versionlogs.log"));
         if once {

@@ -799,7 +799,11 @@ fn removals_race(program: Program) -> TestResult {
     let names = numbered("f", REMOVE_FILES);
     user_file(&env.src, "u/keep.txt", T0)?;
     let canary = Canary::new(&env.root, &names)?;
-    std::os::unix::fs::lchown(&env.dst, Some(NOBODY), Some(NOBODY))?;
+    // BACKUP's root is the user's (and keeps that owner, SOURCE's root's, when passes carry
+    // it over).
+    for root in [&env.src, &env.dst] {
+        std::os::unix::fs::lchown(root, Some(NOBODY), Some(NOBODY))?;
+    }
     env.once(&[])?.expect_code(0)?;
     let (u, link) = (env.dst.join("u"), env.dst.join(".u-swap"));
     race_rounds(|round| {
@@ -1185,17 +1189,20 @@ fn expect_setuid_warning(run: &Run) -> TestResult {
     Ok(())
 }
 
+// Run as root, copies keep their owner (and so their bits) unless `--no-owner` says not to:
+// then they are root's, and must not keep the bits.
+
 /// A mirror pass copies them (first copy), then the user sets the bit on `plain` and the next
 /// pass carries that mode: neither may give root-owned copies the bits.
 #[test]
 fn mirror_never_gives_root_owned_copies_the_users_setuid_or_setgid_bits() -> TestResult {
     let env = Env::new()?;
     privileged_entries(&env.src)?;
-    let run = env.once(&[])?;
+    let run = env.once(&[&"--no-owner"])?;
     expect_no_privilege_given("BACKUP", &env.src, &env.dst, &run)?;
     expect_setuid_warning(&run)?;
     chmod(&env.src.join("plain"), 0o4755)?;
-    let run = env.once(&[])?;
+    let run = env.once(&[&"--no-owner"])?;
     expect_no_privilege_given("BACKUP, after plain became 4755", &env.src, &env.dst, &run)?;
     expect_setuid_warning(&run)
 }
@@ -1204,7 +1211,7 @@ fn mirror_never_gives_root_owned_copies_the_users_setuid_or_setgid_bits() -> Tes
 fn versions_never_give_root_owned_copies_the_users_setuid_or_setgid_bits() -> TestResult {
     let env = Env::new()?;
     privileged_entries(&env.src)?;
-    let run = env.once(&[&"--versioned"])?;
+    let run = env.once(&[&"--versioned", &"--no-owner"])?;
     run.expect_code(0)?;
     let latest = env.dst.join("_1");
     expect_no_privilege_given("the latest version", &env.src, &latest, &run)?;
@@ -1216,11 +1223,11 @@ fn versions_never_give_root_owned_copies_the_users_setuid_or_setgid_bits() -> Te
 fn twoway_never_gives_root_owned_copies_the_users_setuid_or_setgid_bits() -> TestResult {
     let env = Env::twoway()?;
     privileged_entries(&env.src)?;
-    let run = env.once(&[])?;
+    let run = env.once(&[&"--no-owner"])?;
     expect_no_privilege_given("BACKUP", &env.src, &env.dst, &run)?;
     expect_setuid_warning(&run)?;
     chmod(&env.src.join("plain"), 0o4755)?;
-    let run = env.once(&[])?;
+    let run = env.once(&[&"--no-owner"])?;
     expect_no_privilege_given("BACKUP, after plain became 4755", &env.src, &env.dst, &run)?;
     expect_setuid_warning(&run)
 }

@@ -445,13 +445,16 @@ fn archive_text(env: &Env) -> Res<String> {
 fn expect_archived_file(env: &Env, side: Side, rel: &str) -> TestResult {
     let path = side.dir(env).join(rel);
     let meta = fs::metadata(&path)?;
+    // Run as root, owners are carried, and recorded at the end of the line.
     let line = format!(
-        "F {} {} {:o} {}.{:09} {rel}",
+        "F {} {} {:o} {}.{:09} {rel} +{}:{}:0",
         checksum::file_checksum(&path)?,
         meta.len(),
         meta.mode() & 0o7777,
         meta.mtime(),
-        meta.mtime_nsec()
+        meta.mtime_nsec(),
+        meta.uid(),
+        meta.gid()
     );
     let text = archive_text(env)?;
     ensure!(

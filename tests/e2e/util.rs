@@ -1234,7 +1234,17 @@ pub fn kind_of(path: &Path) -> Res<Option<&'static str>> {
         Ok(m) if m.file_type().is_symlink() => Ok(Some("symlink")),
         Ok(m) if m.is_dir() => Ok(Some("directory")),
         Ok(m) if m.is_file() => Ok(Some("file")),
-        Ok(_) => Ok(Some("special")),
+        Ok(m) => {
+            use std::os::unix::fs::FileTypeExt;
+            let t = m.file_type();
+            Ok(Some(if t.is_fifo() {
+                "fifo"
+            } else if t.is_socket() {
+                "socket"
+            } else {
+                "device"
+            }))
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e.into()),
     }

@@ -59,8 +59,67 @@ pub enum Kind {
     Dir,
     /// A symbolic link and its target, never followed.
     Symlink(PathBuf),
-    /// A FIFO, socket or device: never copied.
-    Special,
+    /// A FIFO, socket or device: created as a node, never opened.
+    Special(Node),
+}
+
+/// A file system node that holds no content of its own: made with `mknod`, never opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Node {
+    /// A named pipe.
+    Fifo,
+    /// A socket's name (no one listens on a copy).
+    Socket,
+    /// A character device, by its device number.
+    Char(u64),
+    /// A block device, by its device number.
+    Block(u64),
+}
+
+/// The value of [`Meta::uid`] or [`Meta::gid`] where owners are not carried: every entry
+/// then has the same, so that no owner ever differs.
+pub const NOT_CARRIED: u32 = u32::MAX;
+
+/// What is carried with an entry besides its content: permission bits, modification time,
+/// owner and group, and extended attributes (ACLs included), as a copy of it may have them
+/// (see [`crate::tree::meta`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Meta {
+    /// Permission bits (`mode & 0o7777`; a symbolic link's are not carried).
+    pub mode: u32,
+    /// Modification time.
+    pub mtime: Timestamp,
+    /// Owner, or [`NOT_CARRIED`].
+    pub uid: u32,
+    /// Group, or [`NOT_CARRIED`].
+    pub gid: u32,
+    /// A digest of the extended attributes that are carried (0 for none); see
+    /// [`crate::tree::meta::xattr_digest`].
+    pub xattrs: u64,
+}
+
+impl Meta {
+    /// Metadata with `mode` and `mtime` and nothing else carried: what state files written
+    /// before owners and attributes were carried recorded.
+    pub fn plain(mode: u32, mtime: Timestamp) -> Meta {
+        Meta {
+            mode,
+            mtime,
+            uid: NOT_CARRIED,
+            gid: NOT_CARRIED,
+            xattrs: 0,
+        }
+    }
+
+    /// Whether an entry with `self` needs a change to have `want`, for an entry of `kind`
+    /// (a symbolic link's mode is not its own).
+    pub fn differs(&self, want: &Meta, symlink: bool) -> bool {
+        (!symlink && self.mode != want.mode)
+            || self.mtime != want.mtime
+            || self.uid != want.uid
+            || self.gid != want.gid
+            || self.xattrs != want.xattrs
+    }
 }
 
 /// One scanned path: its kind and the metadata that decides whether it changed.
@@ -68,7 +127,7 @@ pub enum Kind {
 pub struct Entry {
     /// File, directory, link or special.
     pub kind: Kind,
-    /// Permission bits (`mode & 0o7777`).
+    /// Permission bits (`mode & 0o7777`), as a copy may have them.
     pub mode: u32,
     /// Size in bytes.
     pub size: u64,
@@ -80,6 +139,14 @@ pub struct Entry {
     pub ino: u64,
     /// The device of the file system holding it.
     pub dev: u64,
+    /// Owner, where owners are carried; else [`NOT_CARRIED`].
+    pub uid: u32,
+    /// Group, where groups are carried; else [`NOT_CARRIED`].
+    pub gid: u32,
+    /// Digest of the extended attributes carried (0 for none, or where they are not).
+    pub xattrs: u64,
+    /// Number of names the inode has.
+    pub nlink: u64,
 }
 
 impl Entry {
@@ -98,6 +165,29 @@ impl Entry {
     pub fn is_dir(&self) -> bool {
         self.kind == Kind::Dir
     }
+
+    /// The metadata a copy of it carries.
+    pub fn meta(&self) -> Meta {
+        Meta {
+            mode: self.mode,
+            mtime: self.mtime,
+            uid: self.uid,
+            gid: self.gid,
+            xattrs: self.xattrs,
+        }
+    }
+
+    /// Whether a copy of it needs a change to carry `want`.
+    pub fn meta_differs(&self, want: &Meta) -> bool {
+        self.meta()
+            .differs(want, matches!(self.kind, Kind::Symlink(_)))
+    }
+
+    /// A hard link shares its inode with other names (a directory's count says nothing of the
+    /// kind).
+    pub fn is_linked(&self) -> bool {
+        self.kind == Kind::File && self.nlink > 1
+    }
 }
 
 /// One entry of a tree.
@@ -109,48 +199,82 @@ pub enum Item {
         digest: Digest,
         /// Size in bytes.
         size: u64,
-        /// Permission bits.
-        mode: u32,
-        /// Modification time.
-        mtime: Timestamp,
+        /// Mode, time, owner, attributes.
+        meta: Meta,
     },
     /// A directory.
     Dir {
-        /// Permission bits.
-        mode: u32,
-        /// Modification time.
-        mtime: Timestamp,
+        /// Mode, time, owner, attributes.
+        meta: Meta,
     },
     /// A symbolic link.
     Symlink {
         /// Where it points (never followed).
         target: PathBuf,
-        /// Modification time of the link itself.
-        mtime: Timestamp,
+        /// Time, owner, attributes of the link itself (its mode is not carried).
+        meta: Meta,
+    },
+    /// A FIFO, socket or device node.
+    Special {
+        /// Which, and its device number.
+        node: Node,
+        /// Mode, time, owner, attributes.
+        meta: Meta,
     },
 }
 
 impl Item {
-    /// The item of a scanned entry whose content is `digest`; `None` for what an item cannot
-    /// describe: a file whose content is unknown, or a FIFO, socket or device.
+    /// The item of a scanned entry whose content is `digest`; `None` for a file whose content
+    /// is unknown.
     pub fn of(entry: &Entry, digest: Option<Digest>) -> Option<Item> {
+        let meta = entry.meta();
         Some(match &entry.kind {
             Kind::File => Item::File {
                 digest: digest?,
                 size: entry.size,
-                mode: entry.mode,
-                mtime: entry.mtime,
+                meta,
             },
-            Kind::Dir => Item::Dir {
-                mode: entry.mode,
-                mtime: entry.mtime,
-            },
+            Kind::Dir => Item::Dir { meta },
             Kind::Symlink(target) => Item::Symlink {
                 target: target.clone(),
-                mtime: entry.mtime,
+                meta,
             },
-            Kind::Special => return None,
+            Kind::Special(node) => Item::Special { node: *node, meta },
         })
+    }
+
+    /// Its metadata.
+    pub fn meta(&self) -> &Meta {
+        match self {
+            Item::File { meta, .. }
+            | Item::Dir { meta }
+            | Item::Symlink { meta, .. }
+            | Item::Special { meta, .. } => meta,
+        }
+    }
+
+    /// The same content with the metadata `meta`.
+    pub fn with_meta(&self, meta: Meta) -> Item {
+        let mut item = self.clone();
+        match &mut item {
+            Item::File { meta: m, .. }
+            | Item::Dir { meta: m }
+            | Item::Symlink { meta: m, .. }
+            | Item::Special { meta: m, .. } => *m = meta,
+        }
+        item
+    }
+
+    /// Whether `self` and `other` hold the same content (kind, bytes, link target or node),
+    /// whatever their metadata.
+    pub fn same_content(&self, other: &Item) -> bool {
+        match (self, other) {
+            (Item::File { digest: a, .. }, Item::File { digest: b, .. }) => a == b,
+            (Item::Dir { .. }, Item::Dir { .. }) => true,
+            (Item::Symlink { target: a, .. }, Item::Symlink { target: b, .. }) => a == b,
+            (Item::Special { node: a, .. }, Item::Special { node: b, .. }) => a == b,
+            _ => false,
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use proptest::prelude::*;
 use sync_core::hash::dircache::{BlockOut, DirCache, Record};
 use sync_core::hash::stamp::Stamp;
-use sync_core::model::{Item, Items, Timestamp};
+use sync_core::model::{Item, Items, Meta, NOT_CARRIED, Node, Timestamp};
 use sync_core::state::archive;
 use sync_core::state::text::{decode_item, encode_item};
 
@@ -71,25 +71,51 @@ fn timestamp() -> impl Strategy<Value = Timestamp> {
     .prop_map(|(secs, nanos)| Timestamp { secs, nanos })
 }
 
+/// Metadata as a state file records it: owners and attributes carried or not.
+fn meta(mode: u32, mtime: Timestamp) -> impl Strategy<Value = Meta> {
+    (
+        prop_oneof![Just(NOT_CARRIED), 0u32..70_000],
+        prop_oneof![Just(NOT_CARRIED), 0u32..70_000],
+        prop_oneof![Just(0u64), any::<u64>()],
+    )
+        .prop_map(move |(uid, gid, xattrs)| Meta {
+            mode,
+            mtime,
+            uid,
+            gid,
+            xattrs,
+        })
+}
+
 fn item() -> impl Strategy<Value = Item> {
+    let node = prop_oneof![
+        Just(Node::Fifo),
+        Just(Node::Socket),
+        any::<u64>().prop_map(Node::Char),
+        any::<u64>().prop_map(Node::Block),
+    ];
     prop_oneof![
-        (any::<[u8; 32]>(), any::<u64>(), 0u32..=0o7777, timestamp()).prop_map(
-            |(digest, size, mode, mtime)| Item::File {
+        (any::<[u8; 32]>(), any::<u64>(), 0u32..=0o7777, timestamp()).prop_flat_map(
+            |(digest, size, mode, mtime)| meta(mode, mtime).prop_map(move |meta| Item::File {
                 digest,
                 size,
-                mode,
-                mtime
-            }
+                meta
+            })
         ),
-        (0u32..=0o7777, timestamp()).prop_map(|(mode, mtime)| Item::Dir { mode, mtime }),
+        (0u32..=0o7777, timestamp())
+            .prop_flat_map(|(mode, mtime)| meta(mode, mtime).prop_map(|meta| Item::Dir { meta })),
         (
             prop::collection::vec(any::<u8>().prop_filter("no NUL", |b| *b != 0), 1..24),
             timestamp()
         )
-            .prop_map(|(target, mtime)| Item::Symlink {
-                target: PathBuf::from(OsString::from_vec(target)),
-                mtime,
-            }),
+            .prop_flat_map(|(target, mtime)| meta(0o777, mtime).prop_map(move |meta| {
+                Item::Symlink {
+                    target: PathBuf::from(OsString::from_vec(target.clone())),
+                    meta,
+                }
+            })),
+        (node, 0u32..=0o7777, timestamp()).prop_flat_map(|(node, mode, mtime)| meta(mode, mtime)
+            .prop_map(move |meta| Item::Special { node, meta })),
     ]
 }
 
@@ -391,8 +417,7 @@ fn text_after_the_end_line_is_refused() {
         Item::File {
             digest: [1; 32],
             size: 1,
-            mode: 0o644,
-            mtime: Timestamp { secs: 1, nanos: 0 },
+            meta: Meta::plain(0o644, Timestamp { secs: 1, nanos: 0 }),
         },
     );
     let good = archive_text(&items);

@@ -64,21 +64,19 @@ pub fn tree_digest(items: &Items) -> Digest {
 mod tests {
     use super::*;
     use std::path::PathBuf;
-    use sync_core::model::Timestamp;
+    use sync_core::model::{Meta, Timestamp};
 
     fn file(n: u8) -> Item {
         Item::File {
             digest: [n; 32],
             size: 1,
-            mode: 0o644,
-            mtime: Timestamp::default(),
+            meta: Meta::plain(0o644, Timestamp::default()),
         }
     }
 
     fn dir() -> Item {
         Item::Dir {
-            mode: 0o755,
-            mtime: Timestamp::default(),
+            meta: Meta::plain(0o755, Timestamp::default()),
         }
     }
 
@@ -97,7 +95,7 @@ mod tests {
             "l".into(),
             Item::Symlink {
                 target: PathBuf::from("a"),
-                mtime: Timestamp::default(),
+                meta: Meta::plain(0o777, Timestamp::default()),
             },
         );
         let linked = tree_digest(&with_link);
@@ -106,7 +104,7 @@ mod tests {
             "l".into(),
             Item::Symlink {
                 target: PathBuf::from("b"),
-                mtime: Timestamp::default(),
+                meta: Meta::plain(0o777, Timestamp::default()),
             },
         );
         assert_ne!(tree_digest(&with_link), linked);

@@ -144,7 +144,7 @@ mod tests {
     use super::*;
     use std::ffi::OsString;
     use std::os::unix::ffi::OsStringExt;
-    use sync_core::model::Timestamp;
+    use sync_core::model::{Meta, Timestamp};
 
     fn sample() -> Manifest {
         let t = Timestamp { secs: -5, nanos: 7 };
@@ -152,8 +152,7 @@ mod tests {
         items.insert(
             "d".into(),
             Item::Dir {
-                mode: 0o755,
-                mtime: t,
+                meta: Meta::plain(0o755, t),
             },
         );
         items.insert(
@@ -161,15 +160,14 @@ mod tests {
             Item::File {
                 digest: [9; 32],
                 size: 12,
-                mode: 0o640,
-                mtime: t,
+                meta: Meta::plain(0o640, t),
             },
         );
         items.insert(
             "l".into(),
             Item::Symlink {
                 target: "../a b".into(),
-                mtime: t,
+                meta: Meta::plain(0o777, t),
             },
         );
         Manifest::new(items)

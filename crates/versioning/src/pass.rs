@@ -1,14 +1,13 @@
 //! One versioned pass (SPEC §3): if SOURCE's tree digest differs from the latest version's,
 //! build a new version (hard-linking what is unchanged, copying the rest) and rotate.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use checksum::Digest;
 use sync_core::apply::{Applier, Target};
 use sync_core::display::Escaped;
 use sync_core::hash::dircache::{DirCache, Learner, tree_digests};
-use sync_core::model::{Kind, LinkFrom, PassStats, Side, Timestamp};
+use sync_core::model::{LinkFrom, PassStats, Side};
 use sync_core::pass::PassOptions;
 use sync_core::plan::refuse::{self, Refusal};
 use sync_core::plan::step::{Step, Steps, arrive, finish};
@@ -46,7 +45,7 @@ pub fn versioned_pass(
 
     let source_tree = opts.tree(Side::Source);
     let tree = scan::scan(source_tree, "SOURCE", &opts.filter)?;
-    sync_core::pass::warn_privileged(&[source_tree]);
+    sync_core::pass::warn_dropped(&[source_tree]);
     let mut stats = PassStats::default();
     for (rel, err) in &tree.unlistable {
         log::error!("cannot list {} in SOURCE: {err}", Escaped(rel));
@@ -82,12 +81,6 @@ pub fn versioned_pass(
         .iter()
         .zip(&digests.sides[Side::Source as usize])
         .filter_map(|((rel, entry), digest)| {
-            if entry.kind == Kind::Special {
-                log::warn!(
-                    "skipped {}: not a regular file, directory or symlink",
-                    Escaped(rel)
-                );
-            }
             // A file that could not be read is logged above and left out.
             let item = Item::of(entry, *digest)?;
             Some((rel.clone(), item))
@@ -270,43 +263,22 @@ fn fill(
     wanted: &Manifest,
     previous: Option<(&Path, &Manifest)>,
 ) -> Result<Filled, u64> {
-    // What the latest version already holds, by content and metadata.
-    let mut reusable: HashMap<(Digest, u64, u32, Timestamp), &Path> = HashMap::new();
-    if let Some((_, prev)) = previous {
-        for (rel, item) in &prev.items {
-            if let Item::File {
-                digest,
-                size,
-                mode,
-                mtime,
-            } = item
-            {
-                reusable
-                    .entry((*digest, *size, *mode, *mtime))
-                    .or_insert(rel);
-            }
-        }
-    }
     let mut steps = Steps::default();
     for (rel, item) in &wanted.items {
         let scanned = source.tree.entries.get(rel).cloned();
         let mut step = arrive(Side::Backup, rel.clone(), item, scanned, false, None);
-        if let (
-            Step::Copy { link, .. },
-            Item::File {
-                digest,
-                size,
-                mode,
-                mtime,
-            },
-            Some((prev_dir, _)),
-        ) = (&mut step, item, previous)
-            && let Some(prev_rel) = reusable.get(&(*digest, *size, *mode, *mtime))
+        // A file of the latest version at the same path, with the same content and every
+        // carried metadata, is shared (rsync's --link-dest rule): nothing could tell the two
+        // apart. Never one at another path: two files that merely hold the same bytes stay
+        // two files.
+        if let (Step::Copy { link, .. }, Item::File { size, meta, .. }, Some((prev_dir, prev))) =
+            (&mut step, item, previous)
+            && prev.items.get(rel) == Some(item)
         {
             *link = Some(Box::new(LinkFrom {
-                path: prev_dir.join(prev_rel),
+                path: prev_dir.join(rel),
                 size: *size,
-                mtime: *mtime,
+                mtime: meta.mtime,
             }));
         }
         steps.extend(finish(Side::Backup, rel.clone(), item));
@@ -319,7 +291,7 @@ fn fill(
             side: Side::Backup,
             rel: PathBuf::new(),
             seen: None,
-            want: Some((root.mode, Some(root.mtime))),
+            want: Some(root.meta()),
             changes_inside: false,
         });
     }

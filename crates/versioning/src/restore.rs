@@ -163,8 +163,9 @@ pub fn restore(state_dir: &Path, dir: &Path, which: Which) -> Result<Restored, E
         )));
     }
     // The restored root gets the mode DIR had (a version records its content, not its root).
-    let root_mode = around.stat(&name).map(|e| e.mode).unwrap_or(0o755);
-    let _ = work_tree.finish_dir(Path::new(""), root_mode, None);
+    if let Ok(root) = around.stat(&name) {
+        let _ = work_tree.finish_dir(Path::new(""), &root.meta(), None);
+    }
     // Whether `rel` in DIR's directory is still the work directory this restore filled: the
     // names there are whoever can write that directory's to change.
     let ours = |rel: &Path| {

@@ -36,26 +36,20 @@ pub fn verify(dir: &Path, manifest: &Manifest) -> Result<Vec<String>, sync_core:
             problems.push(format!("{}: missing", rel.display()));
             continue;
         };
+        let meta = entry.meta();
         let ok = match (item, &entry.kind) {
-            (
-                Item::File {
-                    digest,
-                    size,
-                    mode,
-                    mtime,
-                },
-                Kind::File,
-            ) => {
-                let same = entry.size == *size && entry.mode == *mode && entry.mtime == *mtime;
+            (Item::File { digest, size, .. }, Kind::File) => {
+                let same = entry.size == *size && meta == *item.meta();
                 if same {
                     to_read.push((rel, digest));
                 }
                 same
             }
-            (Item::Dir { mode, mtime }, Kind::Dir) => entry.mode == *mode && entry.mtime == *mtime,
-            (Item::Symlink { target, mtime }, Kind::Symlink(t)) => {
-                t == target && entry.mtime == *mtime
+            (Item::Dir { .. }, Kind::Dir) => meta == *item.meta(),
+            (Item::Symlink { target, .. }, Kind::Symlink(t)) => {
+                t == target && !meta.differs(item.meta(), true)
             }
+            (Item::Special { node, .. }, Kind::Special(n)) => n == node && meta == *item.meta(),
             _ => false,
         };
         if !ok {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sync_core::model::Kind;
+use sync_core::model::{Kind, Meta};
 use sync_core::scan::{Filter, scan};
 use sync_core::tree::LocalTree;
 use versioning::{Item, Manifest};
@@ -35,12 +35,10 @@ fn digest_of(root: &Path) -> String {
                 Kind::File => Item::File {
                     digest: checksum::file_digest(&root.join(&rel)).unwrap(),
                     size: e.size,
-                    mode: e.mode,
-                    mtime: e.mtime,
+                    meta: Meta::plain(e.mode, e.mtime),
                 },
                 Kind::Dir => Item::Dir {
-                    mode: e.mode,
-                    mtime: e.mtime,
+                    meta: Meta::plain(e.mode, e.mtime),
                 },
                 other => panic!("fixture tree holds only files and directories, not {other:?}"),
             };

@@ -11,7 +11,7 @@ use std::path::{Component, Path, PathBuf};
 
 use proptest::prelude::*;
 use serde_json::Value;
-use sync_core::model::Timestamp;
+use sync_core::model::{Meta, NOT_CARRIED, Node, Timestamp};
 use versioning::manifest::{Item, Items, Manifest};
 use versioning::recovery::{Config, INFO_FILE, Info};
 
@@ -54,20 +54,46 @@ fn timestamp() -> impl Strategy<Value = Timestamp> {
     (-5i64..2_000_000_000, 0u32..1_000_000_000).prop_map(|(secs, nanos)| Timestamp { secs, nanos })
 }
 
+/// Metadata as a version records it: owners and attributes carried or not.
+fn meta(mode: u32, mtime: Timestamp) -> impl Strategy<Value = Meta> {
+    (
+        prop_oneof![Just(NOT_CARRIED), 0u32..70_000],
+        prop_oneof![Just(NOT_CARRIED), 0u32..70_000],
+        prop_oneof![Just(0u64), any::<u64>()],
+    )
+        .prop_map(move |(uid, gid, xattrs)| Meta {
+            mode,
+            mtime,
+            uid,
+            gid,
+            xattrs,
+        })
+}
+
 fn leaf() -> impl Strategy<Value = Item> {
+    let node = prop_oneof![
+        Just(Node::Fifo),
+        Just(Node::Socket),
+        any::<u64>().prop_map(Node::Char),
+        any::<u64>().prop_map(Node::Block),
+    ];
     prop_oneof![
-        3 => (any::<[u8; 32]>(), 0u64..1 << 40, 0u32..=0o7777, timestamp()).prop_map(
-            |(digest, size, mode, mtime)| Item::File { digest, size, mode, mtime }
-        ),
-        1 => (0u32..=0o7777, timestamp()).prop_map(|(mode, mtime)| Item::Dir { mode, mtime }),
+        3 => (any::<[u8; 32]>(), 0u64..1 << 40, 0u32..=0o7777, timestamp())
+            .prop_flat_map(|(digest, size, mode, mtime)| meta(mode, mtime)
+                .prop_map(move |meta| Item::File { digest, size, meta })),
+        1 => (0u32..=0o7777, timestamp())
+            .prop_flat_map(|(mode, mtime)| meta(mode, mtime).prop_map(|meta| Item::Dir { meta })),
         1 => (
             prop::collection::vec(any::<u8>().prop_filter("no NUL", |b| *b != 0), 1..24),
             timestamp()
         )
-            .prop_map(|(target, mtime)| Item::Symlink {
-                target: PathBuf::from(OsString::from_vec(target)),
-                mtime,
-            }),
+            .prop_flat_map(|(target, mtime)| meta(0o777, mtime).prop_map(move |meta| Item::Symlink {
+                target: PathBuf::from(OsString::from_vec(target.clone())),
+                meta,
+            })),
+        1 => (node, 0u32..=0o7777, timestamp())
+            .prop_flat_map(|(node, mode, mtime)| meta(mode, mtime)
+                .prop_map(move |meta| Item::Special { node, meta })),
     ]
 }
 
@@ -92,8 +118,7 @@ fn tree_items() -> impl Strategy<Value = Items> {
                                 items.insert(
                                     path.clone(),
                                     Item::Dir {
-                                        mode: 0o755,
-                                        mtime: Timestamp { secs: 7, nanos: 0 },
+                                        meta: Meta::plain(0o755, Timestamp { secs: 7, nanos: 0 }),
                                     },
                                 );
                             }
@@ -166,6 +191,7 @@ fn digest_view(items: &Items) -> Vec<(PathBuf, String)> {
                 Item::File { digest, .. } => format!("F {}", hex::encode(digest)),
                 Item::Dir { .. } => "D".to_string(),
                 Item::Symlink { target, .. } => format!("L {target:?}"),
+                Item::Special { node, .. } => format!("S {node:?}"),
             };
             (rel.clone(), what)
         })

@@ -16,10 +16,11 @@ use rayon::prelude::*;
 
 use crate::display::Escaped;
 use crate::hash::Learner;
-use crate::model::{Entry, Item, Side, path_order};
+use crate::model::{Entry, Item, Meta, Side, path_order};
 use crate::plan::step::{Known, Step, Steps};
 use crate::signal;
 use crate::subtrees::Subtrees;
+use crate::tree::meta::Xattrs;
 use crate::tree::{Content, Copied, Dest, OpError, Tree};
 
 /// How often a mirror's BACKUP is flushed while files are copied (see
@@ -105,7 +106,7 @@ impl Applier<'_> {
         self.flushing(written_side(&steps.transfers), || {
             run.transfers(&steps.transfers)
         });
-        self.finish(state, &steps.dirs)
+        self.finish(state, &steps.links, &steps.dirs)
     }
 
     /// Begins applying a plan part by part, as a walk produces it (see [`Applier::stage`],
@@ -135,8 +136,8 @@ impl Applier<'_> {
         nested
     }
 
-    /// Applies `steps` now, except their directories' modes (kept for [`Applier::finish`]);
-    /// new directories must not need staging (see [`Applier::stage`]).
+    /// Applies `steps` now, except their hard links and directories' modes (kept for
+    /// [`Applier::finish`]); new directories must not need staging (see [`Applier::stage`]).
     pub fn now(&self, state: &Applying, steps: &Steps) {
         let run = Run::new(self, state);
         run.open_dirs(&steps.dirs);
@@ -161,11 +162,12 @@ impl Applier<'_> {
         }
     }
 
-    /// Ends an application: publishes the hidden directories (even after a stop: every file
-    /// in them is whole), gives `dirs` their modes and times, deepest first, and says what was
-    /// done.
-    pub fn finish(&self, state: Applying, dirs: &[Step]) -> Applied {
+    /// Ends an application: makes the hard `links` (every copy they share an inode with is
+    /// done), publishes the hidden directories (even after a stop: every file in them is
+    /// whole), gives `dirs` their metadata, deepest first, and says what was done.
+    pub fn finish(&self, state: Applying, links: &[Step], dirs: &[Step]) -> Applied {
         let run = Run::new(self, &state);
+        links.par_iter().for_each(|step| run.execute(step));
         run.publish();
         // Adding or removing an entry moves a directory's mtime, and a read-only mode would
         // have blocked the steps before.
@@ -209,12 +211,9 @@ impl Applier<'_> {
     }
 }
 
-/// Whether a directory seen as `seen` must change to become `want`.
-fn dir_differs(
-    seen: Option<&Entry>,
-    (mode, mtime): (u32, Option<crate::model::Timestamp>),
-) -> bool {
-    seen.is_none_or(|s| s.mode != mode || mtime.is_some_and(|t| s.mtime != t))
+/// Whether a directory seen as `seen` must change to have `want`.
+fn dir_differs(seen: Option<&Entry>, want: Meta) -> bool {
+    seen.is_none_or(|s| s.meta_differs(&want))
 }
 
 /// What a step did, for its log line.
@@ -544,32 +543,90 @@ impl<'a> Run<'a> {
             }
             Step::Symlink {
                 target,
-                mtime,
+                meta,
                 replace,
                 ..
-            } => tree
-                .symlink(
-                    &dst,
-                    target,
-                    dest(replace.as_ref(), self.hidden_dest(hidden)),
-                    *mtime,
-                )
+            } => self
+                .xattrs_for(step, meta.xattrs, None)
+                .and_then(|xattrs| {
+                    let over = dest(replace.as_ref(), self.hidden_dest(hidden));
+                    tree.symlink(&dst, target, over, meta, &xattrs.unwrap_or_default())
+                })
                 .map(|_| Done::AsPlanned),
-            Step::SetMeta {
-                seen,
-                mode,
-                mtime,
-                digest,
+            Step::Node {
+                node,
+                meta,
+                replace,
                 ..
-            } => tree.set_meta(&dst, seen, *mode, *mtime).map(|now| {
-                if let Some(d) = digest {
-                    self.at.learner.learn(side, rel, &now, *d, None);
-                }
-                Done::AsPlanned
+            } => self
+                .xattrs_for(step, meta.xattrs, None)
+                .and_then(|xattrs| {
+                    let over = dest(replace.as_ref(), self.hidden_dest(hidden));
+                    tree.make_node(&dst, *node, over, meta, &xattrs.unwrap_or_default())
+                })
+                .map(|made| match made {
+                    Some(_) => Done::AsPlanned,
+                    // Counted for the pass's warning.
+                    None => Done::Nothing,
+                }),
+            Step::Link {
+                existing,
+                source,
+                replace,
+                ..
+            } if self.blocked(existing) => Err(OpError::SourceChanged {
+                path: existing.clone(),
             }),
+            Step::Link {
+                existing,
+                source,
+                replace,
+                ..
+            } => {
+                let (existing, _) = self.place(existing);
+                let over = dest(replace.as_ref(), self.hidden_dest(hidden));
+                tree.link_within(&dst, &existing, source, over)
+                    .map(|_| Done::AsPlanned)
+            }
+            Step::SetMeta {
+                seen, meta, digest, ..
+            } => self
+                .xattrs_for(step, meta.xattrs, Some(seen.xattrs))
+                .and_then(|xattrs| tree.set_meta(&dst, seen, meta, xattrs.as_ref()))
+                .map(|now| {
+                    if let Some(d) = digest {
+                        self.at.learner.learn(side, rel, &now, *d, None);
+                    }
+                    Done::AsPlanned
+                }),
             Step::Dir { .. } => unreachable!("directories are finished apart"),
         };
         self.conclude(step, result);
+    }
+
+    /// The extended attributes `step` gives its path: `None` where what is there has them
+    /// already (`have`, a digest, is `want`); none where `want` is none; else those of the
+    /// other side's entry at the same path, read now.
+    fn xattrs_for(
+        &self,
+        step: &Step,
+        want: u64,
+        have: Option<u64>,
+    ) -> Result<Option<Xattrs>, OpError> {
+        if have == Some(want) {
+            return Ok(None);
+        }
+        if want == 0 {
+            return Ok(Some(Xattrs::new()));
+        }
+        let (read, rel) = (step.side().other(), step.rel());
+        match self.tree(read).xattrs(rel) {
+            Ok(xattrs) => Ok(Some(xattrs)),
+            Err(source) => Err(OpError::Read {
+                path: rel.to_path_buf(),
+                source,
+            }),
+        }
     }
 
     /// Learns what the copy `step` (begun at `started`) read and left, hands it back where the
@@ -591,8 +648,7 @@ impl<'a> Run<'a> {
             let item = Item::File {
                 digest: c.digest,
                 size: c.source.size,
-                mode: c.source.mode,
-                mtime: c.source.mtime,
+                meta: c.source.meta(),
             };
             self.state
                 .read_by_copies
@@ -607,16 +663,23 @@ impl<'a> Run<'a> {
         // Same bytes: what is left to carry over is the mode and time, as for a file found
         // equal by its digest.
         let there = &c.destination;
-        let Some(want) = source else {
+        let Some(_) = source else {
             learn(there);
             return Ok(Done::Nothing);
         };
-        if there.mode == want.mode && there.mtime == want.mtime {
+        let meta = c.source.meta();
+        if !there.meta_differs(&meta) {
             learn(there);
             return Ok(Done::Nothing);
         }
         let (dst, _) = self.place(rel);
-        match self.tree(side).set_meta(&dst, there, want.mode, want.mtime) {
+        let set = self
+            .xattrs_for(step, meta.xattrs, Some(there.xattrs))
+            .and_then(|xattrs| {
+                self.tree(side)
+                    .set_meta(&dst, there, &meta, xattrs.as_ref())
+            });
+        match set {
             Ok(now) => {
                 learn(&now);
                 Ok(Done::Metadata)
@@ -766,8 +829,14 @@ impl<'a> Run<'a> {
         if !differs && !changes_inside {
             return;
         }
-        let (mode, mtime) = *want;
-        match self.tree(*side).finish_dir(rel, mode, mtime) {
+        let set = self
+            .xattrs_for(
+                step,
+                want.xattrs,
+                Some(seen.as_ref().map_or(0, |s| s.xattrs)),
+            )
+            .and_then(|xattrs| self.tree(*side).finish_dir(rel, want, xattrs.as_ref()));
+        match set {
             Ok(()) => {
                 if seen.is_some() && differs {
                     if self.at.target.log_steps() {
@@ -865,6 +934,10 @@ mod tests {
             ctime: Timestamp::default(),
             ino: 1,
             dev: 1,
+            uid: 0,
+            gid: 0,
+            xattrs: 0,
+            nlink: 1,
         };
         Step::Copy {
             side: Side::Backup,

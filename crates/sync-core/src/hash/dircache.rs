@@ -1053,6 +1053,10 @@ mod tests {
             ctime: crate::model::Timestamp { secs: 7, nanos: 8 },
             ino,
             dev: 1,
+            uid: 0,
+            gid: 0,
+            xattrs: 0,
+            nlink: 1,
         };
         // Learnt in an order that is neither by directory nor by name; `kept/m` twice, one
         // side each time, and `new/c` as a copy (both sides at once).

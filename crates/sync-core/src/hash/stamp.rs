@@ -175,6 +175,10 @@ mod tests {
             ctime: Timestamp { secs: 7, nanos: 8 },
             ino,
             dev: 1,
+            uid: 0,
+            gid: 0,
+            xattrs: 0,
+            nlink: 1,
         }
     }
 

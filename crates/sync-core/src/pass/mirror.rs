@@ -3,6 +3,7 @@
 //! one applier; and record in the hash cache what was hashed and copied. A first copy into an
 //! empty BACKUP applies each directory as soon as it is planned.
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use crate::error::Error;
 use crate::hash::dircache::{self, BlockOut, BlockWriter, DirCache, Learner, Record};
 use crate::hash::read_files;
 use crate::hash::stamp::{Stamp, is_racy};
-use crate::model::{Entry, Kind, PassStats, Side};
+use crate::model::{Entry, Kind, Meta, PassStats, Side};
 use crate::pass::PassOptions;
 use crate::plan::refuse;
 use crate::plan::step::{Known, Step, Steps, in_temp};
@@ -67,6 +68,22 @@ struct Pair<'l> {
     failed: bool,
 }
 
+/// The first name met of each SOURCE inode with several names, by device and inode.
+#[derive(Default)]
+struct LinkGroups {
+    first: HashMap<(u64, u64), First>,
+    /// BACKUP inodes kept for a group, by device and inode: the group's SOURCE inode.
+    kept: HashMap<(u64, u64), (u64, u64)>,
+}
+
+/// The first name met of an inode with several names: the others are linked to it.
+struct First {
+    rel: PathBuf,
+    /// BACKUP's inode at that name, where it is kept (same content); `None` where a copy
+    /// replaces it.
+    kept: Option<(u64, u64)>,
+}
+
 /// Both trees walked together, directory by directory and in parallel, comparing as it goes.
 struct Walk<'a> {
     opts: &'a PassOptions,
@@ -80,6 +97,8 @@ struct Walk<'a> {
     /// Where a first copy writes each directory's block of the cache once it is complete.
     writer: Option<&'a BlockWriter>,
     found: Mutex<Found>,
+    /// Names that share an inode in SOURCE, as met so far.
+    links: Mutex<LinkGroups>,
     hashed: AtomicU64,
     cache_hits: AtomicU64,
     errors: AtomicU64,
@@ -160,23 +179,8 @@ impl Walk<'_> {
                     rel: rel.clone(),
                     seen: d.clone(),
                 });
-                match src.as_ref().map(|s| (s, &s.kind)) {
-                    Some((s, Kind::File)) => found.steps.push(Step::Copy {
-                        side: Side::Backup,
-                        rel: rel.clone(),
-                        source: Some(s.clone()),
-                        known: copy_known(src_known, None),
-                        replace: None,
-                        link: None,
-                    }),
-                    Some((s, Kind::Symlink(target))) => found.steps.push(Step::Symlink {
-                        side: Side::Backup,
-                        rel: rel.clone(),
-                        target: target.clone(),
-                        mtime: s.mtime,
-                        replace: None,
-                    }),
-                    _ => {}
+                if let Some(s) = &src {
+                    self.plan_entry(&rel, s, None, [src_known, None], &mut found.steps);
                 }
             }
             (Some(_), None) => {
@@ -201,13 +205,13 @@ impl Walk<'_> {
             self.apply_now(streaming, &mut found);
         }
         let holds_ops = subs.1;
-        let differs = |s: &Entry| dst_dir.is_none_or(|d| d.mode != s.mode || d.mtime != s.mtime);
+        let differs = |s: &Entry| dst_dir.is_none_or(|d| d.meta_differs(&s.meta()));
         if holds_ops || src_dir.is_some_and(differs) {
             found.steps.push(Step::Dir {
                 side: Side::Backup,
                 rel,
                 seen: dst_dir.cloned(),
-                want: src_dir.map(|s| (s.mode, Some(s.mtime))),
+                want: src_dir.map(Entry::meta),
                 changes_inside: holds_ops,
             });
         }
@@ -237,8 +241,12 @@ impl Walk<'_> {
             removals,
             creates,
             transfers,
+            links,
             dirs,
         } = std::mem::take(&mut found.steps);
+        // A hard link waits for the copy it shares an inode with, which another directory's
+        // task may be making; directories get their modes last.
+        found.steps.links = links;
         found.steps.dirs = dirs;
         // A directory of the root was made hidden before the walk began.
         let creates = creates
@@ -255,6 +263,7 @@ impl Walk<'_> {
             removals,
             creates,
             transfers,
+            links: Vec::new(),
             dirs: Vec::new(),
         };
         here.now(applying, &now);
@@ -398,13 +407,6 @@ impl Walk<'_> {
             }
             let before = found.steps.len();
             match (p.src, p.dst) {
-                (Some(s), _) if s.kind == Kind::Special => {
-                    log::warn!(
-                        "skipped {}: not a regular file, directory or symlink",
-                        Escaped(&child())
-                    );
-                    continue;
-                }
                 (s, d) if s.is_some_and(Entry::is_dir) || d.is_some_and(Entry::is_dir) => {
                     holds_ops |= !(s.is_some_and(Entry::is_dir) && d.is_some_and(Entry::is_dir));
                     subs.push(Sub {
@@ -423,49 +425,7 @@ impl Walk<'_> {
                         seen: d.clone(),
                     });
                 }
-                (Some(s), d) => {
-                    // Same content: SOURCE's mode and time over what BACKUP holds.
-                    let set_meta = |d: &Entry, digest| Step::SetMeta {
-                        side: Side::Backup,
-                        rel: child(),
-                        seen: d.clone(),
-                        mode: s.mode,
-                        mtime: s.mtime,
-                        digest,
-                    };
-                    match &s.kind {
-                        Kind::File => match (d, p.digests) {
-                            (Some(d), [Some(a), Some(b)]) if d.kind == Kind::File && a == b => {
-                                if s.mode != d.mode || s.mtime != d.mtime {
-                                    found.steps.push(set_meta(d, Some(b)));
-                                }
-                            }
-                            (d, [digest, held]) => found.steps.push(Step::Copy {
-                                side: Side::Backup,
-                                rel: child(),
-                                source: Some(s.clone()),
-                                known: copy_known(digest, held),
-                                replace: d.cloned().map(Box::new),
-                                link: None,
-                            }),
-                        },
-                        Kind::Symlink(target) => match d {
-                            Some(d) if d.kind == s.kind => {
-                                if d.mtime != s.mtime {
-                                    found.steps.push(set_meta(d, None));
-                                }
-                            }
-                            _ => found.steps.push(Step::Symlink {
-                                side: Side::Backup,
-                                rel: child(),
-                                target: target.clone(),
-                                mtime: s.mtime,
-                                replace: d.cloned(),
-                            }),
-                        },
-                        Kind::Dir | Kind::Special => {}
-                    }
-                }
+                (Some(s), d) => self.plan_entry(&child(), s, d, p.digests, &mut found.steps),
                 (None, None) => {}
             }
             holds_ops |= found.steps.len() > before;
@@ -489,6 +449,130 @@ impl Walk<'_> {
             found.blocks.push((dir_key.into(), block));
         }
         (subs, holds_ops)
+    }
+
+    /// Plans what makes BACKUP's `rel` (now `d`) what SOURCE's is (`s`, not a directory), with
+    /// the digests known of both: nothing, its metadata, a copy, a link or a node. Names that
+    /// share an inode in SOURCE share one in BACKUP: the first met is planned as any file,
+    /// the others are linked to it; a BACKUP file that shares its inode where SOURCE's does
+    /// not is copied anew, so that no change to one name ever reaches another.
+    fn plan_entry(
+        &self,
+        rel: &Path,
+        s: &Entry,
+        d: Option<&Entry>,
+        [digest, held]: [Option<Digest>; 2],
+        steps: &mut Steps,
+    ) {
+        let meta = s.meta();
+        match &s.kind {
+            Kind::File => {
+                let mut groups = self.links.lock().unwrap_or_else(|e| e.into_inner());
+                let inode = (s.dev, s.ino);
+                if s.is_linked()
+                    && let Some(first) = groups.first.get(&inode)
+                {
+                    let linked = first.kept.is_some()
+                        && d.is_some_and(|d| {
+                            d.kind == Kind::File && Some((d.dev, d.ino)) == first.kept
+                        });
+                    if !linked {
+                        steps.push(Step::Link {
+                            side: Side::Backup,
+                            rel: rel.to_path_buf(),
+                            existing: first.rel.clone(),
+                            source: s.clone(),
+                            replace: d.cloned(),
+                        });
+                    }
+                    return;
+                }
+                // A BACKUP inode that another SOURCE inode's names already hold, or that has
+                // names SOURCE's file does not, is not this file's to keep.
+                let shared = d.is_some_and(|d| {
+                    d.is_linked()
+                        && (!s.is_linked()
+                            || groups
+                                .kept
+                                .get(&(d.dev, d.ino))
+                                .is_some_and(|&g| g != inode))
+                });
+                let same = matches!((d, digest, held), (Some(d), Some(a), Some(b)) if d.kind == Kind::File && a == b);
+                let kept = if same && !shared {
+                    let d = d.expect("compared");
+                    if d.meta_differs(&meta) {
+                        steps.push(Step::SetMeta {
+                            side: Side::Backup,
+                            rel: rel.to_path_buf(),
+                            seen: d.clone(),
+                            meta,
+                            digest: held,
+                        });
+                    }
+                    Some((d.dev, d.ino))
+                } else {
+                    steps.push(Step::Copy {
+                        side: Side::Backup,
+                        rel: rel.to_path_buf(),
+                        source: Some(s.clone()),
+                        known: copy_known(digest, if shared { None } else { held }),
+                        replace: d.cloned().map(Box::new),
+                        link: None,
+                    });
+                    None
+                };
+                if s.is_linked() {
+                    if let Some(kept) = kept {
+                        groups.kept.insert(kept, inode);
+                    }
+                    let first = First {
+                        rel: rel.to_path_buf(),
+                        kept,
+                    };
+                    groups.first.insert(inode, first);
+                }
+            }
+            Kind::Symlink(target) => match d {
+                Some(d) if d.kind == s.kind => {
+                    if d.meta_differs(&meta) {
+                        steps.push(self.set_meta(rel, d, meta));
+                    }
+                }
+                _ => steps.push(Step::Symlink {
+                    side: Side::Backup,
+                    rel: rel.to_path_buf(),
+                    target: target.clone(),
+                    meta,
+                    replace: d.cloned(),
+                }),
+            },
+            Kind::Special(node) => match d {
+                Some(d) if d.kind == s.kind => {
+                    if d.meta_differs(&meta) {
+                        steps.push(self.set_meta(rel, d, meta));
+                    }
+                }
+                _ => steps.push(Step::Node {
+                    side: Side::Backup,
+                    rel: rel.to_path_buf(),
+                    node: *node,
+                    meta,
+                    replace: d.cloned(),
+                }),
+            },
+            Kind::Dir => {}
+        }
+    }
+
+    /// The step that gives BACKUP's `d` at `rel` the metadata `meta`.
+    fn set_meta(&self, rel: &Path, d: &Entry, meta: Meta) -> Step {
+        Step::SetMeta {
+            side: Side::Backup,
+            rel: rel.to_path_buf(),
+            seen: d.clone(),
+            meta,
+            digest: None,
+        }
     }
 
     /// Merges the two sorted listings by name, with the cached digests of unchanged files.
@@ -619,6 +703,7 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
         streaming: None,
         writer: writer.as_ref(),
         found: Mutex::new(Found::default()),
+        links: Mutex::new(LinkGroups::default()),
         hashed: AtomicU64::new(0),
         cache_hits: AtomicU64::new(0),
         errors: AtomicU64::new(0),
@@ -631,7 +716,10 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
     drop((src_list, dst_list));
     if streaming {
         crate::testhook::after_plan();
-        let root = std::mem::take(&mut found.steps);
+        // The root's files are copied now; its hard links wait for every copy (their first
+        // names may be anywhere); its new directories are made hidden just below.
+        let root = std::mem::take(&mut found.steps.transfers);
+        found.steps.creates.clear();
         // Every directory of SOURCE's root is new: each is built hidden and appears whole.
         let tops: Vec<Step> = subs
             .iter()
@@ -646,7 +734,7 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
         let walk = &walk;
         applier.flushing(Some(Side::Backup), || {
             rayon::join(
-                || applier.now(walk.streaming.expect("streaming").1, &only(root.transfers)),
+                || applier.now(walk.streaming.expect("streaming").1, &only(root)),
                 || walk.visit_all(subs),
             );
         });
@@ -677,13 +765,13 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
     // private SOURCE (0700) keeps a private BACKUP.
     let root = Path::new("");
     if let (Ok(src_root), Ok(dst_root)) = (trees[0].stat(root), trees[1].stat(root))
-        && (root_holds_ops || src_root.mode != dst_root.mode || src_root.mtime != dst_root.mtime)
+        && (root_holds_ops || dst_root.meta_differs(&src_root.meta()))
     {
         found.steps.push(Step::Dir {
             side: Side::Backup,
             rel: PathBuf::new(),
             seen: Some(dst_root),
-            want: Some((src_root.mode, Some(src_root.mtime))),
+            want: Some(src_root.meta()),
             changes_inside: root_holds_ops,
         });
     }
@@ -696,7 +784,7 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
         ..PassStats::default()
     };
     let applied = if streaming {
-        applier.finish(applying, &found.steps.dirs)
+        applier.finish(applying, &found.steps.links, &found.steps.dirs)
     } else {
         refuse::empty_side(
             opts.force,
@@ -733,7 +821,7 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
         protected,
     } = found;
     drop(steps);
-    super::warn_privileged(&trees);
+    super::warn_dropped(&trees);
     learner.record_into(&mut blocks, dir_cache);
     let unlistable: Vec<&Path> = protected.iter().map(PathBuf::as_path).collect();
     // The cache decides nothing: it is written while the data is flushed.

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::error::Error;
 use crate::model::Side;
 use crate::scan::Filter;
+use crate::tree::meta::{self, Dropped, Refused};
 use crate::tree::mounts::{self, Recorded};
 use crate::tree::{LocalTree, Tree};
 
@@ -65,18 +66,42 @@ impl PassOptions {
     }
 }
 
-/// Warns, once per pass, of the setuid and setgid entries of another user that `trees`
-/// listed: their copies are this user's, and do not keep those bits.
-pub fn warn_privileged(trees: &[&dyn Tree]) {
+/// Warns, once per pass, of what copies could not keep: setuid and setgid bits and owners
+/// of what `trees` listed, and the owners, attributes and nodes the destination refused.
+pub fn warn_dropped(trees: &[&dyn Tree]) {
     for tree in trees {
-        let n = tree.take_privileged();
-        if n > 0 {
+        let Dropped { setid, owners } = tree.take_dropped();
+        let name = tree.name();
+        let name = crate::display::Escaped(Path::new(&name));
+        if owners > 0 {
             log::warn!(
-                "{n} setuid or setgid entries of {} belong to another user: their copies are \
-                 this user's and do not keep those bits",
-                crate::display::Escaped(Path::new(&tree.name()))
+                "{owners} entries of {name} belong to another user: only root can give their \
+                 copies that owner, so they are this user's"
             );
         }
+        if setid > 0 {
+            log::warn!(
+                "{setid} setuid or setgid entries of {name} belong to another user: their \
+                 copies are this user's and do not keep those bits"
+            );
+        }
+    }
+    let Refused {
+        owners,
+        xattrs,
+        nodes,
+    } = meta::take_refused();
+    if owners > 0 {
+        log::warn!("{owners} copies could not be given their owner or group");
+    }
+    if xattrs > 0 {
+        log::warn!(
+            "{xattrs} copies could not be given all their extended attributes or ACLs (the \
+             file system or this user's rights refuse them)"
+        );
+    }
+    if nodes > 0 {
+        log::warn!("{nodes} devices, sockets or FIFOs could not be created (only root may)");
     }
 }
 

@@ -110,7 +110,7 @@ pub fn twoway_pass(
     let first_pass = archived.is_none();
     let archived = archived.unwrap_or_default();
     let (src, dst) = (src?, dst?);
-    super::warn_privileged(&trees);
+    super::warn_dropped(&trees);
 
     let mut stats = PassStats {
         conflicts: Some(0),
@@ -126,16 +126,6 @@ pub fn twoway_pass(
             );
             stats.errors += 1;
             protected.insert(rel.clone());
-        }
-        for (rel, entry) in &tree.entries {
-            if entry.kind == Kind::Special {
-                log::warn!(
-                    "skipped {} in {}: not a regular file, directory or symlink",
-                    Escaped(rel),
-                    side.name()
-                );
-                protected.insert(rel.clone());
-            }
         }
     }
 

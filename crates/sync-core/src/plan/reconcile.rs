@@ -67,43 +67,30 @@ pub struct Plan {
     pub conflicts: Vec<Conflict>,
 }
 
-/// Same content: same kind, and same digest or link target. Absent equals absent.
+/// Same content: same kind, and same digest, link target or node. Absent equals absent.
 pub fn same_content(a: Option<&Item>, b: Option<&Item>) -> bool {
     match (a, b) {
         (None, None) => true,
-        (Some(Item::Dir { .. }), Some(Item::Dir { .. })) => true,
-        (Some(Item::File { digest: x, .. }), Some(Item::File { digest: y, .. })) => x == y,
-        (Some(Item::Symlink { target: x, .. }), Some(Item::Symlink { target: y, .. })) => x == y,
+        (Some(a), Some(b)) => a.same_content(b),
         _ => false,
     }
 }
 
-/// The metadata that travels: mode and mtime for files, mtime for links, mode for
-/// directories (whose mtime moves with every change inside and is not carried).
+/// The metadata that travels: all of it, but a link's mode (it has none of its own) and a
+/// directory's time (which moves with every change inside and is not carried).
 fn same_meta(a: &Item, b: &Item) -> bool {
-    match (a, b) {
-        (Item::Dir { mode: x, .. }, Item::Dir { mode: y, .. }) => x == y,
-        (
-            Item::File {
-                mode: m1,
-                mtime: t1,
-                ..
-            },
-            Item::File {
-                mode: m2,
-                mtime: t2,
-                ..
-            },
-        ) => m1 == m2 && t1 == t2,
-        (Item::Symlink { mtime: t1, .. }, Item::Symlink { mtime: t2, .. }) => t1 == t2,
-        _ => false,
-    }
+    let (x, y) = (a.meta(), b.meta());
+    let owner = x.uid == y.uid && x.gid == y.gid && x.xattrs == y.xattrs;
+    owner
+        && match (a, b) {
+            (Item::Dir { .. }, Item::Dir { .. }) => x.mode == y.mode,
+            (Item::Symlink { .. }, Item::Symlink { .. }) => x.mtime == y.mtime,
+            _ => x.mode == y.mode && x.mtime == y.mtime,
+        }
 }
 
 fn mtime(item: &Item) -> crate::model::Timestamp {
-    match item {
-        Item::File { mtime, .. } | Item::Dir { mtime, .. } | Item::Symlink { mtime, .. } => *mtime,
-    }
+    item.meta().mtime
 }
 
 fn is_dir(item: Option<&Item>) -> bool {
@@ -372,32 +359,25 @@ fn steps_for_side(
         (Some(h), Some(f)) if same_content(Some(h), Some(f)) => {
             if !same_meta(h, f) {
                 steps.push(match f {
-                    Item::Dir { mode, mtime } => Step::Dir {
+                    Item::Dir { meta } => Step::Dir {
                         side,
                         rel,
                         seen: Some(h.clone()),
-                        want: Some((*mode, Some(*mtime))),
+                        want: Some(*meta),
                         changes_inside: false,
                     },
-                    Item::File {
-                        digest,
-                        mode,
-                        mtime,
-                        ..
-                    } => Step::SetMeta {
+                    Item::File { digest, meta, .. } => Step::SetMeta {
                         side,
                         rel,
                         seen: h.clone(),
-                        mode: *mode,
-                        mtime: *mtime,
+                        meta: *meta,
                         digest: Some(*digest),
                     },
-                    Item::Symlink { mtime, .. } => Step::SetMeta {
+                    Item::Symlink { meta, .. } | Item::Special { meta, .. } => Step::SetMeta {
                         side,
                         rel,
                         seen: h.clone(),
-                        mode: 0,
-                        mtime: *mtime,
+                        meta: *meta,
                         digest: None,
                     },
                 });
@@ -415,7 +395,7 @@ fn steps_for_side(
                     });
                     None
                 }
-                Some(h @ (Item::File { .. } | Item::Symlink { .. }))
+                Some(h @ (Item::File { .. } | Item::Symlink { .. } | Item::Special { .. }))
                     if matches!(f, Item::Dir { .. }) =>
                 {
                     steps.push(Step::Remove {
@@ -436,7 +416,7 @@ fn steps_for_side(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Timestamp;
+    use crate::model::{Meta, Timestamp};
     use crate::plan::step::Known;
     use proptest::prelude::*;
 
@@ -444,15 +424,13 @@ mod tests {
         Item::File {
             digest: [content; 32],
             size: 1,
-            mode: 0o644,
-            mtime: Timestamp { secs: t, nanos: 0 },
+            meta: Meta::plain(0o644, Timestamp { secs: t, nanos: 0 }),
         }
     }
 
     fn dir() -> Item {
         Item::Dir {
-            mode: 0o755,
-            mtime: Timestamp::default(),
+            meta: Meta::plain(0o755, Timestamp::default()),
         }
     }
 
@@ -504,12 +482,9 @@ mod tests {
                         side,
                         rel: r,
                         seen: None,
-                        want: Some((mode, Some(mtime))),
+                        want: Some(meta),
                         ..
-                    } if *side == s && r == rel => Some(Item::Dir {
-                        mode: *mode,
-                        mtime: *mtime,
-                    }),
+                    } if *side == s && r == rel => Some(Item::Dir { meta: *meta }),
                     _ => None,
                 })
                 .expect("a made directory is finished")
@@ -600,7 +575,7 @@ mod tests {
                     side: s,
                     rel,
                     target,
-                    mtime,
+                    meta,
                     replace,
                 } => {
                     let (here, _) = side(*s, src, dst);
@@ -608,7 +583,7 @@ mod tests {
                     assert_eq!(here.get(rel), replace.as_ref(), "replacing {rel:?} as seen");
                     let item = Item::Symlink {
                         target: target.clone(),
-                        mtime: *mtime,
+                        meta: *meta,
                     };
                     here.insert(rel.clone(), item);
                 }
@@ -616,26 +591,16 @@ mod tests {
                     side: s,
                     rel,
                     seen,
-                    mode,
-                    mtime,
+                    meta,
                     ..
                 } => {
                     let (here, _) = side(*s, src, dst);
                     assert_eq!(here.get(rel), Some(seen));
-                    let want = match seen {
-                        Item::File { digest, size, .. } => Item::File {
-                            digest: *digest,
-                            size: *size,
-                            mode: *mode,
-                            mtime: *mtime,
-                        },
-                        Item::Symlink { target, .. } => Item::Symlink {
-                            target: target.clone(),
-                            mtime: *mtime,
-                        },
-                        Item::Dir { .. } => unreachable!("directories are finished apart"),
-                    };
-                    here.insert(rel.clone(), want);
+                    assert!(
+                        !matches!(seen, Item::Dir { .. }),
+                        "directories are finished apart"
+                    );
+                    here.insert(rel.clone(), seen.with_meta(*meta));
                 }
                 _ => {}
             }
@@ -645,17 +610,13 @@ mod tests {
                 side: s,
                 rel,
                 seen: Some(seen),
-                want: Some((mode, Some(mtime))),
+                want: Some(meta),
                 ..
             } = step
             {
                 let (here, _) = side(*s, src, dst);
                 assert_eq!(here.get(rel), Some(seen));
-                let want = Item::Dir {
-                    mode: *mode,
-                    mtime: *mtime,
-                };
-                here.insert(rel.clone(), want);
+                here.insert(rel.clone(), Item::Dir { meta: *meta });
             }
         }
     }
@@ -700,8 +661,7 @@ mod tests {
         Item::File {
             digest,
             size: 1,
-            mode: 0o644,
-            mtime: Timestamp { secs: t, nanos: 0 },
+            meta: Meta::plain(0o644, Timestamp { secs: t, nanos: 0 }),
         }
     }
 
@@ -787,26 +747,19 @@ mod tests {
                         p,
                         Item::Symlink {
                             target: PathBuf::from(NAMES[usize::from(content) % 3]),
-                            mtime: Timestamp { secs: t, nanos: 0 },
+                            meta: Meta::plain(0o777, Timestamp { secs: t, nanos: 0 }),
                         },
                     );
                 }
             }
             // a time-only change
             _ => {
-                if let Some(Item::File {
-                    digest, size, mode, ..
-                }) = tree.get(&p).cloned()
-                {
-                    tree.insert(
-                        p,
-                        Item::File {
-                            digest,
-                            size,
-                            mode,
-                            mtime: Timestamp { secs: t, nanos: 1 },
-                        },
-                    );
+                if let Some(item @ Item::File { .. }) = tree.get(&p).cloned() {
+                    let meta = Meta {
+                        mtime: Timestamp { secs: t, nanos: 1 },
+                        ..*item.meta()
+                    };
+                    tree.insert(p, item.with_meta(meta));
                 }
             }
         }

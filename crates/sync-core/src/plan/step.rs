@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use checksum::Digest;
 
 use crate::display::Escaped;
-use crate::model::{Entry, Item, Kind, LinkFrom, Side, Timestamp, path_order};
+use crate::model::{Entry, Item, Kind, LinkFrom, Meta, Node, Side, path_order};
 use crate::tree::temp;
 
 /// What a copy knows of its source's content before it starts.
@@ -92,12 +92,41 @@ pub enum Step<S = Entry> {
         rel: PathBuf,
         /// Where it points (never followed).
         target: PathBuf,
-        /// Its modification time.
-        mtime: Timestamp,
+        /// Its time, owner and attributes.
+        meta: Meta,
         /// What the scan saw at `rel`, to be replaced.
         replace: Option<S>,
     },
-    /// Same content: set the mode and time of what the scan saw at `rel`.
+    /// Create a FIFO, socket or device node (never opened), over `replace` if set.
+    Node {
+        /// The side written.
+        side: Side,
+        /// The path.
+        rel: PathBuf,
+        /// Which node.
+        node: Node,
+        /// Its mode, time, owner and attributes.
+        meta: Meta,
+        /// What the scan saw at `rel`, to be replaced.
+        replace: Option<S>,
+    },
+    /// Give `rel` the inode of the file at `existing` on the same side, over `replace` if set:
+    /// names that share an inode on the other side share one here. Runs once every copy is
+    /// done, so that `existing` holds its content.
+    Link {
+        /// The side written.
+        side: Side,
+        /// The path.
+        rel: PathBuf,
+        /// The name it shares an inode with.
+        existing: PathBuf,
+        /// The other side's file at `rel`, as the scan saw it: `existing` must have its size
+        /// and time.
+        source: S,
+        /// What the scan saw at `rel`, to be replaced.
+        replace: Option<S>,
+    },
+    /// Same content: give what the scan saw at `rel` the metadata of the other side's.
     SetMeta {
         /// The side.
         side: Side,
@@ -105,10 +134,8 @@ pub enum Step<S = Entry> {
         rel: PathBuf,
         /// What the scan saw.
         seen: S,
-        /// Permission bits (ignored for a link).
-        mode: u32,
-        /// Modification time.
-        mtime: Timestamp,
+        /// Mode (ignored for a link), time, owner and attributes.
+        meta: Meta,
         /// The file's digest, for the hash cache to learn under its new stamp.
         digest: Option<Digest>,
     },
@@ -122,8 +149,8 @@ pub enum Step<S = Entry> {
         rel: PathBuf,
         /// The directory as the scan saw it; `None` for one this pass makes.
         seen: Option<S>,
-        /// Its final mode and, if it is carried, time; `None` to leave them.
-        want: Option<(u32, Option<Timestamp>)>,
+        /// Its final metadata; `None` to leave it.
+        want: Option<Meta>,
         /// Entries are added to, replaced in or removed from it.
         changes_inside: bool,
     },
@@ -138,6 +165,8 @@ impl<S> Step<S> {
             | Step::MakeDir { rel, .. }
             | Step::Copy { rel, .. }
             | Step::Symlink { rel, .. }
+            | Step::Node { rel, .. }
+            | Step::Link { rel, .. }
             | Step::SetMeta { rel, .. }
             | Step::Dir { rel, .. } => rel,
         }
@@ -151,6 +180,8 @@ impl<S> Step<S> {
             | Step::MakeDir { side, .. }
             | Step::Copy { side, .. }
             | Step::Symlink { side, .. }
+            | Step::Node { side, .. }
+            | Step::Link { side, .. }
             | Step::SetMeta { side, .. }
             | Step::Dir { side, .. } => *side,
         }
@@ -202,7 +233,7 @@ impl<S> Step<S> {
                 side,
                 rel,
                 target,
-                mtime,
+                meta,
                 replace,
             } => Step::Symlink {
                 replace: match replace {
@@ -212,21 +243,51 @@ impl<S> Step<S> {
                 side,
                 rel,
                 target,
-                mtime,
+                meta,
+            },
+            Step::Node {
+                side,
+                rel,
+                node,
+                meta,
+                replace,
+            } => Step::Node {
+                replace: match replace {
+                    Some(r) => Some(bind(side, &rel, r)?),
+                    None => None,
+                },
+                side,
+                rel,
+                node,
+                meta,
+            },
+            Step::Link {
+                side,
+                rel,
+                existing,
+                source,
+                replace,
+            } => Step::Link {
+                source: bind(side.other(), &rel, source)?,
+                replace: match replace {
+                    Some(r) => Some(bind(side, &rel, r)?),
+                    None => None,
+                },
+                side,
+                rel,
+                existing,
             },
             Step::SetMeta {
                 side,
                 rel,
                 seen,
-                mode,
-                mtime,
+                meta,
                 digest,
             } => Step::SetMeta {
                 seen: bind(side, &rel, seen)?,
                 side,
                 rel,
-                mode,
-                mtime,
+                meta,
                 digest,
             },
             Step::Dir {
@@ -274,11 +335,18 @@ pub fn arrive<S>(
             replace: replace.map(Box::new),
             link: None,
         },
-        Item::Symlink { target, mtime } => Step::Symlink {
+        Item::Symlink { target, meta } => Step::Symlink {
             side,
             rel,
             target: target.clone(),
-            mtime: *mtime,
+            meta: *meta,
+            replace,
+        },
+        Item::Special { node, meta } => Step::Node {
+            side,
+            rel,
+            node: *node,
+            meta: *meta,
             replace,
         },
     }
@@ -288,11 +356,11 @@ pub fn arrive<S>(
 /// `item` once its content is in place.
 pub fn finish<S>(side: Side, rel: PathBuf, item: &Item) -> Option<Step<S>> {
     match item {
-        Item::Dir { mode, mtime } => Some(Step::Dir {
+        Item::Dir { meta } => Some(Step::Dir {
             side,
             rel,
             seen: None,
-            want: Some((*mode, Some(*mtime))),
+            want: Some(*meta),
             changes_inside: false,
         }),
         _ => None,
@@ -372,6 +440,19 @@ impl<S: Seen> Step<S> {
                 },
                 Escaped(target)
             ),
+            Step::Node { node, .. } => write!(
+                s,
+                "created {} {rel}",
+                match node {
+                    Node::Fifo => "fifo",
+                    Node::Socket => "socket",
+                    Node::Char(_) => "character device",
+                    Node::Block(_) => "block device",
+                }
+            ),
+            Step::Link { existing, .. } => {
+                write!(s, "hard-linked {rel} to {}", Escaped(existing))
+            }
             Step::SetMeta { .. } | Step::Dir { .. } => write!(s, "updated metadata of {rel}"),
         };
         if sides {
@@ -397,6 +478,8 @@ pub struct Steps<S = Entry> {
     pub creates: Vec<Step<S>>,
     /// Copies, links and metadata, in parallel.
     pub transfers: Vec<Step<S>>,
+    /// Further names of files copied, once every copy is done.
+    pub links: Vec<Step<S>>,
     /// Directories opened before and finished after everything else.
     pub dirs: Vec<Step<S>>,
 }
@@ -409,7 +492,8 @@ impl<S> Steps<S> {
             Step::Remove { .. } => self.removals.push(step),
             Step::MakeDir { .. } => self.creates.push(step),
             Step::Dir { .. } => self.dirs.push(step),
-            Step::Copy { .. } | Step::Symlink { .. } | Step::SetMeta { .. } => {
+            Step::Link { .. } => self.links.push(step),
+            Step::Copy { .. } | Step::Symlink { .. } | Step::Node { .. } | Step::SetMeta { .. } => {
                 self.transfers.push(step)
             }
         }
@@ -429,6 +513,7 @@ impl<S> Steps<S> {
         join(&mut self.removals, other.removals);
         join(&mut self.creates, other.creates);
         join(&mut self.transfers, other.transfers);
+        join(&mut self.links, other.links);
         join(&mut self.dirs, other.dirs);
     }
 
@@ -439,6 +524,7 @@ impl<S> Steps<S> {
             .chain(&self.removals)
             .chain(&self.creates)
             .chain(&self.transfers)
+            .chain(&self.links)
             .chain(&self.dirs)
     }
 
@@ -448,6 +534,7 @@ impl<S> Steps<S> {
             + self.removals.len()
             + self.creates.len()
             + self.transfers.len()
+            + self.links.len()
             + self.dirs.len()
     }
 
@@ -467,6 +554,7 @@ impl<S> Steps<S> {
         self.removals.sort_unstable_by(by_path);
         self.creates.sort_unstable_by(by_path);
         self.transfers.par_sort_unstable_by(by_path);
+        self.links.sort_unstable_by(by_path);
         self.dirs.sort_unstable_by(by_path);
     }
 
@@ -477,6 +565,7 @@ impl<S> Steps<S> {
         self.removals.shrink_to_fit();
         self.creates.shrink_to_fit();
         self.transfers.shrink_to_fit();
+        self.links.shrink_to_fit();
         self.dirs.shrink_to_fit();
     }
 }
@@ -502,6 +591,7 @@ impl<S> FromIterator<Step<S>> for Steps<S> {
             removals: Vec::new(),
             creates: Vec::new(),
             transfers: Vec::new(),
+            links: Vec::new(),
             dirs: Vec::new(),
         };
         for step in iter {
@@ -514,6 +604,7 @@ impl<S> FromIterator<Step<S>> for Steps<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Timestamp;
 
     fn entry(kind: Kind) -> Entry {
         Entry {
@@ -524,6 +615,10 @@ mod tests {
             ctime: Timestamp::default(),
             ino: 1,
             dev: 1,
+            uid: 0,
+            gid: 0,
+            xattrs: 0,
+            nlink: 1,
         }
     }
 
@@ -583,7 +678,7 @@ mod tests {
                     side,
                     rel: rel.clone(),
                     target: PathBuf::from("t"),
-                    mtime: Timestamp::default(),
+                    meta: Meta::plain(0o777, Timestamp::default()),
                     replace: Some(entry(Kind::Symlink("u".into()))),
                 },
                 "replaced symlink d/a.txt -> t",
@@ -593,8 +688,7 @@ mod tests {
                     side,
                     rel: rel.clone(),
                     seen: entry(Kind::File),
-                    mode: 0o600,
-                    mtime: Timestamp::default(),
+                    meta: Meta::plain(0o600, Timestamp::default()),
                     digest: None,
                 },
                 "updated metadata of d/a.txt",

@@ -120,8 +120,8 @@ pub fn encode(source: &Path, backup: &Path, items: &Items) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Item;
     use crate::model::Timestamp;
+    use crate::model::{Item, Meta};
 
     #[test]
     fn archive_round_trips_and_refuses_damage_and_other_roots() {
@@ -135,8 +135,7 @@ mod tests {
             Item::File {
                 digest: [1; 32],
                 size: 3,
-                mode: 0o644,
-                mtime: Timestamp { secs: 1, nanos: 2 },
+                meta: Meta::plain(0o644, Timestamp { secs: 1, nanos: 2 }),
             },
         );
         save(&path, s, b, &items).unwrap();

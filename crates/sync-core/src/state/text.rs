@@ -2,7 +2,11 @@
 //! and the two-way archive.
 //!
 //! `F <sha256> <size> <mode> <mtime> <path>`, `D <mode> <mtime> <path>`,
-//! `L <mtime> <path> <target>`; modes in octal, mtimes as `secs.nanos`. Paths and link targets
+//! `L <mtime> <path> <target>`, `S <node> <mode> <mtime> <path>` (a node: `p` FIFO, `s`
+//! socket, `c<dev>` or `b<dev>` a device, its number in hex); modes in octal, mtimes as
+//! `secs.nanos`. Where owners or extended attributes are carried, the line ends with
+//! `+<uid>:<gid>:<xattrs>` (`-` for what is not carried; the attributes' digest in hex): lines
+//! written before they were carried read as carrying none. Paths and link targets
 //! are percent-encoded bytes, so any name (newlines, spaces, bytes that are not UTF-8)
 //! round-trips exactly, and a line never holds a space that is not a separator.
 
@@ -14,34 +18,64 @@ use std::path::{Path, PathBuf};
 
 use checksum::Digest;
 
-use crate::model::{Item, Timestamp};
+use crate::model::{Item, Meta, NOT_CARRIED, Node, Timestamp};
 
 /// Appends the line of one entry (with its newline) to `out`, with no allocation of its own:
 /// a two-way pass writes one line per entry of its archive.
 pub fn encode_item(out: &mut String, rel: &Path, item: &Item) {
     let path = rel.as_os_str().as_bytes();
+    let meta = item.meta();
+    let (mode, mtime) = (meta.mode, meta.mtime);
     let _ = match item {
-        Item::File {
-            digest,
-            size,
-            mode,
-            mtime,
-        } => {
+        Item::File { digest, size, .. } => {
             out.push_str("F ");
             push_hex(out, digest);
             write!(out, " {size} {mode:o} {}.{:09} ", mtime.secs, mtime.nanos)
         }
-        Item::Dir { mode, mtime } => {
+        Item::Dir { .. } => {
             write!(out, "D {mode:o} {}.{:09} ", mtime.secs, mtime.nanos)
         }
-        Item::Symlink { mtime, .. } => write!(out, "L {}.{:09} ", mtime.secs, mtime.nanos),
+        Item::Symlink { .. } => write!(out, "L {}.{:09} ", mtime.secs, mtime.nanos),
+        Item::Special { node, .. } => {
+            let _ = match node {
+                Node::Fifo => write!(out, "S p"),
+                Node::Socket => write!(out, "S s"),
+                Node::Char(dev) => write!(out, "S c{dev:x}"),
+                Node::Block(dev) => write!(out, "S b{dev:x}"),
+            };
+            write!(out, " {mode:o} {}.{:09} ", mtime.secs, mtime.nanos)
+        }
     };
     escape_into(out, path);
     if let Item::Symlink { target, .. } = item {
         out.push(' ');
         escape_into(out, target.as_os_str().as_bytes());
     }
+    if meta.uid != NOT_CARRIED || meta.gid != NOT_CARRIED || meta.xattrs != 0 {
+        out.push_str(" +");
+        for id in [meta.uid, meta.gid] {
+            let _ = match id {
+                NOT_CARRIED => write!(out, "-:"),
+                id => write!(out, "{id}:"),
+            };
+        }
+        let _ = write!(out, "{:x}", meta.xattrs);
+    }
     out.push('\n');
+}
+
+/// Parses the `+<uid>:<gid>:<xattrs>` field of [`encode_item`].
+fn parse_extra(field: &str) -> Option<(u32, u32, u64)> {
+    let mut parts = field.strip_prefix('+')?.split(':');
+    let mut id = || -> Option<u32> {
+        match parts.next()? {
+            "-" => Some(NOT_CARRIED),
+            n => n.parse().ok().filter(|&n| n != NOT_CARRIED),
+        }
+    };
+    let (uid, gid) = (id()?, id()?);
+    let xattrs = u64::from_str_radix(parts.next()?, 16).ok()?;
+    parts.next().is_none().then_some((uid, gid, xattrs))
 }
 
 /// Appends `bytes` to `out` as lowercase hex.
@@ -159,37 +193,61 @@ fn parse_path(s: &str) -> Option<PathBuf> {
 
 fn parse_item(line: &str) -> Option<(PathBuf, Item)> {
     let mut f = line.split(' ');
-    let item = match f.next()? {
+    let meta = |mode, mtime| Meta::plain(mode, mtime);
+    let (rel, item) = match f.next()? {
         "F" => {
             let digest = parse_digest(f.next()?)?;
             let size = f.next()?.parse().ok()?;
             let mode = parse_mode(f.next()?)?;
             let mtime = parse_time(f.next()?)?;
             let rel = parse_path(f.next()?)?;
-            (
-                rel,
-                Item::File {
-                    digest,
-                    size,
-                    mode,
-                    mtime,
-                },
-            )
+            let meta = meta(mode, mtime);
+            (rel, Item::File { digest, size, meta })
         }
         "D" => {
             let mode = parse_mode(f.next()?)?;
             let mtime = parse_time(f.next()?)?;
-            (parse_path(f.next()?)?, Item::Dir { mode, mtime })
+            let meta = meta(mode, mtime);
+            (parse_path(f.next()?)?, Item::Dir { meta })
         }
         "L" => {
             let mtime = parse_time(f.next()?)?;
             let rel = parse_path(f.next()?)?;
             let target = PathBuf::from(OsString::from_vec(unescape(f.next()?)?));
-            (rel, Item::Symlink { target, mtime })
+            let meta = meta(0o777, mtime);
+            (rel, Item::Symlink { target, meta })
+        }
+        "S" => {
+            let node = f.next()?;
+            let dev = || u64::from_str_radix(node.get(1..)?, 16).ok();
+            let node = match node.as_bytes().first()? {
+                b'p' if node.len() == 1 => Node::Fifo,
+                b's' if node.len() == 1 => Node::Socket,
+                b'c' => Node::Char(dev()?),
+                b'b' => Node::Block(dev()?),
+                _ => return None,
+            };
+            let mode = parse_mode(f.next()?)?;
+            let mtime = parse_time(f.next()?)?;
+            let meta = meta(mode, mtime);
+            (parse_path(f.next()?)?, Item::Special { node, meta })
         }
         _ => return None,
     };
-    f.next().is_none().then_some(item)
+    let item = match f.next() {
+        None => item,
+        Some(extra) => {
+            let (uid, gid, xattrs) = parse_extra(extra)?;
+            let meta = Meta {
+                uid,
+                gid,
+                xattrs,
+                ..*item.meta()
+            };
+            item.with_meta(meta)
+        }
+    };
+    f.next().is_none().then_some((rel, item))
 }
 
 /// Percent-encodes every byte that is not printable ASCII, plus `%` and space.
@@ -244,8 +302,7 @@ mod tests {
         items.insert(
             "d".into(),
             Item::Dir {
-                mode: 0o755,
-                mtime: t,
+                meta: Meta::plain(0o755, t),
             },
         );
         items.insert(
@@ -253,15 +310,14 @@ mod tests {
             Item::File {
                 digest,
                 size: 12,
-                mode: 0o640,
-                mtime: t,
+                meta: Meta::plain(0o640, t),
             },
         );
         items.insert(
             "l".into(),
             Item::Symlink {
                 target: "../a b".into(),
-                mtime: t,
+                meta: Meta::plain(0o777, t),
             },
         );
         let mut text = String::new();

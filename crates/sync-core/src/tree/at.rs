@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 
-use crate::model::{Entry, Kind, Timestamp};
+use crate::model::{Entry, Kind, NOT_CARRIED, Node, Timestamp};
+use crate::tree::meta;
 
 /// The longest piece of a path handed to the kernel at once: well below `PATH_MAX` (4096),
 /// and above `NAME_MAX` (255), so that a piece always ends at a `/`.
@@ -177,7 +178,9 @@ pub(crate) fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Entry> {
     } else {
         None
     };
-    Ok(entry_of(&stat, target))
+    let mut entry = entry_of(&stat, target);
+    entry.xattrs = meta::digest_at(dir, name);
+    Ok(entry)
 }
 
 /// The target of the link `name` in `dir`.
@@ -192,32 +195,50 @@ pub(crate) fn my_uid() -> u32 {
     *UID.get_or_init(|| rustix::process::geteuid().as_raw())
 }
 
-/// The permission bits a copy may have of an entry whose mode is `mode` and owner `uid`: a
-/// copy owned by someone else than the original (us) never gets its setuid or setgid bit,
-/// as with `cp` — else a user's setuid program would become ours (root's), and a user's
-/// setgid directory would hand our group to what others create in it.
-pub(crate) fn grantable(mode: u32, uid: u32) -> u32 {
-    if uid == my_uid() {
-        mode
-    } else {
+/// The group this process acts as.
+pub(crate) fn my_gid() -> u32 {
+    static GID: OnceLock<u32> = OnceLock::new();
+    *GID.get_or_init(|| rustix::process::getegid().as_raw())
+}
+
+/// The permission bits a copy may have of an entry whose mode is `mode`, owner `uid` and
+/// group `gid`: a copy that does not keep the original's owner (it is ours) never gets its
+/// setuid or setgid bit, as with `cp` — else a user's setuid program would become ours
+/// (root's), and a user's setgid directory would hand our group to what others create in it;
+/// nor its setgid bit where it does not keep the group.
+pub(crate) fn grantable(mode: u32, uid: u32, gid: u32) -> u32 {
+    let carry = meta::carry();
+    if !carry.owner && uid != my_uid() {
         mode & !0o6000
+    } else if !carry.group && gid != my_gid() {
+        mode & !0o2000
+    } else {
+        mode
     }
 }
 
-/// The entry a `stat` describes, as a copy of it may be (see [`grantable`]); a link's target
-/// is read separately.
+/// The entry a `stat` describes, as a copy of it may be (see [`grantable`]; owner and group
+/// where they are carried); a link's target is read separately, and the extended attributes
+/// (see [`stat_at`]).
 // The fields' types differ from one architecture to the next.
 #[allow(clippy::unnecessary_cast)]
 pub(crate) fn entry_of(stat: &Stat, link_target: Option<PathBuf>) -> Entry {
+    let rdev = stat.st_rdev as u64;
     let kind = match file_type(stat) {
         FileType::RegularFile => Kind::File,
         FileType::Directory => Kind::Dir,
         FileType::Symlink => Kind::Symlink(link_target.unwrap_or_default()),
-        _ => Kind::Special,
+        FileType::Fifo => Kind::Special(Node::Fifo),
+        FileType::Socket => Kind::Special(Node::Socket),
+        FileType::CharacterDevice => Kind::Special(Node::Char(rdev)),
+        FileType::BlockDevice => Kind::Special(Node::Block(rdev)),
+        FileType::Unknown => Kind::Special(Node::Fifo),
     };
+    let (uid, gid) = (stat.st_uid as u32, stat.st_gid as u32);
+    let carry = meta::carry();
     Entry {
         kind,
-        mode: grantable(stat.st_mode as u32 & 0o7777, stat.st_uid as u32),
+        mode: grantable(stat.st_mode as u32 & 0o7777, uid, gid),
         size: stat.st_size as u64,
         mtime: Timestamp {
             secs: stat.st_mtime as i64,
@@ -229,6 +250,10 @@ pub(crate) fn entry_of(stat: &Stat, link_target: Option<PathBuf>) -> Entry {
         },
         ino: stat.st_ino as u64,
         dev: stat.st_dev as u64,
+        uid: if carry.owner { uid } else { NOT_CARRIED },
+        gid: if carry.group { gid } else { NOT_CARRIED },
+        xattrs: 0,
+        nlink: stat.st_nlink as u64,
     }
 }
 
@@ -242,7 +267,14 @@ pub(crate) fn file_type(stat: &Stat) -> FileType {
 #[allow(clippy::unnecessary_cast)]
 pub(crate) fn loses_privilege(stat: &Stat) -> bool {
     let mode = stat.st_mode as u32 & 0o7777;
-    grantable(mode, stat.st_uid as u32) != mode
+    grantable(mode, stat.st_uid as u32, stat.st_gid as u32) != mode
+}
+
+/// Whether `stat` describes an entry that a copy could have given its owner had the process
+/// been allowed to (the owner was asked for and is not ours).
+#[allow(clippy::unnecessary_cast)]
+pub(crate) fn loses_owner(stat: &Stat) -> bool {
+    meta::carry().owner_refused && stat.st_uid as u32 != my_uid()
 }
 
 /// The entry `file` is now.

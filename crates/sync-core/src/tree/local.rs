@@ -16,8 +16,9 @@ use std::time::{Duration, SystemTime};
 use checksum::Digest;
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 
-use crate::model::{Entry, LinkFrom, Timestamp};
+use crate::model::{Entry, LinkFrom, Meta, Node};
 use crate::tree::at::{self, Place, open_beneath};
+use crate::tree::meta::{self, Dropped, Handle, Xattrs};
 use crate::tree::ops::{self, Content, Copied, Dest, OpError, Source};
 use crate::tree::{Tree, flush};
 
@@ -29,9 +30,9 @@ pub struct LocalTree {
     dir: Arc<OwnedFd>,
     /// The root's device and inode.
     id: (u64, u64),
-    /// Setuid or setgid entries of someone else listed since it was last asked (see
-    /// [`Tree::take_privileged`]).
-    privileged: Arc<AtomicU64>,
+    /// Entries listed since it was last asked whose copies lose their setuid or setgid bit,
+    /// and whose copies lose their owner (see [`Tree::take_dropped`]).
+    dropped: Arc<[AtomicU64; 2]>,
     /// Directories that cannot be listed this pass, and why (see [`LocalTree::fence`]).
     fenced: Arc<std::sync::RwLock<Vec<(PathBuf, String)>>>,
     /// Deep directories held open (see [`LocalTree::base`]).
@@ -78,7 +79,7 @@ impl LocalTree {
             id: at::identity(&dir)?,
             root,
             dir: Arc::new(dir),
-            privileged: Arc::default(),
+            dropped: Arc::default(),
             fenced: Arc::default(),
             deep: Arc::default(),
         })
@@ -109,7 +110,7 @@ impl LocalTree {
             id: at::identity(&dir)?,
             root: self.path(rel),
             dir: Arc::new(dir),
-            privileged: Arc::default(),
+            dropped: Arc::default(),
             fenced: Arc::default(),
             deep: Arc::default(),
         })
@@ -292,15 +293,25 @@ impl Tree for LocalTree {
             return Err(io::Error::other(why));
         }
         let dir = self.open_dir_beneath(rel, OFlags::RDONLY | OFlags::DIRECTORY)?;
-        let (entries, privileged) = list_dir(dir, skip)?;
-        if privileged > 0 {
-            self.privileged.fetch_add(privileged, Ordering::Relaxed);
+        let (entries, dropped) = list_dir(dir, skip)?;
+        for (counter, n) in self.dropped.iter().zip([dropped.setid, dropped.owners]) {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
         }
         Ok(entries)
     }
 
-    fn take_privileged(&self) -> u64 {
-        self.privileged.swap(0, Ordering::Relaxed)
+    fn take_dropped(&self) -> Dropped {
+        Dropped {
+            setid: self.dropped[0].swap(0, Ordering::Relaxed),
+            owners: self.dropped[1].swap(0, Ordering::Relaxed),
+        }
+    }
+
+    fn xattrs(&self, rel: &Path) -> io::Result<Xattrs> {
+        let place = self.place(rel)?;
+        meta::read(Handle::Entry(place.dir(), &place.name))
     }
 
     fn stat(&self, rel: &Path) -> io::Result<Entry> {
@@ -362,9 +373,35 @@ impl Tree for LocalTree {
         rel: &Path,
         target: &Path,
         dest: Dest<'_>,
-        mtime: Timestamp,
+        meta: &Meta,
+        xattrs: &Xattrs,
     ) -> Result<Entry, OpError> {
-        ops::symlink(target, &self.place_to_write(rel)?, dest, mtime)
+        ops::symlink(target, &self.place_to_write(rel)?, dest, meta, xattrs)
+    }
+
+    fn make_node(
+        &self,
+        rel: &Path,
+        node: Node,
+        dest: Dest<'_>,
+        meta: &Meta,
+        xattrs: &Xattrs,
+    ) -> Result<Option<Entry>, OpError> {
+        ops::make_node(node, &self.place_to_write(rel)?, dest, meta, xattrs)
+    }
+
+    fn link_within(
+        &self,
+        rel: &Path,
+        existing: &Path,
+        expect: &Entry,
+        dest: Dest<'_>,
+    ) -> Result<Entry, OpError> {
+        let from = self.place(existing).map_err(|source| OpError::Read {
+            path: self.path(existing),
+            source,
+        })?;
+        ops::link_within(&from, expect, &self.place_to_write(rel)?, dest)
     }
 
     fn hard_link(&self, rel: &Path, existing: &LinkFrom) -> Result<(), OpError> {
@@ -388,15 +425,15 @@ impl Tree for LocalTree {
         &self,
         rel: &Path,
         seen: &Entry,
-        mode: u32,
-        mtime: Timestamp,
+        meta: &Meta,
+        xattrs: Option<&Xattrs>,
     ) -> Result<Entry, OpError> {
-        ops::set_metadata(&self.place_to_write(rel)?, seen, mode, mtime)
+        ops::set_metadata(&self.place_to_write(rel)?, seen, meta, xattrs)
     }
 
-    fn finish_dir(&self, rel: &Path, mode: u32, mtime: Option<Timestamp>) -> Result<(), OpError> {
+    fn finish_dir(&self, rel: &Path, meta: &Meta, xattrs: Option<&Xattrs>) -> Result<(), OpError> {
         let (parent, name) = self.parent_and_name(rel)?;
-        ops::finish_dir(parent.as_fd(), name, &self.path(rel), mode, mtime)
+        ops::finish_dir(parent.as_fd(), name, &self.path(rel), meta, xattrs)
     }
 
     fn open_dir(&self, rel: &Path, mode: u32) -> Result<(), OpError> {
@@ -568,18 +605,19 @@ fn not_local() -> OpError {
 }
 
 /// The entries of the directory open as `dir`, by name in byte order, without those `skip`
-/// names or that vanished while it was listed; and how many of them are setuid or setgid
-/// and someone else's (see [`at::grantable`]).
+/// names or that vanished while it was listed; and how many of them lose a setuid or setgid
+/// bit in a copy (see [`at::grantable`]), and how many their owner.
 ///
 /// Fails if the directory cannot be listed completely, or an entry in it cannot be examined:
 /// what it holds is then unknown, which must never read as "nothing is here".
 fn list_dir(
     dir: OwnedFd,
     skip: &dyn Fn(&OsStr) -> bool,
-) -> io::Result<(Vec<(OsString, Entry)>, u64)> {
+) -> io::Result<(Vec<(OsString, Entry)>, Dropped)> {
     let mut listing = rustix::fs::Dir::new(dir)?;
     let mut out = Vec::new();
-    let mut privileged = 0;
+    let mut dropped = Dropped::default();
+    let xattrs = meta::carry().xattrs;
     while let Some(item) = listing.read() {
         // A listing that breaks off half-way is as unknown as one that never started.
         let item = item?;
@@ -603,9 +641,14 @@ fn list_dir(
         } else {
             None
         };
-        privileged += u64::from(at::loses_privilege(&stat));
-        out.push((name.to_os_string(), at::entry_of(&stat, target)));
+        dropped.setid += u64::from(at::loses_privilege(&stat));
+        dropped.owners += u64::from(at::loses_owner(&stat));
+        let mut entry = at::entry_of(&stat, target);
+        if xattrs {
+            entry.xattrs = meta::digest_at(fd, name);
+        }
+        out.push((name.to_os_string(), entry));
     }
     out.sort_unstable_by(|a, b| a.0.as_encoded_bytes().cmp(b.0.as_encoded_bytes()));
-    Ok((out, privileged))
+    Ok((out, dropped))
 }

@@ -17,6 +17,7 @@ pub(crate) mod at;
 pub mod flush;
 pub mod local;
 pub(crate) mod mapped;
+pub mod meta;
 pub mod mounts;
 pub mod ops;
 pub mod read;
@@ -29,7 +30,8 @@ use std::time::{Duration, SystemTime};
 
 use checksum::Digest;
 
-use crate::model::{Entry, LinkFrom, Timestamp};
+use crate::model::{Entry, LinkFrom, Meta, Node};
+use meta::{Dropped, Xattrs};
 
 pub use at::Place;
 pub use local::LocalTree;
@@ -53,10 +55,13 @@ pub trait Tree: Sync {
     fn list(&self, rel: &Path, skip: &dyn Fn(&OsStr) -> bool)
     -> io::Result<Vec<(OsString, Entry)>>;
 
-    /// How many entries listed since the last call were setuid or setgid and owned by
-    /// someone else: their copies, ours, do not keep those bits (the entries show the mode
-    /// their copies get).
-    fn take_privileged(&self) -> u64;
+    /// What copies of the entries listed since the last call cannot keep: setuid and setgid
+    /// bits of entries whose copies are not given their owner, and owners the process may not
+    /// give (the entries show the mode and owner their copies get).
+    fn take_dropped(&self) -> Dropped;
+
+    /// The extended attributes carried of what is at `rel` (a link is not followed).
+    fn xattrs(&self, rel: &Path) -> io::Result<Xattrs>;
 
     /// What is at `rel` now (a link is not followed).
     fn stat(&self, rel: &Path) -> io::Result<Entry>;
@@ -87,13 +92,36 @@ pub trait Tree: Sync {
         from: &dyn Tree,
     ) -> [Result<Copied, OpError>; 2];
 
-    /// Creates a symbolic link at `rel` (over what `dest` says) with the time `mtime`.
+    /// Creates a symbolic link at `rel` (over what `dest` says) with the time, owner and
+    /// attributes of `meta` and `xattrs`.
     fn symlink(
         &self,
         rel: &Path,
         target: &Path,
         dest: Dest<'_>,
-        mtime: Timestamp,
+        meta: &Meta,
+        xattrs: &Xattrs,
+    ) -> Result<Entry, OpError>;
+
+    /// Creates the FIFO, socket or device `node` at `rel` (over what `dest` says) with `meta`
+    /// and `xattrs`; `None` where the process may not create it (counted, not an error).
+    fn make_node(
+        &self,
+        rel: &Path,
+        node: Node,
+        dest: Dest<'_>,
+        meta: &Meta,
+        xattrs: &Xattrs,
+    ) -> Result<Option<Entry>, OpError>;
+
+    /// Gives the file at `existing` here, if it is still as `expect` says, the further name
+    /// `rel` (over what `dest` says): a hard link, as the original has.
+    fn link_within(
+        &self,
+        rel: &Path,
+        existing: &Path,
+        expect: &Entry,
+        dest: Dest<'_>,
     ) -> Result<Entry, OpError>;
 
     /// Hard-links `existing` (a file of this machine's version store) at the new name `rel`.
@@ -105,17 +133,19 @@ pub trait Tree: Sync {
     /// Moves what the scan saw at `rel` to `to`, never over anything.
     fn rename_noreplace(&self, rel: &Path, to: &Path, seen: &Entry) -> Result<(), OpError>;
 
-    /// Sets the mode and time of what the scan saw at `rel`; gives what is there after.
+    /// Gives what the scan saw at `rel` the metadata `meta` (and exactly the attributes
+    /// `xattrs`, if given); gives what is there after.
     fn set_meta(
         &self,
         rel: &Path,
         seen: &Entry,
-        mode: u32,
-        mtime: Timestamp,
+        meta: &Meta,
+        xattrs: Option<&Xattrs>,
     ) -> Result<Entry, OpError>;
 
-    /// Gives the directory `rel` its final mode (and time, if given).
-    fn finish_dir(&self, rel: &Path, mode: u32, mtime: Option<Timestamp>) -> Result<(), OpError>;
+    /// Gives the directory `rel` its final metadata (and exactly the attributes `xattrs`, if
+    /// given).
+    fn finish_dir(&self, rel: &Path, meta: &Meta, xattrs: Option<&Xattrs>) -> Result<(), OpError>;
 
     /// Lets its owner add and remove entries in the directory `rel`, whose mode is `mode`.
     fn open_dir(&self, rel: &Path, mode: u32) -> Result<(), OpError>;

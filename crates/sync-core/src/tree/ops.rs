@@ -17,9 +17,12 @@ use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 use sha2::{Digest as _, Sha256};
 
-use crate::model::{Entry, Kind, Timestamp};
+use rustix::fs::FileType;
+
+use crate::model::{Entry, Kind, Meta, NOT_CARRIED, Node, Timestamp};
 use crate::tree::at::{self, Place, entry_of_file, have_proc, proc_path};
 use crate::tree::flush::start_writeback;
+use crate::tree::meta::{self, Handle, Xattrs};
 use crate::tree::temp::create_temp;
 
 /// Why a single-path operation did not happen. The path is added by the caller's log line.
@@ -553,6 +556,8 @@ struct Started<'a> {
     dest: Dest<'a>,
     input: File,
     before: Entry,
+    /// The source's extended attributes, which the copy gets.
+    xattrs: Xattrs,
     staged: Staged<'a>,
 }
 
@@ -568,6 +573,12 @@ impl<'a> Started<'a> {
         if before.kind != Kind::File || src.seen.is_some_and(other) {
             return Err(OpError::SourceChanged { path: src.shown });
         }
+        let xattrs = meta::read(Handle::Fd(src.file.as_fd())).map_err(|source| OpError::Read {
+            path: src.shown.clone(),
+            source,
+        })?;
+        let mut before = before;
+        before.xattrs = meta::xattr_digest(&xattrs);
         let staged = Staged::new(dst, dest, before.mode).map_err(write_err(&dst.shown))?;
         Ok(Started {
             src: src.shown,
@@ -575,6 +586,7 @@ impl<'a> Started<'a> {
             dest,
             input: src.file,
             before,
+            xattrs,
             staged,
         })
     }
@@ -610,8 +622,20 @@ impl<'a> Started<'a> {
             });
         }
         let mode = Mode::from_raw_mode(self.before.mode);
-        let created_with_mode = matches!(self.staged, Staged::Hidden(..));
+        let meta = self.before.meta();
+        // A new file is ours: only another owner is given (a setgid directory's group, which
+        // a new file may get instead of ours, is seen and mended below).
+        let chown = (meta.uid != NOT_CARRIED && meta.uid != at::my_uid())
+            || (meta.gid != NOT_CARRIED && meta.gid != at::my_gid());
+        // A change of owner takes the setuid and setgid bits away: the mode comes after.
+        let created_with_mode =
+            matches!(self.staged, Staged::Hidden(..)) && !(chown && meta.mode & 0o6000 != 0);
         let file = self.staged.file_mut();
+        let handle = Handle::Fd(file.as_fd());
+        if chown {
+            meta::give_owner(handle, &meta).map_err(write_err(dst_shown))?;
+        }
+        meta::give_new_xattrs(handle, &self.xattrs).map_err(write_err(dst_shown))?;
         if !created_with_mode {
             rustix::fs::fchmod(&*file, mode).map_err(write_err(dst_shown))?;
         }
@@ -621,10 +645,18 @@ impl<'a> Started<'a> {
         let file = self.staged.install(dst, self.dest.replaces())?;
         // fstat of the file still open: its stamp after the rename, without a path lookup.
         let mut destination = entry_of_file(&file).map_err(write_err(dst_shown))?;
+        destination.xattrs = self.before.xattrs;
+        if meta.gid != NOT_CARRIED && destination.gid != meta.gid {
+            meta::give_owner(Handle::Fd(file.as_fd()), &meta).map_err(write_err(dst_shown))?;
+            rustix::fs::fchmod(&file, mode).map_err(write_err(dst_shown))?;
+            destination = entry_of_file(&file).map_err(write_err(dst_shown))?;
+            destination.xattrs = self.before.xattrs;
+        }
         if destination.mode != self.before.mode {
             // Created with its mode, which the umask (or a default ACL) cut down.
             rustix::fs::fchmod(&file, mode).map_err(write_err(dst_shown))?;
             destination = entry_of_file(&file).map_err(write_err(dst_shown))?;
+            destination.xattrs = self.before.xattrs;
         }
         Ok(Copied {
             digest,
@@ -862,37 +894,98 @@ fn times(mtime: Timestamp) -> Timestamps {
 }
 
 /// Creates (or, as `dest` says, replaces) a symbolic link at `dst` pointing to `target`, with
-/// modification time `mtime`, atomically.
+/// the time, owner and attributes of `meta` (`xattrs`, read from the original), atomically.
 ///
 /// Fails, leaving `dst` untouched, if `dst` is no longer what the scan saw or writing fails.
 pub fn symlink(
     target: &Path,
     dst: &Place,
     dest: Dest<'_>,
-    mtime: Timestamp,
+    meta: &Meta,
+    xattrs: &Xattrs,
+) -> Result<Entry, OpError> {
+    make_named(dst, dest, meta, xattrs, |dir, name| {
+        rustix::fs::symlinkat(target, dir, name)
+    })
+}
+
+/// Creates (or, as `dest` says, replaces) the FIFO, socket or device `node` at `dst`, with
+/// the mode, time, owner and attributes of `meta` and `xattrs`, atomically. It is never
+/// opened. One the process may not create (a device, without privilege) is counted, not an
+/// error.
+///
+/// Fails, leaving `dst` untouched, if `dst` is no longer what the scan saw or writing fails.
+pub fn make_node(
+    node: Node,
+    dst: &Place,
+    dest: Dest<'_>,
+    meta: &Meta,
+    xattrs: &Xattrs,
+) -> Result<Option<Entry>, OpError> {
+    let (file_type, dev) = match node {
+        Node::Fifo => (FileType::Fifo, 0),
+        Node::Socket => (FileType::Socket, 0),
+        Node::Char(dev) => (FileType::CharacterDevice, dev),
+        Node::Block(dev) => (FileType::BlockDevice, dev),
+    };
+    let made = make_named(dst, dest, meta, xattrs, |dir, name| {
+        rustix::fs::mknodat(dir, name, file_type, Mode::from_raw_mode(0o600), dev)
+    });
+    match made {
+        Err(OpError::Write { source, .. })
+            if source.raw_os_error() == Some(Errno::PERM.raw_os_error()) =>
+        {
+            meta::refused_node();
+            Ok(None)
+        }
+        made => made.map(Some),
+    }
+}
+
+/// Makes a link or node with `make(dir, name)` at `dst` (under a temporary name first, unless
+/// `dest` is hidden, then renamed over what `dest` says), and gives it `meta` and `xattrs`
+/// while only we know its name.
+fn make_named(
+    dst: &Place,
+    dest: Dest<'_>,
+    meta: &Meta,
+    xattrs: &Xattrs,
+    make: impl Fn(BorrowedFd<'_>, &OsStr) -> Result<(), Errno>,
 ) -> Result<Entry, OpError> {
     let shown = &dst.shown;
-    // A link's own time, set by name in the held directory: never followed.
-    let set_time = |name: &OsStr| {
-        rustix::fs::utimensat(dst.dir(), name, &times(mtime), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(write_err(shown))
+    let made = if let Dest::Hidden = dest {
+        make(dst.dir(), &dst.name).map_err(write_err(shown))?;
+        Made::new(dst.dir(), dst.name.clone())
+    } else {
+        let (name, ()) = create_temp(shown_dir(dst), |name| Ok(make(dst.dir(), name)?))
+            .map_err(write_err(shown))?;
+        Made::new(dst.dir(), name)
     };
+    give_made(dst.dir(), &made.name, meta, xattrs).map_err(write_err(shown))?;
     if let Dest::Hidden = dest {
-        rustix::fs::symlinkat(target, dst.dir(), &dst.name).map_err(write_err(shown))?;
-        let mut made = Made::new(dst.dir(), dst.name.clone());
-        set_time(&dst.name)?;
-        let entry = dst.stat().map_err(write_err(shown))?;
+        let mut made = made;
         made.armed = false;
-        return Ok(entry);
+    } else {
+        persist(made, dst, dest.replaces())?;
     }
-    let (name, ()) = create_temp(shown_dir(dst), |name| {
-        Ok(rustix::fs::symlinkat(target, dst.dir(), name)?)
-    })
-    .map_err(write_err(shown))?;
-    let made = Made::new(dst.dir(), name);
-    set_time(&made.name)?;
-    persist(made, dst, dest.replaces())?;
     dst.stat().map_err(write_err(shown))
+}
+
+/// Gives the link or node we just made as `name` in `dir` its owner, attributes, mode (a
+/// node's) and time. A link is reached by name and never followed; a node is opened for
+/// lookups only, never for reading, and reached through that descriptor.
+fn give_made(dir: BorrowedFd<'_>, name: &OsStr, meta: &Meta, xattrs: &Xattrs) -> io::Result<()> {
+    let fd = at::open_beneath(dir, Path::new(name), OFlags::PATH)?;
+    let stat = rustix::fs::fstat(&fd)?;
+    if at::file_type(&stat) == FileType::Symlink {
+        let handle = Handle::Entry(dir, name);
+        meta::give_owner(handle, meta)?;
+        meta::give_xattrs(handle, xattrs)?;
+        rustix::fs::utimensat(dir, name, &times(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)?;
+        return Ok(());
+    }
+    let object = Object { fd, by_proc: true };
+    object.give(meta, Some(xattrs), true)
 }
 
 /// Removes the file, link or empty directory at `at` if it is still what the scan saw.
@@ -920,37 +1013,53 @@ pub fn remove(at: &Place, seen: &Entry) -> Result<(), OpError> {
     rustix::fs::unlinkat(at.dir(), &at.name, flags).map_err(write_err(&at.shown))
 }
 
-/// An entry opened to change its mode or time: the very object that was checked.
+/// An entry opened to change its metadata: the very object that was checked.
 struct Object {
     fd: OwnedFd,
-    /// Opened for lookups only (we may not read it): reached through `/proc/self/fd`.
+    /// Opened for lookups only (a node, which is never opened as such, or a file we may not
+    /// read): reached through `/proc/self/fd`.
     by_proc: bool,
 }
 
 impl Object {
-    /// Opens the entry `name` in `dir` (not through a link: a link fails with `ELOOP`).
+    /// Opens the entry `name` in `dir` (not through a link: a link fails with `ELOOP`). A
+    /// FIFO or device is never opened for reading, which could block or act on a device.
     fn open(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Object> {
-        // Opened for reading, without blocking on a FIFO or taking a terminal, so that its
-        // mode and times can be set on the descriptor. (Device files are not opened as such
-        // by anyone without privilege: only root can make them.)
-        let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
-        match at::open_beneath(dir, Path::new(name), flags) {
-            Ok(fd) => Ok(Object { fd, by_proc: false }),
-            // Not readable by us (another user's 0200 file, for a user without privilege): a
-            // descriptor for lookups, and its /proc link, reach the same object.
-            Err(e) if e.raw_os_error() == Some(Errno::ACCESS.raw_os_error()) && have_proc() => {
-                let fd = at::open_beneath(dir, Path::new(name), OFlags::PATH)?;
-                if at::file_type(&rustix::fs::fstat(&fd)?) == rustix::fs::FileType::Symlink {
-                    return Err(Errno::LOOP.into());
+        let fd = at::open_beneath(dir, Path::new(name), OFlags::PATH)?;
+        let file_type = at::file_type(&rustix::fs::fstat(&fd)?);
+        match file_type {
+            FileType::Symlink => Err(Errno::LOOP.into()),
+            FileType::RegularFile | FileType::Directory if have_proc() => {
+                // The object checked, opened again for reading through its /proc link: its
+                // mode and times are then set on the descriptor.
+                let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+                match rustix::fs::open(proc_path(&fd).as_str(), flags, Mode::empty()) {
+                    Ok(fd) => Ok(Object { fd, by_proc: false }),
+                    // Not readable by us (another user's 0200 file, for a user without
+                    // privilege): its /proc link reaches the same object.
+                    Err(Errno::ACCESS) => Ok(Object { fd, by_proc: true }),
+                    Err(e) => Err(e.into()),
                 }
-                Ok(Object { fd, by_proc: true })
             }
-            Err(e) => Err(e),
+            FileType::RegularFile | FileType::Directory => {
+                let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
+                let fd = at::open_beneath(dir, Path::new(name), flags)?;
+                Ok(Object { fd, by_proc: false })
+            }
+            _ => Ok(Object { fd, by_proc: true }),
         }
     }
 
     fn entry(&self) -> io::Result<Entry> {
         entry_of_file(&self.fd)
+    }
+
+    fn handle(&self) -> Handle<'_> {
+        if self.by_proc {
+            Handle::Proc(self.fd.as_fd())
+        } else {
+            Handle::Fd(self.fd.as_fd())
+        }
     }
 
     fn chmod(&self, mode: u32) -> io::Result<()> {
@@ -980,17 +1089,36 @@ impl Object {
             Ok(rustix::fs::futimens(&self.fd, &times(mtime))?)
         }
     }
+
+    /// Gives it the owner, attributes (if `xattrs`), mode and time of `meta`, in that order:
+    /// a change of owner takes away setuid and setgid bits and file capabilities. With
+    /// `always`, the mode is set even where it seems right already.
+    fn give(&self, meta: &Meta, xattrs: Option<&Xattrs>, always: bool) -> io::Result<()> {
+        let now = self.entry()?;
+        let owner_moves = (meta.uid != NOT_CARRIED && meta.uid != now.uid)
+            || (meta.gid != NOT_CARRIED && meta.gid != now.gid);
+        if owner_moves {
+            meta::give_owner(self.handle(), meta)?;
+        }
+        if let Some(xattrs) = xattrs {
+            meta::give_xattrs(self.handle(), xattrs)?;
+        }
+        if always || owner_moves || now.mode != meta.mode {
+            self.chmod(meta.mode)?;
+        }
+        self.set_mtime(meta.mtime)
+    }
 }
 
-/// Sets the permission bits and modification time of the file or link at `at`, if it is
-/// still what the scan saw; gives what it is after.
+/// Gives the entry at `at`, if it is still what the scan saw, the metadata `meta` (and the
+/// attributes `xattrs`, if given, read from the original); gives what it is after.
 ///
 /// Fails if it changed or the change is refused.
 pub fn set_metadata(
     at: &Place,
     seen: &Entry,
-    mode: u32,
-    mtime: Timestamp,
+    meta: &Meta,
+    xattrs: Option<&Xattrs>,
 ) -> Result<Entry, OpError> {
     let shown = &at.shown;
     let changed = || OpError::DestinationChanged {
@@ -1004,8 +1132,18 @@ pub fn set_metadata(
             if !now.unchanged_since(seen) {
                 return Err(changed());
             }
-            rustix::fs::utimensat(at.dir(), &at.name, &times(mtime), AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(write_err(shown))?;
+            let handle = Handle::Entry(at.dir(), &at.name);
+            meta::give_owner(handle, meta).map_err(write_err(shown))?;
+            if let Some(xattrs) = xattrs {
+                meta::give_xattrs(handle, xattrs).map_err(write_err(shown))?;
+            }
+            rustix::fs::utimensat(
+                at.dir(),
+                &at.name,
+                &times(meta.mtime),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(write_err(shown))?;
             return at.stat().map_err(write_err(shown));
         }
         Err(_) => return Err(changed()),
@@ -1014,15 +1152,16 @@ pub fn set_metadata(
     if !now.unchanged_since(seen) {
         return Err(changed());
     }
-    if now.mode != mode {
-        object.chmod(mode).map_err(write_err(shown))?;
-    }
-    object.set_mtime(mtime).map_err(write_err(shown))?;
-    object.entry().map_err(write_err(shown))
+    object.give(meta, xattrs, false).map_err(write_err(shown))?;
+    let mut after = object.entry().map_err(write_err(shown))?;
+    after.xattrs = meta::read(object.handle())
+        .map(|x| meta::xattr_digest(&x))
+        .unwrap_or(0);
+    Ok(after)
 }
 
-/// Gives the directory `rel` beneath `root` the permission bits `mode`, and the modification
-/// time `mtime` if given, once its content is in place (filling it moves its time, and a
+/// Gives the directory `rel` beneath `root` the metadata `meta` (and the attributes
+/// `xattrs`, if given) once its content is in place (filling it moves its time, and a
 /// read-only mode would have blocked filling it).
 ///
 /// Fails if it is no longer a directory or the change is refused.
@@ -1030,8 +1169,8 @@ pub fn finish_dir(
     root: BorrowedFd<'_>,
     rel: &Path,
     shown: &Path,
-    mode: u32,
-    mtime: Option<Timestamp>,
+    meta: &Meta,
+    xattrs: Option<&Xattrs>,
 ) -> Result<(), OpError> {
     let changed = || OpError::DestinationChanged {
         path: shown.to_path_buf(),
@@ -1041,13 +1180,7 @@ pub fn finish_dir(
     if !now.is_dir() {
         return Err(changed());
     }
-    if now.mode != mode {
-        dir.chmod(mode).map_err(write_err(shown))?;
-    }
-    if let Some(mtime) = mtime {
-        dir.set_mtime(mtime).map_err(write_err(shown))?;
-    }
-    Ok(())
+    dir.give(meta, xattrs, false).map_err(write_err(shown))
 }
 
 /// Opens the directory `rel` beneath `root` to set its mode or time.
@@ -1133,6 +1266,43 @@ pub fn hard_link(existing: &Path, size: u64, mtime: Timestamp, dst: &Place) -> R
         }
         _ => Err(changed()),
     }
+}
+
+/// Gives the regular file at `existing` (in the same tree) the further name `dst`, over what
+/// `dest` says, if it is still the file `expect` describes (same inode where known, or same
+/// size and time): names that share an inode in the original share one here. The file
+/// checked is the file linked: it is opened, and linked by its descriptor.
+///
+/// Fails if `existing` is no longer that file, `dst` is no longer what the scan saw, or the
+/// link cannot be made.
+pub fn link_within(
+    existing: &Place,
+    expect: &Entry,
+    dst: &Place,
+    dest: Dest<'_>,
+) -> Result<Entry, OpError> {
+    let changed = || OpError::SourceChanged {
+        path: existing.shown.clone(),
+    };
+    let file = at::open_beneath(existing.dir(), Path::new(&existing.name), OFlags::PATH)
+        .map_err(|_| changed())?;
+    let now = entry_of_file(&file).map_err(|_| changed())?;
+    if now.kind != Kind::File || now.size != expect.size || now.mtime != expect.mtime {
+        return Err(changed());
+    }
+    let shown = &dst.shown;
+    match dest {
+        Dest::New | Dest::Hidden => {
+            link_unnamed(&file, dst.dir(), &dst.name).map_err(taken_or_write(shown))?
+        }
+        Dest::Replace(seen) => {
+            let (name, ()) =
+                create_temp(shown_dir(dst), |name| link_unnamed(&file, dst.dir(), name))
+                    .map_err(write_err(shown))?;
+            persist(Made::new(dst.dir(), name), dst, Some(seen))?;
+        }
+    }
+    entry_of_file(&file).map_err(write_err(shown))
 }
 
 /// Moves `from` to `to`, if `from` is still what the scan saw and `to` does not exist (the
@@ -1356,7 +1526,8 @@ mod tests {
             Path::new("copy.txt"),
             &place(&hidden.join("link")),
             Dest::Hidden,
-            now.mtime,
+            &now.meta(),
+            &Vec::new(),
         );
         assert_eq!(link.unwrap().mtime, now.mtime);
 
