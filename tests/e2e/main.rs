@@ -9,6 +9,7 @@ mod limits;
 mod mounts;
 mod oneway;
 mod restore;
+mod sparse;
 mod state_safety;
 mod twoway;
 mod versioned;

@@ -13,14 +13,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use checksum::{Digest, Hasher};
-use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, Timespec, Timestamps};
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, SeekFrom, Timespec, Timestamps};
 use rustix::io::Errno;
 use sha2::{Digest as _, Sha256};
 
 use rustix::fs::FileType;
 
 use crate::model::{Entry, Kind, Meta, NOT_CARRIED, Node, Timestamp};
-use crate::tree::at::{self, Place, entry_of_file, have_proc, proc_path};
+use crate::tree::at::{self, Place, entry_of, entry_of_file, have_proc, proc_path};
 use crate::tree::flush::start_writeback;
 use crate::tree::meta::{self, Handle, Xattrs};
 use crate::tree::temp::create_temp;
@@ -382,7 +382,16 @@ pub fn copy_file(
     // Every copy holds a thread; only when one is left over may a copy take a second.
     let in_flight = InFlight::enter();
     let split = in_flight.count < rayon::current_num_threads();
-    let mut copy = Started::begin(src, dst, dest)?;
+    copy_started(Started::begin(src, dst, dest)?, content, split)
+}
+
+/// Copies the source of `copy` as [`copy_file`] does, taking a second thread for a large
+/// file if `split` allows.
+fn copy_started(
+    mut copy: Started<'_>,
+    content: Content<'_>,
+    split: bool,
+) -> Result<Copied, OpError> {
     let (input, size) = (&copy.input, copy.before.size);
     let (src, to) = (&*copy.src, copy.dst);
     let dst = &*to.shown;
@@ -393,34 +402,36 @@ pub fn copy_file(
         (true, Staged::Unnamed(_)) => Split::HashTheCopy,
         (true, _) => Split::HashTheSource,
     };
+    let holes = copy.holes;
     let output = copy.staged.file_mut();
+    // A file with holes is copied a run of data at a time, and keeps its holes.
+    let hash = |output: &mut File, split: Split| -> Result<Digest, OpError> {
+        if holes {
+            let mut hasher = Sha256::new();
+            copy_sparse(input, output, size, (src, dst), Some(&mut hasher))?;
+            Ok(hasher.finalize().into())
+        } else {
+            copy_and_hash(input, output, size, (src, to), split, replaced)
+        }
+    };
     let (digest, expect, held) = match content {
         // Where only some exact bytes may be installed, they are hashed as they are copied,
         // not read a second time beside the copy.
         Content::Hash(expect) => (
-            copy_and_hash(
-                input,
-                output,
-                size,
-                (src, to),
-                if expect.is_none() { split } else { Split::No },
-                replaced,
-            )?,
+            hash(output, if expect.is_none() { split } else { Split::No })?,
             expect.copied(),
             None,
         ),
-        Content::Unless(held) => (
-            copy_and_hash(input, output, size, (src, to), split, replaced)?,
-            None,
-            Some(*held),
-        ),
+        Content::Unless(held) => (hash(output, split)?, None, Some(*held)),
         Content::Known {
             entry,
             digest,
             exact,
         } => {
             if copy.before.unchanged_since(entry) {
-                if size < KERNEL_COPY_FROM {
+                if holes {
+                    copy_sparse(input, output, size, (src, dst), None)?;
+                } else if size < KERNEL_COPY_FROM {
                     copy_through_buffer(input, output, size, src, dst, None)?;
                 } else {
                     let copied = io::copy(&mut input.take(size + 1), output);
@@ -433,8 +444,7 @@ pub fn copy_file(
                 (digest, None, None)
             } else {
                 let split = if exact { Split::No } else { split };
-                let copied = copy_and_hash(input, output, size, (src, to), split, replaced)?;
-                (copied, exact.then_some(digest), None)
+                (hash(output, split)?, exact.then_some(digest), None)
             }
         }
     };
@@ -451,11 +461,22 @@ pub type PairJob<'a> = (Source<'a>, &'a Place, Dest<'a>);
 /// which is most of the CPU time.
 ///
 /// Each result is what [`copy_file`] would have returned for that file; a failure of one
-/// leaves the other to be copied alone.
+/// leaves the other to be copied alone. A file with holes makes both go alone, one after the
+/// other (see [`copy_sparse`]).
 pub fn copy_pair(jobs: [PairJob<'_>; 2]) -> [Result<Copied, OpError>; 2] {
-    let _in_flight = InFlight::enter();
-    let mut lanes = jobs.map(|(src, dst, dest)| {
-        Started::begin(src, dst, dest).map(|copy| Lane {
+    let in_flight = InFlight::enter();
+    let started = jobs.map(|(src, dst, dest)| Started::begin(src, dst, dest));
+    // The lanes read every byte and would fill the holes; a sparse file in a pair is rare
+    // enough that the simple way, each file alone, costs nothing that matters.
+    if started
+        .iter()
+        .any(|copy| copy.as_ref().is_ok_and(|c| c.holes))
+    {
+        let split = in_flight.count < rayon::current_num_threads();
+        return started.map(|copy| copy_started(copy?, Content::Hash(None), split));
+    }
+    let mut lanes = started.map(|started| {
+        started.map(|copy| Lane {
             copy,
             hasher: Hasher::new(),
             buf: vec![0; PAIR_BUF],
@@ -558,6 +579,8 @@ struct Started<'a> {
     before: Entry,
     /// The source's extended attributes, which the copy gets.
     xattrs: Xattrs,
+    /// The source has holes: it is copied by [`copy_sparse`].
+    holes: bool,
     staged: Staged<'a>,
 }
 
@@ -565,20 +588,21 @@ impl<'a> Started<'a> {
     /// Checks that `src` is a regular file, the one the scan saw (or the copy fails as
     /// changed), and stages its copy at `dst`.
     fn begin(src: Source<'_>, dst: &'a Place, dest: Dest<'a>) -> Result<Self, OpError> {
-        let before = entry_of_file(&src.file).map_err(|source| OpError::Read {
+        let read_err = |source: io::Error| OpError::Read {
             path: src.shown.clone(),
             source,
-        })?;
+        };
+        // One fstat gives both the stamp and whether the file may have holes.
+        let stat = rustix::fs::fstat(&src.file).map_err(|e| read_err(e.into()))?;
+        let before = entry_of(&stat, None);
         let other = |seen: &Entry| (seen.dev, seen.ino) != (before.dev, before.ino);
         if before.kind != Kind::File || src.seen.is_some_and(other) {
             return Err(OpError::SourceChanged { path: src.shown });
         }
-        let xattrs = meta::read(Handle::Fd(src.file.as_fd())).map_err(|source| OpError::Read {
-            path: src.shown.clone(),
-            source,
-        })?;
+        let xattrs = meta::read(Handle::Fd(src.file.as_fd())).map_err(read_err)?;
         let mut before = before;
         before.xattrs = meta::xattr_digest(&xattrs);
+        let holes = has_holes(&src.file, &stat).map_err(read_err)?;
         let staged = Staged::new(dst, dest, before.mode).map_err(write_err(&dst.shown))?;
         Ok(Started {
             src: src.shown,
@@ -587,6 +611,7 @@ impl<'a> Started<'a> {
             input: src.file,
             before,
             xattrs,
+            holes,
             staged,
         })
     }
@@ -664,6 +689,190 @@ impl<'a> Started<'a> {
             destination,
             installed: true,
         })
+    }
+}
+
+/// Whether the open regular file `file`, of which `stat` is an fstat, has a hole before its
+/// end. Only a file with fewer blocks than bytes can, which costs nothing to rule out for any
+/// other (nearly every file). A compressed or inline file may have fewer too, so the first
+/// hole is looked for; if none is before the end, the file's position is put back at the
+/// start for the ordinary copy, which reads from there.
+///
+/// Fails if the file's position cannot be put back.
+// The fields' types differ from one architecture to the next.
+#[allow(clippy::unnecessary_cast)]
+fn has_holes(file: &File, stat: &rustix::fs::Stat) -> io::Result<bool> {
+    let size = stat.st_size as u64;
+    if (stat.st_blocks as u64).saturating_mul(512) >= size {
+        return Ok(false);
+    }
+    match rustix::fs::seek(file, SeekFrom::Hole(0)) {
+        Ok(hole) if hole < size => Ok(true),
+        // No hole before the end, or a file system that cannot tell.
+        _ => {
+            rustix::fs::seek(file, SeekFrom::Start(0))?;
+            Ok(false)
+        }
+    }
+}
+
+/// Zeros fed to a hash for a hole, a piece at a time: a hole of any size costs no allocation.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// Copies the file `input`, which has holes and held `size` bytes when opened, into the empty
+/// `output` as `cp --sparse=auto` does: each run of data to its own offset, the holes left
+/// unwritten, then the copy's length set to `size`, which keeps a hole at the end too. Feeds
+/// `hasher`, if given, the whole content, zeros for the holes; without one, the kernel copies
+/// the data (`copy_file_range`) without reading it here.
+///
+/// Reads nothing at or past `size`: data there means the file grew, and the copy fails as
+/// changed (the other copies see it by reading one byte more). One that shrank fails too.
+fn copy_sparse(
+    input: &File,
+    output: &File,
+    size: u64,
+    (src, dst): (&Path, &Path),
+    hasher: Option<&mut Sha256>,
+) -> Result<(), OpError> {
+    let read_err = |e: Errno| OpError::Read {
+        path: src.to_path_buf(),
+        source: e.into(),
+    };
+    let changed = || OpError::SourceChanged {
+        path: src.to_path_buf(),
+    };
+    let mut runs = Runs {
+        input,
+        output,
+        src,
+        dst,
+        kernel: hasher.is_none(),
+        hasher,
+        buf: Vec::new(),
+        started: 0,
+        unstarted: 0,
+    };
+    // Everything before `at` is copied (or a hole) and hashed.
+    let mut at = 0;
+    while at < size {
+        let data = match rustix::fs::seek(input, SeekFrom::Data(at)) {
+            Ok(data) if data >= size => return Err(changed()),
+            Ok(data) => data,
+            // No data from `at` to the end of the file.
+            Err(Errno::NXIO) => size,
+            Err(e) => return Err(read_err(e)),
+        };
+        runs.hole(data - at);
+        if data == size {
+            break;
+        }
+        let end = match rustix::fs::seek(input, SeekFrom::Hole(data)) {
+            Ok(end) if end > size => return Err(changed()),
+            Ok(end) => end,
+            // `data` is past the end now.
+            Err(Errno::NXIO) => return Err(changed()),
+            Err(e) => return Err(read_err(e)),
+        };
+        runs.copy(data, end)?;
+        at = end;
+    }
+    output.set_len(size).map_err(write_err(dst))
+}
+
+/// The state of a [`copy_sparse`] as it copies one run of data after another.
+struct Runs<'a> {
+    input: &'a File,
+    output: &'a File,
+    src: &'a Path,
+    dst: &'a Path,
+    hasher: Option<&'a mut Sha256>,
+    /// The kernel copies: there is no hash to feed, and it has not refused.
+    kernel: bool,
+    /// The buffer of a copy that reads the bytes, made for the first run.
+    buf: Vec<u8>,
+    /// Where the bytes the disk was not yet asked to start on begin (see [`WriteBehind`]).
+    started: u64,
+    /// How many bytes were written since `started`.
+    unstarted: u64,
+}
+
+impl Runs<'_> {
+    /// Feeds the hash, if any, the `len` zeros of a hole.
+    fn hole(&mut self, mut len: u64) {
+        let Some(hasher) = self.hasher.as_deref_mut() else {
+            return;
+        };
+        while len > 0 {
+            let n = len.min(ZEROS.len() as u64) as usize;
+            hasher.update(&ZEROS[..n]);
+            len -= n as u64;
+        }
+    }
+
+    /// Copies the bytes from `from` to `to` of the input to the same offsets of the output,
+    /// feeding them to the hash, if any.
+    fn copy(&mut self, from: u64, to: u64) -> Result<(), OpError> {
+        use std::os::unix::fs::FileExt;
+        let mut at = from;
+        while at < to {
+            // Pieces no larger than the write-behind step, so the disk is asked to start on
+            // a long run as it is copied.
+            let want = (to - at).min(WRITE_BEHIND) as usize;
+            let n = if self.kernel {
+                let (mut off_in, mut off_out) = (at, at);
+                match rustix::fs::copy_file_range(
+                    self.input,
+                    Some(&mut off_in),
+                    self.output,
+                    Some(&mut off_out),
+                    want,
+                ) {
+                    Ok(n) => n,
+                    Err(Errno::INTR) => continue,
+                    // Not between these two file systems (or not on this kernel).
+                    Err(Errno::XDEV | Errno::NOSYS | Errno::OPNOTSUPP | Errno::INVAL) => {
+                        self.kernel = false;
+                        continue;
+                    }
+                    Err(e) => return Err(write_err(self.dst)(e)),
+                }
+            } else {
+                if self.buf.is_empty() {
+                    self.buf = vec![0; 256 * 1024];
+                }
+                let want = want.min(self.buf.len());
+                let n = match self.input.read_at(&mut self.buf[..want], at) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(source) => {
+                        return Err(OpError::Read {
+                            path: self.src.to_path_buf(),
+                            source,
+                        });
+                    }
+                };
+                if let Some(hasher) = self.hasher.as_deref_mut() {
+                    hasher.update(&self.buf[..n]);
+                }
+                (self.output)
+                    .write_all_at(&self.buf[..n], at)
+                    .map_err(write_err(self.dst))?;
+                n
+            };
+            // The end of the file came before the end of its data: it shrank.
+            if n == 0 {
+                return Err(OpError::SourceChanged {
+                    path: self.src.to_path_buf(),
+                });
+            }
+            at += n as u64;
+            self.unstarted += n as u64;
+            if self.unstarted >= WRITE_BEHIND {
+                start_writeback(self.output, self.started, at - self.started);
+                (self.started, self.unstarted) = (at, 0);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1747,5 +1956,228 @@ mod tests {
         assert!(matches!(taken, Err(OpError::DestinationChanged { .. })));
         assert_eq!(fs::read(path("taken")).unwrap(), b"someone else's");
         assert_eq!(ok.unwrap().digest, sha(&data));
+    }
+
+    const MIB: u64 = 1024 * 1024;
+
+    /// A file of `size` bytes at `path` holding `runs` (offset and bytes) and holes between:
+    /// gives its whole content, holes as zeros.
+    fn sparse_file(path: &Path, size: u64, runs: &[(u64, &[u8])]) -> Vec<u8> {
+        use std::os::unix::fs::FileExt;
+        let _ = fs::remove_file(path);
+        let file = File::create_new(path).unwrap();
+        file.set_len(size).unwrap();
+        let mut whole = vec![0; size as usize];
+        for &(at, bytes) in runs {
+            file.write_all_at(bytes, at).unwrap();
+            whole[at as usize..][..bytes.len()].copy_from_slice(bytes);
+        }
+        whole
+    }
+
+    /// The bytes `path` takes on disk.
+    fn allocated(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(path).unwrap().blocks() * 512
+    }
+
+    /// The length of the sparse sources of the tests.
+    const SPARSE_SIZE: u64 = 64 * MIB;
+
+    /// The runs of data of a sparse file: offset and bytes.
+    type DataRuns = Vec<(u64, Vec<u8>)>;
+
+    /// Sparse sources of [`SPARSE_SIZE`], by name: two blocks of data inside (the last one
+    /// block short of the end), one block at the start and a long hole to the end, one block
+    /// right at the end, and no data at all.
+    fn sparse_cases() -> Vec<(&'static str, DataRuns)> {
+        let size = SPARSE_SIZE;
+        vec![
+            (
+                "inner",
+                vec![(MIB, pattern(4096, 1)), (size - 8192, pattern(4096, 2))],
+            ),
+            ("trailing hole", vec![(0, pattern(4096, 3))]),
+            ("data at the end", vec![(size - 4096, pattern(4096, 4))]),
+            ("all hole", vec![]),
+        ]
+    }
+
+    /// Copying a sparse file, whatever is known of its content, keeps its holes: before,
+    /// a 1 GiB file with one block of data took 1 GiB in BACKUP. The copy's bytes and digest
+    /// are those of the whole file, holes read as zeros.
+    #[test]
+    fn a_sparse_source_is_copied_whole_with_its_holes_and_hashed_as_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        let size = SPARSE_SIZE;
+        for (case, runs) in sparse_cases() {
+            let runs: Vec<(u64, &[u8])> = runs.iter().map(|(at, b)| (*at, &b[..])).collect();
+            let whole = sparse_file(&src, size, &runs);
+            let digest = sha(&whole);
+            let seen = stat(&src).unwrap();
+            let other = sha(b"what BACKUP held");
+            let stale = Entry {
+                ctime: Timestamp { secs: 1, nanos: 0 },
+                ..seen.clone()
+            };
+            let contents = [
+                ("Hash(None)", Content::Hash(None)),
+                ("Hash(exact)", Content::Hash(Some(&digest))),
+                (
+                    "Known",
+                    Content::Known {
+                        entry: &seen,
+                        digest,
+                        exact: false,
+                    },
+                ),
+                (
+                    "Known, stamp moved",
+                    Content::Known {
+                        entry: &stale,
+                        digest,
+                        exact: true,
+                    },
+                ),
+                ("Unless", Content::Unless(&other)),
+            ];
+            for (how, content) in contents {
+                // Replacing a file there, so that `Unless` has something to compare with.
+                fs::write(&dst, b"what BACKUP held").unwrap();
+                let old = stat(&dst).unwrap();
+                let copied =
+                    copy_file(source(&src), &place(&dst), Dest::Replace(&old), content).unwrap();
+                let what = format!("{case}, {how}");
+                assert!(copied.installed, "{what}");
+                assert_eq!(copied.digest, digest, "{what}");
+                assert_eq!(fs::metadata(&dst).unwrap().len(), size, "{what}");
+                assert!(fs::read(&dst).unwrap() == whole, "{what}: the copy differs");
+                let (had, has) = (allocated(&src), allocated(&dst));
+                assert!(
+                    has <= had + 64 * 1024,
+                    "{what}: {has} bytes allocated for {had}"
+                );
+                assert!(stat(&dst).unwrap().unchanged_since(&copied.destination));
+            }
+            // The bytes BACKUP holds already: nothing is installed.
+            fs::remove_file(&dst).unwrap();
+            fs::copy(&src, &dst).unwrap();
+            let old = stat(&dst).unwrap();
+            let same = Content::Unless(&digest);
+            let copied = copy_file(source(&src), &place(&dst), Dest::Replace(&old), same);
+            assert!(!copied.unwrap().installed, "{case}");
+            assert!(stat(&dst).unwrap().unchanged_since(&old), "{case}");
+        }
+    }
+
+    #[test]
+    fn a_sparse_source_keeps_its_holes_in_a_hidden_directory_and_in_a_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        let root = place(&path("x"));
+        let hidden = path(&stage_dir(root.dir(), dir.path()).unwrap().to_string_lossy());
+        let dense = pattern(2 * PAIR_BUF + 5, 5);
+        fs::write(path("dense"), &dense).unwrap();
+        for (case, runs) in sparse_cases() {
+            let runs: Vec<(u64, &[u8])> = runs.iter().map(|(at, b)| (*at, &b[..])).collect();
+            let whole = sparse_file(&path("sparse"), SPARSE_SIZE, &runs);
+            let had = allocated(&path("sparse"));
+            let copy = hidden.join("copy");
+            let _ = fs::remove_file(&copy);
+            let copied = copy_file(
+                source(&path("sparse")),
+                &place(&copy),
+                Dest::Hidden,
+                Content::Hash(None),
+            );
+            assert_eq!(copied.unwrap().digest, sha(&whole), "{case}");
+            assert!(
+                fs::read(&copy).unwrap() == whole,
+                "{case}: the copy differs"
+            );
+            assert!(allocated(&copy) <= had + 64 * 1024, "{case}: holes filled");
+
+            // In a pair, on either side.
+            for sparse_first in [true, false] {
+                for name in ["sparse2", "dense2"] {
+                    let _ = fs::remove_file(path(name));
+                }
+                let (sparse, dense_to) = (place(&path("sparse2")), place(&path("dense2")));
+                let mut jobs = [
+                    (source(&path("sparse")), &sparse, Dest::New),
+                    (source(&path("dense")), &dense_to, Dest::New),
+                ];
+                if !sparse_first {
+                    jobs.reverse();
+                }
+                let mut results = copy_pair(jobs);
+                if !sparse_first {
+                    results.reverse();
+                }
+                let [a, b] = results;
+                assert_eq!(a.unwrap().digest, sha(&whole), "{case}");
+                assert_eq!(b.unwrap().digest, sha(&dense), "{case}");
+                assert!(fs::read(path("sparse2")).unwrap() == whole, "{case}");
+                assert!(fs::read(path("dense2")).unwrap() == dense, "{case}");
+                let has = allocated(&path("sparse2"));
+                assert!(
+                    has <= had + 64 * 1024,
+                    "{case}: {has} bytes allocated for {had}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_sparse_source_that_grows_or_shrinks_while_it_is_copied_is_not_installed() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        let size = 8 * MIB;
+        // Data past the end it had, a longer hole at the end, and less data than it had.
+        let rewrites: [&dyn Fn(&File); 3] = [
+            &|f| f.write_all_at(b"more", size).unwrap(),
+            &|f| f.set_len(size + MIB).unwrap(),
+            &|f| f.set_len(MIB + 100).unwrap(),
+        ];
+        for (case, rewrite) in rewrites.iter().enumerate() {
+            sparse_file(&src, size, &[(MIB, &pattern(8192, 6)), (4 * MIB, b"x")]);
+            let to = place(&dst);
+            let mut copy = Started::begin(source(&src), &to, Dest::New).unwrap();
+            assert!(copy.holes, "case {case}: not seen as sparse");
+            rewrite(&fs::OpenOptions::new().write(true).open(&src).unwrap());
+            let mut hasher = Sha256::new();
+            let output = copy.staged.file_mut();
+            let refused = copy_sparse(&copy.input, output, size, (&src, &dst), Some(&mut hasher))
+                .and_then(|()| copy.finish(hasher.finalize().into(), None, None));
+            assert!(
+                matches!(refused, Err(OpError::SourceChanged { .. })),
+                "case {case}: {refused:?}"
+            );
+            assert!(!dst.exists(), "case {case}: installed");
+        }
+    }
+
+    #[test]
+    fn only_a_file_with_a_hole_is_copied_the_sparse_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let holes = |path: &Path| {
+            let file = File::open(path).unwrap();
+            let stat = rustix::fs::fstat(&file).unwrap();
+            let holes = has_holes(&file, &stat).unwrap();
+            // The ordinary copy reads from the file's position; the sparse one needs none.
+            if !holes {
+                assert_eq!(rustix::fs::seek(&file, SeekFrom::Current(0)).unwrap(), 0);
+            }
+            holes
+        };
+        fs::write(&path, pattern(3 * 4096 + 5, 7)).unwrap();
+        assert!(!holes(&path), "a file all data");
+        fs::write(&path, b"").unwrap();
+        assert!(!holes(&path), "an empty file");
+        sparse_file(&path, MIB, &[(0, &pattern(4096, 8))]);
+        assert!(holes(&path), "a file with a hole at its end");
     }
 }
