@@ -4,6 +4,7 @@ mod util;
 
 mod attacks;
 mod depth;
+mod faithful;
 mod faults;
 mod limits;
 mod mounts;

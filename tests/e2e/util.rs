@@ -1477,3 +1477,193 @@ pub fn mounted_or_skip(
         ))),
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Faithful copies: trees with everything `rsync -aHAXS --numeric-ids` carries, and its verdict
+
+/// Sets the extended attribute `name` of `path` (a link itself, not its target).
+pub fn set_xattr(path: &Path, name: &str, value: &[u8]) -> TestResult {
+    rustix::fs::lsetxattr(path, name, value, rustix::fs::XattrFlags::empty())
+        .map_err(|e| format!("setxattr {name} on {}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// The extended attributes of `path` (a link itself), by name.
+pub fn xattrs_of(path: &Path) -> Res<BTreeMap<String, Vec<u8>>> {
+    let mut names = vec![0u8; 64 * 1024];
+    let n = rustix::fs::llistxattr(path, &mut names[..])
+        .map_err(|e| format!("listxattr {}: {e}", path.display()))?;
+    let mut out = BTreeMap::new();
+    for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let name = String::from_utf8_lossy(name).into_owned();
+        let mut value = vec![0u8; 64 * 1024];
+        let len = rustix::fs::lgetxattr(path, name.as_str(), &mut value[..])
+            .map_err(|e| format!("getxattr {name} of {}: {e}", path.display()))?;
+        value.truncate(len);
+        out.insert(name, value);
+    }
+    Ok(out)
+}
+
+/// A POSIX ACL entry: tag (`ACL_USER_OBJ` 1, `ACL_USER` 2, `ACL_GROUP_OBJ` 4, `ACL_GROUP` 8,
+/// `ACL_MASK` 0x10, `ACL_OTHER` 0x20), permission bits (rwx as 4, 2, 1) and id.
+pub type AclEntry = (u16, u16, u32);
+
+/// Gives `path` the access ACL (or, with `default`, a directory's default ACL) `entries`, in
+/// the kernel's format for `system.posix_acl_*` (what `setfacl` writes; no package needed).
+pub fn set_acl(path: &Path, default: bool, entries: &[AclEntry]) -> TestResult {
+    let mut value = 2u32.to_le_bytes().to_vec();
+    for &(tag, perm, id) in entries {
+        value.extend_from_slice(&tag.to_le_bytes());
+        value.extend_from_slice(&perm.to_le_bytes());
+        value.extend_from_slice(&id.to_le_bytes());
+    }
+    let name = if default {
+        "system.posix_acl_default"
+    } else {
+        "system.posix_acl_access"
+    };
+    set_xattr(path, name, &value)
+}
+
+/// An ACL granting uid `user` read and write besides the mode's owner, group and others
+/// (`u::rw-,u:USER:rw-,g::r--,m::rw-,o::r--`).
+pub fn acl_for(user: u32) -> [AclEntry; 5] {
+    [
+        (0x01, 6, u32::MAX),
+        (0x02, 6, user),
+        (0x04, 4, u32::MAX),
+        (0x10, 6, u32::MAX),
+        (0x20, 4, u32::MAX),
+    ]
+}
+
+/// Makes the character device `major:minor` at `path` (only root may).
+pub fn mknod_char(path: &Path, major: u32, minor: u32) -> TestResult {
+    let dev = rustix::fs::makedev(major, minor);
+    let mode = rustix::fs::Mode::from_raw_mode(0o640);
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::CharacterDevice,
+        mode,
+        dev,
+    )
+    .map_err(|e| format!("mknod {}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// A file of `len` bytes that holds only `data` at `at` and holes elsewhere.
+pub fn sparse_file(path: &Path, len: u64, at: u64, data: &[u8]) -> TestResult {
+    use std::os::unix::fs::FileExt;
+    let file = File::create(path).context(|| format!("create {}", path.display()))?;
+    file.write_all_at(data, at)?;
+    file.set_len(len)?;
+    Ok(())
+}
+
+/// Builds in `dir` (as root) a tree with everything a faithful copy carries: files and
+/// directories of two owners, a setuid file and a setgid directory of the other user, user and
+/// trusted extended attributes, an access ACL and a default ACL, a group of three hard links
+/// in two directories, a sparse file, a FIFO, a character device, a link owned by the other
+/// user, times set last, and a root of its own mode and owner. Everything is readable by
+/// uid 65534 (so that a run as that user reads it all).
+pub fn rich_tree(dir: &Path) -> TestResult {
+    write(dir, "root.txt", "root's file\n")?;
+    write(dir, "theirs/own.txt", "the user's file\n")?;
+    write(dir, "theirs/tool", "#!/bin/sh\necho tool\n")?;
+    write(dir, "shared/inside.txt", "inside\n")?;
+    write(dir, "attrs/tagged.txt", "tagged\n")?;
+    write(dir, "attrs/acl.txt", "acl\n")?;
+    fs::create_dir_all(dir.join("attrs/inherits"))?;
+    write(dir, "links/first.txt", "one inode, three names\n")?;
+    fs::create_dir_all(dir.join("more"))?;
+    fs::hard_link(dir.join("links/first.txt"), dir.join("links/second.txt"))?;
+    fs::hard_link(dir.join("links/first.txt"), dir.join("more/third.txt"))?;
+    sparse_file(&dir.join("disk.img"), 64 << 20, 1 << 20, &[7u8; 4096])?;
+    mkfifo(&dir.join("pipe"))?;
+    mknod_char(&dir.join("null"), 1, 3)?;
+    symlink(dir, "theirs/link", "own.txt")?;
+    chown_tree(&dir.join("theirs"), NOBODY, NOBODY)?;
+    std::os::unix::fs::lchown(dir.join("shared"), Some(NOBODY), Some(NOBODY))?;
+    chmod(&dir.join("theirs/tool"), 0o4755)?;
+    chmod(&dir.join("shared"), 0o2775)?;
+    chmod(&dir.join("null"), 0o640)?;
+    set_xattr(&dir.join("attrs/tagged.txt"), "user.origin", b"rich tree")?;
+    set_xattr(&dir.join("attrs/tagged.txt"), "trusted.note", b"root only")?;
+    set_xattr(&dir.join("attrs"), "user.dir", b"on a directory")?;
+    set_acl(&dir.join("attrs/acl.txt"), false, &acl_for(NOBODY))?;
+    set_acl(&dir.join("attrs/inherits"), true, &acl_for(NOBODY))?;
+    // Times last, deepest first: each change above moved its directory's.
+    let mut t = T_RICH;
+    for rel in [
+        "theirs/link",
+        "theirs/own.txt",
+        "theirs/tool",
+        "shared/inside.txt",
+        "attrs/tagged.txt",
+        "attrs/acl.txt",
+        "links/first.txt",
+        "disk.img",
+        "pipe",
+        "null",
+        "root.txt",
+        "attrs/inherits",
+        "theirs",
+        "shared",
+        "attrs",
+        "links",
+        "more",
+    ] {
+        set_mtime(&dir.join(rel), t, 0)?;
+        t += 1;
+    }
+    std::os::unix::fs::lchown(dir, Some(NOBODY), Some(NOBODY))?;
+    chmod(dir, 0o750)?;
+    set_mtime(dir, t, 0)
+}
+
+/// A time before anything the tests write.
+const T_RICH: i64 = 1_500_000_000;
+
+/// What `rsync -aHAXSn --numeric-ids --checksum --itemize-changes` finds different between
+/// `src` and `dst` (root directory included): one line per difference, none when `dst` is a
+/// faithful copy.
+pub fn rsync_differences(src: &Path, dst: &Path) -> Res<Vec<String>> {
+    let mut a = src.as_os_str().to_os_string();
+    a.push("/");
+    let mut b = dst.as_os_str().to_os_string();
+    b.push("/");
+    let out = Command::new("rsync")
+        .args([
+            "-aHAXSn",
+            "--numeric-ids",
+            "--checksum",
+            "--itemize-changes",
+        ])
+        .arg(&a)
+        .arg(&b)
+        .output()
+        .context(|| "run rsync (the faithful-copy tests compare with it)".to_string())?;
+    ensure!(
+        out.status.success(),
+        "rsync failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// Fails unless `rsync` finds `copy` a faithful copy of `original` (see [`rsync_differences`]).
+pub fn expect_faithful(what: &str, original: &Path, copy: &Path, run: &Run) -> TestResult {
+    let differences = rsync_differences(original, copy)?;
+    ensure!(
+        differences.is_empty(),
+        "{what}: rsync -aHAXSn --numeric-ids --checksum finds differences:\n  {}\n{run}",
+        differences.join("\n  ")
+    );
+    Ok(())
+}
