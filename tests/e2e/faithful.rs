@@ -2,6 +2,8 @@
 //! FIFOs and devices, and the root's own metadata, in the mirror; checked the way
 //! `rsync -aHAXSn --numeric-ids --checksum --itemize-changes` would.
 
+use std::fs;
+
 use crate::util::*;
 
 /// A first copy of a tree with everything in it is, for rsync, the same tree; so is the next
@@ -20,4 +22,79 @@ fn mirror_copies_a_rich_tree_as_rsync_would() -> TestResult {
         "a second pass found something to do\n{again}"
     );
     expect_faithful("BACKUP after a second pass", &env.src, &env.dst, &again)
+}
+
+/// A change of owner, mode, extended attribute or ACL alone is carried without copying the
+/// content again: BACKUP's file keeps its inode, and each change is one "updated metadata".
+#[test]
+fn mirror_carries_metadata_changes_without_copying() -> TestResult {
+    let env = Env::new()?;
+    rich_tree(&env.src)?;
+    env.once(&[])?.expect_code(0)?;
+    let inodes = inodes(&env.dst)?;
+    let (s, d) = (&env.src, &env.dst);
+    std::os::unix::fs::lchown(s.join("root.txt"), Some(NOBODY), None)?;
+    chmod(&s.join("theirs/own.txt"), 0o600)?;
+    set_xattr(&s.join("attrs/tagged.txt"), "user.origin", b"changed")?;
+    set_acl(&s.join("attrs/acl.txt"), false, &acl_for(0))?;
+    for rel in [
+        "root.txt",
+        "theirs/own.txt",
+        "attrs/tagged.txt",
+        "attrs/acl.txt",
+    ] {
+        set_mtime(&s.join(rel), 1_600_000_000, 0)?;
+    }
+    let run = env.once(&[])?;
+    run.expect_code(0)?;
+    for rel in [
+        "root.txt",
+        "theirs/own.txt",
+        "attrs/tagged.txt",
+        "attrs/acl.txt",
+    ] {
+        run.expect("INFO", &format!("updated metadata of {rel}"))?;
+        ensure!(
+            inode(&d.join(rel))? == inodes[&std::path::PathBuf::from(rel)],
+            "{rel} was copied again for a metadata change\n{run}"
+        );
+    }
+    ensure!(
+        xattrs_of(&d.join("attrs/tagged.txt"))?.get("user.origin") == Some(&b"changed".to_vec()),
+        "the changed attribute did not reach BACKUP\n{run}"
+    );
+    expect_faithful("BACKUP after metadata changes", s, d, &run)
+}
+
+/// Names that share an inode in SOURCE share one in BACKUP, and a change that splits them
+/// splits them in BACKUP too: no edit of one name may ever reach another there.
+#[test]
+fn mirror_keeps_hard_links_as_they_are_in_source() -> TestResult {
+    let env = Env::new()?;
+    rich_tree(&env.src)?;
+    env.once(&[])?.expect_code(0)?;
+    let (s, d) = (&env.src, &env.dst);
+    let same = |a: &str, b: &str| -> Res<bool> { Ok(inode(&d.join(a))? == inode(&d.join(b))?) };
+    ensure!(
+        same("links/first.txt", "links/second.txt")? && same("links/first.txt", "more/third.txt")?,
+        "the three names of one SOURCE inode are not one inode in BACKUP"
+    );
+    // `second` becomes a file of its own in SOURCE (same bytes): it must in BACKUP too.
+    let bytes = read(&s.join("links/second.txt"))?;
+    fs::remove_file(s.join("links/second.txt"))?;
+    write(s, "links/second.txt", &bytes)?;
+    // Two separate files with the same bytes stay two files.
+    write(s, "twin-a.txt", "same bytes\n")?;
+    write(s, "twin-b.txt", "same bytes\n")?;
+    let run = env.once(&[])?;
+    run.expect_code(0)?;
+    ensure!(
+        !same("links/first.txt", "links/second.txt")? && same("links/first.txt", "more/third.txt")?,
+        "BACKUP's link structure does not follow SOURCE's\n{run}"
+    );
+    ensure!(
+        !same("twin-a.txt", "twin-b.txt")?,
+        "two separate files were linked\n{run}"
+    );
+    expect_faithful("BACKUP after the links changed", s, d, &run)
 }
