@@ -3,6 +3,7 @@
 //! `rsync -aHAXSn --numeric-ids --checksum --itemize-changes` would.
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 
 use crate::util::*;
 
@@ -97,4 +98,71 @@ fn mirror_keeps_hard_links_as_they_are_in_source() -> TestResult {
         "two separate files were linked\n{run}"
     );
     expect_faithful("BACKUP after the links changed", s, d, &run)
+}
+
+/// Run by a user without privilege on the same tree: the pass succeeds (exit 0), says once
+/// per kind what it could not carry (owners of root's files, the device), and gives no copy
+/// it could not give its owner a setuid or setgid bit.
+#[test]
+fn mirror_without_privilege_carries_what_it_may_and_says_what_it_may_not() -> TestResult {
+    let mut env = Env::new()?;
+    env.run_as_nobody()?;
+    rich_tree(&env.src)?;
+    // Root's own setuid program, readable by all.
+    write(&env.src, "root-tool", "#!/bin/sh\necho root\n")?;
+    chmod(&env.src.join("root-tool"), 0o4755)?;
+    let run = env.once(&[])?;
+    run.expect_code(0)?;
+    let warnings: Vec<String> = run
+        .lines()
+        .into_iter()
+        .filter(|l| l.level == "WARNING")
+        .map(|l| l.message.clone())
+        .collect();
+    for (kind, needle) in [
+        ("owners", "belong to another user: only root can give"),
+        ("setuid/setgid bits", "setuid or setgid entries"),
+        ("devices", "devices, sockets or FIFOs could not be created"),
+    ] {
+        let n = warnings.iter().filter(|w| w.contains(needle)).count();
+        ensure!(
+            n == 1,
+            "expected one warning about {kind}, found {n}\n{run}"
+        );
+    }
+    ensure!(
+        warnings.len() == 3,
+        "expected three warnings, one per kind, found {}:\n{}\n{run}",
+        warnings.len(),
+        warnings.join("\n")
+    );
+    let copy = fs::symlink_metadata(env.dst.join("root-tool"))?;
+    ensure!(
+        copy.uid() == NOBODY && copy.mode() & 0o6000 == 0,
+        "the user's copy of root's setuid program is {:o}, owned by {}\n{run}",
+        copy.mode(),
+        copy.uid()
+    );
+    // What the user may carry, it carries: its own setuid file, attributes, ACLs, links, the
+    // FIFO, the sparse file.
+    let d = &env.dst;
+    ensure!(
+        fs::symlink_metadata(d.join("theirs/tool"))?.mode() & 0o7777 == 0o4755,
+        "the user's own setuid file lost its bit\n{run}"
+    );
+    ensure!(
+        xattrs_of(&d.join("attrs/tagged.txt"))?.contains_key("user.origin")
+            && xattrs_of(&d.join("attrs/acl.txt"))?.contains_key("system.posix_acl_access"),
+        "attributes or ACLs missing\n{run}"
+    );
+    ensure!(
+        inode(&d.join("links/first.txt"))? == inode(&d.join("more/third.txt"))?,
+        "hard links not kept\n{run}"
+    );
+    ensure!(kind_of(&d.join("pipe"))? == Some("fifo"), "no FIFO\n{run}");
+    ensure!(
+        fs::symlink_metadata(d.join("disk.img"))?.blocks() * 512 < 1 << 20,
+        "the sparse file lost its holes\n{run}"
+    );
+    Ok(())
 }
