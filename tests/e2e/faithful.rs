@@ -166,3 +166,41 @@ fn mirror_without_privilege_carries_what_it_may_and_says_what_it_may_not() -> Te
     );
     Ok(())
 }
+
+/// A pass reads a file's extended attributes only where its stamps moved since the last pass
+/// (reading them all would double a pass with nothing to do); a change of an attribute alone
+/// moves the change time, and is carried.
+#[test]
+fn mirror_sees_an_attribute_changed_alone() -> TestResult {
+    let env = Env::new()?;
+    write(&env.src, "a.txt", "a\n")?;
+    write(&env.src, "b.txt", "b\n")?;
+    env.once(&[])?.expect_code(0)?;
+    env.once(&[])?.expect_code(0)?;
+    set_xattr(&env.src.join("a.txt"), "user.tag", b"1")?;
+    let run = env.once(&[])?;
+    run.expect_code(0)?;
+    run.expect("INFO", "updated metadata of a.txt")?;
+    ensure!(
+        run.summary()?.operations == 1,
+        "expected one operation\n{run}"
+    );
+    ensure!(
+        xattrs_of(&env.dst.join("a.txt"))?.get("user.tag") == Some(&b"1".to_vec()),
+        "the attribute did not reach BACKUP\n{run}"
+    );
+    // Removed, too.
+    rustix::fs::lremovexattr(env.src.join("a.txt").as_path(), "user.tag")?;
+    let run = env.once(&[])?;
+    run.expect("INFO", "updated metadata of a.txt")?;
+    ensure!(
+        xattrs_of(&env.dst.join("a.txt"))?.is_empty(),
+        "the removed attribute stayed in BACKUP\n{run}"
+    );
+    let run = env.once(&[])?;
+    ensure!(
+        run.summary()?.operations == 0,
+        "a last pass did something\n{run}"
+    );
+    Ok(())
+}

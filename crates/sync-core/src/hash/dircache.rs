@@ -28,7 +28,11 @@ use crate::model::{Entry, Kind, Side};
 use crate::scan::Scanned;
 use crate::tree::Tree;
 
-const MAGIC: &[u8; 8] = b"DSYNCDC1";
+/// Version 2: a record of both sides of a file also says that the pass left their extended
+/// attributes alike (the mirror reads attributes only of files whose stamps moved).
+const MAGIC: &[u8; 8] = b"DSYNCDC2";
+/// What version 1 began with: its records say nothing of attributes.
+const MAGIC_V1: &[u8; 8] = b"DSYNCDC1";
 /// Bytes of SHA-256 kept per block: enough to catch damage, which is all they are for.
 const CHECK_LEN: usize = 16;
 const STAMP_LEN: usize = 40;
@@ -179,6 +183,15 @@ impl DirCache {
                 return;
             }
         };
+        let mut head = [0u8; 8];
+        if file.read_exact_at(&mut head, 0).is_ok() && &head == MAGIC_V1 {
+            log::warn!(
+                "hash cache {} was written by an earlier version, which did not compare \
+                 owners and extended attributes; rebuilding it (this pass reads every file)",
+                path.display()
+            );
+            return;
+        }
         match read_index(&file, &self.tag) {
             Some(index) => {
                 self.index = index;

@@ -23,7 +23,7 @@ use crate::pass::PassOptions;
 use crate::plan::refuse;
 use crate::plan::step::{Known, Step, Steps, in_temp};
 use crate::signal;
-use crate::tree::{Tree, temp};
+use crate::tree::{Tree, meta, temp};
 
 /// Which side of the pair.
 const SIDES: [(Side, &str); 2] = [(Side::Source, "SOURCE"), (Side::Backup, "BACKUP")];
@@ -64,6 +64,9 @@ struct Pair<'l> {
     digests: [Option<Digest>; 2],
     /// The digest may be remembered (from the cache, or hashed and not racy).
     cacheable: [bool; 2],
+    /// Both sides' digests came from the cache: neither file changed since a pass left
+    /// both alike, extended attributes included.
+    unchanged: bool,
     /// Reading one side failed: nothing is done with this name.
     failed: bool,
 }
@@ -112,7 +115,8 @@ impl Walk<'_> {
     fn list(&self, side: Side, rel: &Path, found: &mut Found) -> Option<Vec<(OsString, Entry)>> {
         let role = side.name();
         let skip = |name: &OsStr| self.opts.filter.excludes_child(rel, name);
-        match self.trees[side as usize].list(rel, &skip) {
+        // Files' attributes are read only where their stamps moved (see `children`).
+        match self.trees[side as usize].list_without_file_xattrs(rel, &skip) {
             Ok(list) => Some(list),
             Err(err) => {
                 log::error!(
@@ -364,6 +368,34 @@ impl Walk<'_> {
             }
         }
 
+        // Files alike in content of which one changed since a pass left both alike (or that
+        // no pass recorded): their extended attributes, which the listing left unread, are
+        // read now to be compared. An unchanged pair's are as that pass left them: alike.
+        let mut read_attrs: HashMap<usize, [Entry; 2]> = HashMap::new();
+        if meta::carry().xattrs {
+            for (i, p) in pairs.iter_mut().enumerate() {
+                let (Some(s), Some(d), [Some(a), Some(b)]) = (p.src, p.dst, p.digests) else {
+                    continue;
+                };
+                if p.unchanged || s.kind != Kind::File || d.kind != Kind::File || a != b {
+                    continue;
+                }
+                let child = rel.join(p.name);
+                let mut both = [s.clone(), d.clone()];
+                for (side, e) in SIDES.iter().zip(&mut both) {
+                    match self.trees[side.0 as usize].xattrs(&child) {
+                        Ok(x) => e.xattrs = meta::xattr_digest(&x),
+                        Err(err) => {
+                            log::error!("cannot read {} in {}: {err}", Escaped(&child), side.1);
+                            bump(&self.errors);
+                            p.failed = true;
+                        }
+                    }
+                }
+                read_attrs.insert(i, both);
+            }
+        }
+
         let mut subs = Vec::new();
         let mut holds_ops = false;
         // What the cache will know of each name, checked against the old block as it goes.
@@ -374,7 +406,11 @@ impl Walk<'_> {
         let mut known: Option<Vec<(&[u8], _)>> = None;
         let old_prefix =
             |n: usize| -> Vec<_> { old[..n].iter().map(|r| (r.name, r.sides)).collect() };
-        for p in &pairs {
+        for (i, p) in pairs.iter().enumerate() {
+            let (src, dst) = match read_attrs.get(&i) {
+                Some([s, d]) => (Some(s), Some(d)),
+                None => (p.src, p.dst),
+            };
             let child = || rel.join(p.name);
             let mut sides = [None, None];
             for (side, _) in SIDES {
@@ -384,6 +420,15 @@ impl Walk<'_> {
                 {
                     sides[s] = Some((Stamp::of(e), d));
                 }
+            }
+            // Files alike in content whose metadata is set this pass: BACKUP's stamp is learnt
+            // once that is done, not before (a pass that could not set it reads again).
+            if let (Some(s), Some(d), [Some(a), Some(b)]) = (src, dst, p.digests)
+                && a == b
+                && d.kind == Kind::File
+                && d.meta_differs(&s.meta())
+            {
+                sides[Side::Backup as usize] = None;
             }
             if sides.iter().any(Option::is_some) {
                 let name = p.name.as_bytes();
@@ -406,7 +451,7 @@ impl Walk<'_> {
                 continue;
             }
             let before = found.steps.len();
-            match (p.src, p.dst) {
+            match (src, dst) {
                 (s, d) if s.is_some_and(Entry::is_dir) || d.is_some_and(Entry::is_dir) => {
                     holds_ops |= !(s.is_some_and(Entry::is_dir) && d.is_some_and(Entry::is_dir));
                     subs.push(Sub {
@@ -632,6 +677,7 @@ impl Walk<'_> {
                 src,
                 dst,
                 cacheable: digests.map(|d| d.is_some()),
+                unchanged: digests.iter().all(Option::is_some),
                 digests,
                 failed: false,
             });
@@ -673,7 +719,7 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
         let root = Path::new("");
         let skip = |name: &OsStr| opts.filter.excludes_child(root, name);
         trees[side as usize]
-            .list(root, &skip)
+            .list_without_file_xattrs(root, &skip)
             .map_err(|source| Error::ListRoot {
                 role: side.name(),
                 path: PathBuf::from(trees[side as usize].name()),

@@ -252,6 +252,27 @@ impl LocalTree {
         })
     }
 
+    /// The entries of the directory `rel` (see [`Tree::list`]); with `file_xattrs`, the
+    /// extended attributes of its files are read too.
+    fn list_dir(
+        &self,
+        rel: &Path,
+        skip: &dyn Fn(&OsStr) -> bool,
+        file_xattrs: bool,
+    ) -> io::Result<Vec<(OsString, Entry)>> {
+        if let Some(why) = self.fenced(rel) {
+            return Err(io::Error::other(why));
+        }
+        let dir = self.open_dir_beneath(rel, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        let (entries, dropped) = list_dir(dir, skip, file_xattrs)?;
+        for (counter, n) in self.dropped.iter().zip([dropped.setid, dropped.owners]) {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        Ok(entries)
+    }
+
     /// The file `rel`, opened to copy it.
     fn source<'a>(&self, rel: &Path, seen: Option<&'a Entry>) -> Result<Source<'a>, OpError> {
         let shown = self.path(rel);
@@ -289,17 +310,15 @@ impl Tree for LocalTree {
         rel: &Path,
         skip: &dyn Fn(&OsStr) -> bool,
     ) -> io::Result<Vec<(OsString, Entry)>> {
-        if let Some(why) = self.fenced(rel) {
-            return Err(io::Error::other(why));
-        }
-        let dir = self.open_dir_beneath(rel, OFlags::RDONLY | OFlags::DIRECTORY)?;
-        let (entries, dropped) = list_dir(dir, skip)?;
-        for (counter, n) in self.dropped.iter().zip([dropped.setid, dropped.owners]) {
-            if n > 0 {
-                counter.fetch_add(n, Ordering::Relaxed);
-            }
-        }
-        Ok(entries)
+        self.list_dir(rel, skip, true)
+    }
+
+    fn list_without_file_xattrs(
+        &self,
+        rel: &Path,
+        skip: &dyn Fn(&OsStr) -> bool,
+    ) -> io::Result<Vec<(OsString, Entry)>> {
+        self.list_dir(rel, skip, false)
     }
 
     fn take_dropped(&self) -> Dropped {
@@ -613,6 +632,7 @@ fn not_local() -> OpError {
 fn list_dir(
     dir: OwnedFd,
     skip: &dyn Fn(&OsStr) -> bool,
+    file_xattrs: bool,
 ) -> io::Result<(Vec<(OsString, Entry)>, Dropped)> {
     let mut listing = rustix::fs::Dir::new(dir)?;
     let mut out = Vec::new();
@@ -644,7 +664,7 @@ fn list_dir(
         dropped.setid += u64::from(at::loses_privilege(&stat));
         dropped.owners += u64::from(at::loses_owner(&stat));
         let mut entry = at::entry_of(&stat, target);
-        if xattrs {
+        if xattrs && (file_xattrs || entry.kind != crate::model::Kind::File) {
             entry.xattrs = meta::digest_at(fd, name);
         }
         out.push((name.to_os_string(), entry));

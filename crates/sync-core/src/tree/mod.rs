@@ -55,6 +55,16 @@ pub trait Tree: Sync {
     fn list(&self, rel: &Path, skip: &dyn Fn(&OsStr) -> bool)
     -> io::Result<Vec<(OsString, Entry)>>;
 
+    /// As [`Tree::list`], but without reading the extended attributes of regular files (their
+    /// `xattrs` is 0): a caller that knows which files are unchanged since it last saw their
+    /// attributes reads only the others' (with [`Tree::xattrs`]). Reading them costs a
+    /// system call per file, as much as the rest of a pass with nothing to do.
+    fn list_without_file_xattrs(
+        &self,
+        rel: &Path,
+        skip: &dyn Fn(&OsStr) -> bool,
+    ) -> io::Result<Vec<(OsString, Entry)>>;
+
     /// What copies of the entries listed since the last call cannot keep: setuid and setgid
     /// bits of entries whose copies are not given their owner, and owners the process may not
     /// give (the entries show the mode and owner their copies get).
