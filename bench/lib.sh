@@ -19,6 +19,11 @@ tool_cmd() {
         oneway-checksum-1thread)
             q env RAYON_NUM_THREADS=1 "$ONEWAY" --once --checksum \
                 --log "$LOGS/oneway-checksum-1thread.log" "$src" "$dst" ;;
+        # Two rsyncs (issue 21). rsync-full does the work oneway does: owners and groups (as
+        # root, by number), hard links, ACLs, extended attributes, sparse files, special files;
+        # the targets are judged against it. rsync (-a) carries less: no hard links, ACLs,
+        # xattrs or holes (and, run as a user, no owners); its rows stay, without a target.
+        rsync-full) q rsync -aHAXS --numeric-ids --delete "$src/" "$dst/" ;;
         rsync) q rsync -a --delete "$src/" "$dst/" ;;
         # rsync does not wait for its writes to reach the disk, oneway does (SPEC §7): this
         # variant shows what rsync costs when made as durable.

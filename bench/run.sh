@@ -2,6 +2,11 @@
 # The benchmark of issue 6 (SPEC §9): oneway against rsync (and twoway against Unison, once
 # twoway is built) on generated corpora, in one run, on a file system of its own.
 #
+# Two rsyncs (since issue 21): `rsync -aHAXS --numeric-ids --delete` (tool rsync-full), which does
+# the work oneway does (owners and groups as root, hard links, ACLs, extended attributes, sparse
+# files, special files) and against which the targets are judged; and `rsync -a --delete` (tool
+# rsync), which carries less, in rows without a target. bench/lib.sh has every command line.
+#
 #   bench/run.sh            full run (~10-15 min on 2 cores): results in bench/results/latest.md
 #   bench/run.sh --quick    smoke run: large corpus 4 x 64 MiB, no 200,000-file or flat profile, 3 runs
 #                           per measurement; results in bench/results/latest-quick.md
@@ -90,8 +95,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 mkdir "$MNT"
-# 16 GiB (4 for --quick): at its fullest (the large section: source and four copies) a full run
-# holds ~10.5 GiB.
+# 16 GiB (4 for --quick): at its fullest (the large section: source and five copies) a full run
+# holds ~12.5 GiB.
 # Inode tables and journal are written now (lazy_*_init=0), not by a kernel thread later, during
 # the timed runs.
 #
@@ -189,43 +194,44 @@ gen small "$CORPUS/small"
 SRC=$W/small-src
 cp -a "$CORPUS/small" "$SRC"
 
-# --- small: oneway vs rsync, cp -a (the floor) and the seed ------------------------------------
+# --- small: oneway vs both rsyncs, cp -a (the floor) and the seed -------------------------------
 say "small: first copy into an empty directory"
-for t in oneway rsync cp seed rsync-durable; do
+for t in oneway rsync-full rsync cp seed rsync-durable; do
     add small-first "$t" "$SRC" "$W/small-$t" "$(step empty "$t" "$W/small-$t")"
 done
 hf small-first
-check "$SRC" "$W/small-oneway" "$W/small-rsync" "$W/small-cp" "$W/small-rsync-durable"
+check "$SRC" "$W/small-oneway" "$W/small-rsync-full" "$W/small-rsync" "$W/small-cp" \
+    "$W/small-rsync-durable"
 check --no-dir-mtime "$SRC" "$W/small-seed" # the seed never set directory times
 rm -rf "$W/small-rsync-durable"
 
 say "small: nothing changed"
 # Each mirror is as its tool's last first copy left it; the warm-up pass settles caches.
-for t in oneway rsync seed; do add small-nochange "$t" "$SRC" "$W/small-$t"; done
+for t in oneway rsync-full rsync seed; do add small-nochange "$t" "$SRC" "$W/small-$t"; done
 # Passes with nothing to do are short and cheap to repeat: twice the runs, a steadier median.
 hf small-nochange $((2 * RUNS))
-check "$SRC" "$W/small-oneway" "$W/small-rsync"
+check "$SRC" "$W/small-oneway" "$W/small-rsync-full" "$W/small-rsync"
 check --no-dir-mtime "$SRC" "$W/small-seed"
 rm -rf "$W/small-cp" "$W/small-seed"
 
 say "small: 1% of files changed, added or deleted"
 # Before each run: SOURCE back to the pristine corpus, the mirror synced to it by the tool
 # itself (untimed), then the same 200 changes applied to SOURCE.
-for t in oneway rsync; do
+for t in oneway rsync-full rsync; do
     add small-1pct "$t" "$SRC" "$W/small-$t" "$(step changed small "$t" "$SRC" "$W/small-$t")"
 done
 hf small-1pct
-check "$SRC" "$W/small-oneway" "$W/small-rsync"
+check "$SRC" "$W/small-oneway" "$W/small-rsync-full" "$W/small-rsync"
 
 COLD=no
 if [[ $MODE == full ]] && (sync && echo 3 >/proc/sys/vm/drop_caches) 2>/dev/null; then
     COLD=yes
     say "small: nothing changed, cold caches (dropped before every run)"
-    for t in oneway rsync; do add small-nochange-cold "$t" "$SRC" "$W/small-$t" "$(step drop-caches)"; done
+    for t in oneway rsync-full rsync; do add small-nochange-cold "$t" "$SRC" "$W/small-$t" "$(step drop-caches)"; done
     hf small-nochange-cold $((2 * RUNS))
-    check "$SRC" "$W/small-oneway" "$W/small-rsync"
+    check "$SRC" "$W/small-oneway" "$W/small-rsync-full" "$W/small-rsync"
 fi
-rm -rf "$W/small-oneway" "$W/small-rsync"
+rm -rf "$W/small-oneway" "$W/small-rsync-full" "$W/small-rsync"
 
 # --- two-way: twoway vs Unison -----------------------------------------------------------------
 if [[ -n $TWOWAY ]]; then
@@ -271,26 +277,28 @@ else
     say "two-way: not built yet (no $TARGET/release/twoway): twoway-vs-Unison rows skipped"
 fi
 
-# --- large: oneway vs rsync, cp -a ---------------------------------------------------------------
+# --- large: oneway vs both rsyncs, cp -a ----------------------------------------------------------
 say "generating the large corpus ($LARGE_COUNT x $LARGE_MIB MiB)"
 LSRC=$W/large-src
 gen large "$LSRC" --count "$LARGE_COUNT" --mib "$LARGE_MIB"
 cp -a "$LSRC/f00.bin" "$CORPUS/large-f00.bin" # pristine copy of the file the mutation edits
 
 say "large: first copy into an empty directory"
-for t in oneway rsync cp rsync-durable; do
+for t in oneway rsync-full rsync cp rsync-durable; do
     add large-first "$t" "$LSRC" "$W/large-$t" "$(step empty "$t" "$W/large-$t")"
 done
 hf large-first
-check "$LSRC" "$W/large-oneway" "$W/large-rsync" "$W/large-cp" "$W/large-rsync-durable"
+check "$LSRC" "$W/large-oneway" "$W/large-rsync-full" "$W/large-rsync" "$W/large-cp" \
+    "$W/large-rsync-durable"
 rm -rf "$W/large-cp"
 
 say "large: 64 KiB changed inside one file"
-for t in oneway rsync rsync-durable; do
+for t in oneway rsync-full rsync rsync-durable; do
     add large-64k "$t" "$LSRC" "$W/large-$t" "$(step changed large "$t" "$LSRC" "$W/large-$t")"
 done
 hf large-64k
-check "$LSRC" "$W/large-oneway" "$W/large-rsync" "$W/large-rsync-durable"
+check "$LSRC" "$W/large-oneway" "$W/large-rsync-full" "$W/large-rsync" \
+    "$W/large-rsync-durable"
 rm -rf "$W/large-rsync-durable"
 
 say "large: oneway --checksum, nothing changed (SHA-256 throughput)"
@@ -311,21 +319,21 @@ rm -rf "$W"/large-* "$CORPUS/large-f00.bin"
 
 # --- flat: 100,000 files in one directory -----------------------------------------------------
 # Work that grows faster than the number of files in a directory shows here first: a first copy
-# and a pass with nothing changed, against rsync.
+# and a pass with nothing changed, against both rsyncs.
 if [[ $MODE == full ]]; then
     say "generating the flat corpus (100,000 files in one directory)"
     FSRC=$W/flat-src
     gen flat "$FSRC"
     say "flat: first copy into an empty directory"
-    for t in oneway rsync; do
+    for t in oneway rsync-full rsync; do
         add flat-first "$t" "$FSRC" "$W/flat-$t" "$(step empty "$t" "$W/flat-$t")"
     done
     hf flat-first
-    check "$FSRC" "$W/flat-oneway" "$W/flat-rsync"
+    check "$FSRC" "$W/flat-oneway" "$W/flat-rsync-full" "$W/flat-rsync"
     say "flat: nothing changed"
-    for t in oneway rsync; do add flat-nochange "$t" "$FSRC" "$W/flat-$t"; done
+    for t in oneway rsync-full rsync; do add flat-nochange "$t" "$FSRC" "$W/flat-$t"; done
     hf flat-nochange $((2 * RUNS))
-    check "$FSRC" "$W/flat-oneway" "$W/flat-rsync"
+    check "$FSRC" "$W/flat-oneway" "$W/flat-rsync-full" "$W/flat-rsync"
     rm -rf "$W"/flat-*
 fi
 
@@ -335,7 +343,7 @@ if [[ $MODE == full ]]; then
     MSRC=$W/many-src
     gen many "$MSRC"
     say "many: first copies (untimed set-up; the memory of all processes sampled)"
-    for t in oneway rsync; do
+    for t in oneway rsync-full rsync; do
         mkdir "$W/many-$t"
         t0=$(date +%s%N)
         eval "python3 $(q "$BENCH_DIR/peak_rss.py") $(tool_cmd "$t" "$MSRC" "$W/many-$t")" \
@@ -343,13 +351,13 @@ if [[ $MODE == full ]]; then
         echo "  $t: $((($(date +%s%N) - t0) / 1000000)) ms (one run, sampled, not timed in the report); $(cat "$RAW/many-first-procs-$t.txt")"
     done
     say "many: nothing changed"
-    for t in oneway rsync; do add many-nochange "$t" "$MSRC" "$W/many-$t"; done
+    for t in oneway rsync-full rsync; do add many-nochange "$t" "$MSRC" "$W/many-$t"; done
     hf many-nochange $((2 * RUNS))
     say "many: peak RSS of all processes (sampled, one more untimed pass each)"
-    for t in oneway rsync; do
+    for t in oneway rsync-full rsync; do
         eval "python3 $(q "$BENCH_DIR/peak_rss.py") $(tool_cmd "$t" "$MSRC" "$W/many-$t")" | tee "$RAW/many-procs-$t.txt"
     done
-    check "$MSRC" "$W/many-oneway" "$W/many-rsync"
+    check "$MSRC" "$W/many-oneway" "$W/many-rsync-full" "$W/many-rsync"
     rm -rf "$W"/many-*
 fi
 
