@@ -204,3 +204,39 @@ fn mirror_sees_an_attribute_changed_alone() -> TestResult {
     );
     Ok(())
 }
+
+/// A BACKUP on a file system that takes no extended attributes (ramfs): the pass copies
+/// everything else and says so once, not once per file; exit 0.
+#[test]
+fn a_backup_that_refuses_attributes_is_one_warning_per_pass() -> TestResult {
+    let env = Env::new()?;
+    for i in 0..5 {
+        let path = write(&env.src, format!("f{i}.txt"), format!("{i}\n"))?;
+        set_xattr(&path, "user.n", format!("{i}").as_bytes())?;
+    }
+    let made = Mounted::mount(&["-t", "ramfs", "ramfs"], &env.dst);
+    let name = "a_backup_that_refuses_attributes_is_one_warning_per_pass";
+    let Some(_ramfs) = mounted_or_skip(made, "a ramfs", name)? else {
+        return Ok(());
+    };
+    let run = env.once(&[])?;
+    run.expect_code(0)?;
+    let warnings: Vec<String> = run
+        .lines()
+        .into_iter()
+        .filter(|l| l.level == "WARNING")
+        .map(|l| l.message.clone())
+        .collect();
+    ensure!(
+        warnings.len() == 1
+            && warnings[0].contains("5 copies could not be given all their extended"),
+        "expected one warning for the five files\n{run}"
+    );
+    for i in 0..5 {
+        ensure!(
+            read(&env.dst.join(format!("f{i}.txt")))? == format!("{i}\n").as_bytes(),
+            "f{i}.txt was not copied\n{run}"
+        );
+    }
+    Ok(())
+}
