@@ -240,3 +240,25 @@ fn a_backup_that_refuses_attributes_is_one_warning_per_pass() -> TestResult {
     }
     Ok(())
 }
+
+/// A new file in a BACKUP directory with a default ACL inherits an access ACL there; a copy
+/// of a SOURCE file that has none must not keep it.
+#[test]
+fn a_copy_keeps_no_acl_its_original_lacks() -> TestResult {
+    let env = Env::new()?;
+    write(&env.src, "d/old.txt", "old\n")?;
+    env.once(&[])?.expect_code(0)?;
+    set_acl(&env.src.join("d"), true, &acl_for(NOBODY))?;
+    env.once(&[])?.expect_code(0)?;
+    let new = write(&env.src, "d/new.txt", "new\n")?;
+    // Created after the default ACL: it inherited one; the user takes it away.
+    rustix::fs::lremovexattr(new.as_path(), "system.posix_acl_access")?;
+    chmod(&new, 0o644)?;
+    let run = env.once(&[])?;
+    run.expect_code(0)?;
+    ensure!(
+        !xattrs_of(&env.dst.join("d/new.txt"))?.contains_key("system.posix_acl_access"),
+        "BACKUP's copy kept the ACL its directory gave it\n{run}"
+    );
+    expect_faithful("BACKUP", &env.src, &env.dst, &run)
+}

@@ -345,23 +345,6 @@ pub(crate) fn give_xattrs(at: Handle<'_>, want: &Xattrs) -> io::Result<()> {
     Ok(())
 }
 
-/// Gives `at`, made just now with no attributes of its own, the attributes `want`: nothing is
-/// read first, so a copy of a file without any costs no system call here.
-pub(crate) fn give_new_xattrs(at: Handle<'_>, want: &Xattrs) -> io::Result<()> {
-    let mut all = true;
-    for (name, value) in want {
-        match at.set(name, value) {
-            Ok(()) => {}
-            Err(e) if refusal(&e.into()) => all = false,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if !all {
-        REFUSED[1].fetch_add(1, Ordering::Relaxed);
-    }
-    Ok(())
-}
-
 /// Counts a device, socket or FIFO that could not be created.
 pub(crate) fn refused_node() {
     REFUSED[2].fetch_add(1, Ordering::Relaxed);

@@ -660,7 +660,9 @@ impl<'a> Started<'a> {
         if chown {
             meta::give_owner(handle, &meta).map_err(write_err(dst_shown))?;
         }
-        meta::give_new_xattrs(handle, &self.xattrs).map_err(write_err(dst_shown))?;
+        // Read first, on the descriptor (cheap): a new file inherits an ACL from its
+        // directory's default ACL, which the original may not have.
+        meta::give_xattrs(handle, &self.xattrs).map_err(write_err(dst_shown))?;
         if !created_with_mode {
             rustix::fs::fchmod(&*file, mode).map_err(write_err(dst_shown))?;
         }
