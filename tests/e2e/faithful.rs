@@ -262,3 +262,27 @@ fn a_copy_keeps_no_acl_its_original_lacks() -> TestResult {
     );
     expect_faithful("BACKUP", &env.src, &env.dst, &run)
 }
+
+/// The same for a new directory: it inherits its parent's default ACL, both as its own access
+/// and default ACLs; its original may have neither.
+#[test]
+fn a_new_directory_keeps_no_acl_its_original_lacks() -> TestResult {
+    let env = Env::new()?;
+    write(&env.src, "d/old.txt", "old\n")?;
+    env.once(&[])?.expect_code(0)?;
+    set_acl(&env.src.join("d"), true, &acl_for(NOBODY))?;
+    env.once(&[])?.expect_code(0)?;
+    let sub = env.src.join("d/sub");
+    fs::create_dir(&sub)?;
+    for name in ["system.posix_acl_access", "system.posix_acl_default"] {
+        rustix::fs::lremovexattr(sub.as_path(), name)?;
+    }
+    chmod(&sub, 0o755)?;
+    let run = env.once(&[])?;
+    run.expect_code(0)?;
+    ensure!(
+        xattrs_of(&env.dst.join("d/sub"))?.is_empty(),
+        "BACKUP's new directory kept ACLs its parent gave it\n{run}"
+    );
+    expect_faithful("BACKUP", &env.src, &env.dst, &run)
+}

@@ -830,11 +830,9 @@ impl<'a> Run<'a> {
             return;
         }
         let set = self
-            .xattrs_for(
-                step,
-                want.xattrs,
-                Some(seen.as_ref().map_or(0, |s| s.xattrs)),
-            )
+            // A new directory may have inherited attributes (a default ACL) from its parent:
+            // what it must have is given whatever it holds.
+            .xattrs_for(step, want.xattrs, seen.as_ref().map(|s| s.xattrs))
             .and_then(|xattrs| self.tree(*side).finish_dir(rel, want, xattrs.as_ref()));
         match set {
             Ok(()) => {
