@@ -257,20 +257,6 @@ pub struct Refused {
     pub nodes: u64,
 }
 
-impl Refused {
-    /// Adds `other`'s counts.
-    pub fn add(&mut self, other: Refused) {
-        self.owners += other.owners;
-        self.xattrs += other.xattrs;
-        self.nodes += other.nodes;
-    }
-
-    /// Whether nothing was refused.
-    pub fn is_empty(&self) -> bool {
-        *self == Refused::default()
-    }
-}
-
 /// Gives `at` the owner and group of `meta`, where carried. Owners first: a change of owner
 /// clears the setuid and setgid bits and file capabilities, which the mode and attributes
 /// then set. A refusal is counted (see [`take_refused`]), not an error.
