@@ -72,6 +72,11 @@ impl Links {
         self.first_of.get(rel).map(PathBuf::as_path)
     }
 
+    /// Whether `rel` shares its inode with another name.
+    pub fn is_linked(&self, rel: &Path) -> bool {
+        self.first_of.contains_key(rel) || self.further.contains_key(rel)
+    }
+
     /// Every name of `rel`'s group in path order (`rel` alone when it shares its inode with
     /// no other name).
     pub fn group<'a>(&'a self, rel: &'a Path) -> Vec<&'a Path> {
@@ -123,6 +128,8 @@ mod tests {
         assert_eq!(l.group(Path::new("z")), [Path::new("z")]);
         assert_eq!(l.first_of(Path::new("e")), Some(Path::new("d")));
         assert_eq!(l.first_of(Path::new("d")), None);
+        assert!(l.is_linked(Path::new("d")) && l.is_linked(Path::new("e")));
+        assert!(!l.is_linked(Path::new("z")));
         assert_eq!(l.len(), 3);
     }
 

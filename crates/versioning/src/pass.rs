@@ -359,6 +359,10 @@ fn fill(
 /// links: the same names at the same paths, or the version would join names SOURCE keeps
 /// apart, or split names SOURCE keeps together.
 fn shareable(rel: &Path, wanted: &Manifest, previous: &Manifest) -> bool {
+    // Most files share their inode with no other name, in either version.
+    if !wanted.links.is_linked(rel) && !previous.links.is_linked(rel) {
+        return wanted.items.get(rel) == previous.items.get(rel);
+    }
     let group = wanted.links.group(rel);
     group == previous.links.group(rel)
         && group
