@@ -1,5 +1,7 @@
-//! One versioned pass (SPEC §3): if SOURCE's tree digest differs from the latest version's,
-//! build a new version (hard-linking what is unchanged, copying the rest) and rotate.
+//! One versioned pass (SPEC §3): if SOURCE differs from the latest version in anything a
+//! faithful copy carries (its full digest, see [`crate::digest::full_digest`]), build a new
+//! version (hard-linking from the previous one what nothing could tell apart, copying the
+//! rest, keeping SOURCE's hard links) and rotate.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +19,7 @@ use sync_core::scan::{self, Scanned};
 use sync_core::tree::{LocalTree, Tree};
 use sync_core::{Error, signal};
 
+use crate::links::Links;
 use crate::manifest::{Item, Items, Manifest};
 use crate::store::Store;
 
@@ -45,12 +48,20 @@ pub fn versioned_pass(
 
     let source_tree = opts.tree(Side::Source);
     let tree = scan::scan(source_tree, "SOURCE", &opts.filter)?;
-    sync_core::pass::warn_dropped(&[source_tree]);
     let mut stats = PassStats::default();
     for (rel, err) in &tree.unlistable {
         log::error!("cannot list {} in SOURCE: {err}", Escaped(rel));
         stats.errors += 1;
     }
+    // The root's own mode, time, owner and attributes are a version's too.
+    let root = match source_tree.stat(Path::new("")) {
+        Ok(root) => Some(root.meta()),
+        Err(err) => {
+            log::error!("cannot read SOURCE's root {}: {err}", Escaped(&opts.source));
+            stats.errors += 1;
+            None
+        }
+    };
 
     // The pair's one hash cache, SOURCE's side of it (BACKUP, the version store, is never
     // hashed: its manifests say what it holds). `--checksum` looks nothing up.
@@ -86,7 +97,8 @@ pub fn versioned_pass(
             Some((rel.clone(), item))
         })
         .collect();
-    let wanted = Manifest::new(items);
+    let links = Links::of_scan(&tree.entries, &items);
+    let wanted = Manifest::of(root, items, links);
 
     let latest = store.latest();
     let latest_manifest = match &latest {
@@ -99,42 +111,44 @@ pub fn versioned_pass(
         Ok(())
     } else if latest_manifest
         .as_ref()
-        .is_some_and(|m| m.digest == wanted.digest)
+        .is_some_and(|m| m.full_digest == wanted.full_digest)
     {
         log::info!(
-            "no change since the latest version (tree digest {}); nothing to do",
-            short(&wanted.digest)
+            "no change since the latest version (content and metadata digest {}); nothing to do",
+            short(&wanted.full_digest)
         );
         Ok(())
+    } else if let Err(refusal) = refuse_if_unsafe(opts, &wanted, latest_manifest.as_ref()) {
+        Err(refusal.into())
+    } else if opts.dry_run {
+        log::info!(
+            "dry run: would create version _{} ({} entries)",
+            keep - 1,
+            wanted.items.len()
+        );
+        stats.operations += 1;
+        Ok(())
     } else {
-        refuse_if_unsafe(opts, &wanted, latest_manifest.as_ref())?;
-        if opts.dry_run {
-            log::info!(
-                "dry run: would create version _{} ({} entries)",
-                keep - 1,
-                wanted.items.len()
-            );
-            stats.operations += 1;
-            Ok(())
-        } else {
-            sync_core::testhook::after_plan();
-            let previous = latest.as_ref().zip(latest_manifest.as_ref());
-            let source = Source {
-                root: source_tree,
-                tree: &tree,
-                learner: &learner,
-            };
-            rotate(
-                &source,
-                &mut store,
-                &wanted,
-                previous.map(|(v, m)| (v.dir.as_path(), m)),
-                keep,
-                &mut stats,
-            )
-        }
+        sync_core::testhook::after_plan();
+        let previous = latest.as_ref().zip(latest_manifest.as_ref());
+        let source = Source {
+            root: source_tree,
+            tree: &tree,
+            learner: &learner,
+        };
+        rotate(
+            &source,
+            &mut store,
+            &wanted,
+            previous.map(|(v, m)| (v.dir.as_path(), m)),
+            keep,
+            &mut stats,
+        )
     };
-    if !opts.dry_run {
+    // What copies could not keep or be given, once, now that they are done (and at every
+    // pass: what the scan counted is never left for the next one's warning).
+    sync_core::pass::warn_dropped(&[source_tree]);
+    if !opts.dry_run && result.is_ok() {
         let mut blocks = digests.blocks;
         learner.record_into(&mut blocks, cache);
         let unlistable: Vec<&Path> = tree
@@ -214,7 +228,7 @@ fn rotate(
                 );
                 return Ok(());
             }
-            let manifest = Manifest::new(items);
+            let manifest = Manifest::of(wanted.root, items, wanted.links.clone());
             match store.commit(build, &manifest, keep) {
                 Ok(version) => {
                     log::info!(
@@ -253,10 +267,12 @@ struct Filled {
     copied: u64,
 }
 
-/// Fills `dir` with `wanted`'s tree, through the one applier: what the latest version holds
-/// with the same content and metadata is hard-linked (versions are never edited in place), the
-/// rest copied from SOURCE. Returns the entries as really written (a file that changed since it
-/// was hashed is recorded with what was copied), or the number of failures.
+/// Fills `dir` with `wanted`'s tree, through the one applier. What the latest version holds at
+/// the same path with the same content and metadata is hard-linked (versions are never edited
+/// in place); the rest is copied from SOURCE; the further names of an inode are linked to its
+/// first name once every copy is done, so that SOURCE's hard links are the version's. Returns
+/// the entries as really written (a file that changed since it was hashed is recorded with
+/// what was copied), or the number of failures.
 fn fill(
     source: &Source<'_>,
     dir: &Path,
@@ -266,14 +282,21 @@ fn fill(
     let mut steps = Steps::default();
     for (rel, item) in &wanted.items {
         let scanned = source.tree.entries.get(rel).cloned();
+        steps.extend(finish(Side::Backup, rel.clone(), item));
+        if let (Some(first), Some(entry)) = (wanted.links.first_of(rel), &scanned) {
+            steps.push(Step::Link {
+                side: Side::Backup,
+                rel: rel.clone(),
+                existing: first.to_path_buf(),
+                source: entry.clone(),
+                replace: None,
+            });
+            continue;
+        }
         let mut step = arrive(Side::Backup, rel.clone(), item, scanned, false, None);
-        // A file of the latest version at the same path, with the same content and every
-        // carried metadata, is shared (rsync's --link-dest rule): nothing could tell the two
-        // apart. Never one at another path: two files that merely hold the same bytes stay
-        // two files.
         if let (Step::Copy { link, .. }, Item::File { size, meta, .. }, Some((prev_dir, prev))) =
             (&mut step, item, previous)
-            && prev.items.get(rel) == Some(item)
+            && shareable(rel, wanted, prev)
         {
             *link = Some(Box::new(LinkFrom {
                 path: prev_dir.join(rel),
@@ -281,17 +304,16 @@ fn fill(
                 mtime: meta.mtime,
             }));
         }
-        steps.extend(finish(Side::Backup, rel.clone(), item));
         steps.push(step);
     }
-    // The version's root takes SOURCE root's mode and time: a private SOURCE (0700) keeps a
-    // private version.
-    if let Ok(root) = source.root.stat(Path::new("")) {
+    // The version's root takes SOURCE root's mode, time, owner and attributes: a private
+    // SOURCE (0700) keeps a private version.
+    if let Some(root) = wanted.root {
         steps.push(Step::Dir {
             side: Side::Backup,
             rel: PathBuf::new(),
             seen: None,
-            want: Some(root.meta()),
+            want: Some(root),
             changes_inside: false,
         });
     }
@@ -317,11 +339,35 @@ fn fill(
     let linked = files.count() as u64 - copied;
     let mut items = wanted.items.clone();
     items.extend(applied.read_by_copies);
+    // A further name is its first name's inode, whatever that copy read.
+    for (further, first) in wanted.links.iter() {
+        if let Some(item) = items.get(first).cloned() {
+            items.insert(further.to_path_buf(), item);
+        }
+    }
     Ok(Filled {
         items,
         linked,
         copied,
     })
+}
+
+/// Whether the file at `rel` (a first name, or a file alone) may share the inode of the
+/// previous version's file at the same path: nothing could tell them apart. Its content and
+/// every carried metadata are equal (rsync's --link-dest rule; never a file at another path:
+/// two files that merely hold the same bytes stay two files), and so is its group of hard
+/// links: the same names at the same paths, or the version would join names SOURCE keeps
+/// apart, or split names SOURCE keeps together.
+fn shareable(rel: &Path, wanted: &Manifest, previous: &Manifest) -> bool {
+    // Most files share their inode with no other name, in either version.
+    if !wanted.links.is_linked(rel) && !previous.links.is_linked(rel) {
+        return wanted.items.get(rel) == previous.items.get(rel);
+    }
+    let group = wanted.links.group(rel);
+    group == previous.links.group(rel)
+        && group
+            .iter()
+            .all(|name| wanted.items.get(*name) == previous.items.get(*name))
 }
 
 /// `oneway SOURCE VDIR --versioned`: a versioned pass at every interval.

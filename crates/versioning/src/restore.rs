@@ -1,10 +1,11 @@
 //! `twoway DIR --restore [--version latest|previous]`: bring a directory back from its
 //! versions, even after it was deleted, without ever leaving it half-restored.
 //!
-//! The chosen version is verified against its manifest, copied (never hard-linked, so later
-//! edits cannot reach into the history) into a temporary directory beside DIR, and swapped
-//! into place in one `rename` (an exchange when DIR exists). What DIR held before is kept
-//! under `__versions__/KEY/before-restore-STAMP`, so a restore can be undone.
+//! The chosen version is verified against its manifest, copied (never hard-linked to the
+//! version, so later edits cannot reach into the history; names that share an inode in it
+//! share one copy) into a temporary directory beside DIR, given the version's root metadata,
+//! and swapped into place in one `rename` (an exchange when DIR exists). What DIR held before
+//! is kept under `__versions__/KEY/before-restore-STAMP`, so a restore can be undone.
 
 use std::fs;
 use std::io;
@@ -13,17 +14,18 @@ use std::path::{Path, PathBuf};
 use sync_core::apply::{Applier, Target};
 use sync_core::hash::Learner;
 use sync_core::model::Side;
-use sync_core::plan::step::{Steps, arrive, finish};
+use sync_core::plan::step::{Step, Steps, arrive, finish};
 use sync_core::run::lock::LockDir;
 use sync_core::run::places::absolute_dir;
 use sync_core::run::trust;
+use sync_core::scan::Scanned;
 use sync_core::tree::{LocalTree, OpError, Tree};
 use sync_core::{Error, error::one_line};
 
-use crate::manifest::Manifest;
+use crate::manifest::{Item, Manifest};
 use crate::recovery::{Info, VERSIONS_DIR};
 use crate::store::Store;
-use crate::verify::verify;
+use crate::verify::verify_tree;
 
 /// Which version to restore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +102,12 @@ pub fn restore(state_dir: &Path, dir: &Path, which: Which) -> Result<Restored, E
         ))
     })?;
     let manifest = chosen.manifest().map_err(|e| fail(one_line(&e)))?;
-    let problems = verify(&chosen.dir, &manifest)?;
+    let version = LocalTree::open(&chosen.dir).map_err(|source| Error::ListRoot {
+        role: "version",
+        path: chosen.dir.clone(),
+        source,
+    })?;
+    let (problems, held) = verify_tree(&version, &manifest)?;
     if let Some(first) = problems.first() {
         return Err(fail(format!(
             "the version in {} does not match its manifest ({} differences, first: {first}); nothing was restored",
@@ -152,7 +159,9 @@ pub fn restore(state_dir: &Path, dir: &Path, which: Which) -> Result<Restored, E
     // write DIR's directory may rename it or put a link in its place, and nothing written
     // goes anywhere but into the directory this restore created.
     let work_tree = around.subtree(&work).map_err(inaccessible)?;
-    if let Err(message) = copy_version(&chosen.dir, &manifest, &work_tree) {
+    let copied = copy_version(&version, &manifest, &held, &work_tree);
+    sync_core::pass::warn_dropped(&[&version]);
+    if let Err(message) = copied {
         // Nothing was changed: what was copied is ours, and goes.
         if let Err(err) = around.remove_all(&work) {
             log::warn!("cannot remove {}: {err}", work_path.display());
@@ -162,8 +171,11 @@ pub fn restore(state_dir: &Path, dir: &Path, which: Which) -> Result<Restored, E
             dir.display()
         )));
     }
-    // The restored root gets the mode DIR had (a version records its content, not its root).
-    if let Ok(root) = around.stat(&name) {
+    // A version whose manifest does not record its root (one written before roots were
+    // recorded) leaves the restored root with the mode DIR had.
+    if manifest.root.is_none()
+        && let Ok(root) = around.stat(&name)
+    {
         let _ = work_tree.finish_dir(Path::new(""), &root.meta(), None);
     }
     // Whether `rel` in DIR's directory is still the work directory this restore filled: the
@@ -290,22 +302,48 @@ fn keep_leftovers(around: &dyn Tree, prefix: &str, versions: &dyn Tree, stamp: &
     }
 }
 
-/// Copies the version at `from` (as `manifest` lists it) into the empty directory `to`, through
-/// the one applier: the content of every file is checked against the manifest as it is
-/// copied. Fails with the number of entries that could not be copied (each is logged).
-fn copy_version(from: &Path, manifest: &Manifest, work: &LocalTree) -> Result<(), String> {
+/// Copies the version `version` holds (as `manifest` lists it, and as the check before found
+/// it: `held`) into the empty directory `work`, through the one applier: the content of every
+/// file is checked against the manifest as it is copied, the further names of an inode are
+/// linked to its first name's copy, and the root is given the version's own metadata, where
+/// recorded. Fails with the number of entries that could not be copied (each is logged).
+fn copy_version(
+    version: &LocalTree,
+    manifest: &Manifest,
+    held: &Scanned,
+    work: &LocalTree,
+) -> Result<(), String> {
     let mut steps = Steps::default();
     for (rel, item) in &manifest.items {
+        let seen = held.entries.get(rel).cloned();
         steps.extend(finish(Side::Backup, rel.clone(), item));
-        steps.push(arrive(Side::Backup, rel.clone(), item, None, true, None));
+        match (manifest.links.first_of(rel), seen, item) {
+            (Some(first), Some(seen), Item::File { .. }) => steps.push(Step::Link {
+                side: Side::Backup,
+                rel: rel.clone(),
+                existing: first.to_path_buf(),
+                source: seen,
+                replace: None,
+            }),
+            // Copied as not scanned: the copy hashes what it reads, and installs nothing but
+            // the manifest's bytes.
+            _ => steps.push(arrive(Side::Backup, rel.clone(), item, None, true, None)),
+        }
+    }
+    if let Some(root) = manifest.root {
+        steps.push(Step::Dir {
+            side: Side::Backup,
+            rel: PathBuf::new(),
+            seen: None,
+            want: Some(root),
+            changes_inside: false,
+        });
     }
     steps.sort();
     // Nothing a restore reads is remembered: a version is checked against its manifest.
-    let learner = Learner::new(from, work.root());
-    let version =
-        LocalTree::open(from).map_err(|e| format!("cannot open {}: {e}", from.display()))?;
+    let learner = Learner::new(version.root(), work.root());
     let applied = Applier {
-        trees: [&version, work],
+        trees: [version, work],
         target: Target::Build,
         learner: &learner,
     }
