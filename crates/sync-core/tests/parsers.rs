@@ -445,14 +445,20 @@ fn text_after_the_end_line_is_refused() {
 // The mirror's per-directory hash cache
 
 fn stamp() -> impl Strategy<Value = Stamp> {
-    (any::<u64>(), timestamp(), timestamp(), any::<u64>()).prop_map(|(size, mtime, ctime, ino)| {
-        Stamp {
+    (
+        any::<u64>(),
+        timestamp(),
+        timestamp(),
+        any::<u64>(),
+        any::<u64>(),
+    )
+        .prop_map(|(size, mtime, ctime, ino, xattrs)| Stamp {
             size,
             mtime,
             ctime,
             ino,
-        }
-    })
+            xattrs,
+        })
 }
 
 /// Up to four directories, each with up to five file records sorted by name.

@@ -28,14 +28,15 @@ use crate::model::{Entry, Kind, Side};
 use crate::scan::Scanned;
 use crate::tree::Tree;
 
-/// Version 2: a record of both sides of a file also says that the pass left their extended
-/// attributes alike (the mirror reads attributes only of files whose stamps moved).
+/// Version 2: a stamp also records the digest of the file's extended attributes, and a
+/// record of both sides of a file says that the pass left their attributes alike (passes read
+/// attributes only of files whose stamps moved).
 const MAGIC: &[u8; 8] = b"DSYNCDC2";
 /// What version 1 began with: its records say nothing of attributes.
 const MAGIC_V1: &[u8; 8] = b"DSYNCDC1";
 /// Bytes of SHA-256 kept per block: enough to catch damage, which is all they are for.
 const CHECK_LEN: usize = 16;
-const STAMP_LEN: usize = 40;
+const STAMP_LEN: usize = 48;
 const SRC: u8 = 1;
 const DST: u8 = 2;
 /// The BACKUP digest equals the SOURCE one and is not stored twice (the usual case).
@@ -659,7 +660,7 @@ pub fn tree_digests<'t>(
                 for &(i, rel, name, entry) in &files[side as usize] {
                     let hit = seek_record(&old, &mut cursor, name)
                         .and_then(|r| r.sides[side as usize])
-                        .filter(|(stamp, _)| *stamp == Stamp::of(entry));
+                        .filter(|(stamp, _)| stamp.holds(entry));
                     match hit {
                         Some(known) => {
                             hits.push((side, name, known));
@@ -889,6 +890,7 @@ mod tests {
             mtime: Timestamp { secs: 5, nanos: 6 },
             ctime: Timestamp { secs: 7, nanos: 8 },
             ino,
+            xattrs: ino * 3,
         }
     }
 

@@ -19,6 +19,10 @@ pub struct Stamp {
     pub ctime: Timestamp,
     /// Inode number.
     pub ino: u64,
+    /// The digest of the file's extended attributes in this state (see
+    /// [`crate::tree::meta::xattr_digest`]): remembered with it, not part of what identifies
+    /// it (a change of attribute moves the change time).
+    pub xattrs: u64,
 }
 
 impl Stamp {
@@ -29,7 +33,17 @@ impl Stamp {
             mtime: entry.mtime,
             ctime: entry.ctime,
             ino: entry.ino,
+            xattrs: entry.xattrs,
         }
+    }
+
+    /// Whether `entry` is still in the state this stamp records: same size, times and inode.
+    /// Its attributes need not have been read: they changed only if the change time moved.
+    pub fn holds(&self, entry: &Entry) -> bool {
+        self.size == entry.size
+            && self.mtime == entry.mtime
+            && self.ctime == entry.ctime
+            && self.ino == entry.ino
     }
 }
 
@@ -112,7 +126,7 @@ pub fn is_racy(entry: &Entry, hashed_at: SystemTime, stamps: Timestamps) -> bool
     }
 }
 
-/// Appends `stamp` in the layout both cache files use (40 bytes, little-endian).
+/// Appends `stamp` in the layout both cache files use (48 bytes, little-endian).
 pub(crate) fn encode_stamp(out: &mut Vec<u8>, stamp: &Stamp) {
     out.extend_from_slice(&stamp.size.to_le_bytes());
     out.extend_from_slice(&stamp.mtime.secs.to_le_bytes());
@@ -120,6 +134,7 @@ pub(crate) fn encode_stamp(out: &mut Vec<u8>, stamp: &Stamp) {
     out.extend_from_slice(&stamp.ctime.secs.to_le_bytes());
     out.extend_from_slice(&stamp.ctime.nanos.to_le_bytes());
     out.extend_from_slice(&stamp.ino.to_le_bytes());
+    out.extend_from_slice(&stamp.xattrs.to_le_bytes());
 }
 
 /// Reads the fields of a cache file from the front of a byte slice; `None` once the bytes
@@ -154,6 +169,7 @@ impl<'a> Reader<'a> {
                 nanos: self.u32()?,
             },
             ino: self.u64()?,
+            xattrs: self.u64()?,
         })
     }
     pub(crate) fn digest(&mut self) -> Option<Digest> {

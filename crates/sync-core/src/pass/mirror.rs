@@ -15,7 +15,9 @@ use checksum::Digest;
 use crate::apply::{Applier, Applying, Target};
 use crate::display::Escaped;
 use crate::error::Error;
-use crate::hash::dircache::{self, BlockOut, BlockWriter, DirCache, Learner, Record};
+use crate::hash::dircache::{
+    self, BlockOut, BlockWriter, DirCache, Known as Recorded, Learner, Record,
+};
 use crate::hash::read_files;
 use crate::hash::stamp::{Stamp, is_racy};
 use crate::model::{Entry, Kind, Meta, PassStats, Side};
@@ -67,6 +69,9 @@ struct Pair<'l> {
     /// Both sides' digests came from the cache: neither file changed since a pass left
     /// both alike, extended attributes included.
     unchanged: bool,
+    /// The stamps the cache holds for what came from it (with the attributes' digests,
+    /// which the listing does not read).
+    recorded: [Option<Stamp>; 2],
     /// Reading one side failed: nothing is done with this name.
     failed: bool,
 }
@@ -415,10 +420,10 @@ impl Walk<'_> {
             let mut sides = [None, None];
             for (side, _) in SIDES {
                 let s = side as usize;
-                if let (Some(e), Some(d), true) = ([p.src, p.dst][s], p.digests[s], p.cacheable[s])
+                if let (Some(e), Some(d), true) = ([src, dst][s], p.digests[s], p.cacheable[s])
                     && e.kind == Kind::File
                 {
-                    sides[s] = Some((Stamp::of(e), d));
+                    sides[s] = Some((p.recorded[s].unwrap_or_else(|| Stamp::of(e)), d));
                 }
             }
             // Files alike in content whose metadata is set this pass: BACKUP's stamp is learnt
@@ -627,14 +632,14 @@ impl Walk<'_> {
         dst_list: &'l [(OsString, Entry)],
         old: &[Record<&[u8]>],
     ) -> Vec<Pair<'l>> {
-        let hit = |side: Side, record: Option<&Record<&[u8]>>, entry: &Entry| -> Option<Digest> {
+        let hit = |side: Side, record: Option<&Record<&[u8]>>, entry: &Entry| -> Option<Recorded> {
             if self.opts.checksum || entry.kind != Kind::File {
                 return None;
             }
             match record?.sides[side as usize] {
-                Some((stamp, digest)) if stamp == Stamp::of(entry) => {
+                Some((stamp, digest)) if stamp.holds(entry) => {
                     bump(&self.cache_hits);
-                    Some(digest)
+                    Some((stamp, digest))
                 }
                 _ => None,
             }
@@ -668,16 +673,18 @@ impl Walk<'_> {
                 }
             };
             let record = dircache::seek_record(old, &mut k, name.as_bytes());
-            let digests = [
+            let hits = [
                 src.and_then(|e| hit(Side::Source, record, e)),
                 dst.and_then(|e| hit(Side::Backup, record, e)),
             ];
+            let digests = hits.map(|h| h.map(|(_, digest)| digest));
             pairs.push(Pair {
                 name,
                 src,
                 dst,
                 cacheable: digests.map(|d| d.is_some()),
                 unchanged: digests.iter().all(Option::is_some),
+                recorded: hits.map(|h| h.map(|(stamp, _)| stamp)),
                 digests,
                 failed: false,
             });
