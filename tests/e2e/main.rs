@@ -5,6 +5,7 @@ mod util;
 mod attacks;
 mod depth;
 mod faithful;
+mod faithful_twoway;
 mod faithful_versions;
 mod faults;
 mod limits;

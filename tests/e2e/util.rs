@@ -1137,7 +1137,8 @@ pub fn assert_trees_equal(a: &Path, b: &Path) -> TestResult {
 }
 
 /// The two-way version of [`assert_trees_equal`]: the same, except that directory mtimes are
-/// not compared (twoway does not carry them: they move with every change inside).
+/// not compared (they move with every change inside; `faithful_twoway` checks them, through
+/// rsync).
 pub fn assert_synced(a: &Path, b: &Path) -> TestResult {
     let sa = without_dir_mtimes(snapshot(a)?);
     let sb = without_dir_mtimes(snapshot(b)?);

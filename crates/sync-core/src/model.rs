@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use checksum::Digest;
 
 /// Which root of the pair.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Side {
     /// The SOURCE root.
     Source = 0,

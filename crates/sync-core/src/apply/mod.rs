@@ -78,6 +78,19 @@ impl Target {
     fn report_copies(self) -> bool {
         self != Target::Mirror
     }
+    /// Whether giving a directory seen as `seen` the metadata `want` is an operation of its
+    /// own, logged and counted. In a two-way pass a directory's time alone is not: it moves
+    /// with every entry added or removed, on both sides, and is set back with them.
+    fn dir_logged(self, seen: Option<&Entry>, want: Meta) -> bool {
+        match (seen, self) {
+            (None, _) => false,
+            (Some(seen), Target::Sync) => seen.meta_differs(&Meta {
+                mtime: seen.mtime,
+                ..want
+            }),
+            (Some(seen), _) => seen.meta_differs(&want),
+        }
+    }
 }
 
 /// What applying did.
@@ -195,10 +208,10 @@ impl Applier<'_> {
         for step in steps.iter() {
             let logged = match step {
                 Step::Dir {
-                    seen: Some(seen),
+                    seen,
                     want: Some(want),
                     ..
-                } => dir_differs(Some(seen), *want),
+                } => self.target.dir_logged(seen.as_ref(), *want),
                 Step::Dir { .. } => false,
                 _ => true,
             };
@@ -566,8 +579,12 @@ impl<'a> Run<'a> {
                 })
                 .map(|made| match made {
                     Some(_) => Done::AsPlanned,
-                    // Counted for the pass's warning.
-                    None => Done::Nothing,
+                    // Counted for the pass's warning. Nothing stands for it: a two-way archive
+                    // must not record it as there, or the next pass would take it for deleted.
+                    None => {
+                        self.mark_failed(rel);
+                        Done::Nothing
+                    }
                 }),
             Step::Link {
                 existing,
@@ -836,7 +853,7 @@ impl<'a> Run<'a> {
             .and_then(|xattrs| self.tree(*side).finish_dir(rel, want, xattrs.as_ref()));
         match set {
             Ok(()) => {
-                if seen.is_some() && differs {
+                if self.at.target.dir_logged(seen.as_ref(), *want) {
                     if self.at.target.log_steps() {
                         log::info!("{}", step.describe(self.at.target.name_sides()));
                     }

@@ -1,16 +1,23 @@
-//! One two-way pass (SPEC §4): scan both sides, hash, reconcile against the archive, check the
-//! refusals, apply with the safe operations, and record in the archive what was really done.
+//! One two-way pass (SPEC §4): scan both sides, hash, reconcile against the archive, keep hard
+//! links, check the refusals, apply with the safe operations, and record in the archive what
+//! was really done.
+//!
+//! The roots are reconciled as any directory (their mode, owner, attributes and time), under
+//! the empty path. An archive that has no record of them (a first pass, or one written before
+//! they were recorded) counts the root of a side that holds nothing, else BACKUP's, as the
+//! one synced: the other side's root, SOURCE's where both hold something, gives its metadata.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::apply::{Applied, Applier, Target};
 use crate::display::Escaped;
 use crate::error::Error;
 use crate::hash::dircache::{DirCache, Learner, tree_digests};
-use crate::model::{Item, ItemList, Items, Kind, PassStats, Side};
+use crate::model::{Entry, Item, ItemList, Items, Kind, PassStats, Side};
 use crate::pass::PassOptions;
-use crate::plan::reconcile::{Plan, Policy, Verdict, reconcile};
+use crate::plan::links::keep_links;
+use crate::plan::reconcile::{Conflict, Contest, Plan, Policy, Verdict, reconcile};
 use crate::plan::refuse::{self, Refusal};
 use crate::plan::step::{Known, Step, Steps};
 use crate::scan::{self, Scanned};
@@ -33,29 +40,95 @@ pub struct TwowayOptions {
 /// the archive never records it: the copy that reads the file gives the real one.
 const UNREAD: checksum::Digest = [0; 32];
 
-/// Turns a scanned tree and its digests (one per entry, in the tree's order) into the items
-/// reconcile compares. Files whose digest is missing are left out (unreadable: the caller
-/// protects their paths), or carry [`UNREAD`] where `unread` marks them.
+/// Turns a scanned tree (whose root is `root`) and its digests (one per entry, in the tree's
+/// order) into the items reconcile compares, the root first under the empty path. Files whose
+/// digest is missing are left out (unreadable: the caller protects their paths), or carry
+/// [`UNREAD`] where `unread` marks them.
 fn items_of<'t>(
+    root: &Entry,
     tree: &'t Scanned,
     digests: &[Option<checksum::Digest>],
     unread: &[bool],
 ) -> ItemList<'t> {
-    let items = tree
-        .entries
-        .iter()
-        .zip(digests)
-        .zip(unread)
-        .filter_map(|(((rel, e), digest), &unread)| {
-            let digest = match digest {
-                Some(d) => Some(*d),
-                None if unread => Some(UNREAD),
-                None => None,
-            };
-            Some((rel.as_path(), Item::of(e, digest)?))
-        })
+    let root = Item::of(root, None).map(|item| (Path::new(""), item));
+    let items = root
+        .into_iter()
+        .chain(tree.entries.iter().zip(digests).zip(unread).filter_map(
+            |(((rel, e), digest), &unread)| {
+                let digest = match digest {
+                    Some(d) => Some(*d),
+                    None if unread => Some(UNREAD),
+                    None => None,
+                };
+                Some((rel.as_path(), Item::of(e, digest)?))
+            },
+        ))
         .collect();
     ItemList::from_sorted(items)
+}
+
+/// Gives `archived` a record of the roots where it has none: the metadata of the root that is
+/// to take the other's (see the module's doc).
+fn archive_roots(archived: &mut Items, roots: &[Entry; 2], src: &Scanned, dst: &Scanned) {
+    let root = PathBuf::new();
+    if archived.contains_key(&root) {
+        return;
+    }
+    let from_backup = src.entries.is_empty() && !dst.entries.is_empty();
+    let synced = &roots[if from_backup { 0 } else { 1 }];
+    archived.insert(
+        root,
+        Item::Dir {
+            meta: synced.meta(),
+        },
+    );
+}
+
+/// The log line of a conflict.
+fn describe_conflict(c: &Conflict, dry_run: bool) -> String {
+    let why = match c.verdict {
+        Verdict::Policy(Policy::Newer) => "newer",
+        Verdict::Policy(Policy::Source) => "source",
+        Verdict::Policy(Policy::Backup) => "backup",
+        Verdict::Directory => "directory",
+    };
+    let prefix = if dry_run { "dry run: " } else { "" };
+    let rel = match &c.rel {
+        root if root.as_os_str().is_empty() => Escaped(Path::new(".")),
+        rel => Escaped(rel.as_path()),
+    };
+    let (winner, loser) = (c.winner.name(), c.winner.other().name());
+    match &c.contest {
+        Contest::Content { saved_as } => format!(
+            "{prefix}conflict on {rel}: kept the {winner} version ({why}); the {loser} version is \
+             saved as {} on both sides",
+            Escaped(saved_as)
+        ),
+        Contest::Metadata { fields, lost } => {
+            let mut values = Vec::new();
+            if fields.mode {
+                values.push(format!("mode {:04o}", lost.mode));
+            }
+            if fields.owner {
+                let id = |n: u32| match n {
+                    crate::model::NOT_CARRIED => "-".to_string(),
+                    n => n.to_string(),
+                };
+                values.push(format!("owner {}:{}", id(lost.uid), id(lost.gid)));
+            }
+            if fields.xattrs {
+                values.push("extended attributes".to_string());
+            }
+            format!(
+                "{prefix}conflict on {rel}: both sides changed its {fields}: kept the {winner} \
+                 {fields} ({why}); the {loser} {} replaced on both sides",
+                match values.len() {
+                    1 => format!("{} is", values[0]),
+                    _ => format!("{} are", values.join(" and ")),
+                }
+            )
+        }
+    }
 }
 
 /// Marks, for each entry of `tree` (in its order), whether it is a file that only this side
@@ -77,6 +150,19 @@ fn unread_files(tree: &Scanned, other: &Scanned, archived: &Items) -> Vec<bool> 
 /// refusal of SPEC §8 applies without `force`. Per-entry faults are logged and counted; their
 /// archive entries stay as they were, so they are retried next pass.
 pub fn twoway_pass(
+    opts: &PassOptions,
+    sync: &TwowayOptions,
+    dir_cache: &mut DirCache,
+) -> Result<PassStats, Error> {
+    let done = pass(opts, sync, dir_cache);
+    // What the scan found and the applier could not give, once, whatever the pass came to.
+    let trees: [&dyn Tree; 2] = [opts.tree(Side::Source), opts.tree(Side::Backup)];
+    super::warn_dropped(&trees);
+    done
+}
+
+/// [`twoway_pass`] but for its warnings of what could not be carried.
+fn pass(
     opts: &PassOptions,
     sync: &TwowayOptions,
     dir_cache: &mut DirCache,
@@ -108,9 +194,20 @@ pub fn twoway_pass(
     );
     let archived = archived?;
     let first_pass = archived.is_none();
-    let archived = archived.unwrap_or_default();
+    let mut archived = archived.unwrap_or_default();
     let (src, dst) = (src?, dst?);
-    super::warn_dropped(&trees);
+    // The roots themselves, which the scans list the entries of.
+    let root_of = |side: Side| {
+        trees[side as usize]
+            .stat(Path::new(""))
+            .map_err(|source| Error::ListRoot {
+                role: side.name(),
+                path: opts.root(side).to_path_buf(),
+                source,
+            })
+    };
+    let roots = [root_of(Side::Source)?, root_of(Side::Backup)?];
+    archive_roots(&mut archived, &roots, &src, &dst);
 
     let mut stats = PassStats {
         conflicts: Some(0),
@@ -169,8 +266,8 @@ pub fn twoway_pass(
         }
     }
     let (src_items, dst_items) = rayon::join(
-        || items_of(&src, src_digests, &src_unread),
-        || items_of(&dst, dst_digests, &dst_unread),
+        || items_of(&roots[0], &src, src_digests, &src_unread),
+        || items_of(&roots[1], &dst, dst_digests, &dst_unread),
     );
 
     let stamp = crate::display::local_now()
@@ -188,20 +285,7 @@ pub fn twoway_pass(
     refuse_mass_deletion(opts, &plan, &src_items, &dst_items)?;
 
     for c in &plan.conflicts {
-        let why = match c.verdict {
-            Verdict::Policy(Policy::Newer) => "newer",
-            Verdict::Policy(Policy::Source) => "source",
-            Verdict::Policy(Policy::Backup) => "backup",
-            Verdict::Directory => "directory",
-        };
-        log::warn!(
-            "{}conflict on {}: kept the {} version ({why}); the {} version is saved as {} on both sides",
-            if opts.dry_run { "dry run: " } else { "" },
-            Escaped(&c.rel),
-            c.winner.name(),
-            c.winner.other().name(),
-            Escaped(&c.saved_as)
-        );
+        log::warn!("{}", describe_conflict(c, opts.dry_run));
     }
     stats.conflicts = Some(plan.conflicts.len() as u64);
 
@@ -209,10 +293,14 @@ pub fn twoway_pass(
     // before it acts on them. A file left unread is hashed by its copy, which says what the
     // archive records.
     let tree = |side: Side| if side == Side::Source { &src } else { &dst };
-    let mut steps = Steps::default();
+    let seen = |side: Side, rel: &Path| match rel.as_os_str().is_empty() {
+        true => Some(&roots[side as usize]),
+        false => tree(side).entries.get(rel),
+    };
+    let mut bound = Vec::with_capacity(plan.steps.len());
     for step in std::mem::take(&mut plan.steps) {
         let rel = step.rel().to_path_buf();
-        match step.bind(|side, rel, _| tree(side).entries.get(rel).cloned()) {
+        match step.bind(|side, rel, _| seen(side, rel).cloned()) {
             Some(mut step) => {
                 if let Step::Copy {
                     side, rel, known, ..
@@ -221,12 +309,21 @@ pub fn twoway_pass(
                 {
                     *known = Known::Unread;
                 }
-                steps.push(step);
+                bound.push(step);
             }
             // Reconcile plans only with what the scan saw.
             None => unreachable!("{} planned without being scanned", rel.display()),
         }
     }
+    let linked = [&src, &dst].map(|tree| {
+        tree.entries
+            .iter()
+            .filter(|(_, e)| e.is_linked())
+            .map(|(rel, e)| (rel.as_path(), e))
+            .collect::<Vec<_>>()
+    });
+    keep_links(&mut bound, [&linked[0], &linked[1]], seen);
+    let mut steps: Steps = bound.into_iter().collect();
     steps.sort();
     let applier = Applier {
         trees,
@@ -248,17 +345,46 @@ pub fn twoway_pass(
             journal.display()
         );
     }
+    // Metadata first: a copy whose other side changed the file's metadata reads the file once
+    // it has the merged metadata (see `Plan::steps`).
+    let state = applier.begin();
+    let (metadata, copies): (Vec<Step>, Vec<Step>) = std::mem::take(&mut steps.transfers)
+        .into_iter()
+        .partition(|step| matches!(step, Step::SetMeta { .. }));
+    steps.transfers = metadata;
+    applier.now(&state, &steps);
+    applier.now(&state, &copies.into_iter().collect());
     let Applied {
         operations,
         errors,
         failed,
         read_by_copies,
-    } = applier.apply(&steps);
+    } = applier.finish(state, &steps.links, &steps.dirs);
     temp::end_temp_journal(&journal);
     stats.operations += operations;
     stats.errors += errors;
     stats.interrupted = signal::stop_requested();
     let was_unread = |rel: &Path| unread.iter().any(|side| side.contains(rel));
+    // A file left unread that was linked (not copied) holds what the name it was linked to
+    // holds: what that one's copy read, or what both sides held there.
+    let linked_items: HashMap<&Path, Item> = steps
+        .links
+        .iter()
+        .filter_map(|step| match step {
+            Step::Link { rel, existing, .. } if was_unread(rel) => {
+                let item = match read_by_copies.get(existing) {
+                    Some(item) => item.clone(),
+                    None if was_unread(existing) => return None,
+                    None => match plan.finals.get(existing) {
+                        Some(fin) => fin.clone()?,
+                        None => archived.get(existing)?.clone(),
+                    },
+                };
+                Some((rel.as_path(), item))
+            }
+            _ => None,
+        })
+        .collect();
 
     let mut blocks = digests.blocks;
     learner.record_into(&mut blocks, dir_cache);
@@ -292,10 +418,12 @@ pub fn twoway_pass(
             let fin = match fin {
                 // What the copy read, or nothing: a file left unread whose copy did not
                 // happen keeps no entry, and is found new again next pass.
-                Some(Item::File { .. }) if was_unread(rel) => match read_by_copies.get(rel) {
-                    Some(item) => Some(item),
-                    None => continue,
-                },
+                Some(Item::File { .. }) if was_unread(rel) => {
+                    match read_by_copies.get(rel).or(linked_items.get(rel.as_path())) {
+                        Some(item) => Some(item),
+                        None => continue,
+                    }
+                }
                 fin => fin.as_ref(),
             };
             changed = true;

@@ -1,5 +1,7 @@
 //! The two-way archive: what both sides held after the last completed pass, per path (kind,
-//! size, mtime, mode, SHA-256, link target), bound to the two canonical roots.
+//! size, mtime, mode, owner, extended attributes, SHA-256, link target), the roots' own
+//! metadata under the empty path (written `.`, first; archives written before it was recorded
+//! have none), bound to the two canonical roots.
 //!
 //! A text file in the state directory, `.twoway-archive-<hash of the roots>.txt`: a header
 //! naming both roots, one [`crate::state::text`] line per entry, and an `end N` trailer so that a
@@ -12,7 +14,9 @@ use sha2::{Digest as _, Sha256};
 
 use crate::error::Error;
 use crate::model::Items;
-use crate::state::text::{decode_item, decode_path, encode_item, encode_path, write_atomically};
+use crate::state::text::{
+    decode_item, decode_path, decode_root, encode_item, encode_path, write_atomically,
+};
 
 const HEADER: &str = "twoway-archive 1";
 
@@ -84,8 +88,12 @@ pub fn load(path: &Path, source: &Path, backup: &Path) -> Result<Option<Items>, 
             }
             return Ok(Some(entries.into_iter().collect()));
         }
-        let (rel, item) =
-            decode_item(line).ok_or_else(|| damaged(format!("line {n}: bad entry")))?;
+        let decoded = match decode_item(line) {
+            // The root comes first, if at all.
+            None if entries.is_empty() => decode_root(line).map(|root| (PathBuf::new(), root)),
+            decoded => decoded,
+        };
+        let (rel, item) = decoded.ok_or_else(|| damaged(format!("line {n}: bad entry")))?;
         if let Some((last, _)) = entries.last()
             && crate::model::path_order(last, &rel) != std::cmp::Ordering::Less
         {
@@ -136,6 +144,15 @@ mod tests {
                 digest: [1; 32],
                 size: 3,
                 meta: Meta::plain(0o644, Timestamp { secs: 1, nanos: 2 }),
+            },
+        );
+        save(&path, s, b, &items).unwrap();
+        assert_eq!(load(&path, s, b).unwrap(), Some(items.clone()));
+        // The roots' metadata, under the empty path.
+        items.insert(
+            PathBuf::new(),
+            Item::Dir {
+                meta: Meta::plain(0o750, Timestamp { secs: 5, nanos: 0 }),
             },
         );
         save(&path, s, b, &items).unwrap();

@@ -6,7 +6,8 @@
 //! socket, `c<dev>` or `b<dev>` a device, its number in hex); modes in octal, mtimes as
 //! `secs.nanos`. Where owners or extended attributes are carried, the line ends with
 //! `+<uid>:<gid>:<xattrs>` (`-` for what is not carried; the attributes' digest in hex): lines
-//! written before they were carried read as carrying none. Paths and link targets
+//! written before they were carried read as carrying none. The root of a tree, where a
+//! listing records it (the two-way archive), is the directory named `.`. Paths and link targets
 //! are percent-encoded bytes, so any name (newlines, spaces, bytes that are not UTF-8)
 //! round-trips exactly, and a line never holds a space that is not a separator.
 
@@ -23,7 +24,11 @@ use crate::model::{Item, Meta, NOT_CARRIED, Node, Timestamp};
 /// Appends the line of one entry (with its newline) to `out`, with no allocation of its own:
 /// a two-way pass writes one line per entry of its archive.
 pub fn encode_item(out: &mut String, rel: &Path, item: &Item) {
-    let path = rel.as_os_str().as_bytes();
+    let path = match rel.as_os_str().as_bytes() {
+        // The root has no name: it is written `.`, which no entry below it is.
+        b"" => ROOT.as_bytes(),
+        path => path,
+    };
     let meta = item.meta();
     let (mode, mtime) = (meta.mode, meta.mtime);
     let _ = match item {
@@ -90,7 +95,21 @@ fn push_hex(out: &mut String, bytes: &[u8]) {
 /// Parses the line of one entry; `None` if it is malformed, or if its path is not a plain
 /// relative path (a listing must never point outside its tree).
 pub fn decode_item(line: &str) -> Option<(PathBuf, Item)> {
-    parse_item(line)
+    parse_item(line, parse_path)
+}
+
+/// How [`encode_item`] names the root of a tree (the empty path): a name no entry has.
+pub const ROOT: &str = ".";
+
+/// Parses the line [`encode_item`] writes for the root of a tree (a directory named
+/// [`ROOT`]); `None` for any other line. Only a listing that records its root (the two-way
+/// archive) reads it: [`decode_item`] refuses the name.
+pub fn decode_root(line: &str) -> Option<Item> {
+    let root = |s: &str| (s == ROOT).then(PathBuf::new);
+    match parse_item(line, root)? {
+        (_, item @ Item::Dir { .. }) => Some(item),
+        _ => None,
+    }
 }
 
 /// The name prefix of the temporary file [`write_atomically`] renames into place; a leftover
@@ -191,7 +210,7 @@ fn parse_path(s: &str) -> Option<PathBuf> {
     plain.then(|| PathBuf::from(OsString::from_vec(bytes)))
 }
 
-fn parse_item(line: &str) -> Option<(PathBuf, Item)> {
+fn parse_item(line: &str, parse_path: impl Fn(&str) -> Option<PathBuf>) -> Option<(PathBuf, Item)> {
     let mut f = line.split(' ');
     let meta = |mode, mtime| Meta::plain(mode, mtime);
     let (rel, item) = match f.next()? {
@@ -343,6 +362,25 @@ mod tests {
             3,
             "one line per entry, whatever the names hold"
         );
+    }
+
+    #[test]
+    fn the_root_is_written_as_a_dot_and_read_only_as_the_root() {
+        let meta = Meta {
+            uid: 65534,
+            gid: 7,
+            xattrs: 0xab,
+            ..Meta::plain(0o750, Timestamp { secs: 3, nanos: 4 })
+        };
+        let root = Item::Dir { meta };
+        let mut line = String::new();
+        encode_item(&mut line, Path::new(""), &root);
+        assert_eq!(line, "D 750 3.000000004 . +65534:7:ab\n");
+        assert_eq!(decode_root(line.trim_end()), Some(root));
+        // A manifest never names its root, nor anything `.`.
+        assert_eq!(decode_item(line.trim_end()), None);
+        assert_eq!(decode_root("D 750 3.000000004 a"), None);
+        assert_eq!(decode_root("F 00 1 644 3.000000004 ."), None);
     }
 
     #[test]
