@@ -47,7 +47,9 @@ pub fn versioned_pass(
     store.clean();
 
     let source_tree = opts.tree(Side::Source);
-    let tree = scan::scan(source_tree, "SOURCE", &opts.filter)?;
+    // Files' attributes are taken from the hash cache where their stamps held, and read with
+    // their content otherwise (see `tree_digests`).
+    let mut tree = scan::scan_lazily(source_tree, "SOURCE", &opts.filter)?;
     let mut stats = PassStats::default();
     for (rel, err) in &tree.unlistable {
         log::error!("cannot list {} in SOURCE: {err}", Escaped(rel));
@@ -85,6 +87,7 @@ pub fn versioned_pass(
         log::error!("cannot read {}: {err}", Escaped(rel));
     }
     stats.errors += digests.failed.len() as u64;
+    tree.entries.set_xattrs(&digests.xattrs[0]);
     stats.hashed = digests.hashed;
     stats.cache_hits = digests.cache_hits;
     let items: Items = tree

@@ -26,7 +26,7 @@ use crate::hash::read_files;
 use crate::hash::stamp::{Reader, Stamp, Timestamps, encode_stamp, is_racy};
 use crate::model::{Entry, Kind, Side};
 use crate::scan::Scanned;
-use crate::tree::Tree;
+use crate::tree::{Tree, meta};
 
 /// Version 2: a stamp also records the digest of the file's extended attributes, and a
 /// record of both sides of a file says that the pass left their attributes alike (passes read
@@ -591,12 +591,17 @@ fn merge_learnt(records: Vec<Record>, learnt: &[Learnt]) -> Vec<Record> {
 }
 
 /// The digests of every file of two scanned trees, per side.
-pub struct TreeDigests<'t> {
+pub struct TreeDigests {
     /// SOURCE and BACKUP: for each entry of the tree, in the tree's order, its digest (`None`
     /// for what is not a file, could not be read, or was left unread).
     pub sides: [Vec<Option<Digest>>; 2],
+    /// Where a scan left files' extended attributes unread: the digests of those of each file
+    /// whose content digest is known, by its index in the tree (see [`Entries::set_xattrs`]).
+    ///
+    /// [`Entries::set_xattrs`]: crate::scan::Entries::set_xattrs
+    pub xattrs: [Vec<(usize, u64)>; 2],
     /// Files that could not be read.
-    pub failed: Vec<(Side, &'t Path, io::Error)>,
+    pub failed: Vec<(Side, PathBuf, io::Error)>,
     /// How each directory's block ends, for [`DirCache::save`].
     pub blocks: Vec<(Box<[u8]>, BlockOut)>,
     /// Files read.
@@ -620,7 +625,7 @@ pub fn tree_digests<'t>(
     trees: [&dyn Tree; 2],
     scans: [&'t Scanned; 2],
     unread: [&[bool]; 2],
-) -> TreeDigests<'t> {
+) -> TreeDigests {
     // The files of each directory, both sides. A tree lists a directory's files together
     // (only its subdirectories' subtrees come between them), so the directory is looked up
     // again only when it changes.
@@ -664,7 +669,7 @@ pub fn tree_digests<'t>(
                     match hit {
                         Some(known) => {
                             hits.push((side, name, known));
-                            found.push((side, i, rel, Ok(known.1)));
+                            found.push((side, i, rel, Ok((known.1, known.0.xattrs))));
                         }
                         None if unread[side as usize].get(i).copied().unwrap_or(false) => {}
                         None => reads.push((side, i, rel, name, entry)),
@@ -686,6 +691,16 @@ pub fn tree_digests<'t>(
                 .zip(reads)
                 .map(|((result, started), (side, i, rel, name, entry))| {
                     let cacheable = !is_racy(entry, started, learner.stamps(side));
+                    // Read after the content: a change of attribute since moves the change
+                    // time, which the next pass sees.
+                    let result = result.and_then(|digest| {
+                        let xattrs = if scans[side as usize].file_xattrs {
+                            entry.xattrs
+                        } else {
+                            meta::xattr_digest(&trees[side as usize].xattrs(rel)?)
+                        };
+                        Ok((digest, xattrs))
+                    });
                     (side, i, rel, name, entry, result, cacheable)
                 })
                 .collect();
@@ -695,9 +710,12 @@ pub fn tree_digests<'t>(
                 known.entry(name).or_default()[side as usize] = Some(k);
             }
             for (side, i, rel, name, entry, result, cacheable) in results {
-                if let (Ok(digest), true) = (&result, cacheable) {
-                    known.entry(name).or_default()[side as usize] =
-                        Some((Stamp::of(entry), *digest));
+                if let (Ok((digest, xattrs)), true) = (&result, cacheable) {
+                    let stamp = Stamp {
+                        xattrs: *xattrs,
+                        ..Stamp::of(entry)
+                    };
+                    known.entry(name).or_default()[side as usize] = Some((stamp, *digest));
                 }
                 found.push((side, i, rel, result));
             }
@@ -720,6 +738,7 @@ pub fn tree_digests<'t>(
 
     let mut out = TreeDigests {
         sides: scans.map(|t| vec![None; t.entries.len()]),
+        xattrs: [Vec::new(), Vec::new()],
         failed: Vec::new(),
         blocks: Vec::new(),
         hashed: 0,
@@ -733,8 +752,13 @@ pub fn tree_digests<'t>(
         out.hashed += hashed;
         for (side, i, rel, result) in found {
             match result {
-                Ok(digest) => out.sides[side as usize][i] = Some(digest),
-                Err(err) => out.failed.push((side, rel, err)),
+                Ok((digest, xattrs)) => {
+                    out.sides[side as usize][i] = Some(digest);
+                    if !scans[side as usize].file_xattrs {
+                        out.xattrs[side as usize].push((i, xattrs));
+                    }
+                }
+                Err(err) => out.failed.push((side, rel.to_path_buf(), err)),
             }
         }
     }

@@ -59,13 +59,22 @@ pub fn read_files(
 /// Opens the hash cache of the pair (`source`, `backup`, canonical roots) in the user's cache
 /// directory (`$XDG_CACHE_HOME/oneway`, else `~/.cache/oneway`); one kept in memory only, with
 /// a warning, when there is no such directory outside both roots.
-pub fn open(source: &Path, backup: &Path) -> DirCache {
+///
+/// A two-way pair has a cache apart from a mirror of the same two roots: what each records of
+/// a file's attributes is what that kind of pass left alike (the mirror's records are only
+/// ever compared by the mirror).
+pub fn open(source: &Path, backup: &Path, two_way: bool) -> DirCache {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .and_then(|base| std::path::absolute(base).ok());
     match base.and_then(|base| location_in(&base, source, backup)) {
+        Some((path, tag)) if two_way => {
+            let mut tag = tag;
+            tag.extend_from_slice(b"\0two-way");
+            DirCache::open(path.with_extension("two-way.dircache"), tag)
+        }
         Some((path, tag)) => open_at(&path, tag),
         None => {
             log::warn!(

@@ -187,15 +187,17 @@ fn pass(
         || archive::load(&sync.archive, &opts.source, &opts.backup),
         || {
             rayon::join(
-                || scan::scan(trees[0], "SOURCE", &opts.filter),
-                || scan::scan(trees[1], "BACKUP", &opts.filter),
+                // Files' attributes are taken from the hash cache where their stamps held,
+                // and read with their content otherwise (see `tree_digests`).
+                || scan::scan_lazily(trees[0], "SOURCE", &opts.filter),
+                || scan::scan_lazily(trees[1], "BACKUP", &opts.filter),
             )
         },
     );
     let archived = archived?;
     let first_pass = archived.is_none();
     let mut archived = archived.unwrap_or_default();
-    let (src, dst) = (src?, dst?);
+    let (mut src, mut dst) = (src?, dst?);
     // The roots themselves, which the scans list the entries of.
     let root_of = |side: Side| {
         trees[side as usize]
@@ -244,6 +246,8 @@ fn pass(
         log::error!("cannot read {} in {}: {err}", Escaped(rel), side.name());
         stats.errors += 1;
     }
+    src.entries.set_xattrs(&digests.xattrs[0]);
+    dst.entries.set_xattrs(&digests.xattrs[1]);
     stats.hashed = digests.hashed;
     stats.cache_hits = digests.cache_hits;
     let [src_digests, dst_digests] = &digests.sides;

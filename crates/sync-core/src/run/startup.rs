@@ -131,7 +131,7 @@ impl Session {
         if let Err(err) = signal::install() {
             log::warn!("cannot handle Ctrl+C: {err}");
         }
-        let cache = hash::open(&source, &backup);
+        let cache = hash::open(&source, &backup, setup.program == Program::Twoway);
         if let Some(dir) = &state_dir {
             remove_stale_state_temps(dir);
         }

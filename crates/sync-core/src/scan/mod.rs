@@ -6,4 +6,4 @@ pub mod filter;
 pub mod walk;
 
 pub use filter::Filter;
-pub use walk::{Entries, Scanned, scan};
+pub use walk::{Entries, Scanned, scan, scan_lazily};

@@ -1,6 +1,6 @@
 //! Walking one tree into its entries by relative path, in path order, without following links.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -20,6 +20,9 @@ pub struct Scanned {
     pub entries: Entries,
     /// Directories whose listing failed: their content is unknown, never empty.
     pub unlistable: Vec<(PathBuf, io::Error)>,
+    /// The extended attributes of files were read (else their `xattrs` is 0 until
+    /// [`Entries::set_xattrs`] gives them).
+    pub file_xattrs: bool,
 }
 
 impl Scanned {
@@ -66,6 +69,16 @@ impl Entries {
         self.0.len()
     }
 
+    /// Gives the entries at these indexes (in path order) the digests of their extended
+    /// attributes, where a scan left them unread.
+    pub fn set_xattrs(&mut self, known: &[(usize, u64)]) {
+        for &(i, xattrs) in known {
+            if let Some((_, entry)) = self.0.get_mut(i) {
+                entry.xattrs = xattrs;
+            }
+        }
+    }
+
     /// True when the root holds nothing (that the filter lets through).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -98,22 +111,43 @@ impl IntoIterator for Entries {
 /// Fails only if the root itself cannot be listed; a subdirectory that cannot be listed is
 /// recorded in [`Scanned::unlistable`], and an entry that vanishes during the scan is left out.
 pub fn scan(tree: &dyn Tree, role: &'static str, filter: &Filter) -> Result<Scanned, Error> {
+    scan_with(tree, role, filter, true)
+}
+
+/// As [`scan`], without reading the extended attributes of files: for a pass that takes
+/// those of unchanged files from the hash cache (see [`crate::hash::dircache::tree_digests`]).
+pub fn scan_lazily(tree: &dyn Tree, role: &'static str, filter: &Filter) -> Result<Scanned, Error> {
+    scan_with(tree, role, filter, false)
+}
+
+fn scan_with(
+    tree: &dyn Tree,
+    role: &'static str,
+    filter: &Filter,
+    file_xattrs: bool,
+) -> Result<Scanned, Error> {
     let root = Path::new("");
-    let children = tree
-        .list(root, &|name| filter.excludes_child(root, name))
-        .map_err(|source| Error::ListRoot {
-            role,
-            path: PathBuf::from(tree.name()),
-            source,
-        })?;
+    let skip = |name: &OsStr| filter.excludes_child(root, name);
+    let children = if file_xattrs {
+        tree.list(root, &skip)
+    } else {
+        tree.list_without_file_xattrs(root, &skip)
+    }
+    .map_err(|source| Error::ListRoot {
+        role,
+        path: PathBuf::from(tree.name()),
+        source,
+    })?;
     let lister = Lister {
         tree,
         filter,
+        file_xattrs,
         next_id: AtomicUsize::new(1),
         done: Mutex::new(Done::default()),
     };
     rayon::scope(|scope| lister.take(scope, 0, root, children));
-    let scanned = lister.assemble();
+    let mut scanned = lister.assemble();
+    scanned.file_xattrs = file_xattrs;
     debug_assert!(
         scanned
             .entries
@@ -132,6 +166,8 @@ pub fn scan(tree: &dyn Tree, role: &'static str, filter: &Filter) -> Result<Scan
 struct Lister<'a> {
     tree: &'a dyn Tree,
     filter: &'a Filter,
+    /// Read files' extended attributes too.
+    file_xattrs: bool,
     next_id: AtomicUsize,
     done: Mutex<Done>,
 }
@@ -161,10 +197,13 @@ enum Listing {
 impl Lister<'_> {
     /// Lists the directory `rel` (id `id`), then hands its subdirectories to new tasks.
     fn list<'s>(&'s self, scope: &rayon::Scope<'s>, id: usize, rel: PathBuf) {
-        match self
-            .tree
-            .list(&rel, &|name| self.filter.excludes_child(&rel, name))
-        {
+        let skip = |name: &OsStr| self.filter.excludes_child(&rel, name);
+        let listed = if self.file_xattrs {
+            self.tree.list(&rel, &skip)
+        } else {
+            self.tree.list_without_file_xattrs(&rel, &skip)
+        };
+        match listed {
             Ok(children) => self.take(scope, id, &rel, children),
             Err(err) => self.done(id, Listing::Unlistable(rel, err), Vec::new()),
         }
@@ -265,6 +304,7 @@ impl Lister<'_> {
         Scanned {
             entries: Entries(entries),
             unlistable,
+            file_xattrs: self.file_xattrs,
         }
     }
 }
