@@ -286,3 +286,37 @@ fn a_new_directory_keeps_no_acl_its_original_lacks() -> TestResult {
     );
     expect_faithful("BACKUP", &env.src, &env.dst, &run)
 }
+
+/// `--no-xattrs` leaves attributes and ACLs behind, `--no-group` groups; the rest is carried.
+#[test]
+fn what_the_options_turn_off_is_left_behind() -> TestResult {
+    let env = Env::new()?;
+    rich_tree(&env.src)?;
+    let run = env.once(&[&"--no-xattrs", &"--no-group"])?;
+    run.expect_code(0)?;
+    let d = &env.dst;
+    ensure!(
+        xattrs_of(&d.join("attrs/tagged.txt"))?.is_empty()
+            && xattrs_of(&d.join("attrs/acl.txt"))?.is_empty(),
+        "--no-xattrs carried attributes or ACLs\n{run}"
+    );
+    let own = fs::symlink_metadata(d.join("theirs/own.txt"))?;
+    ensure!(
+        own.uid() == NOBODY && own.gid() == 0,
+        "with --no-group, the user's file should keep its owner and get root's group: {}:{}\n{run}",
+        own.uid(),
+        own.gid()
+    );
+    // The setgid directory of another group loses its bit: its copy is not of that group.
+    ensure!(
+        fs::symlink_metadata(d.join("shared"))?.mode() & 0o2000 == 0,
+        "a copy not given its group kept the setgid bit\n{run}"
+    );
+    // Nothing to do the next time: what is not carried is not compared.
+    let again = env.once(&[&"--no-xattrs", &"--no-group"])?;
+    ensure!(
+        again.summary()?.operations == 0,
+        "a second pass did something\n{again}"
+    );
+    Ok(())
+}

@@ -1658,7 +1658,9 @@ pub fn rsync_differences(src: &Path, dst: &Path) -> Res<Vec<String>> {
         .collect())
 }
 
-/// Fails unless `rsync` finds `copy` a faithful copy of `original` (see [`rsync_differences`]).
+/// Fails unless `rsync` finds `copy` a faithful copy of `original` (see [`rsync_differences`]),
+/// and every sparse file of `original` is sparse in `copy` (rsync's dry run does not look at
+/// allocation): its copy takes at most the blocks the original takes, and 64 KiB.
 pub fn expect_faithful(what: &str, original: &Path, copy: &Path, run: &Run) -> TestResult {
     let differences = rsync_differences(original, copy)?;
     ensure!(
@@ -1666,5 +1668,21 @@ pub fn expect_faithful(what: &str, original: &Path, copy: &Path, run: &Run) -> T
         "{what}: rsync -aHAXSn --numeric-ids --checksum finds differences:\n  {}\n{run}",
         differences.join("\n  ")
     );
+    for (rel, entry) in snapshot(original)? {
+        if !matches!(entry.node, Node::File(_)) {
+            continue;
+        }
+        let orig = fs::symlink_metadata(original.join(&rel))?;
+        if orig.blocks() * 512 >= orig.len() {
+            continue;
+        }
+        let held = fs::symlink_metadata(copy.join(&rel))?.blocks() * 512;
+        ensure!(
+            held <= orig.blocks() * 512 + (64 << 10),
+            "{what}: the sparse file {} takes {held} bytes in the copy, {} in the original\n{run}",
+            rel.display(),
+            orig.blocks() * 512
+        );
+    }
     Ok(())
 }
