@@ -311,14 +311,8 @@ fn fill(
     }
     // The version's root takes SOURCE root's mode, time, owner and attributes: a private
     // SOURCE (0700) keeps a private version.
-    if let Some(root) = wanted.root {
-        steps.push(Step::Dir {
-            side: Side::Backup,
-            rel: PathBuf::new(),
-            seen: None,
-            want: Some(root),
-            changes_inside: false,
-        });
+    if let Some(meta) = wanted.root {
+        steps.extend(finish(Side::Backup, PathBuf::new(), &Item::Dir { meta }));
     }
     steps.sort();
     let to = LocalTree::open(dir).map_err(|err| {

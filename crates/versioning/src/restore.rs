@@ -330,14 +330,8 @@ fn copy_version(
             _ => steps.push(arrive(Side::Backup, rel.clone(), item, None, true, None)),
         }
     }
-    if let Some(root) = manifest.root {
-        steps.push(Step::Dir {
-            side: Side::Backup,
-            rel: PathBuf::new(),
-            seen: None,
-            want: Some(root),
-            changes_inside: false,
-        });
+    if let Some(meta) = manifest.root {
+        steps.extend(finish(Side::Backup, PathBuf::new(), &Item::Dir { meta }));
     }
     steps.sort();
     // Nothing a restore reads is remembered: a version is checked against its manifest.
