@@ -6,7 +6,7 @@ mod recovery;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use sync_core::model::PassStats;
 use sync_core::plan::reconcile::Policy;
 use sync_core::run::jobs::TwowayJob;
@@ -59,7 +59,7 @@ struct Cli {
     /// One two-way pass and one snapshot of each side, then exit.
     #[arg(long)]
     once: bool,
-    /// Log what a pass would do; change nothing.
+    /// Log what a pass (or, with --restore, the restore) would do; change nothing.
     #[arg(long)]
     dry_run: bool,
     /// Leave matching paths alone on both sides (repeatable).
@@ -104,13 +104,41 @@ fn usage_error(message: &str) -> ! {
 }
 
 fn parse() -> Cli {
-    match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches).map(|cli| (cli, matches)));
+    match parsed {
+        Ok((cli, matches)) => {
+            if cli.restore {
+                refuse_sync_options(&matches);
+            }
+            cli
+        }
         Err(err) if err.use_stderr() => {
             // clap's text spans several lines; the contract is one line, exit 2.
             usage_error(&sync_core::error::usage_line(&err.render().to_string()));
         }
         Err(err) => err.exit(),
+    }
+}
+
+/// A restore takes none of a sync's options: one given with `--restore` is a usage error, not
+/// silently ignored (`--restore --once` would let a user believe the sync ran).
+fn refuse_sync_options(matches: &clap::ArgMatches) {
+    let sync_only = [
+        ("interval", "--interval"),
+        ("once", "--once"),
+        ("exclude", "--exclude"),
+        ("force", "--force"),
+        ("one_file_system", "--one-file-system"),
+        ("conflict", "--conflict"),
+        ("no_recovery", "--no-recovery"),
+        ("config", "--config"),
+    ];
+    for (id, flag) in sync_only {
+        if matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine) {
+            usage_error(&format!("{flag} applies to a sync, not to --restore"));
+        }
     }
 }
 
@@ -153,7 +181,21 @@ fn run_restore(cli: &Cli) -> ExitCode {
         Ok(d) => d,
         Err(err) => usage_error(&format!("cannot read the current directory: {err}")),
     };
-    match restore(&state_dir, &cli.source, which) {
+    match restore(&state_dir, &cli.source, which, cli.dry_run) {
+        Ok(done) if cli.dry_run => {
+            log::info!(
+                "dry run: restoring {} from its {} version would change {} entries; nothing \
+                 was changed",
+                done.dir.display(),
+                if which == Which::Latest {
+                    "latest"
+                } else {
+                    "previous"
+                },
+                done.entries
+            );
+            ExitCode::Success
+        }
         Ok(done) => {
             log::info!(
                 "restored {} from its {} version ({} entries)",

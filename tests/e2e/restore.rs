@@ -530,3 +530,77 @@ fn sigkilled_twoway_takes_its_children_with_it() -> TestResult {
     );
     Ok(())
 }
+
+/// `--restore --dry-run` says what a restore would create, replace and remove, and changes
+/// nothing: DIR, its directory and the version store stay as they were.
+#[test]
+fn restore_dry_run_says_what_it_would_do_and_changes_nothing() -> TestResult {
+    let p = Pair::new()?;
+    fill(&p.a, "synced")?;
+    p.sync_once()?;
+    write(&p.a, "unsynced.txt", "written after the last snapshot")?;
+    fs::remove_file(p.a.join("notes.txt"))?;
+    let root = p.a.parent().expect("A has a parent").to_path_buf();
+    // Everything but the log, which the dry run writes to.
+    let tree = || -> Res<Snapshot> {
+        let mut snap = snapshot(&root)?;
+        snap.retain(|rel, _| !rel.ends_with("twoway.log"));
+        Ok(snap)
+    };
+    let before = tree()?;
+
+    let out = p.run(&[&p.a, &"--restore", &"--dry-run"])?;
+
+    expect_code(&out, 0)?;
+    assert_same(
+        "the tree holding A, the state and its versions, after a dry run",
+        &before,
+        &tree()?,
+    )?;
+    let log = p.log();
+    for line in [
+        "dry run: would create ",
+        "dry run: would remove ",
+        "nothing was changed",
+    ] {
+        ensure!(log.contains(line), "no `{line}` in the log:\n{log}");
+    }
+    ensure!(
+        log.contains("notes.txt") && log.contains("unsynced.txt"),
+        "the dry run does not name the files it would bring back or take away:\n{log}"
+    );
+    Ok(())
+}
+
+/// Options of a sync given with `--restore` are a usage error (exit 2, one line naming the
+/// option), and nothing is restored.
+#[test]
+fn sync_options_with_restore_are_a_usage_error() -> TestResult {
+    let p = Pair::new()?;
+    fill(&p.a, "synced")?;
+    p.sync_once()?;
+    write(&p.a, "unsynced.txt", "written after the last snapshot")?;
+    for (args, flag) in [
+        (vec!["--exclude", "x"], "--exclude"),
+        (vec!["--once"], "--once"),
+        (vec!["--force"], "--force"),
+        (vec!["--conflict", "source"], "--conflict"),
+    ] {
+        let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&p.a, &"--restore"];
+        for a in &args {
+            all.push(a);
+        }
+        let out = p.run(&all)?;
+        expect_code(&out, 2)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            stderr.lines().count() == 1 && stderr.contains(flag),
+            "expected one line naming {flag}, got:\n{stderr}"
+        );
+        ensure!(
+            p.a.join("unsynced.txt").exists(),
+            "A was restored despite {flag}"
+        );
+    }
+    Ok(())
+}

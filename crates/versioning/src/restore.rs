@@ -51,12 +51,82 @@ fn fail(message: String) -> Error {
     Error::Versions(message)
 }
 
+/// Logs what restoring `manifest`'s version over `dir` would create, replace and remove, and
+/// changes nothing; gives how many entries would change. A file counts as replaced when its
+/// kind, size, time, mode, owner or attributes differ from the version's (its bytes are not
+/// read: a file edited without any of those moving is not seen).
+fn dry_run_changes(dir: &Path, manifest: &Manifest) -> Result<usize, Error> {
+    let now = match LocalTree::open(dir) {
+        Ok(tree) => Some(sync_core::scan::scan(&tree, "DIR", &Default::default())?),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(Error::Inaccessible {
+                role: "DIR",
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut changes = 0;
+    let mut say = |what: &str, rel: &Path| {
+        log::info!(
+            "dry run: would {what} {}",
+            sync_core::display::Escaped(&dir.join(rel))
+        );
+        changes += 1;
+    };
+    let empty = Scanned::default();
+    let held = now.as_ref().unwrap_or(&empty);
+    for (rel, item) in &manifest.items {
+        match held.entries.get(rel) {
+            None => say("create", rel),
+            Some(entry) => {
+                let same = match (item, &entry.kind) {
+                    (Item::File { size, .. }, sync_core::model::Kind::File) => {
+                        *size == entry.size && !entry.meta_differs(item.meta())
+                    }
+                    (Item::Dir { .. }, sync_core::model::Kind::Dir) => {
+                        !entry.meta_differs(item.meta())
+                    }
+                    (Item::Symlink { target, .. }, sync_core::model::Kind::Symlink(t)) => {
+                        t == target && !entry.meta_differs(item.meta())
+                    }
+                    (Item::Special { node, .. }, sync_core::model::Kind::Special(n)) => {
+                        n == node && !entry.meta_differs(item.meta())
+                    }
+                    _ => false,
+                };
+                if !same {
+                    say("replace", rel);
+                }
+            }
+        }
+    }
+    for rel in held.entries.keys() {
+        if !manifest.items.contains_key(rel) {
+            say("remove", rel);
+        }
+    }
+    if now.is_some() {
+        log::info!(
+            "dry run: what {} holds now would be kept under the version store, as a restore keeps it",
+            dir.display()
+        );
+    }
+    Ok(changes)
+}
+
 /// Restores `dir` from the versions recorded in `state_dir`.
 ///
 /// Fails, having changed nothing, if the state directory could be changed by another user,
 /// `dir` is unknown to `.info.json`, a twoway of its pair (or a versioning child) is running,
 /// the version does not exist or does not match its manifest, or the copy fails.
-pub fn restore(state_dir: &Path, dir: &Path, which: Which) -> Result<Restored, Error> {
+pub fn restore(
+    state_dir: &Path,
+    dir: &Path,
+    which: Which,
+    dry_run: bool,
+) -> Result<Restored, Error> {
     let dir = absolute_dir(dir).map_err(|source| Error::Inaccessible {
         role: "DIR",
         path: dir.to_path_buf(),
@@ -122,6 +192,13 @@ pub fn restore(state_dir: &Path, dir: &Path, which: Which) -> Result<Restored, E
             dir.display()
         ))
     })?;
+    if dry_run {
+        return Ok(Restored {
+            dir: dir.clone(),
+            kept: None,
+            entries: dry_run_changes(&dir, &manifest)?,
+        });
+    }
     // The path the user gave, resolved once: its missing ancestors are made, and from here on
     // DIR's directory and the version store are reached as trees.
     fs::create_dir_all(parent).map_err(|source| Error::Inaccessible {
