@@ -2,9 +2,11 @@
 //! first two-way pass, restarted if it dies, and stopped (SIGTERM, then SIGKILL) when twoway
 //! stops, so that none outlives it.
 
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sync_core::{Error, ExitCode};
@@ -22,6 +24,8 @@ struct Keeper {
     /// `__versions__/KEY`.
     vdir: PathBuf,
     process: Option<Child>,
+    /// The last line the running child wrote to its console.
+    said: LastLine,
     started: Instant,
     backoff: Duration,
     next_start: Instant,
@@ -61,6 +65,7 @@ impl Recovery {
                 dir: dir.to_path_buf(),
                 vdir,
                 process: None,
+                said: LastLine::default(),
                 started: Instant::now(),
                 backoff: FIRST_BACKOFF,
                 next_start: Instant::now(),
@@ -87,11 +92,13 @@ impl Recovery {
             cmd.arg("--once");
         }
         // Its own process group: Ctrl+C reaches twoway only, which then stops the children
-        // itself; their console output is in their log files.
+        // itself. Their console output is in their log files, but for what a child says
+        // before it has one (a refused argument, a log it cannot open): its last line is
+        // kept (see `LastLine`), to be shown if it fails.
         cmd.current_dir(&self.state_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .process_group(0);
         die_with_parent(&mut cmd);
         cmd
@@ -108,13 +115,14 @@ impl Recovery {
         let mut cmd = self.command(&self.keepers[i], false);
         let keeper = &mut self.keepers[i];
         match cmd.spawn() {
-            Ok(child) => {
+            Ok(mut child) => {
                 log::info!(
                     "recovery: keeping versions of {} in {} (pid {})",
                     keeper.dir.display(),
                     keeper.vdir.display(),
                     child.id()
                 );
+                keeper.said = LastLine::of(&mut child);
                 keeper.process = Some(child);
                 keeper.started = Instant::now();
             }
@@ -141,9 +149,10 @@ impl Recovery {
                 && let Ok(Some(status)) = child.try_wait()
             {
                 log::warn!(
-                    "recovery: the versioning of {} stopped ({}); restarting it",
+                    "recovery: the versioning of {} stopped ({}){}; restarting it",
                     keeper.dir.display(),
-                    describe(status)
+                    describe(status),
+                    keeper.said.as_reason()
                 );
                 keeper.process = None;
                 // A child that keeps dying young is restarted ever more slowly.
@@ -198,15 +207,25 @@ impl Recovery {
     pub fn snapshot_once(&mut self) -> ExitCode {
         let mut worst = ExitCode::Success;
         for keeper in &self.keepers {
-            let status = self.command(keeper, true).status();
-            let code = match status {
-                Ok(s) if s.success() => ExitCode::Success,
-                Ok(s) => {
+            let run = self.command(keeper, true).spawn().and_then(|mut child| {
+                let said = LastLine::of(&mut child);
+                let status = child.wait()?;
+                Ok((status, said))
+            });
+            let code = match run {
+                Ok((s, _)) if s.success() => ExitCode::Success,
+                Ok((s, mut said)) => {
+                    let log = keeper.vdir.join("versionlogs.log");
+                    let more = if log.exists() {
+                        format!("; its log: {}", log.display())
+                    } else {
+                        String::new()
+                    };
                     log::error!(
-                        "recovery: the snapshot of {} failed ({}); see {}",
+                        "recovery: the snapshot of {} failed ({}){}{more}",
                         keeper.dir.display(),
                         describe(s),
-                        keeper.vdir.join("versionlogs.log").display()
+                        said.as_reason()
                     );
                     if s.code() == Some(1) {
                         ExitCode::PartialFailure
@@ -234,6 +253,44 @@ impl Recovery {
 impl Drop for Recovery {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The last line a child wrote to its console (its stderr, read to the end by a thread of
+/// its own, so that the child never blocks on a full pipe): what it said when it failed.
+#[derive(Default)]
+struct LastLine(Option<JoinHandle<String>>);
+
+impl LastLine {
+    /// Reads `child`'s stderr, keeping its last non-empty line, until the child closes it.
+    fn of(child: &mut Child) -> LastLine {
+        LastLine(child.stderr.take().map(|stderr| {
+            std::thread::spawn(move || {
+                let mut last = String::new();
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if !line.trim().is_empty() {
+                        last = line;
+                    }
+                }
+                last
+            })
+        }))
+    }
+
+    /// `: it said "LINE"` (what the exited child said last, without its log prefix), or
+    /// nothing. The child's end closed its stderr, which ends the reader.
+    fn as_reason(&mut self) -> String {
+        let line = self
+            .0
+            .take()
+            .and_then(|r| r.join().ok())
+            .unwrap_or_default();
+        let message = line.rsplit_once("] - ").map_or(line.as_str(), |(_, m)| m);
+        if message.is_empty() {
+            String::new()
+        } else {
+            format!(": it said \"{message}\"")
+        }
     }
 }
 

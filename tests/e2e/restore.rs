@@ -604,3 +604,31 @@ fn sync_options_with_restore_are_a_usage_error() -> TestResult {
     }
     Ok(())
 }
+
+/// A versioning child that fails on its arguments says why in twoway's own log (it has no log
+/// of its own yet), and twoway does not point at a log file that does not exist.
+#[test]
+fn a_failing_child_says_why_in_twoways_log() -> TestResult {
+    let p = Pair::new()?;
+    fill(&p.a, "a")?;
+    let beside = Path::new(TWOWAY).with_file_name("oneway");
+    let config = serde_json::json!({
+        "script": beside.to_string_lossy(),
+        "interval": ["--interval", "zero"],
+    });
+    fs::write(p.state.join("config.json"), config.to_string())?;
+
+    let out = p.run(&[&p.a, &p.b, &"--once"])?;
+
+    expect_code(&out, 2)?;
+    let log = p.log();
+    ensure!(
+        log.contains("failed (exit code 2): it said \"oneway: invalid value 'zero'"),
+        "the child's own message is not in twoway's log:\n{log}"
+    );
+    ensure!(
+        !log.contains("versionlogs.log"),
+        "twoway points at a child log that does not exist:\n{log}"
+    );
+    Ok(())
+}
