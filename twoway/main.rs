@@ -257,18 +257,22 @@ fn run_sync(cli: &Cli, backup: &Path) -> ExitCode {
         let opts = &sync.session.opts;
         let state_dir = sync.session.state_dir.as_deref().unwrap_or(Path::new("."));
         let roots = [opts.source.as_path(), opts.backup.as_path()];
-        // The versions carry what the sync carries.
+        // The versions carry what the sync carries, and leave out what it leaves alone.
         let carry = [
             (cli.no_owner, "--no-owner"),
             (cli.no_group, "--no-group"),
             (cli.no_xattrs, "--no-xattrs"),
             (cli.one_file_system, "--one-file-system"),
         ];
-        let child_args = carry
+        let mut child_args: Vec<String> = carry
             .into_iter()
             .filter(|(on, _)| *on)
             .map(|(_, flag)| flag.to_string())
             .collect();
+        // What the sync leaves alone, the versions leave out too.
+        for pattern in &cli.exclude {
+            child_args.extend(["--exclude".to_string(), pattern.clone()]);
+        }
         match Recovery::prepare(state_dir, &cli.config, roots, child_args) {
             Ok(r) => Some(r),
             Err(err) => {

@@ -632,3 +632,19 @@ fn a_failing_child_says_why_in_twoways_log() -> TestResult {
     );
     Ok(())
 }
+
+/// What the sync leaves alone (`--exclude`), the versions leave out too.
+#[test]
+fn the_syncs_exclusions_reach_the_versions() -> TestResult {
+    let p = Pair::new()?;
+    fill(&p.a, "a")?;
+    write(&p.a, "cache/big.tmp", "not worth keeping")?;
+    let out = p.run(&[&p.a, &p.b, &"--once", &"--exclude", &"cache"])?;
+    expect_code(&out, 0)?;
+    let latest = p.versions("A").join("_1");
+    ensure!(
+        latest.join("notes.txt").exists() && !latest.join("cache").exists(),
+        "the latest version of A holds the excluded directory (or not A's files)"
+    );
+    Ok(())
+}
