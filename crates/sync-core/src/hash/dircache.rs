@@ -995,7 +995,7 @@ mod tests {
             .iter()
             .map(|(rel, _)| rel == Path::new("d/marked"))
             .collect();
-        let digest_of = |found: &TreeDigests<'_>, rel: &str| {
+        let digest_of = |found: &TreeDigests, rel: &str| {
             let i = trees[0]
                 .entries
                 .iter()
