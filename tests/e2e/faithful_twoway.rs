@@ -392,3 +392,84 @@ fn a_carried_link_is_recorded_and_the_next_pass_does_nothing() -> TestResult {
     );
     expect_faithful("both sides after a pass with nothing to do", s, d, &again)
 }
+
+/// Both sides change the links of the same names differently (SOURCE links `a` and `b`,
+/// BACKUP `b` and `c`): no content differs, so nothing is lost whichever is kept; `--conflict`
+/// picks the side (SOURCE for `newer`), and a warning says so.
+#[test]
+fn links_changed_differently_on_both_sides_follow_the_conflict_side() -> TestResult {
+    for (policy, kept, apart) in [("newer", ["a", "b"], "c"), ("backup", ["b", "c"], "a")] {
+        let env = Env::twoway()?;
+        let (s, d) = (&env.src, &env.dst);
+        for name in ["a", "b", "c"] {
+            write(s, format!("d/{name}.txt"), "the same bytes\n")?;
+            set_mtime(&s.join(format!("d/{name}.txt")), T0, 0)?;
+        }
+        clean(&env.once(&[])?)?;
+        for (root, (from, to)) in [(s, ("a", "b")), (d, ("b", "c"))] {
+            fs::remove_file(root.join(format!("d/{to}.txt")))?;
+            fs::hard_link(
+                root.join(format!("d/{from}.txt")),
+                root.join(format!("d/{to}.txt")),
+            )?;
+            set_mtime(&root.join("d"), T0, 0)?;
+        }
+        let run = env.once(&[&"--conflict", &policy])?;
+        clean(&run)?;
+        let winner = if policy == "backup" {
+            "BACKUP"
+        } else {
+            "SOURCE"
+        };
+        run.expect(
+            "WARNING",
+            &format!("hard links of d/b.txt changed on both sides: kept the {winner} ones (no content differs)"
+            ),
+        )?;
+        for side in [s, d] {
+            let at = |name: &str| inode(&side.join(format!("d/{name}.txt")));
+            ensure!(
+                at(kept[0])? == at(kept[1])? && at(apart)? != at(kept[0])?,
+                "{}: expected {kept:?} linked and {apart} apart ({policy})\n{run}",
+                side.display()
+            );
+        }
+        expect_faithful("both sides after the links", s, d, &run)?;
+    }
+    Ok(())
+}
+
+/// An archive written before link groups were recorded (`twoway-archive 1`, no `H` lines)
+/// counts no change of structure: the pass that reads it leaves each side's links alone and
+/// records the groups both sides hold; a link that only one side has is carried the next pass.
+#[test]
+fn an_archive_without_link_groups_changes_no_links_then_carries_one_sides() -> TestResult {
+    let env = synced_identical_pair()?;
+    let (s, d) = (&env.src, &env.dst);
+    let path = env.archive()?;
+    let text = fs::read_to_string(&path)?;
+    ensure!(
+        text.starts_with("twoway-archive 2\n"),
+        "the archive is not of version 2:\n{text}"
+    );
+    fs::write(
+        &path,
+        text.replacen("twoway-archive 2", "twoway-archive 1", 1),
+    )?;
+    link_over(s)?;
+    let run = env.once(&[])?;
+    clean(&run)?;
+    ensure!(
+        run.summary()?.operations == 0 && inode(&d.join("d/a.txt"))? != inode(&d.join("d/b.txt"))?,
+        "a pass reading an archive without link groups changed links\n{run}"
+    );
+    let text = fs::read_to_string(&path)?;
+    ensure!(
+        text.starts_with("twoway-archive 2\n") && !text.contains("\nH "),
+        "the archive was not rewritten with the groups both sides hold (none):\n{text}"
+    );
+    let next = env.once(&[])?;
+    clean(&next)?;
+    next.expect("INFO", "hard-linked d/b.txt to d/a.txt in BACKUP")?;
+    expect_faithful("BACKUP after the link", s, d, &next)
+}

@@ -506,21 +506,50 @@ pub fn carry_structure<'s>(
         for side in SIDES {
             let other = side.other();
             let at = &inode[side as usize];
-            // Each inode stays with the group of its first name.
-            let mut keeper: HashMap<Inode, &Path> = HashMap::new();
-            for rel in &eligible {
-                keeper.entry(at[rel]).or_insert(target[rel][0]);
-            }
-            for block in &blocks {
+            // The inode each group keeps here: of those no earlier group keeps, the one that
+            // holds most of its names (the others move to it).
+            let mut claimed: HashSet<Inode> = HashSet::new();
+            let keeps: Vec<Option<Inode>> = blocks
+                .iter()
+                .map(|block| {
+                    let mut best: Option<(Inode, usize)> = None;
+                    for rel in block.iter() {
+                        let here = at[rel];
+                        let held = block.iter().filter(|n| at[*n] == here).count();
+                        if !claimed.contains(&here) && best.is_none_or(|(_, most)| held > most) {
+                            best = Some((here, held));
+                        }
+                    }
+                    let (kept, _) = best?;
+                    claimed.insert(kept);
+                    Some(kept)
+                })
+                .collect();
+            // A step re-checks the name it replaces, whose inode's change time moves with any
+            // name given to it or taken from it: each inode here loses at most one name this
+            // pass (by a copy, or by a link `true`), and one that loses a name by a link is
+            // given none. The rest is left for the next pass, which finds it still to do.
+            let mut replaced: HashMap<Inode, bool> = HashMap::new();
+            let mut joined: HashSet<Inode> = HashSet::new();
+            let defer = |rel: &Path| {
+                log::info!(
+                    "hard links of {} in {} are changed by the next pass (another name of its \
+                     inode changes in this one)",
+                    Escaped(rel),
+                    side.name()
+                )
+            };
+            for (block, keep) in blocks.iter().zip(keeps) {
                 if block.iter().all(|&rel| group(side, rel) == **block) {
                     continue;
                 }
                 let seen = |rel: &Path| entry(side, rel).cloned();
                 let from = |rel: &Path| entry(other, rel).cloned();
-                let anchor = block.iter().find(|rel| keeper[&at[**rel]] == block[0]);
-                let (existing, joining): (&Path, Vec<&Path>) = match anchor {
+                let anchor = keep.and_then(|kept| block.iter().find(|rel| at[**rel] == kept));
+                let (existing, kept, joining): (&Path, Option<Inode>, Vec<&Path>) = match anchor {
                     Some(&anchor) => (
                         anchor,
+                        Some(at[anchor]),
                         block
                             .iter()
                             .copied()
@@ -531,6 +560,10 @@ pub fn carry_structure<'s>(
                         // Every inode holding the group keeps another: the first name gets
                         // one of its own, a copy of the other side's file (the same bytes).
                         let first = block[0];
+                        if replaced.contains_key(&at[first]) {
+                            block.iter().for_each(|rel| defer(rel));
+                            continue;
+                        }
                         let (Some(source), Some(here), Some(digest)) =
                             (from(first), seen(first), alike(first))
                         else {
@@ -547,11 +580,19 @@ pub fn carry_structure<'s>(
                             replace: Some(Box::new(here)),
                             link: None,
                         });
+                        replaced.insert(at[first], false);
                         parents.insert((side, first.to_path_buf()));
-                        (first, block[1..].to_vec())
+                        (first, None, block[1..].to_vec())
                     }
                 };
                 for rel in joining {
+                    let clash = replaced.contains_key(&at[rel])
+                        || joined.contains(&at[rel])
+                        || kept.is_some_and(|kept| replaced.get(&kept) == Some(&true));
+                    if clash {
+                        defer(rel);
+                        continue;
+                    }
                     let (Some(source), Some(here)) = (from(rel), seen(rel)) else {
                         continue;
                     };
@@ -562,6 +603,8 @@ pub fn carry_structure<'s>(
                         source,
                         replace: Some(here),
                     });
+                    replaced.insert(at[rel], true);
+                    joined.extend(kept);
                     parents.insert((side, rel.to_path_buf()));
                 }
             }
@@ -948,6 +991,19 @@ mod tests {
         );
         assert!(carried(&linked, &linked, &record(&[("b", "a")]), Side::Source).is_empty());
         assert!(carried(&apart, &apart, &record(&[]), Side::Source).is_empty());
+        // Two names leave one inode: one this pass (the other's step would find the inode
+        // changed since the scan), the other the next.
+        let three_apart = side(&[("a", 1), ("b", 2), ("c", 3)]);
+        let three_linked = side(&[("a", 5), ("b", 5), ("c", 5)]);
+        assert_eq!(
+            carried(
+                &three_apart,
+                &three_linked,
+                &record(&[("b", "a"), ("c", "a")]),
+                Side::Source
+            ),
+            ["BACKUP copy b", time_back]
+        );
         // Both changed, differently: the winner's structure on both.
         let three_source = side(&[("a", 1), ("b", 1), ("c", 2)]);
         let three_backup = side(&[("a", 4), ("b", 5), ("c", 5)]);
