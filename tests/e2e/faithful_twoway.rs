@@ -301,3 +301,175 @@ fn a_device_an_unprivileged_run_cannot_make_is_said_and_never_taken_for_deleted(
     }
     Ok(())
 }
+
+/// Two separate files of the same bytes and metadata in `d/` of SOURCE, synced once: BACKUP
+/// holds them as two inodes too.
+fn synced_identical_pair() -> Res<Env> {
+    let env = Env::twoway()?;
+    for name in ["d/a.txt", "d/b.txt"] {
+        write(&env.src, name, "the same bytes\n")?;
+        set_mtime(&env.src.join(name), T0, 0)?;
+    }
+    set_mtime(&env.src.join("d"), T0, 0)?;
+    clean(&env.once(&[])?)?;
+    Ok(env)
+}
+
+/// `ln -f d/a.txt d/b.txt`, leaving the directory's time as it was.
+fn link_over(root: &Path) -> TestResult {
+    fs::remove_file(root.join("d/b.txt"))?;
+    fs::hard_link(root.join("d/a.txt"), root.join("d/b.txt"))?;
+    set_mtime(&root.join("d"), T0, 0)
+}
+
+/// `ln -f a b` in SOURCE after a sync of two separate identical files (issue 21): BACKUP's
+/// `a` and `b` become one inode as well, by a hard link, with no copy of the content. (Before,
+/// a change of link structure alone was not carried, and the sides differed for ever.)
+#[test]
+fn a_link_made_between_identical_files_reaches_backup_without_a_copy() -> TestResult {
+    let env = synced_identical_pair()?;
+    let (s, d) = (&env.src, &env.dst);
+    link_over(s)?;
+    let run = env.once(&[])?;
+    clean(&run)?;
+    run.expect("INFO", "hard-linked d/b.txt to d/a.txt in BACKUP")?;
+    ensure!(
+        run.summary()?.operations == 1 && run.operations().is_empty(),
+        "expected one hard link and nothing else (no copy)\n{run}"
+    );
+    ensure!(
+        inode(&d.join("d/a.txt"))? == inode(&d.join("d/b.txt"))?,
+        "BACKUP's names are still two inodes\n{run}"
+    );
+    expect_faithful("BACKUP after the link", s, d, &run)
+}
+
+/// A linked pair split in BACKUP (`b` replaced by a separate file of the same bytes and
+/// metadata) is split in SOURCE too, by a copy of BACKUP's `b`; `a` keeps its inode.
+#[test]
+fn a_linked_pair_split_in_backup_is_split_in_source() -> TestResult {
+    let env = synced_identical_pair()?;
+    let (s, d) = (&env.src, &env.dst);
+    link_over(s)?;
+    clean(&env.once(&[])?)?;
+    let kept = inode(&s.join("d/a.txt"))?;
+    fs::remove_file(d.join("d/b.txt"))?;
+    write(d, "d/b.txt", "the same bytes\n")?;
+    set_mtime(&d.join("d/b.txt"), T0, 0)?;
+    set_mtime(&d.join("d"), T0, 0)?;
+    let run = env.once(&[])?;
+    clean(&run)?;
+    ensure!(
+        run.operations() == ["replaced d/b.txt in SOURCE"],
+        "expected one split of d/b.txt in SOURCE\n{run}"
+    );
+    ensure!(
+        inode(&s.join("d/b.txt"))? != kept && inode(&s.join("d/a.txt"))? == kept,
+        "SOURCE's names still share an inode, or a.txt lost its own\n{run}"
+    );
+    expect_faithful("SOURCE after the split", d, s, &run)
+}
+
+/// Once a link is carried, the archive records the group (`H <name> <first name>`) and the
+/// next pass has nothing to do: neither side's inodes change.
+#[test]
+fn a_carried_link_is_recorded_and_the_next_pass_does_nothing() -> TestResult {
+    let env = synced_identical_pair()?;
+    let (s, d) = (&env.src, &env.dst);
+    link_over(s)?;
+    clean(&env.once(&[])?)?;
+    let archive = fs::read_to_string(env.archive()?)?;
+    ensure!(
+        archive.lines().any(|l| l == "H d/b.txt d/a.txt"),
+        "the archive does not record the group:\n{archive}"
+    );
+    let before = (inodes(s)?, inodes(d)?);
+    let again = env.once(&[])?;
+    clean(&again)?;
+    ensure!(
+        again.summary()?.operations == 0 && (inodes(s)?, inodes(d)?) == before,
+        "a pass after the link found something to do\n{again}"
+    );
+    expect_faithful("both sides after a pass with nothing to do", s, d, &again)
+}
+
+/// Both sides change the links of the same names differently (SOURCE links `a` and `b`,
+/// BACKUP `b` and `c`): no content differs, so nothing is lost whichever is kept; `--conflict`
+/// picks the side (SOURCE for `newer`), and a warning says so.
+#[test]
+fn links_changed_differently_on_both_sides_follow_the_conflict_side() -> TestResult {
+    for (policy, kept, apart) in [("newer", ["a", "b"], "c"), ("backup", ["b", "c"], "a")] {
+        let env = Env::twoway()?;
+        let (s, d) = (&env.src, &env.dst);
+        for name in ["a", "b", "c"] {
+            write(s, format!("d/{name}.txt"), "the same bytes\n")?;
+            set_mtime(&s.join(format!("d/{name}.txt")), T0, 0)?;
+        }
+        clean(&env.once(&[])?)?;
+        for (root, (from, to)) in [(s, ("a", "b")), (d, ("b", "c"))] {
+            fs::remove_file(root.join(format!("d/{to}.txt")))?;
+            fs::hard_link(
+                root.join(format!("d/{from}.txt")),
+                root.join(format!("d/{to}.txt")),
+            )?;
+            set_mtime(&root.join("d"), T0, 0)?;
+        }
+        let run = env.once(&[&"--conflict", &policy])?;
+        clean(&run)?;
+        let winner = if policy == "backup" {
+            "BACKUP"
+        } else {
+            "SOURCE"
+        };
+        run.expect(
+            "WARNING",
+            &format!("hard links of d/b.txt changed on both sides: kept the {winner} ones (no content differs)"
+            ),
+        )?;
+        for side in [s, d] {
+            let at = |name: &str| inode(&side.join(format!("d/{name}.txt")));
+            ensure!(
+                at(kept[0])? == at(kept[1])? && at(apart)? != at(kept[0])?,
+                "{}: expected {kept:?} linked and {apart} apart ({policy})\n{run}",
+                side.display()
+            );
+        }
+        expect_faithful("both sides after the links", s, d, &run)?;
+    }
+    Ok(())
+}
+
+/// An archive written before link groups were recorded (`twoway-archive 1`, no `H` lines)
+/// counts no change of structure: the pass that reads it leaves each side's links alone and
+/// records the groups both sides hold; a link that only one side has is carried the next pass.
+#[test]
+fn an_archive_without_link_groups_changes_no_links_then_carries_one_sides() -> TestResult {
+    let env = synced_identical_pair()?;
+    let (s, d) = (&env.src, &env.dst);
+    let path = env.archive()?;
+    let text = fs::read_to_string(&path)?;
+    ensure!(
+        text.starts_with("twoway-archive 2\n"),
+        "the archive is not of version 2:\n{text}"
+    );
+    fs::write(
+        &path,
+        text.replacen("twoway-archive 2", "twoway-archive 1", 1),
+    )?;
+    link_over(s)?;
+    let run = env.once(&[])?;
+    clean(&run)?;
+    ensure!(
+        run.summary()?.operations == 0 && inode(&d.join("d/a.txt"))? != inode(&d.join("d/b.txt"))?,
+        "a pass reading an archive without link groups changed links\n{run}"
+    );
+    let text = fs::read_to_string(&path)?;
+    ensure!(
+        text.starts_with("twoway-archive 2\n") && !text.contains("\nH "),
+        "the archive was not rewritten with the groups both sides hold (none):\n{text}"
+    );
+    let next = env.once(&[])?;
+    clean(&next)?;
+    next.expect("INFO", "hard-linked d/b.txt to d/a.txt in BACKUP")?;
+    expect_faithful("BACKUP after the link", s, d, &next)
+}

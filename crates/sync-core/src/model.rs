@@ -308,6 +308,14 @@ impl<'a> ItemList<'a> {
         self.0.iter().map(|(_, item)| item)
     }
 
+    /// The item at `rel`, if the list holds one.
+    pub fn get(&self, rel: &Path) -> Option<&Item> {
+        self.0
+            .binary_search_by(|(p, _)| crate::model::path_order(p, rel))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
     /// True if the list holds `rel`.
     pub fn contains(&self, rel: &Path) -> bool {
         self.0

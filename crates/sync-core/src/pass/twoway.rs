@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::hash::dircache::{DirCache, Learner, tree_digests};
 use crate::model::{Entry, Item, ItemList, Items, Kind, PassStats, Side};
 use crate::pass::PassOptions;
-use crate::plan::links::keep_links;
+use crate::plan::links::{carry_structure, keep_links, record_links, relinks};
 use crate::plan::reconcile::{Conflict, Contest, Plan, Policy, Verdict, reconcile};
 use crate::plan::refuse::{self, Refusal};
 use crate::plan::step::{Known, Step, Steps};
@@ -184,7 +184,7 @@ fn pass(
     // The archive is parsed while the trees are scanned: the scan waits on the file system
     // more than it computes.
     let (archived, (src, dst)) = rayon::join(
-        || archive::load(&sync.archive, &opts.source, &opts.backup),
+        || archive::load_all(&sync.archive, &opts.source, &opts.backup),
         || {
             rayon::join(
                 // Files' attributes are taken from the hash cache where their stamps held,
@@ -196,7 +196,10 @@ fn pass(
     );
     let archived = archived?;
     let first_pass = archived.is_none();
-    let mut archived = archived.unwrap_or_default();
+    let archive::Archive {
+        items: mut archived,
+        links: recorded_links,
+    } = archived.unwrap_or_default();
     let (mut src, mut dst) = (src?, dst?);
     // The roots themselves, which the scans list the entries of.
     let root_of = |side: Side| {
@@ -327,6 +330,29 @@ fn pass(
             .collect::<Vec<_>>()
     });
     keep_links(&mut bound, [&linked[0], &linked[1]], seen);
+    // A change of link structure alone: names both sides hold alike, readable.
+    let alike = |rel: &Path| match (src_items.get(rel), dst_items.get(rel)) {
+        (Some(a @ Item::File { digest, .. }), Some(b))
+            if a == b && *digest != UNREAD && !protected.contains(rel) =>
+        {
+            Some(*digest)
+        }
+        _ => None,
+    };
+    let winner = match sync.policy {
+        Policy::Backup => Side::Backup,
+        Policy::Source | Policy::Newer => Side::Source,
+    };
+    carry_structure(
+        &mut bound,
+        [&linked[0], &linked[1]],
+        recorded_links.as_ref(),
+        winner,
+        alike,
+        seen,
+    );
+    // What the steps do to their names' inodes, for the groups the archive records.
+    let relinked = relinks(&bound);
     let mut steps: Steps = bound.into_iter().collect();
     steps.sort();
     let applier = Applier {
@@ -436,6 +462,14 @@ fn pass(
                 None => next.remove(rel),
             };
         }
+        let links = record_links(
+            [&linked[0], &linked[1]],
+            &relinked,
+            covered,
+            |rel| matches!(next.get(rel), Some(Item::File { .. })),
+            recorded_links.as_ref(),
+        );
+        changed |= recorded_links.as_ref() != Some(&links);
         // A pass that changed nothing leaves the archive as it is: no rewrite to pay for.
         if !changed {
             return Ok(());
@@ -451,8 +485,10 @@ fn pass(
             }
             Ok(())
         };
-        let (text, flushed) =
-            rayon::join(|| archive::encode(&opts.source, &opts.backup, &next), flush);
+        let (text, flushed) = rayon::join(
+            || archive::encode_all(&opts.source, &opts.backup, &next, &links),
+            flush,
+        );
         flushed?;
         crate::state::text::write_atomically(&sync.archive, &text).map_err(|source| {
             Error::StateUnreadable {
