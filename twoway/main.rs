@@ -123,7 +123,8 @@ fn parse() -> Cli {
 }
 
 /// A restore takes none of a sync's options: one given with `--restore` is a usage error, not
-/// silently ignored (`--restore --once` would let a user believe the sync ran).
+/// silently ignored (`--restore --once` would let a user believe the sync ran). Only
+/// `--no-recovery` passes: a restore starts no recovery system anyway.
 fn refuse_sync_options(matches: &clap::ArgMatches) {
     let sync_only = [
         ("interval", "--interval"),
@@ -132,7 +133,6 @@ fn refuse_sync_options(matches: &clap::ArgMatches) {
         ("force", "--force"),
         ("one_file_system", "--one-file-system"),
         ("conflict", "--conflict"),
-        ("no_recovery", "--no-recovery"),
         ("config", "--config"),
     ];
     for (id, flag) in sync_only {
