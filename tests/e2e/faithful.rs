@@ -38,22 +38,21 @@ fn mirror_carries_metadata_changes_without_copying() -> TestResult {
     chmod(&s.join("theirs/own.txt"), 0o600)?;
     set_xattr(&s.join("attrs/tagged.txt"), "user.origin", b"changed")?;
     set_acl(&s.join("attrs/acl.txt"), false, &acl_for(0))?;
-    for rel in [
+    // A link's owner (its own, not its target's).
+    std::os::unix::fs::lchown(s.join("theirs/link"), Some(0), Some(0))?;
+    let changed = [
         "root.txt",
         "theirs/own.txt",
         "attrs/tagged.txt",
         "attrs/acl.txt",
-    ] {
+        "theirs/link",
+    ];
+    for rel in changed {
         set_mtime(&s.join(rel), 1_600_000_000, 0)?;
     }
     let run = env.once(&[])?;
     run.expect_code(0)?;
-    for rel in [
-        "root.txt",
-        "theirs/own.txt",
-        "attrs/tagged.txt",
-        "attrs/acl.txt",
-    ] {
+    for rel in changed {
         run.expect("INFO", &format!("updated metadata of {rel}"))?;
         ensure!(
             inode(&d.join(rel))? == inodes[&std::path::PathBuf::from(rel)],

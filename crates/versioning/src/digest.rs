@@ -227,7 +227,8 @@ mod tests {
             items.insert(rel.into(), changed);
             items
         };
-        let changes: [(&str, &dyn Fn(&mut Meta)); 6] = [
+        type Change<'a> = (&'a str, &'a dyn Fn(&mut Meta));
+        let changes: [Change; 6] = [
             ("d/a", &|m| m.mode = 0o600),
             ("d/a", &|m| m.mtime.nanos = 1),
             ("d/a", &|m| m.uid = 0),

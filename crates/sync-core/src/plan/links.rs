@@ -1023,10 +1023,10 @@ mod tests {
             s.iter().filter(|(_, e)| e.is_linked()).cloned().collect()
         };
         let (ls, la) = (list(&linked), list(&apart));
-        let (ls, la): (Vec<(&Path, &Entry)>, Vec<(&Path, &Entry)>) = (
-            ls.iter().map(|(r, e)| (r.as_path(), e)).collect(),
-            la.iter().map(|(r, e)| (r.as_path(), e)).collect(),
-        );
+        fn borrowed(l: &[(PathBuf, Entry)]) -> Vec<(&Path, &Entry)> {
+            l.iter().map(|(r, e)| (r.as_path(), e)).collect()
+        }
+        let (ls, la) = (borrowed(&ls), borrowed(&la));
         let link = vec![(Side::Backup, PathBuf::from("b"), Relink::Joins("a".into()))];
         assert_eq!(
             record_links([&ls, &la], &link, |_| false, |_| true, Some(&record(&[]))),

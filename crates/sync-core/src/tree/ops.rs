@@ -1183,13 +1183,15 @@ fn make_named(
 }
 
 /// Gives the link or node we just made as `name` in `dir` its owner, attributes, mode (a
-/// node's) and time. A link is reached by name and never followed; a node is opened for
-/// lookups only, never for reading, and reached through that descriptor.
+/// node's) and time. Either is opened for lookups only (a link is not followed, a node never
+/// opened for reading), and its owner and attributes are given through that descriptor; a
+/// link's time, by name, never following it.
 fn give_made(dir: BorrowedFd<'_>, name: &OsStr, meta: &Meta, xattrs: &Xattrs) -> io::Result<()> {
     let fd = at::open_beneath(dir, Path::new(name), OFlags::PATH)?;
     let stat = rustix::fs::fstat(&fd)?;
     if at::file_type(&stat) == FileType::Symlink {
-        let handle = Handle::Entry(dir, name);
+        // Through /proc/self/fd, an O_PATH descriptor of a link reaches the link itself.
+        let handle = Handle::Proc(fd.as_fd());
         meta::give_owner(handle, meta)?;
         meta::give_xattrs(handle, xattrs)?;
         rustix::fs::utimensat(dir, name, &times(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)?;
@@ -1337,13 +1339,20 @@ pub fn set_metadata(
     };
     let object = match Object::open(at.dir(), &at.name) {
         Ok(object) => object,
-        // A link: it has no mode of its own, and its time is set by name, never followed.
+        // A link: it has no mode of its own, and its time is set by name, never followed. Its
+        // owner and attributes are given through a descriptor of the link checked.
         Err(e) if e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => {
-            let now = at.stat().map_err(write_err(shown))?;
+            let link = at::open_beneath(at.dir(), Path::new(&at.name), OFlags::PATH)
+                .map_err(|_| changed())?;
+            let mut now = entry_of_file(&link).map_err(write_err(shown))?;
+            // The target of the link held (an empty name reads the descriptor's own link).
+            now.kind = Kind::Symlink(
+                at::read_link_at(link.as_fd(), OsStr::new("")).map_err(write_err(shown))?,
+            );
             if !now.unchanged_since(seen) {
                 return Err(changed());
             }
-            let handle = Handle::Entry(at.dir(), &at.name);
+            let handle = Handle::Proc(link.as_fd());
             meta::give_owner(handle, meta).map_err(write_err(shown))?;
             if let Some(xattrs) = xattrs {
                 meta::give_xattrs(handle, xattrs).map_err(write_err(shown))?;
