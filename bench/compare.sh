@@ -54,16 +54,16 @@ prepare() {
             rm -rf "$dst" "$st/xdg/oneway" && mkdir "$dst" ;;
         nochange | onepct)
             mkdir -p "$dst"
-            XDG_CACHE_HOME=$st/xdg "$bin/oneway" --once --log "$st/log" "$src" "$dst" >/dev/null 2>&1
+            XDG_CACHE_HOME=$st/xdg XDG_STATE_HOME=$st/xdg "$bin/oneway" --once --log "$st/log" "$src" "$dst" >/dev/null 2>&1
             [[ $s == onepct ]] && gen mutate-small "$src" --tag a ;;
         tw-nochange | tw-onepct)
             mkdir -p "$dst"
-            (cd "$st/tw" && XDG_CACHE_HOME=$st/xdg "$bin/twoway" --once --no-recovery \
+            (cd "$st/tw" && XDG_CACHE_HOME=$st/xdg XDG_STATE_HOME=$st/xdg "$bin/twoway" --once --no-recovery \
                 --log "$st/log" "$src" "$dst" >/dev/null 2>&1)
             [[ $s == tw-onepct ]] && gen mutate-small "$src" --tag a --dir-times now ;;
         ver-nochange | ver-onepct)
             mkdir -p "$dst"
-            XDG_CACHE_HOME=$st/xdg "$bin/oneway" --once --versioned --log "$st/log" "$src" "$dst" \
+            XDG_CACHE_HOME=$st/xdg XDG_STATE_HOME=$st/xdg "$bin/oneway" --once --versioned --log "$st/log" "$src" "$dst" \
                 >/dev/null 2>&1
             [[ $s == ver-onepct ]] && gen mutate-small "$src" --tag a ;;
     esac
@@ -77,12 +77,12 @@ timed() {
     t0=$(date +%s%N)
     case $s in
         first | nochange | onepct)
-            XDG_CACHE_HOME=$st/xdg "$bin/oneway" --once --log "$st/log" "$src" "$dst" >/dev/null 2>&1 ;;
+            XDG_CACHE_HOME=$st/xdg XDG_STATE_HOME=$st/xdg "$bin/oneway" --once --log "$st/log" "$src" "$dst" >/dev/null 2>&1 ;;
         tw-*)
-            (cd "$st/tw" && XDG_CACHE_HOME=$st/xdg "$bin/twoway" --once --no-recovery \
+            (cd "$st/tw" && XDG_CACHE_HOME=$st/xdg XDG_STATE_HOME=$st/xdg "$bin/twoway" --once --no-recovery \
                 --log "$st/log" "$src" "$dst" >/dev/null 2>&1) ;;
         ver-*)
-            XDG_CACHE_HOME=$st/xdg "$bin/oneway" --once --versioned --log "$st/log" "$src" "$dst" \
+            XDG_CACHE_HOME=$st/xdg XDG_STATE_HOME=$st/xdg "$bin/oneway" --once --versioned --log "$st/log" "$src" "$dst" \
                 >/dev/null 2>&1 ;;
     esac
     ms "$t0"

@@ -67,6 +67,8 @@ restore_large() { cp -a "$CORPUS/large-f00.bin" "$1/f00.bin"; }
 reset_state() {
     case $1 in
         oneway*) rm -rf "$XDG_CACHE_HOME/oneway" ;;
-        twoway | unison) rm -rf "${STATE:?}/$1" && mkdir -p "$STATE/$1" ;;
+        # twoway's archive lives in its sync-state directory (XDG_STATE_HOME/oneway).
+        twoway) rm -rf "${STATE:?}/$1" "${XDG_STATE_HOME:?}/oneway" && mkdir -p "$STATE/$1" ;;
+        unison) rm -rf "${STATE:?}/$1" && mkdir -p "$STATE/$1" ;;
     esac
 }

@@ -148,6 +148,8 @@ export BENCH_DIR ONEWAY TWOWAY
 export W=$MNT/w CORPUS=$MNT/w/corpus LOGS=$MNT/w/logs STATE=$MNT/w/state RAW=$MNT/w/raw
 # oneway's hash cache lives on the bench file system, apart from the user's own.
 export XDG_CACHE_HOME=$MNT/w/xdg-cache
+# twoway's archives (its sync-state directory), on the bench file system too.
+export XDG_STATE_HOME=$MNT/w/xdg-state
 mkdir -p "$CORPUS" "$LOGS" "$STATE" "$XDG_CACHE_HOME"
 mkdir -p "$RAW/rss"
 source "$BENCH_DIR/lib.sh"

@@ -2345,7 +2345,7 @@ fn damaged_or_foreign_archive_stops_twoway_before_anything_and_is_left_as_it_is(
     let (o1, o2) = (mkdir(&env.root, "other1")?, mkdir(&env.root, "other2")?);
     put(&o1, "x.txt", "x\n", T0)?;
     env.run(&[&"--once", &o1, &o2])?.expect_code(0)?;
-    let other = archives(&env.root)?
+    let other = archives(&env.archive_dir())?
         .into_iter()
         .find(|a| a != &archive)
         .ok_or("no archive for the other pair")?;

@@ -42,6 +42,7 @@ impl Pair {
         let mut cmd = Command::new(TWOWAY);
         cmd.current_dir(&self.state)
             .env("XDG_CACHE_HOME", &self.cache)
+            .env("XDG_STATE_HOME", &self.cache)
             .stdin(Stdio::null());
         for a in args {
             cmd.arg(a.as_ref());

@@ -637,7 +637,7 @@ fn each_pair_of_roots_has_its_own_archive() -> TestResult {
     run.expect("INFO", "copied b.txt to BACKUP")?;
     expect_clean_summary(&run)?;
     assert_synced(&env.src, &other)?;
-    let all = archives(&env.root)?;
+    let all = archives(&env.archive_dir())?;
     ensure!(
         all.len() == 2 && all.contains(&first_archive),
         "expected a second archive beside {}, found {all:?}",
@@ -1669,7 +1669,7 @@ fn dry_run_changes_nothing() -> TestResult {
         &env.snapshot_all()?,
     )?;
     ensure!(
-        archives(&env.root)?.is_empty(),
+        archives(&env.archive_dir())?.is_empty(),
         "a dry run wrote an archive"
     );
 
@@ -2101,5 +2101,90 @@ fn temporary_files_noted_by_a_killed_pass_are_removed_and_look_alikes_kept() -> 
         !s.join(".oneway-tmp-Zz99Yy").exists(),
         "a temporary-looking file was carried to the other side"
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The archive belongs to the pair
+
+/// `twoway B A` after `twoway A B` finds the pair's archive: a file deleted from A since is
+/// deleted from B, not brought back as new.
+#[test]
+fn the_archive_is_the_pairs_whichever_side_is_named_first() -> TestResult {
+    let env = Env::twoway()?;
+    let (s, d) = (&env.src, &env.dst);
+    put(s, "keep.txt", "keep\n", T0)?;
+    put(s, "gone.txt", "deleted later\n", T0)?;
+    sync(&env)?;
+    fs::remove_file(s.join("gone.txt"))?;
+
+    let run = env.run(&[&"--once", d, s])?;
+
+    run.expect_code(0)?;
+    run.expect("INFO", "removed gone.txt from SOURCE")?;
+    ensure!(
+        !s.join("gone.txt").exists() && !d.join("gone.txt").exists(),
+        "the deleted file came back\n{run}"
+    );
+    ensure!(
+        archives(&env.archive_dir())?.len() == 1,
+        "a second archive was made for the pair named the other way round"
+    );
+    Ok(())
+}
+
+/// Run from another directory, twoway finds the same archive (it lives in the sync-state
+/// directory, not where twoway runs).
+#[test]
+fn the_archive_is_found_whatever_directory_twoway_runs_from() -> TestResult {
+    let env = Env::twoway()?;
+    let (s, d) = (&env.src, &env.dst);
+    put(s, "keep.txt", "keep\n", T0)?;
+    put(d, "gone.txt", "deleted later\n", T0)?;
+    sync(&env)?;
+    fs::remove_file(d.join("gone.txt"))?;
+    let elsewhere = env.root.join("elsewhere");
+    fs::create_dir(&elsewhere)?;
+
+    let mut cmd = env.command(&[&"--once", s, d]);
+    cmd.current_dir(&elsewhere);
+    let run = env.run_command(cmd, &env.log)?;
+
+    run.expect_code(0)?;
+    run.expect("INFO", "removed gone.txt from SOURCE")?;
+    ensure!(
+        !s.join("gone.txt").exists(),
+        "the deleted file came back\n{run}"
+    );
+    Ok(())
+}
+
+/// An archive an earlier release kept in the directory twoway ran from is taken over: the
+/// pass uses it (nothing deleted since comes back) and moves it where the pair's belongs.
+#[test]
+fn an_archive_left_where_twoway_ran_is_taken_over() -> TestResult {
+    let env = Env::twoway()?;
+    let (s, d) = (&env.src, &env.dst);
+    put(s, "keep.txt", "keep\n", T0)?;
+    put(s, "gone.txt", "deleted later\n", T0)?;
+    sync(&env)?;
+    let (cs, cd) = (fs::canonicalize(s)?, fs::canonicalize(d)?);
+    let old = sync_core::state::archive::path_for(&env.root, &cs, &cd);
+    fs::rename(env.archive()?, &old)?;
+    fs::remove_file(s.join("gone.txt"))?;
+
+    let run = env.once(&[])?;
+
+    run.expect_code(0)?;
+    run.expect("INFO", "removed gone.txt from BACKUP")?;
+    ensure!(
+        !d.join("gone.txt").exists(),
+        "the deleted file came back\n{run}"
+    );
+    ensure!(
+        !old.exists(),
+        "the earlier archive was left where twoway ran\n{run}"
+    );
+    env.archive()?;
     Ok(())
 }

@@ -151,6 +151,9 @@ pub struct Env {
     pub dst: PathBuf,
     /// `XDG_CACHE_HOME`, outside SOURCE and BACKUP.
     pub cache: PathBuf,
+    /// `XDG_STATE_HOME` (made by the first twoway run): twoway keeps its archives in
+    /// `oneway/` there.
+    pub state_home: PathBuf,
     /// The log file given with `--log`.
     pub log: PathBuf,
     /// The binary this fixture runs.
@@ -187,6 +190,7 @@ impl Env {
             src: root.join("src"),
             dst: root.join("dst"),
             cache: root.join("cache"),
+            state_home: root.join("state-home"),
             log: root.join(program.default_log()),
             root,
             _dir: dir,
@@ -278,6 +282,7 @@ impl Env {
         };
         cmd.current_dir(&self.root)
             .env("XDG_CACHE_HOME", &self.cache)
+            .env("XDG_STATE_HOME", &self.state_home)
             .env_remove("RUST_LOG")
             .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
@@ -364,30 +369,41 @@ impl Env {
         Ok(snap)
     }
 
-    /// The one twoway archive (`.twoway-archive-<hex>.txt`) in the state directory; fails unless
-    /// there is exactly one.
+    /// Where twoway keeps its archives (its sync-state directory).
+    pub fn archive_dir(&self) -> PathBuf {
+        self.state_home.join("oneway")
+    }
+
+    /// The one twoway archive (`twoway-archive-<hex>.txt`) in [`Env::archive_dir`]; fails
+    /// unless there is exactly one.
     pub fn archive(&self) -> Res<PathBuf> {
-        let found = archives(&self.root)?;
+        let found = archives(&self.archive_dir())?;
         match found.as_slice() {
             [one] => Ok(one.clone()),
             _ => Err(fail(format!(
-                "expected exactly one .twoway-archive-<hex>.txt in {}, found {found:?}",
-                self.root.display()
+                "expected exactly one twoway-archive-<hex>.txt in {}, found {found:?}",
+                self.archive_dir().display()
             ))),
         }
     }
 }
 
-/// The twoway archives directly in `dir`: files named `.twoway-archive-<hex>.txt` (lowercase or
-/// uppercase hex digits, at least one).
+/// The twoway archives directly in `dir` (none if it does not exist): files named
+/// `twoway-archive-<hex>.txt`, or `.twoway-archive-<hex>.txt` as earlier releases named them
+/// where twoway ran (lowercase or uppercase hex digits, at least one).
 pub fn archives(dir: &Path) -> Res<Vec<PathBuf>> {
     let mut out = Vec::new();
+    if !dir.exists() {
+        return Ok(out);
+    }
     for entry in fs::read_dir(dir).context(|| format!("list {}", dir.display()))? {
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         let hex = name
-            .strip_prefix(".twoway-archive-")
+            .strip_prefix('.')
+            .unwrap_or(name)
+            .strip_prefix("twoway-archive-")
             .and_then(|n| n.strip_suffix(".txt"));
         if hex.is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit())) {
             out.push(entry.path());

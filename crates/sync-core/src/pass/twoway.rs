@@ -31,6 +31,9 @@ use crate::tree::{Tree, temp};
 pub struct TwowayOptions {
     /// The archive file of this pair.
     pub archive: PathBuf,
+    /// Where earlier releases kept it: read while `archive` does not exist, removed once it
+    /// does.
+    pub earlier: Vec<PathBuf>,
     /// Who wins a conflict.
     pub policy: Policy,
 }
@@ -178,13 +181,23 @@ fn pass(
         (opts.source.as_path(), trees[0]),
         (opts.backup.as_path(), trees[1]),
     ];
-    for path in temp::remove_journaled_leftovers(&journal, &roots) {
-        log::info!("removed leftover temporary file {}", path.display());
+    let earlier_journals = sync.earlier.iter().map(|p| p.with_extension("pending"));
+    for journal in std::iter::once(journal.clone()).chain(earlier_journals) {
+        for path in temp::remove_journaled_leftovers(&journal, &roots) {
+            log::info!("removed leftover temporary file {}", path.display());
+        }
     }
+    // The pair's archive, or the one an earlier release kept where twoway ran.
+    let taken_over = if sync.archive.exists() {
+        None
+    } else {
+        sync.earlier.iter().find(|p| p.exists())
+    };
+    let read_from = taken_over.unwrap_or(&sync.archive);
     // The archive is parsed while the trees are scanned: the scan waits on the file system
     // more than it computes.
     let (archived, (src, dst)) = rayon::join(
-        || archive::load_all(&sync.archive, &opts.source, &opts.backup),
+        || archive::load_all(read_from, &opts.source, &opts.backup),
         || {
             rayon::join(
                 // Files' attributes are taken from the hash cache where their stamps held,
@@ -369,6 +382,18 @@ fn pass(
     }
 
     crate::testhook::after_plan();
+    // The sync-state directory is made, private, by the first pass that changes anything.
+    if let Some(dir) = sync.archive.parent() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| Error::StateUnreadable {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+    }
     if let Err(err) = temp::start_temp_journal(&journal) {
         log::warn!(
             "cannot note temporary names in {}: {err}",
@@ -440,7 +465,9 @@ fn pass(
         let mut next = archived;
         let failed: Subtrees = failed.iter().collect();
         let covered = |rel: &Path| failed.contains(rel);
-        let mut changed = first_pass;
+        // An archive taken over from where an earlier release kept it is written where it
+        // belongs, changed or not.
+        let mut changed = first_pass || taken_over.is_some();
         for (rel, fin) in &plan.finals {
             if covered(rel) {
                 continue;
@@ -499,6 +526,16 @@ fn pass(
     };
     let ((), saved) = rayon::join(save_cache, save_archive);
     saved?;
+    if let Some(old) = taken_over.filter(|_| sync.archive.exists()) {
+        match std::fs::remove_file(old) {
+            Ok(()) => log::info!(
+                "the pair's archive moved from {} to {}",
+                old.display(),
+                sync.archive.display()
+            ),
+            Err(err) => log::warn!("cannot remove the earlier archive {}: {err}", old.display()),
+        }
+    }
     Ok(stats)
 }
 

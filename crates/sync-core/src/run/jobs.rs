@@ -32,13 +32,28 @@ pub struct TwowayJob {
 
 impl TwowayJob {
     /// A two-way job on `session`, whose conflicts `policy` settles. The pair's archive lives
-    /// in the session's state directory (the working directory if it has none).
+    /// in the sync-state directory, named after the pair whichever root comes first (in the
+    /// session's state directory where there is none); one that an earlier release left in
+    /// the state directory is taken over.
     pub fn new(session: Session, policy: Policy) -> TwowayJob {
         let state_dir = session.state_dir.as_deref().unwrap_or(Path::new("."));
-        let archive = archive::path_for(state_dir, &session.opts.source, &session.opts.backup);
+        let (source, backup) = (&session.opts.source, &session.opts.backup);
+        let home = session.pair_state.as_deref().unwrap_or(state_dir);
+        let archive = archive::path_of_pair(home, source, backup);
+        let earlier = [
+            archive::path_for(state_dir, source, backup),
+            archive::path_for(state_dir, backup, source),
+        ]
+        .into_iter()
+        .filter(|p| *p != archive)
+        .collect();
         TwowayJob {
             session,
-            sync: TwowayOptions { archive, policy },
+            sync: TwowayOptions {
+                archive,
+                earlier,
+                policy,
+            },
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Where the program keeps files of its own outside the roots: the cache directory (the hash
-//! cache) and the lock directory (the locks of [`crate::run::lock`]); and the absolute form of
-//! a directory that may no longer exist.
+//! cache), the sync-state directory (two-way archives) and the lock directory (the locks of
+//! [`crate::run::lock`]); and the absolute form of a directory that may no longer exist.
 
 use std::ffi::OsString;
 use std::io;
@@ -14,6 +14,22 @@ pub fn cache_dir() -> Option<PathBuf> {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    std::path::absolute(base.join("oneway")).ok()
+}
+
+/// Where the program keeps state that must outlive a cache (deleting it would make a two-way
+/// pass take both sides for new and merge them, bringing back what was deleted): the two-way
+/// archive of each pair. `$XDG_STATE_HOME/oneway`; else `/var/lib/oneway` for root, and
+/// `~/.local/state/oneway` for anyone else; absolute. `None` if there is none (a user other
+/// than root with neither `XDG_STATE_HOME` nor `HOME`).
+pub fn sync_state_dir() -> Option<PathBuf> {
+    let base = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        Some(base) => PathBuf::from(base),
+        None if rustix::process::geteuid().is_root() && Path::new("/var/lib").is_dir() => {
+            PathBuf::from("/var/lib")
+        }
+        None => PathBuf::from(std::env::var_os("HOME")?).join(".local/state"),
+    };
     std::path::absolute(base.join("oneway")).ok()
 }
 

@@ -73,6 +73,10 @@ pub struct Session {
     pub schedule: Schedule,
     /// twoway's state directory, canonical.
     pub state_dir: Option<PathBuf>,
+    /// Where a two-way pair's archive lives, whatever directory twoway runs from (see
+    /// [`places::sync_state_dir`]); `None` where there is none outside both roots (the state
+    /// directory then holds it, as earlier releases did).
+    pub pair_state: Option<PathBuf>,
     /// The pair's hash cache.
     pub cache: DirCache,
     _locks: Vec<Lock>,
@@ -135,6 +139,13 @@ impl Session {
         if let Some(dir) = &state_dir {
             remove_stale_state_temps(dir);
         }
+        let pair_state = match setup.program {
+            Program::Twoway => pair_state_dir(&source, &backup)?,
+            Program::Oneway => None,
+        };
+        if let Some(dir) = &pair_state {
+            remove_stale_state_temps(dir);
+        }
         let every = if setup.schedule.once {
             String::new()
         } else {
@@ -173,6 +184,7 @@ impl Session {
             },
             schedule: setup.schedule,
             state_dir,
+            pair_state,
             cache,
             _locks: locks,
         })
@@ -198,6 +210,21 @@ fn checked_state_dir(dir: &Path, source: &Path, backup: &Path) -> Result<PathBuf
     }
     trust::untouchable(&state_dir).map_err(|d| d.about("the state directory", &state_dir))?;
     Ok(state_dir)
+}
+
+/// The sync-state directory ([`places::sync_state_dir`]), checked as the state directory is
+/// (the archive there decides what a two-way pass deletes), resolved; it is made when an
+/// archive is first written there. `None` where there is none, or it lies in a root.
+fn pair_state_dir(source: &Path, backup: &Path) -> Result<Option<PathBuf>, Error> {
+    let Some(dir) = places::sync_state_dir() else {
+        return Ok(None);
+    };
+    let resolved = places::absolute_dir(&dir).unwrap_or_else(|_| dir.clone());
+    if resolved.starts_with(source) || resolved.starts_with(backup) {
+        return Ok(None);
+    }
+    trust::untouchable_or_missing(&dir).map_err(|d| d.about("the sync-state directory", &dir))?;
+    Ok(Some(resolved))
 }
 
 /// Refuses a cache directory that another user could change (the hash cache decides which

@@ -43,7 +43,26 @@ pub struct Archive {
     pub links: Option<LinkRecord>,
 }
 
-/// Where the archive of the pair (SOURCE, BACKUP) lives in `state_dir`.
+/// Where the archive of the pair lives in `dir`, the same whichever of its roots is named
+/// first: `twoway B A` finds what `twoway A B` wrote.
+pub fn path_of_pair(dir: &Path, one: &Path, other: &Path) -> PathBuf {
+    let (a, b) = if one.as_os_str() <= other.as_os_str() {
+        (one, other)
+    } else {
+        (other, one)
+    };
+    let mut h = Sha256::new();
+    h.update(a.as_os_str().as_encoded_bytes());
+    h.update([0]);
+    h.update(b.as_os_str().as_encoded_bytes());
+    dir.join(format!(
+        "twoway-archive-{}.txt",
+        &hex::encode(h.finalize())[..16]
+    ))
+}
+
+/// Where earlier releases kept the archive of the pair (SOURCE, BACKUP): in `state_dir`, the
+/// directory twoway ran from, named after the roots in that order.
 pub fn path_for(state_dir: &Path, source: &Path, backup: &Path) -> PathBuf {
     let mut h = Sha256::new();
     h.update(source.as_os_str().as_encoded_bytes());
@@ -89,23 +108,27 @@ pub fn load_all(path: &Path, source: &Path, backup: &Path) -> Result<Option<Arch
         Some(HEADER_WITHOUT_LINKS) => false,
         _ => return Err(damaged("not a twoway archive (bad first line)".into())),
     };
-    for (role, root) in [("source", source), ("backup", backup)] {
+    let mut recorded = Vec::with_capacity(2);
+    for role in ["source", "backup"] {
         let line = lines.next().map(|(_, l)| l).unwrap_or("");
-        let recorded = line
+        let root = line
             .strip_prefix(role)
             .and_then(|r| r.strip_prefix(' '))
-            .and_then(decode_path);
-        match recorded {
-            Some(p) if p == root => {}
-            Some(p) => {
-                return Err(damaged(format!(
-                    "it belongs to {role} {}, not {}",
-                    p.display(),
-                    root.display()
-                )));
-            }
-            None => return Err(damaged(format!("bad {role} line"))),
-        }
+            .and_then(decode_path)
+            .ok_or_else(|| damaged(format!("bad {role} line")))?;
+        recorded.push(root);
+    }
+    // What both sides held is the same whichever side is named first.
+    let ours = [source, backup];
+    let same = |a: &[&Path; 2]| recorded[0] == a[0] && recorded[1] == a[1];
+    if !same(&ours) && !same(&[backup, source]) {
+        return Err(damaged(format!(
+            "it belongs to {} and {}, not {} and {}",
+            recorded[0].display(),
+            recorded[1].display(),
+            source.display(),
+            backup.display()
+        )));
     }
     // `save` writes entries in path order: read them into a list, check that order (which
     // also rules out duplicates), and build the map in one go rather than entry by entry.
@@ -242,9 +265,11 @@ mod tests {
             },
         );
         save(&path, s, b, &items).unwrap();
-        assert_eq!(load(&path, s, b).unwrap(), Some(items));
+        assert_eq!(load(&path, s, b).unwrap(), Some(items.clone()));
+        // The same pair named the other way round: the same archive.
+        assert_eq!(load(&path, b, s).unwrap(), Some(items));
         assert!(
-            load(&path, b, s).is_err(),
+            load(&path, s, Path::new("/elsewhere")).is_err(),
             "an archive for other roots is never used"
         );
         let text = std::fs::read_to_string(&path).unwrap();
