@@ -782,24 +782,34 @@ mod tests {
         }
     }
 
+    /// A side's files with several names, as the pass gives them.
+    fn linked(side: &Scanned) -> Vec<(&Path, &Entry)> {
+        side.iter()
+            .filter(|(_, e)| e.is_linked())
+            .map(|(rel, e)| (rel.as_path(), e))
+            .collect()
+    }
+
+    /// The entry at `rel` of `side` (of `source` or `backup`); the roots are `root`.
+    fn entry_in<'a>(
+        [source, backup]: [&'a Scanned; 2],
+        root: &'a Entry,
+        side: Side,
+        rel: &Path,
+    ) -> Option<&'a Entry> {
+        let tree = if side == Side::Source { source } else { backup };
+        match rel.as_os_str().is_empty() {
+            true => Some(root),
+            false => tree.iter().find(|(r, _)| r == rel).map(|(_, e)| e),
+        }
+    }
+
     /// Runs [`keep_links`] over two scanned sides.
     fn kept(mut steps: Vec<Step>, source: &Scanned, backup: &Scanned) -> Vec<Step> {
-        fn linked(side: &Scanned) -> Vec<(&Path, &Entry)> {
-            side.iter()
-                .filter(|(_, e)| e.is_linked())
-                .map(|(rel, e)| (rel.as_path(), e))
-                .collect()
-        }
         let (ls, lb) = (linked(source), linked(backup));
         // The roots, as the pass gives them (an entry, whatever its kind, will do).
         let root = file(7, 1);
-        let entry = |side: Side, rel: &Path| {
-            let tree = if side == Side::Source { source } else { backup };
-            match rel.as_os_str().is_empty() {
-                true => Some(&root),
-                false => tree.iter().find(|(r, _)| r == rel).map(|(_, e)| e),
-            }
-        };
+        let entry = |side, rel: &Path| entry_in([source, backup], &root, side, rel);
         keep_links(&mut steps, [&ls, &lb], entry);
         steps
     }
@@ -925,21 +935,9 @@ mod tests {
         recorded: &LinkRecord,
         winner: Side,
     ) -> Vec<String> {
-        fn linked(side: &Scanned) -> Vec<(&Path, &Entry)> {
-            side.iter()
-                .filter(|(_, e)| e.is_linked())
-                .map(|(rel, e)| (rel.as_path(), e))
-                .collect()
-        }
         let (ls, lb) = (linked(source), linked(backup));
         let root = file(7, 1);
-        let entry = |side: Side, rel: &Path| {
-            let tree = if side == Side::Source { source } else { backup };
-            match rel.as_os_str().is_empty() {
-                true => Some(&root),
-                false => tree.iter().find(|(r, _)| r == rel).map(|(_, e)| e),
-            }
-        };
+        let entry = |side, rel: &Path| entry_in([source, backup], &root, side, rel);
         let mut steps = Vec::new();
         carry_structure(
             &mut steps,

@@ -232,6 +232,8 @@ pub(crate) fn entry_of(stat: &Stat, link_target: Option<PathBuf>) -> Entry {
         FileType::Socket => Kind::Special(Node::Socket),
         FileType::CharacterDevice => Kind::Special(Node::Char(rdev)),
         FileType::BlockDevice => Kind::Special(Node::Block(rdev)),
+        // Linux's st_mode has no other type; should one appear, a FIFO (which holds nothing
+        // and is never opened) stands in for it rather than a file whose bytes would be read.
         FileType::Unknown => Kind::Special(Node::Fifo),
     };
     let (uid, gid) = (stat.st_uid as u32, stat.st_gid as u32);
