@@ -9,6 +9,7 @@ use sync_core::run::passes::{Schedule, run_passes};
 use sync_core::tree::meta::{Wanted, set_carry};
 use sync_core::{ExitCode, Program, Session, Setup};
 use versioning::pass::VersionedJob;
+use versioning::retention::Retention;
 
 /// Mirror SOURCE into BACKUP, again at every interval.
 #[derive(Debug, Parser)]
@@ -28,10 +29,21 @@ struct Cli {
     /// Keep versions in BACKUP/_0 … instead of a plain mirror (_1 latest, _0 previous).
     #[arg(long, visible_alias = "versioned-backup")]
     versioned: bool,
-    /// With --versioned: how many versions to keep (at least 2, default 2); the latest is
-    /// _{N-1}.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(2..1000))]
-    keep: Option<u64>,
+    /// With --versioned: the newest versions kept as _0 … _{N-1}, the latest last (at least
+    /// 2, default 2).
+    #[arg(long, visible_alias = "keep", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(2..1000))]
+    keep_last: Option<u32>,
+    /// With --versioned: also keep the newest version of each of the last N hours that have
+    /// one (default 24).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..100_000))]
+    keep_hourly: Option<u32>,
+    /// With --versioned: and of each of the last N days (default 8: at least a week back).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..100_000))]
+    keep_daily: Option<u32>,
+    /// With --versioned: and of each of the last N weeks, Monday to Sunday (default 4).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..100_000))]
+    keep_weekly: Option<u32>,
     /// One pass, then exit.
     #[arg(long)]
     once: bool,
@@ -63,6 +75,30 @@ struct Cli {
     no_xattrs: bool,
 }
 
+/// The retention policy the `--keep-*` options give, defaults filled in; they are a usage
+/// error without `--versioned`.
+fn retention(cli: &Cli) -> Retention {
+    let given = [
+        (cli.keep_last, "--keep-last"),
+        (cli.keep_hourly, "--keep-hourly"),
+        (cli.keep_daily, "--keep-daily"),
+        (cli.keep_weekly, "--keep-weekly"),
+    ];
+    if !cli.versioned
+        && let Some((_, flag)) = given.iter().find(|(n, _)| n.is_some())
+    {
+        eprintln!("oneway: {flag} applies only with --versioned");
+        std::process::exit(ExitCode::Usage.code());
+    }
+    let default = Retention::default();
+    Retention {
+        last: cli.keep_last.unwrap_or(default.last),
+        hourly: cli.keep_hourly.unwrap_or(default.hourly),
+        daily: cli.keep_daily.unwrap_or(default.daily),
+        weekly: cli.keep_weekly.unwrap_or(default.weekly),
+    }
+}
+
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -81,10 +117,7 @@ fn main() {
         group: !cli.no_group,
         xattrs: !cli.no_xattrs,
     });
-    if cli.keep.is_some() && !cli.versioned {
-        eprintln!("oneway: --keep applies only with --versioned");
-        std::process::exit(ExitCode::Usage.code());
-    }
+    let retention = retention(&cli);
     let setup = Setup {
         program: Program::Oneway,
         source: cli.source,
@@ -105,8 +138,7 @@ fn main() {
         Ok(session) => {
             let schedule = session.schedule;
             if cli.versioned {
-                let keep = cli.keep.unwrap_or(2) as usize;
-                run_passes(schedule, &mut VersionedJob { session, keep })
+                run_passes(schedule, &mut VersionedJob { session, retention })
             } else {
                 run_passes(schedule, &mut MirrorJob(session))
             }

@@ -49,14 +49,19 @@ fn hides_itself(c: char) -> bool {
 }
 
 /// The current local time, for log lines and for the time stamps in file names.
-///
-/// The zone is read once from `TZ` or `/etc/localtime` (only its offsets matter here). jiff's
-/// own lookup of the system zone would also index the names of the whole zoneinfo tree: a
-/// quarter of a pass over a small unchanged tree (2.7 ms against 2.0 ms, measured).
 pub fn local_now() -> jiff::ZonedDateTime {
+    jiff::Timestamp::now().to_zoned_datetime(local_zone().clone())
+}
+
+/// The local time zone.
+///
+/// Read once from `TZ` or `/etc/localtime` (only its offsets matter here). jiff's own lookup
+/// of the system zone would also index the names of the whole zoneinfo tree: a quarter of a
+/// pass over a small unchanged tree (2.7 ms against 2.0 ms, measured).
+pub fn local_zone() -> &'static jiff::tz::TimeZone {
     use jiff::tz::TimeZone;
     static ZONE: std::sync::OnceLock<TimeZone> = std::sync::OnceLock::new();
-    let zone = ZONE.get_or_init(|| {
+    ZONE.get_or_init(|| {
         if std::env::var_os("TZ").is_none()
             && let Ok(data) = std::fs::read("/etc/localtime")
             && let Ok(zone) = TimeZone::tzif("Local", &data)
@@ -64,8 +69,7 @@ pub fn local_now() -> jiff::ZonedDateTime {
             return zone;
         }
         TimeZone::system()
-    });
-    jiff::Timestamp::now().to_zoned_datetime(zone.clone())
+    })
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
-//! A test aid, documented as such and doing nothing else: when the environment variable
-//! `ONEWAY_TEST_HOOK_AFTER_PLAN` is set, a pass runs it as a shell command (`sh -c`) after it
-//! has scanned, hashed and decided what to do, and before it changes anything, and waits for
-//! it. Tests use it to change a tree between the scan and the apply step without sleeps or
-//! races ("a file edited after the scan is never overwritten").
+//! Test aids, documented as such and doing nothing else:
+//! - when the environment variable `ONEWAY_TEST_HOOK_AFTER_PLAN` is set, a pass runs it as a
+//!   shell command (`sh -c`) after it has scanned, hashed and decided what to do, and before it
+//!   changes anything, and waits for it. Tests use it to change a tree between the scan and the
+//!   apply step without sleeps or races ("a file edited after the scan is never overwritten");
+//! - `ONEWAY_TEST_NOW` (seconds since 1970) is the time a versioned pass dates its version by,
+//!   so that a test can run a week of passes in seconds through the retention code users get.
 //!
-//! It exists only with this crate's `test-hook` feature, which the root package switches on
+//! They exist only with this crate's `test-hook` feature, which the root package switches on
 //! through a dev-dependency, so only the binaries `cargo test` builds have it: a binary a user
 //! installs or builds for release runs no shell command taken from its environment.
 
@@ -33,3 +35,24 @@ pub fn after_plan() {
 #[cfg(not(feature = "test-hook"))]
 #[inline]
 pub fn after_plan() {}
+
+/// The clock's variable.
+#[cfg(feature = "test-hook")]
+pub const NOW: &str = "ONEWAY_TEST_NOW";
+
+/// The time a version is dated by: `ONEWAY_TEST_NOW` where set (to whole seconds), else now.
+#[cfg(feature = "test-hook")]
+pub fn now() -> jiff::Timestamp {
+    std::env::var(NOW)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .and_then(|secs| jiff::Timestamp::from_second(secs).ok())
+        .unwrap_or_else(jiff::Timestamp::now)
+}
+
+/// Without the `test-hook` feature: now, whatever the environment holds.
+#[cfg(not(feature = "test-hook"))]
+#[inline]
+pub fn now() -> jiff::Timestamp {
+    jiff::Timestamp::now()
+}

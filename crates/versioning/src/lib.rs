@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod pass;
 pub mod recovery;
 pub mod restore;
+pub mod retention;
 pub mod store;
 pub mod verify;
 

@@ -21,6 +21,7 @@ use sync_core::{Error, signal};
 
 use crate::links::Links;
 use crate::manifest::{Item, Items, Manifest};
+use crate::retention::Retention;
 use crate::store::Store;
 
 fn store_error(err: impl std::error::Error) -> Error {
@@ -371,12 +372,16 @@ fn shareable(rel: &Path, wanted: &Manifest, previous: &Manifest) -> bool {
 pub struct VersionedJob {
     /// The session it runs in.
     pub session: Session,
-    /// Versions kept (at least 2).
-    pub keep: usize,
+    /// Which versions are kept.
+    pub retention: Retention,
 }
 
 impl Job for VersionedJob {
     fn pass(&mut self) -> Result<PassStats, Error> {
-        versioned_pass(&self.session.opts, &mut self.session.cache, self.keep)
+        versioned_pass(
+            &self.session.opts,
+            &mut self.session.cache,
+            self.retention.last.max(2) as usize,
+        )
     }
 }
