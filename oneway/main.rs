@@ -1,6 +1,6 @@
 //! `oneway SOURCE BACKUP`: parse the command line, then hand over to the crates.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
@@ -16,9 +16,15 @@ use versioning::retention::Retention;
 #[command(name = "oneway", version, about)]
 struct Cli {
     /// The directory to back up.
-    source: PathBuf,
+    #[arg(required_unless_present = "versions")]
+    source: Option<PathBuf>,
     /// The directory that becomes an exact copy of SOURCE (must exist).
-    backup: PathBuf,
+    #[arg(required_unless_present = "versions")]
+    backup: Option<PathBuf>,
+    /// List the versions that `--versioned` keeps in BACKUP, newest first (name, date,
+    /// files, bytes, what changed), and exit.
+    #[arg(long, value_name = "BACKUP", conflicts_with_all = ["source", "backup"])]
+    versions: Option<PathBuf>,
     /// Seconds between passes (at least 1).
     #[arg(short, long, default_value_t = 3600, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
@@ -38,7 +44,8 @@ struct Cli {
     /// one (default 24).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..100_000))]
     keep_hourly: Option<u32>,
-    /// With --versioned: and of each of the last N days (default 8: at least a week back).
+    /// With --versioned: and of each of the last N days (default 9: what stood at the end of
+    /// a day stays at least a week after it is deleted).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..100_000))]
     keep_daily: Option<u32>,
     /// With --versioned: and of each of the last N weeks, Monday to Sunday (default 4).
@@ -99,6 +106,30 @@ fn retention(cli: &Cli) -> Retention {
     }
 }
 
+/// `oneway --versions BACKUP`: the listing on standard output.
+fn list_versions(store: &Path) -> ExitCode {
+    let listed = versioning::Store::open(store)
+        .map_err(|e| sync_core::error::one_line(&e))
+        .and_then(|s| versioning::history::list(&s));
+    match listed {
+        Ok(listed) if listed.is_empty() => {
+            eprintln!(
+                "oneway: {} holds no versions made by oneway --versioned",
+                store.display()
+            );
+            ExitCode::Usage
+        }
+        Ok(listed) => {
+            print!("{}", versioning::history::render(store, &listed));
+            ExitCode::Success
+        }
+        Err(err) => {
+            eprintln!("oneway: {err}");
+            ExitCode::Usage
+        }
+    }
+}
+
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -117,11 +148,14 @@ fn main() {
         group: !cli.no_group,
         xattrs: !cli.no_xattrs,
     });
+    if let Some(store) = &cli.versions {
+        std::process::exit(list_versions(store).code());
+    }
     let retention = retention(&cli);
     let setup = Setup {
         program: Program::Oneway,
-        source: cli.source,
-        backup: cli.backup,
+        source: cli.source.unwrap_or_default(),
+        backup: cli.backup.unwrap_or_default(),
         log: cli.log,
         exclude: cli.exclude,
         schedule: Schedule {

@@ -28,15 +28,6 @@ enum ConflictPolicy {
     Backup,
 }
 
-/// Which version `--restore` brings back.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum VersionChoice {
-    /// The newest version.
-    Latest,
-    /// The one before it.
-    Previous,
-}
-
 /// Keep SOURCE and BACKUP in sync both ways with versions of both, or bring a directory back
 /// from its versions (`twoway DIR --restore`).
 #[derive(Debug, Parser)]
@@ -90,9 +81,13 @@ struct Cli {
     /// Bring DIR back from its versions.
     #[arg(long)]
     restore: bool,
-    /// With --restore: which version.
-    #[arg(long, value_enum, value_name = "latest|previous")]
-    version: Option<VersionChoice>,
+    /// List DIR's versions, newest first: name, date, files, bytes, what changed.
+    #[arg(long, conflicts_with = "restore")]
+    versions: bool,
+    /// With --restore: which version: latest (default), previous, a name from --versions, or
+    /// a date and time (the newest version at or before it, e.g. "2026-12-07 09:15").
+    #[arg(long, value_name = "VERSION")]
+    version: Option<Which>,
     /// Print the program's version.
     #[arg(short = 'V', action = clap::ArgAction::Version)]
     print_version: Option<bool>,
@@ -109,7 +104,7 @@ fn parse() -> Cli {
         .and_then(|matches| Cli::from_arg_matches(&matches).map(|cli| (cli, matches)));
     match parsed {
         Ok((cli, matches)) => {
-            if cli.restore {
+            if cli.restore || cli.versions {
                 refuse_sync_options(&matches);
             }
             cli
@@ -149,8 +144,13 @@ fn main() {
         group: !cli.no_group,
         xattrs: !cli.no_xattrs,
     });
-    let code = match (cli.restore, &cli.backup) {
-        (true, Some(_)) => usage_error("--restore takes one directory, not SOURCE and BACKUP"),
+    let code = match (cli.restore || cli.versions, &cli.backup) {
+        (true, Some(_)) => usage_error(if cli.restore {
+            "--restore takes one directory, not SOURCE and BACKUP"
+        } else {
+            "--versions takes one directory, not SOURCE and BACKUP"
+        }),
+        (true, None) if cli.versions => run_versions(&cli),
         (true, None) => run_restore(&cli),
         (false, None) => {
             usage_error("BACKUP is missing: twoway SOURCE BACKUP, or twoway DIR --restore")
@@ -173,38 +173,25 @@ fn run_restore(cli: &Cli) -> ExitCode {
             cli.log.display()
         ));
     }
-    let which = match cli.version {
-        Some(VersionChoice::Previous) => Which::Previous,
-        _ => Which::Latest,
-    };
+    let which = cli.version.clone().unwrap_or(Which::Latest);
     let state_dir = match std::env::current_dir() {
         Ok(d) => d,
         Err(err) => usage_error(&format!("cannot read the current directory: {err}")),
     };
-    match restore(&state_dir, &cli.source, which, cli.dry_run) {
+    match restore(&state_dir, &cli.source, which.clone(), cli.dry_run) {
         Ok(done) if cli.dry_run => {
             log::info!(
-                "dry run: restoring {} from its {} version would change {} entries; nothing \
+                "dry run: restoring {} from version {which} would change {} entries; nothing \
                  was changed",
                 done.dir.display(),
-                if which == Which::Latest {
-                    "latest"
-                } else {
-                    "previous"
-                },
                 done.entries
             );
             ExitCode::Success
         }
         Ok(done) => {
             log::info!(
-                "restored {} from its {} version ({} entries)",
+                "restored {} from version {which} ({} entries)",
                 done.dir.display(),
-                if which == Which::Latest {
-                    "latest"
-                } else {
-                    "previous"
-                },
                 done.entries
             );
             if let Some(kept) = done.kept {
@@ -220,6 +207,30 @@ fn run_restore(cli: &Cli) -> ExitCode {
             log::error!("{}", sync_core::error::one_line(&err));
             ExitCode::Usage
         }
+    }
+}
+
+/// `twoway DIR --versions`: the listing on standard output; no log file is written.
+fn run_versions(cli: &Cli) -> ExitCode {
+    if cli.version.is_some() || cli.dry_run {
+        usage_error("--versions lists; --version and --dry-run apply to --restore");
+    }
+    let state_dir = match std::env::current_dir() {
+        Ok(d) => d,
+        Err(err) => usage_error(&format!("cannot read the current directory: {err}")),
+    };
+    let listed = versioning::history::store_of(&state_dir, &cli.source).and_then(|(_, vdir)| {
+        let store = versioning::Store::open(&vdir)
+            .map_err(|e| Error::Versions(sync_core::error::one_line(&e)))?;
+        let listed = versioning::history::list(&store).map_err(Error::Versions)?;
+        Ok(versioning::history::render(&vdir, &listed))
+    });
+    match listed {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::Success
+        }
+        Err(err) => usage_error(&sync_core::error::one_line(&err)),
     }
 }
 

@@ -8,6 +8,7 @@ mod faithful;
 mod faithful_twoway;
 mod faithful_versions;
 mod faults;
+mod history;
 mod limits;
 mod mounts;
 mod oneway;

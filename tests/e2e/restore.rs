@@ -13,16 +13,16 @@ use crate::util::*;
 const TWOWAY: &str = env!("CARGO_BIN_EXE_twoway");
 
 /// A state directory with two synced directories `A` and `B` beside it (not inside it).
-struct Pair {
+pub(crate) struct Pair {
     _dir: tempfile::TempDir,
-    state: PathBuf,
-    a: PathBuf,
-    b: PathBuf,
+    pub(crate) state: PathBuf,
+    pub(crate) a: PathBuf,
+    pub(crate) b: PathBuf,
     cache: PathBuf,
 }
 
 impl Pair {
-    fn new() -> Res<Pair> {
+    pub(crate) fn new() -> Res<Pair> {
         let dir = tempfile::tempdir()?;
         let root = dir.path().to_path_buf();
         let pair = Pair {
@@ -38,7 +38,7 @@ impl Pair {
         Ok(pair)
     }
 
-    fn command(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Command {
+    pub(crate) fn command(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Command {
         let mut cmd = Command::new(TWOWAY);
         cmd.current_dir(&self.state)
             .env("XDG_CACHE_HOME", &self.cache)
@@ -50,7 +50,7 @@ impl Pair {
         cmd
     }
 
-    fn run(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Res<Output> {
+    pub(crate) fn run(&self, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Res<Output> {
         Ok(self.command(args).output()?)
     }
 
@@ -64,12 +64,12 @@ impl Pair {
         self.state.join("__versions__").join(name)
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         fs::read_to_string(self.state.join("twoway.log")).unwrap_or_default()
     }
 }
 
-fn expect_code(out: &Output, code: i32) -> TestResult {
+pub(crate) fn expect_code(out: &Output, code: i32) -> TestResult {
     ensure!(
         out.status.code() == Some(code),
         "expected exit code {code}, got {:?}\nstderr:\n{}",
@@ -79,7 +79,7 @@ fn expect_code(out: &Output, code: i32) -> TestResult {
     Ok(())
 }
 
-fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 

@@ -6,6 +6,7 @@
 //! with the restore that brings a directory back.
 
 pub mod digest;
+pub mod history;
 pub mod links;
 pub mod manifest;
 pub mod pass;

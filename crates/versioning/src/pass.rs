@@ -29,7 +29,7 @@ fn store_error(err: impl std::error::Error) -> Error {
 }
 
 /// Runs one versioned pass of `opts.source` into the version directory `opts.backup`,
-/// keeping `keep` versions (at least 2).
+/// keeping the versions `retention` keeps.
 ///
 /// Fails (changing nothing) if a root cannot be listed, the version store is unusable (a
 /// foreign `_k`, a damaged manifest), or a refusal of SPEC §8 applies without `force`.
@@ -37,8 +37,11 @@ fn store_error(err: impl std::error::Error) -> Error {
 pub fn versioned_pass(
     opts: &PassOptions,
     cache: &mut DirCache,
-    keep: usize,
+    retention: &Retention,
 ) -> Result<PassStats, Error> {
+    // The version's date: when SOURCE was read.
+    let time = sync_core::testhook::now();
+    let keep = retention.last.max(1) as usize;
     opts.check_roots()?;
     // Only SOURCE: BACKUP is the version store, the runner's own.
     let record = cache.beside("mounts");
@@ -145,7 +148,7 @@ pub fn versioned_pass(
             &mut store,
             &wanted,
             previous.map(|(v, m)| (v.dir.as_path(), m)),
-            keep,
+            (retention, time),
             &mut stats,
         )
     };
@@ -214,10 +217,10 @@ fn rotate(
     store: &mut Store,
     wanted: &Manifest,
     previous: Option<(&Path, &Manifest)>,
-    keep: usize,
+    (retention, time): (&Retention, jiff::Timestamp),
     stats: &mut PassStats,
 ) -> Result<(), Error> {
-    let build = store.start_build().map_err(store_error)?;
+    let build = store.start_build(time).map_err(store_error)?;
     match fill(source, &build.dir, wanted, previous) {
         Ok(Filled {
             items,
@@ -233,14 +236,20 @@ fn rotate(
                 return Ok(());
             }
             let manifest = Manifest::of(wanted.root, items, wanted.links.clone());
-            match store.commit(build, &manifest, keep) {
-                Ok(version) => {
+            match store.commit(build, &manifest, retention) {
+                Ok((version, dropped)) => {
                     log::info!(
                         "created version {} ({} files: {linked} hard-linked, {copied} copied; tree digest {})",
                         version.name,
                         linked + copied,
                         short(&manifest.digest)
                     );
+                    if dropped > 0 {
+                        log::info!(
+                            "let go of {dropped} older version{} that the retention no longer keeps",
+                            if dropped == 1 { "" } else { "s" }
+                        );
+                    }
                     stats.operations += 1;
                     Ok(())
                 }
@@ -378,10 +387,6 @@ pub struct VersionedJob {
 
 impl Job for VersionedJob {
     fn pass(&mut self) -> Result<PassStats, Error> {
-        versioned_pass(
-            &self.session.opts,
-            &mut self.session.cache,
-            self.retention.last.max(2) as usize,
-        )
+        versioned_pass(&self.session.opts, &mut self.session.cache, &self.retention)
     }
 }

@@ -1,4 +1,4 @@
-//! `twoway DIR --restore [--version latest|previous]`: bring a directory back from its
+//! `twoway DIR --restore [--version latest|previous|NAME|DATE]`: bring a directory back from its
 //! versions, even after it was deleted, without ever leaving it half-restored.
 //!
 //! The chosen version is verified against its manifest, copied (never hard-linked to the
@@ -16,25 +16,15 @@ use sync_core::hash::Learner;
 use sync_core::model::Side;
 use sync_core::plan::step::{Step, Steps, arrive, finish};
 use sync_core::run::lock::LockDir;
-use sync_core::run::places::absolute_dir;
-use sync_core::run::trust;
 use sync_core::scan::Scanned;
 use sync_core::tree::{LocalTree, OpError, Tree};
 use sync_core::{Error, error::one_line};
 
+pub use crate::history::Choice as Which;
+use crate::history::store_of;
 use crate::manifest::{Item, Manifest};
-use crate::recovery::{Info, VERSIONS_DIR};
 use crate::store::Store;
 use crate::verify::verify_tree;
-
-/// Which version to restore.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Which {
-    /// The newest version (`_1` with two kept).
-    Latest,
-    /// The one before it (`_0`).
-    Previous,
-}
 
 /// What a restore did.
 #[derive(Debug)]
@@ -127,48 +117,18 @@ pub fn restore(
     which: Which,
     dry_run: bool,
 ) -> Result<Restored, Error> {
-    let dir = absolute_dir(dir).map_err(|source| Error::Inaccessible {
-        role: "DIR",
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    // `.info.json` says where to write, as root often: it must be the user's word.
-    trust::untouchable(state_dir).map_err(|d| d.about("the state directory", state_dir))?;
-    let info = Info::load(state_dir)?;
-    let key = info.key_of(&dir).ok_or_else(|| {
-        fail(format!(
-            "{} is not known to the recovery system ({} has no entry for it); nothing was restored",
-            dir.display(),
-            state_dir.join(crate::recovery::INFO_FILE).display()
-        ))
-    })?;
+    let (dir, vdir) = store_of(state_dir, dir)?;
     let locks = LockDir::open()?;
     let _pair = locks.lock_path(&dir)?;
-    let vdir = state_dir.join(VERSIONS_DIR).join(key);
-    if !vdir.is_dir() {
-        return Err(fail(format!(
-            "no versions of {} in {}",
-            dir.display(),
-            vdir.display()
-        )));
-    }
     let _versions = locks.lock_dir(&vdir)?;
     let store = Store::open(&vdir).map_err(|e| fail(one_line(&e)))?;
-    let versions = store.versions(usize::MAX);
-    let chosen = match which {
-        Which::Latest => versions.last(),
-        Which::Previous => versions.len().checked_sub(2).and_then(|i| versions.get(i)),
-    }
-    .ok_or_else(|| {
+    let versions = store.versions();
+    let chosen = which.pick(&versions).ok_or_else(|| {
         fail(format!(
-            "there is no {} version of {} yet in {}",
-            if which == Which::Latest {
-                "latest"
-            } else {
-                "previous"
-            },
+            "there is no version {which} of {} in {} (twoway {} --versions lists them)",
             dir.display(),
-            vdir.display()
+            vdir.display(),
+            dir.display()
         ))
     })?;
     let manifest = chosen.manifest().map_err(|e| fail(one_line(&e)))?;

@@ -20,13 +20,15 @@ pub struct Retention {
 }
 
 impl Default for Retention {
-    /// Two numbered versions as in the seed, and what was there at the end of any of the last
-    /// 24 hours, 8 days (so at least 7 whole days back) and 4 weeks.
+    /// Two numbered versions as in the seed, and the newest of each of the last 24 hours, 9
+    /// days and 4 weeks that have one. Nine days (today and the eight before) so that what
+    /// stood at the end of a day is still there at least a week after it was deleted the
+    /// next day, whenever that day it was deleted.
     fn default() -> Retention {
         Retention {
             last: 2,
             hourly: 24,
-            daily: 8,
+            daily: 9,
             weekly: 4,
         }
     }
@@ -188,7 +190,7 @@ mod tests {
             .filter(|(_, k)| **k)
             .map(|(t, _)| t)
             .collect();
-        // The last 24 hours, the ends of 7 earlier days, and of earlier weeks.
+        // The last 24 hours, the ends of 8 earlier days, and of earlier weeks.
         let end_of_dec_3 = at("2026-12-03T23:30:00");
         assert!(kept.contains(&&end_of_dec_3), "{kept:?}");
         assert!(kept.len() < 40, "{}", kept.len());
@@ -199,7 +201,7 @@ mod tests {
     fn args_name_every_rule() {
         assert_eq!(
             Retention::default().args().join(" "),
-            "--keep-last 2 --keep-hourly 24 --keep-daily 8 --keep-weekly 4"
+            "--keep-last 2 --keep-hourly 24 --keep-daily 9 --keep-weekly 4"
         );
     }
 }

@@ -1,12 +1,16 @@
-//! Where versions live and how they rotate, atomically.
+//! Where versions live, which are kept, and how they rotate, atomically.
 //!
-//! In VDIR, `_0` … `_{N-1}` are links `_k -> .current/_k`, made once. `.current` is a link to
-//! a generation directory `.gen-G`, whose links `_k -> ../.v-ID` name the version trees
-//! `.v-ID` (each with its manifest `.v-ID.manifest` beside it). A rotation builds the new
-//! version under `.building-ID`, renames it to `.v-ID`, writes generation `.gen-(G+1)`, and
-//! then swaps `.current` with one `rename`: whenever the process is killed, every reader sees
-//! the old set of versions or the new one, never a mix. Whatever the current generation does
-//! not reference is a leftover of an interrupted rotation and is removed at the next pass.
+//! In VDIR, every kept version has a public name, a link `NAME -> .current/NAME`: the newest
+//! `N` (the retention's `last`) are `_0` … `_{N-1}`, the latest last, and older ones kept by
+//! the retention's calendar rules are named by their date, `YYYY-MM-DD_HH-MM-SS` in local time.
+//! `.current` is a link to a generation directory `.gen-G`, whose links `NAME -> ../.v-ID` name
+//! the version trees `.v-ID` (each with its manifest `.v-ID.manifest` beside it); `ID` starts
+//! with the time of the pass that made the version, in nanoseconds (hex), which is how a
+//! version records its date. A rotation builds the new version under `.building-ID`, renames
+//! it to `.v-ID`, writes generation `.gen-(G+1)`, and then swaps `.current` with one `rename`:
+//! whenever the process is killed, every reader sees the old set of versions or the new one,
+//! never a mix. Whatever the current generation does not reference is a leftover of an
+//! interrupted rotation or a version the retention let go, and is removed at the next pass.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -14,10 +18,12 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use jiff::Timestamp;
 use sync_core::model::Kind;
 use sync_core::tree::{LocalTree, Tree};
 
 use crate::manifest::{Manifest, ManifestError};
+use crate::retention::Retention;
 
 const CURRENT: &str = ".current";
 const GEN_PREFIX: &str = ".gen-";
@@ -62,10 +68,12 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
 /// One stored version.
 #[derive(Debug, Clone)]
 pub struct Version {
-    /// Its public name in VDIR, `_k`.
+    /// Its public name in VDIR: `_k`, or its date.
     pub name: String,
     /// The directory holding its tree (`VDIR/.v-ID`).
     pub dir: PathBuf,
+    /// When the pass that made it ran.
+    pub time: Timestamp,
 }
 
 impl Version {
@@ -90,8 +98,15 @@ pub struct Store {
     vdir: PathBuf,
     tree: LocalTree,
     generation: u64,
-    /// Store ids (`.v-ID` names), oldest first.
-    ids: Vec<String>,
+    /// The kept versions, oldest first.
+    kept: Vec<Kept>,
+}
+
+/// A kept version: its store id (`.v-ID`) and its public name.
+#[derive(Debug, Clone)]
+struct Kept {
+    id: String,
+    name: String,
 }
 
 impl Store {
@@ -116,7 +131,7 @@ impl Store {
                     vdir: vdir.to_path_buf(),
                     tree,
                     generation: 0,
-                    ids: Vec::new(),
+                    kept: Vec::new(),
                 });
             }
             Err(e) => return Err(io_err(&current)(e)),
@@ -132,13 +147,13 @@ impl Store {
                 ))
             })?;
         let gen_dir = vdir.join(&target);
-        let mut named: Vec<(u32, String)> = Vec::new();
+        let mut kept: Vec<Kept> = Vec::new();
         let listing = tree.list(&target, &|_| false).map_err(io_err(&gen_dir))?;
         for (name, entry) in listing {
-            let Some(k) = version_index(&name) else {
+            let Some(name) = name.to_str().filter(|n| public_name(n)) else {
                 continue;
             };
-            let path = gen_dir.join(&name);
+            let path = gen_dir.join(name);
             let Kind::Symlink(link) = entry.kind else {
                 return Err(io_err(&path)(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -149,45 +164,49 @@ impl Store {
                 .strip_prefix("..")
                 .ok()
                 .and_then(|p| p.to_str())
-                .filter(|id| id.starts_with(VERSION_PREFIX) && !id.contains('/'))
+                .filter(|id| time_of(id).is_some() && !id.contains('/'))
                 .ok_or_else(|| {
                     io_err(&path)(io::Error::new(
                         io::ErrorKind::InvalidData,
                         "does not point to a version",
                     ))
                 })?;
-            named.push((k, id.to_string()));
+            kept.push(Kept {
+                id: id.to_string(),
+                name: name.to_string(),
+            });
         }
-        named.sort();
+        // The numbered ones are the newest, in their order, whatever their dates say (a
+        // clock set back); the dated ones come before them, by date.
+        kept.sort_by_key(|k| {
+            let index = version_index(OsStr::new(&k.name));
+            (index.is_some(), index, time_of(&k.id), k.id.clone())
+        });
+        kept.dedup_by(|a, b| a.id == b.id);
         Ok(Store {
             vdir: vdir.to_path_buf(),
             tree,
             generation,
-            ids: named.into_iter().map(|(_, id)| id).collect(),
+            kept,
         })
     }
 
-    /// The versions, oldest first, named as `keep` versions are named (the newest is
-    /// `_{keep-1}`).
-    pub fn versions(&self, keep: usize) -> Vec<Version> {
-        let skip = self.ids.len().saturating_sub(keep);
-        let kept = &self.ids[skip..];
-        let first = keep - kept.len();
-        kept.iter()
-            .enumerate()
-            .map(|(i, id)| Version {
-                name: format!("_{}", first + i),
-                dir: self.vdir.join(id),
-            })
-            .collect()
+    /// The kept versions, oldest first, under their public names.
+    pub fn versions(&self) -> Vec<Version> {
+        self.kept.iter().map(|k| self.version(k)).collect()
+    }
+
+    fn version(&self, kept: &Kept) -> Version {
+        Version {
+            name: kept.name.clone(),
+            dir: self.vdir.join(&kept.id),
+            time: time_of(&kept.id).unwrap_or_default(),
+        }
     }
 
     /// The newest version, if any.
     pub fn latest(&self) -> Option<Version> {
-        self.ids.last().map(|id| Version {
-            name: String::new(),
-            dir: self.vdir.join(id),
-        })
+        self.kept.last().map(|k| self.version(k))
     }
 
     /// Checks that the public names `_0` … `_{keep-1}` are free or ours.
@@ -212,15 +231,18 @@ impl Store {
         Ok(())
     }
 
-    /// A fresh directory to build the next version in, and the id it will have.
+    /// A fresh directory to build the next version in, and the id it will have: the version
+    /// is dated `time`, when its pass ran.
     ///
     /// Fails if it cannot be created.
-    pub fn start_build(&self) -> Result<Build, StoreError> {
-        let nanos = std::time::SystemTime::now()
+    pub fn start_build(&self, time: Timestamp) -> Result<Build, StoreError> {
+        // The real clock and the process make the id unique whatever `time` says.
+        let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or_default();
-        let id = format!("{VERSION_PREFIX}{nanos:x}-{:x}", std::process::id());
+        let dated = u128::try_from(time.as_nanosecond()).unwrap_or_default();
+        let id = format!("{VERSION_PREFIX}{dated:x}-{now:x}-{:x}", std::process::id());
         let name = format!("{BUILD_PREFIX}{}", &id[VERSION_PREFIX.len()..]);
         let dir = self.vdir.join(&name);
         self.tree
@@ -234,33 +256,43 @@ impl Store {
         })
     }
 
-    /// Makes `build` (complete, with `manifest`) the newest version, keeping `keep`
-    /// versions in all; the switch is one atomic rename. Then removes what no longer belongs.
+    /// Makes `build` (complete, with `manifest`) the newest version, and keeps of the others
+    /// those `retention` keeps; the switch is one atomic rename. Then removes what no longer
+    /// belongs. Returns the new version and how many older ones were let go.
     ///
     /// Fails if a step before the switch fails (the old versions then stay as they were).
     pub fn commit(
         &mut self,
         build: Build,
         manifest: &Manifest,
-        keep: usize,
-    ) -> Result<Version, StoreError> {
+        retention: &Retention,
+    ) -> Result<(Version, usize), StoreError> {
         let vdir = self.vdir.clone();
         let final_dir = vdir.join(&build.id);
-        let version = Version {
-            name: format!("_{}", keep - 1),
-            dir: final_dir.clone(),
-        };
         let tree = &self.tree;
         // The version's data reaches the disk before any name points to it.
         tree.flush().map_err(io_err(&build.dir))?;
-        manifest.write(&version.manifest_path())?;
+        let mut manifest_path = final_dir.clone().into_os_string();
+        manifest_path.push(MANIFEST_SUFFIX);
+        manifest.write(Path::new(&manifest_path))?;
         tree.rename_over(&build.name, Path::new(&build.id))
             .map_err(io_err(&final_dir))?;
 
-        let mut ids = self.ids.clone();
+        let mut ids: Vec<String> = self.kept.iter().map(|k| k.id.clone()).collect();
         ids.push(build.id);
-        let skip = ids.len().saturating_sub(keep);
-        let ids: Vec<String> = ids[skip..].to_vec();
+        let times: Vec<Timestamp> = ids
+            .iter()
+            .map(|id| time_of(id).unwrap_or_default())
+            .collect();
+        let keep = retention.keep(&times, sync_core::display::local_zone());
+        let dropped = keep.iter().filter(|k| !**k).count();
+        let ids: Vec<(String, Timestamp)> = ids
+            .into_iter()
+            .zip(times)
+            .zip(keep)
+            .filter_map(|(it, k)| k.then_some(it))
+            .collect();
+        let kept = name_versions(ids, retention.last.max(1) as usize);
         let generation = self.generation + 1;
         let gen_name = format!("{GEN_PREFIX}{generation}");
         let gen_dir = vdir.join(&gen_name);
@@ -268,20 +300,28 @@ impl Store {
         // A leftover of a killed rotation may hold this name already.
         tree.remove_all(gen_rel).map_err(io_err(&gen_dir))?;
         tree.make_store_dir(gen_rel).map_err(io_err(&gen_dir))?;
-        let first = keep - ids.len();
-        for (i, id) in ids.iter().enumerate() {
-            let link = gen_rel.join(format!("_{}", first + i));
-            tree.make_link(&link, &Path::new("..").join(id))
+        for k in &kept {
+            let link = gen_rel.join(&k.name);
+            tree.make_link(&link, &Path::new("..").join(&k.id))
                 .map_err(io_err(&vdir.join(&link)))?;
         }
         tree.sync_dir(gen_rel).map_err(io_err(&gen_dir))?;
         // Public names for the versions the new generation holds; until the switch below
-        // they resolve to nothing, as they did before.
-        for k in first..keep {
-            let name = format!("_{k}");
-            if tree.stat(Path::new(&name)).is_err() {
-                tree.make_link(Path::new(&name), &Path::new(CURRENT).join(&name))
-                    .map_err(io_err(&vdir.join(&name)))?;
+        // they resolve to nothing, as they did before. A dated name someone else took is
+        // left to them: the version stays reachable through `.current`.
+        for k in &kept {
+            let public = Path::new(&k.name);
+            match tree.read_link(public) {
+                Ok(t) if t == Path::new(CURRENT).join(&k.name) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    tree.make_link(public, &Path::new(CURRENT).join(&k.name))
+                        .map_err(io_err(&vdir.join(public)))?;
+                }
+                _ => log::warn!(
+                    "{} is not a version link made by oneway; the version dated so is reached as {}",
+                    vdir.join(public).display(),
+                    vdir.join(CURRENT).join(public).display()
+                ),
             }
         }
         let tmp_link = PathBuf::from(format!("{CURRENT}.tmp"));
@@ -295,9 +335,10 @@ impl Store {
             .map_err(io_err(&current))?;
         tree.sync_dir(Path::new("")).map_err(io_err(&vdir))?;
         self.generation = generation;
-        self.ids = ids;
+        self.kept = kept;
         self.clean();
-        Ok(version)
+        let version = self.latest().expect("the new version is kept");
+        Ok((version, dropped))
     }
 
     /// Removes leftovers: generations other than the current one, version trees and
@@ -306,7 +347,7 @@ impl Store {
     /// Failures are logged, never fatal: they are retried at the next pass.
     pub fn clean(&self) {
         let current_gen = format!("{GEN_PREFIX}{}", self.generation);
-        let live: HashSet<&str> = self.ids.iter().map(String::as_str).collect();
+        let live: HashSet<&str> = self.kept.iter().map(|k| k.id.as_str()).collect();
         let Ok(listing) = self.tree.list(Path::new(""), &|_| false) else {
             return;
         };
@@ -322,7 +363,7 @@ impl Store {
                 || name == ".current.tmp"
             {
                 true
-            } else if version_index(OsStr::new(name)).is_some() {
+            } else if public_name(name) {
                 // Ours, and naming no version of the current generation.
                 entry.kind == Kind::Symlink(Path::new(CURRENT).join(name))
                     && !self.tree.resolves(Path::new(name))
@@ -360,6 +401,64 @@ impl Build {
             );
         }
     }
+}
+
+/// The date a version's id records (the time of the pass that made it).
+fn time_of(id: &str) -> Option<Timestamp> {
+    let hex = id.strip_prefix(VERSION_PREFIX)?.split('-').next()?;
+    let nanos = i128::from_str_radix(hex, 16).ok()?;
+    Timestamp::from_nanosecond(nanos).ok()
+}
+
+/// Whether `name` is one a generation may give a version: `_k`, or a date.
+pub(crate) fn public_name(name: &str) -> bool {
+    version_index(OsStr::new(name)).is_some() || dated_name(name)
+}
+
+/// `YYYY-MM-DD_HH-MM-SS`, with `_N` added where two versions share a second.
+fn dated_name(name: &str) -> bool {
+    let (stamp, more) = name.split_at_checked(19).unwrap_or((name, ""));
+    let shape = stamp.len() == 19
+        && stamp.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 | 13 | 16 => b == b'-',
+            10 => b == b'_',
+            _ => b.is_ascii_digit(),
+        });
+    shape
+        && (more.is_empty()
+            || more
+                .strip_prefix('_')
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
+}
+
+/// Public names for kept versions (oldest first): the newest `last` are `_0` … `_{last-1}`
+/// (the latest last; with fewer, the numbers end at `_{last-1}`), the others their local
+/// date, made unique with `_2`, `_3` … where two share a second.
+fn name_versions(ids: Vec<(String, Timestamp)>, last: usize) -> Vec<Kept> {
+    let numbered = ids.len().min(last);
+    let dated = ids.len() - numbered;
+    let mut taken: HashSet<String> = HashSet::new();
+    ids.into_iter()
+        .enumerate()
+        .map(|(i, (id, time))| {
+            let name = if i < dated {
+                let stamp = time
+                    .to_zoned_datetime(sync_core::display::local_zone().clone())
+                    .strftime("%Y-%m-%d_%H-%M-%S")
+                    .to_string();
+                let mut name = stamp.clone();
+                let mut n = 2;
+                while !taken.insert(name.clone()) {
+                    name = format!("{stamp}_{n}");
+                    n += 1;
+                }
+                name
+            } else {
+                format!("_{}", last - numbered + (i - dated))
+            };
+            Kept { id, name }
+        })
+        .collect()
 }
 
 /// `_k` → k.
