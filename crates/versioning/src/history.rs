@@ -13,7 +13,13 @@ use sync_core::Error;
 use sync_core::run::places::absolute_dir;
 use sync_core::run::trust;
 
-use crate::manifest::{Item, Manifest};
+use sync_core::hash::dircache::{DirCache, Learner, tree_digests};
+use sync_core::model::Side;
+use sync_core::scan::Scanned;
+use sync_core::tree::{LocalTree, Tree};
+
+use crate::links::Links;
+use crate::manifest::{Item, Items, Manifest};
 use crate::recovery::{INFO_FILE, Info, VERSIONS_DIR};
 use crate::store::{Store, Version};
 
@@ -55,7 +61,8 @@ pub enum Choice {
     Latest,
     /// The one before it.
     Previous,
-    /// The version with this public name (`_1`, `2026-12-06_23-59-01`).
+    /// The version with this public name (`_1`, `2026-12-06_23-59-01`), or what a restore
+    /// kept (`before-restore-20261207-091502`).
     Named(String),
     /// The newest version made at or before this time.
     At(Timestamp),
@@ -72,7 +79,7 @@ impl std::str::FromStr for Choice {
             "previous" => return Ok(Choice::Previous),
             _ => {}
         }
-        if crate::store::public_name(text) {
+        if crate::store::public_name(text) || text.starts_with(crate::store::KEPT_BY_RESTORE) {
             return Ok(Choice::Named(text.to_string()));
         }
         let civil = text.replacen(' ', "T", 1);
@@ -117,6 +124,49 @@ impl std::fmt::Display for Choice {
     }
 }
 
+/// What a restore kept in `dir`, as a version to restore from (undoing that restore): the
+/// tree, a manifest made by reading it whole (it has none of its own), and its scan.
+///
+/// Fails if a part of it cannot be read: a restore from it would not be all of it.
+pub fn read_kept(dir: &Path) -> Result<(LocalTree, Manifest, Scanned), Error> {
+    let tree = LocalTree::open(dir).map_err(|source| Error::ListRoot {
+        role: "kept",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let scanned = sync_core::scan::scan(&tree, "kept", &Default::default())?;
+    let unreadable = |what: String| {
+        Error::Versions(format!(
+            "cannot read {what} in {}; nothing was restored",
+            dir.display()
+        ))
+    };
+    if let Some((rel, err)) = scanned.unlistable.first() {
+        return Err(unreadable(format!("{} ({err})", rel.display())));
+    }
+    let learner = Learner::new(dir, dir);
+    let nothing = Scanned::default();
+    let digests = tree_digests(
+        &DirCache::in_memory(),
+        &learner,
+        [&tree, &tree],
+        [&scanned, &nothing],
+        [&[], &[]],
+    );
+    if let Some((_, rel, err)) = digests.failed.first() {
+        return Err(unreadable(format!("{} ({err})", rel.display())));
+    }
+    let items: Items = scanned
+        .entries
+        .iter()
+        .zip(&digests.sides[Side::Source as usize])
+        .filter_map(|((rel, entry), digest)| Some((rel.clone(), Item::of(entry, *digest)?)))
+        .collect();
+    let links = Links::of_scan(&scanned.entries, &items);
+    let root = tree.stat(Path::new("")).ok().map(|e| e.meta());
+    Ok((tree, Manifest::of(root, items, links), scanned))
+}
+
 /// One line of the listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
@@ -131,6 +181,8 @@ pub struct Listed {
     /// Against the version before it: entries added, removed, and files, links and nodes
     /// modified (content or metadata); `None` for the oldest.
     pub changes: Option<(u64, u64, u64)>,
+    /// Not a version: what a restore replaced, kept so that the restore can be undone.
+    pub kept_by_restore: bool,
 }
 
 /// The versions of `store`, newest first, with what each holds and what changed.
@@ -158,10 +210,34 @@ pub fn list(store: &Store) -> Result<Vec<Listed>, String> {
             files,
             bytes,
             changes,
+            kept_by_restore: false,
         });
         before = Some(manifest);
     }
-    listed.reverse();
+    for kept in store.kept_by_restores() {
+        // No manifest: what it holds is counted from the tree itself.
+        let scanned = sync_core::tree::LocalTree::open(&kept.dir)
+            .map_err(|e| format!("cannot read {}: {e}", kept.dir.display()))
+            .and_then(|tree| {
+                sync_core::scan::scan(&tree, "kept", &Default::default())
+                    .map_err(|e| sync_core::error::one_line(&e))
+            })?;
+        let (files, bytes) = scanned
+            .entries
+            .iter()
+            .filter(|(_, e)| e.kind == sync_core::model::Kind::File)
+            .fold((0, 0), |(n, b), (_, e)| (n + 1, b + e.size));
+        listed.push(Listed {
+            name: kept.name,
+            time: kept.time,
+            files,
+            bytes,
+            changes: None,
+            kept_by_restore: true,
+        });
+    }
+    // Newest first; a version and what a restore kept in the same second: the version first.
+    listed.sort_by(|a, b| (b.time, a.kept_by_restore).cmp(&(a.time, b.kept_by_restore)));
     Ok(listed)
 }
 
@@ -194,17 +270,18 @@ pub fn render(store_dir: &Path, listed: &[Listed]) -> String {
     let _ = writeln!(out, "versions in {} (newest first):", store_dir.display());
     let _ = writeln!(
         out,
-        "{:<22} {:<19} {:>9} {:>10}  CHANGED SINCE THE ONE BEFORE",
+        "{:<30} {:<19} {:>9} {:>10}  CHANGED SINCE THE ONE BEFORE",
         "NAME", "DATE", "FILES", "BYTES"
     );
     for l in listed {
         let changes = match l.changes {
+            _ if l.kept_by_restore => "what a restore replaced (restore it to undo that)".into(),
             Some((a, r, m)) => format!("+{a} −{r} M{m}"),
             None => "(oldest kept)".to_string(),
         };
         let _ = writeln!(
             out,
-            "{:<22} {:<19} {:>9} {:>10}  {changes}",
+            "{:<30} {:<19} {:>9} {:>10}  {changes}",
             l.name,
             local(l.time),
             l.files,

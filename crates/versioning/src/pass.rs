@@ -49,6 +49,9 @@ pub fn versioned_pass(
     let mut store = Store::held(opts.tree(Side::Backup).clone()).map_err(store_error)?;
     store.check_names(keep).map_err(store_error)?;
     store.clean();
+    if !opts.dry_run {
+        store.prune_kept_by_restores(retention);
+    }
 
     let source_tree = opts.tree(Side::Source);
     // Files' attributes are taken from the hash cache where their stamps held, and read with

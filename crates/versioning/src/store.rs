@@ -30,6 +30,8 @@ const GEN_PREFIX: &str = ".gen-";
 const VERSION_PREFIX: &str = ".v-";
 const BUILD_PREFIX: &str = ".building-";
 const MANIFEST_SUFFIX: &str = ".manifest";
+/// What a restore replaced is kept in `before-restore-YYYYMMDD-HHMMSS` (`-2` … if taken).
+pub const KEPT_BY_RESTORE: &str = "before-restore-";
 
 /// A fault of the version store.
 #[derive(Debug, thiserror::Error)]
@@ -341,6 +343,46 @@ impl Store {
         Ok((version, dropped))
     }
 
+    /// The directories in which restores kept what they replaced, oldest first, dated by
+    /// their names.
+    pub fn kept_by_restores(&self) -> Vec<Version> {
+        let Ok(listing) = self.tree.list(Path::new(""), &|_| false) else {
+            return Vec::new();
+        };
+        let mut kept: Vec<Version> = listing
+            .into_iter()
+            .filter(|(_, entry)| entry.is_dir())
+            .filter_map(|(name, _)| {
+                let name = name.to_str()?.to_string();
+                let time = restore_time(&name)?;
+                Some(Version {
+                    dir: self.vdir.join(&name),
+                    name,
+                    time,
+                })
+            })
+            .collect();
+        kept.sort_by(|a, b| (a.time, &a.name).cmp(&(b.time, &b.name)));
+        kept
+    }
+
+    /// Removes the directories kept by restores that `retention` no longer keeps (the newest
+    /// always stays). Failures are logged and retried at the next pass.
+    pub fn prune_kept_by_restores(&self, retention: &Retention) {
+        let kept = self.kept_by_restores();
+        let times: Vec<Timestamp> = kept.iter().map(|k| k.time).collect();
+        let keep = retention.keep(&times, sync_core::display::local_zone());
+        for (k, _) in kept.iter().zip(keep).filter(|(_, keep)| !keep) {
+            match self.tree.remove_all(Path::new(&k.name)) {
+                Ok(()) => log::info!(
+                    "let go of {}, kept by a restore, that the retention no longer keeps",
+                    k.dir.display()
+                ),
+                Err(err) => log::warn!("cannot remove {}: {err}", k.dir.display()),
+            }
+        }
+    }
+
     /// Removes leftovers: generations other than the current one, version trees and
     /// manifests it does not reference, half-built versions, and public names `_k` that name
     /// no current version.
@@ -408,6 +450,16 @@ fn time_of(id: &str) -> Option<Timestamp> {
     let hex = id.strip_prefix(VERSION_PREFIX)?.split('-').next()?;
     let nanos = i128::from_str_radix(hex, 16).ok()?;
     Timestamp::from_nanosecond(nanos).ok()
+}
+
+/// The local time in the name of a directory kept by a restore.
+fn restore_time(name: &str) -> Option<Timestamp> {
+    let stamp = name.strip_prefix(KEPT_BY_RESTORE)?.get(..15)?;
+    let civil = jiff::civil::DateTime::strptime("%Y%m%d-%H%M%S", stamp).ok()?;
+    civil
+        .to_zoned_datetime(sync_core::display::local_zone().clone())
+        .ok()
+        .map(|z| z.timestamp())
 }
 
 /// Whether `name` is one a generation may give a version: `_k`, or a date.
