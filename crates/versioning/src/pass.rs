@@ -136,6 +136,8 @@ pub fn versioned_pass(
         stats.operations += 1;
         Ok(())
     } else {
+        // What the other store holds is part of the decision, read before the hook.
+        let other = link_dest.and_then(LinkDest::latest);
         sync_core::testhook::after_plan();
         let previous = latest.as_ref().zip(latest_manifest.as_ref());
         let source = Source {
@@ -143,7 +145,6 @@ pub fn versioned_pass(
             tree: &tree,
             learner: &learner,
         };
-        let other = link_dest.and_then(LinkDest::latest);
         rotate(
             &source,
             &mut store,
