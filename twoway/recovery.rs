@@ -125,6 +125,11 @@ impl Recovery {
     /// takes that long), so the second side is never left without versions.
     pub fn start(&mut self) {
         self.spawn(0);
+        log::info!(
+            "recovery: the versioning of {} starts once {} has a version, to share its files",
+            self.keepers[1].dir.display(),
+            self.keepers[0].dir.display()
+        );
         let second = &mut self.keepers[1];
         second.waits_for_first = true;
         second.next_start = Instant::now() + SHARING_WAIT;

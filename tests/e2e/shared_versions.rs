@@ -100,6 +100,15 @@ fn periodic_children_share_from_their_first_versions() -> TestResult {
         std::thread::sleep(Duration::from_millis(100));
     }
     twoway.stop_with("INT")?;
+    ensure!(
+        env.log_text().contains(&format!(
+            "recovery: the versioning of {} starts once {} has a version",
+            env.dst.display(),
+            env.src.display()
+        )),
+        "twoway does not say the second child waits for the first's version:\n{}",
+        env.log_text()
+    );
     expect_shared(&env, &rels)?;
     Ok(())
 }
