@@ -10,6 +10,7 @@ use sync_core::tree::meta::{Wanted, set_carry};
 use sync_core::{ExitCode, Program, Session, Setup};
 use versioning::pass::VersionedJob;
 use versioning::retention::Retention;
+use versioning::share::LinkDest;
 
 /// Mirror SOURCE into BACKUP, again at every interval.
 #[derive(Debug, Parser)]
@@ -51,6 +52,11 @@ struct Cli {
     /// With --versioned: and of each of the last N weeks, Monday to Sunday (default 4).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..100_000))]
     keep_weekly: Option<u32>,
+    /// With --versioned: another version store (twoway's other side) whose latest version's
+    /// file at the same path, equal in content and metadata, a new version hard-links rather
+    /// than copies, where its own previous version has no such file.
+    #[arg(long, value_name = "VDIR")]
+    link_dest: Option<PathBuf>,
     /// One pass, then exit.
     #[arg(long)]
     once: bool,
@@ -82,6 +88,24 @@ struct Cli {
     no_xattrs: bool,
 }
 
+/// The store `--link-dest` names, held from now on; a usage error without `--versioned` or
+/// if it is no version store (checked before anything is opened or written).
+fn link_dest(cli: &Cli) -> Option<LinkDest> {
+    let path = cli.link_dest.as_ref()?;
+    if !cli.versioned {
+        usage("--link-dest applies only with --versioned");
+    }
+    match LinkDest::open(path, cli.backup.as_deref().unwrap_or(Path::new(""))) {
+        Ok(dest) => Some(dest),
+        Err(err) => usage(&sync_core::error::one_line(&err)),
+    }
+}
+
+fn usage(message: &str) -> ! {
+    eprintln!("oneway: {message}");
+    std::process::exit(ExitCode::Usage.code());
+}
+
 /// The retention policy the `--keep-*` options give, defaults filled in; they are a usage
 /// error without `--versioned`.
 fn retention(cli: &Cli) -> Retention {
@@ -94,8 +118,7 @@ fn retention(cli: &Cli) -> Retention {
     if !cli.versioned
         && let Some((_, flag)) = given.iter().find(|(n, _)| n.is_some())
     {
-        eprintln!("oneway: {flag} applies only with --versioned");
-        std::process::exit(ExitCode::Usage.code());
+        usage(&format!("{flag} applies only with --versioned"));
     }
     let default = Retention::default();
     Retention {
@@ -113,11 +136,10 @@ fn list_versions(store: &Path) -> ExitCode {
         .and_then(|s| versioning::history::list(&s));
     match listed {
         Ok(listed) if listed.is_empty() => {
-            eprintln!(
-                "oneway: {} holds no versions made by oneway --versioned",
+            usage(&format!(
+                "{} holds no versions made by oneway --versioned",
                 store.display()
-            );
-            ExitCode::Usage
+            ));
         }
         Ok(listed) => {
             print!("{}", versioning::history::render(store, &listed));
@@ -152,6 +174,7 @@ fn main() {
         std::process::exit(list_versions(store).code());
     }
     let retention = retention(&cli);
+    let link_dest = link_dest(&cli);
     let setup = Setup {
         program: Program::Oneway,
         source: cli.source.unwrap_or_default(),
@@ -172,7 +195,14 @@ fn main() {
         Ok(session) => {
             let schedule = session.schedule;
             if cli.versioned {
-                run_passes(schedule, &mut VersionedJob { session, retention })
+                run_passes(
+                    schedule,
+                    &mut VersionedJob {
+                        session,
+                        retention,
+                        link_dest,
+                    },
+                )
             } else {
                 run_passes(schedule, &mut MirrorJob(session))
             }

@@ -17,6 +17,9 @@ const GRACE: Duration = Duration::from_secs(10);
 /// Restart delays grow from this while a child keeps dying young, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The longest the second side's child waits for the first side's first version (see
+/// [`Recovery::start`]).
+const SHARING_WAIT: Duration = Duration::from_secs(3600);
 
 struct Keeper {
     /// The directory kept in versions.
@@ -29,6 +32,8 @@ struct Keeper {
     started: Instant,
     backoff: Duration,
     next_start: Instant,
+    /// Not started until the first side's store has a version (or `next_start`).
+    waits_for_first: bool,
 }
 
 /// The two versioning children of one pair.
@@ -69,6 +74,7 @@ impl Recovery {
                 started: Instant::now(),
                 backoff: FIRST_BACKOFF,
                 next_start: Instant::now(),
+                waits_for_first: false,
             });
         }
         Ok(Recovery {
@@ -79,11 +85,17 @@ impl Recovery {
         })
     }
 
-    fn command(&self, keeper: &Keeper, once: bool) -> Command {
+    fn command(&self, i: usize, once: bool) -> Command {
+        let keeper = &self.keepers[i];
+        // The two sides hold mostly the same files once synced: each store shares them with
+        // the other's rather than holding a second copy.
+        let other = &self.keepers[1 - i].vdir;
         let mut cmd = Command::new(&self.config.program);
         cmd.arg(&keeper.dir)
             .arg(&keeper.vdir)
             .arg("--versioned")
+            .arg("--link-dest")
+            .arg(other)
             .args(&self.config.interval)
             .args(&self.child_args)
             .arg("--log")
@@ -104,15 +116,34 @@ impl Recovery {
         cmd
     }
 
-    /// Starts both children (periodic mode).
+    /// Starts both children (periodic mode): the first side's now, the second's once the
+    /// first side's store holds a version. Started together, both would find no version to
+    /// share and copy everything; and as a version links its own previous one first, two
+    /// stores that began apart stay apart. Waiting costs little: the sides were just synced,
+    /// so the first side's version holds the second's files too. The wait ends anyway if the
+    /// first child stops or [`SHARING_WAIT`] passes (a first version that cannot be made, or
+    /// takes that long), so the second side is never left without versions.
     pub fn start(&mut self) {
-        for i in 0..self.keepers.len() {
-            self.spawn(i);
-        }
+        self.spawn(0);
+        log::info!(
+            "recovery: the versioning of {} starts once {} has a version, to share its files",
+            self.keepers[1].dir.display(),
+            self.keepers[0].dir.display()
+        );
+        let second = &mut self.keepers[1];
+        second.waits_for_first = true;
+        second.next_start = Instant::now() + SHARING_WAIT;
+    }
+
+    /// Whether the first side's store holds a version, or its child is not running (then
+    /// waiting for it is pointless).
+    fn first_is_ready(&self) -> bool {
+        self.keepers[0].process.is_none()
+            || versioning::Store::open(&self.keepers[0].vdir).is_ok_and(|s| s.latest().is_some())
     }
 
     fn spawn(&mut self, i: usize) {
-        let mut cmd = self.command(&self.keepers[i], false);
+        let mut cmd = self.command(i, false);
         let keeper = &mut self.keepers[i];
         match cmd.spawn() {
             Ok(mut child) => {
@@ -164,7 +195,11 @@ impl Recovery {
                     keeper.next_start = Instant::now();
                 }
             }
-            if self.keepers[i].process.is_none() && Instant::now() >= self.keepers[i].next_start {
+            let keeper = &self.keepers[i];
+            let due = Instant::now() >= keeper.next_start
+                || (keeper.waits_for_first && self.first_is_ready());
+            if keeper.process.is_none() && due {
+                self.keepers[i].waits_for_first = false;
                 self.spawn(i);
             }
         }
@@ -206,8 +241,9 @@ impl Recovery {
     /// `--once`: one snapshot of each side, waited for; the worst exit code of the two.
     pub fn snapshot_once(&mut self) -> ExitCode {
         let mut worst = ExitCode::Success;
-        for keeper in &self.keepers {
-            let run = self.command(keeper, true).spawn().and_then(|mut child| {
+        // One after the other: the second side's snapshot shares the first's files.
+        for (i, keeper) in self.keepers.iter().enumerate() {
+            let run = self.command(i, true).spawn().and_then(|mut child| {
                 let said = LastLine::of(&mut child);
                 let status = child.wait()?;
                 Ok((status, said))

@@ -13,6 +13,7 @@ mod limits;
 mod mounts;
 mod oneway;
 mod restore;
+mod shared_versions;
 mod sparse;
 mod state_safety;
 mod twoway;

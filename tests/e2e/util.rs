@@ -1702,3 +1702,38 @@ pub fn expect_faithful(what: &str, original: &Path, copy: &Path, run: &Run) -> T
     }
     Ok(())
 }
+
+/// The bytes the trees `dirs` take on disk together, each inode counted once however many
+/// names it has in them (st_blocks × 512, links never followed): what hard links between the
+/// trees save shows.
+pub fn disk_usage(dirs: &[&Path]) -> Res<u64> {
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    let mut todo: Vec<PathBuf> = dirs.iter().map(|d| d.to_path_buf()).collect();
+    while let Some(path) = todo.pop() {
+        let meta = fs::symlink_metadata(&path).context(|| format!("stat {}", path.display()))?;
+        if seen.insert((meta.dev(), meta.ino())) {
+            total += meta.blocks() * 512;
+        }
+        if meta.is_dir() {
+            for entry in fs::read_dir(&path).context(|| format!("list {}", path.display()))? {
+                todo.push(entry?.path());
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// `n` bytes that no two calls with other seeds share (and that do not compress).
+pub fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            // xorshift64
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

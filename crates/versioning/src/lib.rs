@@ -13,6 +13,7 @@ pub mod pass;
 pub mod recovery;
 pub mod restore;
 pub mod retention;
+pub mod share;
 pub mod store;
 pub mod verify;
 

@@ -22,6 +22,7 @@ use sync_core::{Error, signal};
 use crate::links::Links;
 use crate::manifest::{Item, Items, Manifest};
 use crate::retention::Retention;
+use crate::share::LinkDest;
 use crate::store::Store;
 
 fn store_error(err: impl std::error::Error) -> Error {
@@ -29,7 +30,8 @@ fn store_error(err: impl std::error::Error) -> Error {
 }
 
 /// Runs one versioned pass of `opts.source` into the version directory `opts.backup`,
-/// keeping the versions `retention` keeps.
+/// keeping the versions `retention` keeps; a file that cannot share its inode with the
+/// previous version may share the one in `link_dest`'s latest version (see [`fill`]).
 ///
 /// Fails (changing nothing) if a root cannot be listed, the version store is unusable (a
 /// foreign `_k`, a damaged manifest), or a refusal of SPEC §8 applies without `force`.
@@ -38,6 +40,7 @@ pub fn versioned_pass(
     opts: &PassOptions,
     cache: &mut DirCache,
     retention: &Retention,
+    link_dest: Option<&LinkDest>,
 ) -> Result<PassStats, Error> {
     // The version's date: when SOURCE was read.
     let time = sync_core::testhook::now();
@@ -139,6 +142,8 @@ pub fn versioned_pass(
         stats.operations += 1;
         Ok(())
     } else {
+        // What the other store holds is part of the decision, read before the hook.
+        let other = link_dest.and_then(LinkDest::latest);
         sync_core::testhook::after_plan();
         let previous = latest.as_ref().zip(latest_manifest.as_ref());
         let source = Source {
@@ -151,6 +156,7 @@ pub fn versioned_pass(
             &mut store,
             &wanted,
             previous.map(|(v, m)| (v.dir.as_path(), m)),
+            other.as_ref().map(|(dir, m)| (dir.as_path(), m)),
             (retention, time),
             &mut stats,
         )
@@ -220,11 +226,12 @@ fn rotate(
     store: &mut Store,
     wanted: &Manifest,
     previous: Option<(&Path, &Manifest)>,
+    other: Option<(&Path, &Manifest)>,
     (retention, time): (&Retention, jiff::Timestamp),
     stats: &mut PassStats,
 ) -> Result<(), Error> {
     let build = store.start_build(time).map_err(store_error)?;
-    match fill(source, &build.dir, wanted, previous) {
+    match fill(source, &build.dir, wanted, previous, other) {
         Ok(Filled {
             items,
             linked,
@@ -285,7 +292,9 @@ struct Filled {
 
 /// Fills `dir` with `wanted`'s tree, through the one applier. What the latest version holds at
 /// the same path with the same content and metadata is hard-linked (versions are never edited
-/// in place); the rest is copied from SOURCE; the further names of an inode are linked to its
+/// in place), else, with `other` (another store's latest version, `--link-dest`), what that
+/// version holds at the same path with the same content and metadata; the rest is copied from
+/// SOURCE; the further names of an inode are linked to its
 /// first name once every copy is done, so that SOURCE's hard links are the version's. Returns
 /// the entries as really written (a file that changed since it was hashed is recorded with
 /// what was copied), or the number of failures.
@@ -294,6 +303,7 @@ fn fill(
     dir: &Path,
     wanted: &Manifest,
     previous: Option<(&Path, &Manifest)>,
+    other: Option<(&Path, &Manifest)>,
 ) -> Result<Filled, u64> {
     let mut steps = Steps::default();
     for (rel, item) in &wanted.items {
@@ -310,12 +320,16 @@ fn fill(
             continue;
         }
         let mut step = arrive(Side::Backup, rel.clone(), item, scanned, false, None);
-        if let (Step::Copy { link, .. }, Item::File { size, meta, .. }, Some((prev_dir, prev))) =
-            (&mut step, item, previous)
-            && shareable(rel, wanted, prev)
+        // The store's own previous version first: its inode is in this store already.
+        let from = [previous, other]
+            .into_iter()
+            .flatten()
+            .find(|(_, m)| shareable(rel, wanted, m));
+        if let (Step::Copy { link, .. }, Item::File { size, meta, .. }, Some((from_dir, _))) =
+            (&mut step, item, from)
         {
             *link = Some(Box::new(LinkFrom {
-                path: prev_dir.join(rel),
+                path: from_dir.join(rel),
                 size: *size,
                 mtime: meta.mtime,
             }));
@@ -386,10 +400,17 @@ pub struct VersionedJob {
     pub session: Session,
     /// Which versions are kept.
     pub retention: Retention,
+    /// Another store to share files with (`--link-dest`).
+    pub link_dest: Option<LinkDest>,
 }
 
 impl Job for VersionedJob {
     fn pass(&mut self) -> Result<PassStats, Error> {
-        versioned_pass(&self.session.opts, &mut self.session.cache, &self.retention)
+        versioned_pass(
+            &self.session.opts,
+            &mut self.session.cache,
+            &self.retention,
+            self.link_dest.as_ref(),
+        )
     }
 }
