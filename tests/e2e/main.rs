@@ -11,6 +11,7 @@ mod faults;
 mod limits;
 mod mounts;
 mod oneway;
+mod recovery_config;
 mod restore;
 mod sparse;
 mod state_safety;
