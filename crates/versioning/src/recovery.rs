@@ -1,7 +1,7 @@
 //! The recovery system's state in the directory twoway runs from (SPEC §4): `config.json`
-//! (which program keeps versions, and how often) and `.info.json` (version key → the absolute
-//! path of each directory twoway keeps in sync), and `__versions__/KEY`, where the versions of
-//! that directory live.
+//! (which program keeps versions, how often, and which versions it keeps) and `.info.json`
+//! (version key → the absolute path of each directory twoway keeps in sync), and
+//! `__versions__/KEY`, where the versions of that directory live.
 
 use std::collections::BTreeMap;
 use std::fmt;
