@@ -15,7 +15,7 @@ use sync_core::tree::meta::{Wanted, set_carry};
 use sync_core::{Error, ExitCode, Program, Session, Setup};
 use versioning::restore::{Which, restore};
 
-use recovery::{Recovery, worse};
+use recovery::{Keep, Recovery, worse};
 
 /// Who wins a conflict.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -78,6 +78,25 @@ struct Cli {
     /// Do not start the recovery system (the versioning children).
     #[arg(long)]
     no_recovery: bool,
+    // The retention options take oneway's ranges (and `versioning::recovery::KEEP_LAST`,
+    // `KEEP_PERIODS`, which config.json's keys take), and reach both children as given.
+    /// The newest versions kept as _0 … _{N-1}, the latest last (at least 2; default:
+    /// config.json's "keep_last", else 2).
+    #[arg(long, visible_alias = "keep", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(2..1000))]
+    keep_last: Option<u32>,
+    /// Also keep the newest version of each of the last N hours that have one (default:
+    /// config.json's "keep_hourly", else 24).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..100_000))]
+    keep_hourly: Option<u32>,
+    /// And of each of the last N days (default: config.json's "keep_daily", else 8: at least a
+    /// week back).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..100_000))]
+    keep_daily: Option<u32>,
+    /// And of each of the last N weeks, Monday to Sunday (default: config.json's
+    /// "keep_weekly", else 4).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..100_000))]
+    keep_weekly: Option<u32>,
     /// Bring DIR back from its versions.
     #[arg(long)]
     restore: bool,
@@ -129,6 +148,10 @@ fn refuse_sync_options(matches: &clap::ArgMatches) {
         ("one_file_system", "--one-file-system"),
         ("conflict", "--conflict"),
         ("config", "--config"),
+        ("keep_last", "--keep-last"),
+        ("keep_hourly", "--keep-hourly"),
+        ("keep_daily", "--keep-daily"),
+        ("keep_weekly", "--keep-weekly"),
     ];
     for (id, flag) in sync_only {
         if matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine) {
@@ -235,6 +258,21 @@ fn run_versions(cli: &Cli) -> ExitCode {
 }
 
 fn run_sync(cli: &Cli, backup: &Path) -> ExitCode {
+    let keep = Keep {
+        last: cli.keep_last,
+        hourly: cli.keep_hourly,
+        daily: cli.keep_daily,
+        weekly: cli.keep_weekly,
+    };
+    // Without the recovery system no version is kept: a retention option would be ignored
+    // (--dry-run passes: the same command line, tried first).
+    if cli.no_recovery
+        && let Some(flag) = keep.given()
+    {
+        usage_error(&format!(
+            "{flag} applies to the recovery system, not with --no-recovery"
+        ));
+    }
     let setup = Setup {
         program: Program::Twoway,
         source: cli.source.clone(),
@@ -284,7 +322,7 @@ fn run_sync(cli: &Cli, backup: &Path) -> ExitCode {
         for pattern in &cli.exclude {
             child_args.extend(["--exclude".to_string(), pattern.clone()]);
         }
-        match Recovery::prepare(state_dir, &cli.config, roots, child_args) {
+        match Recovery::prepare(state_dir, &cli.config, roots, keep, child_args) {
             Ok(r) => Some(r),
             Err(err) => {
                 log::error!("{}", sync_core::error::one_line(&err));

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use sync_core::{Error, ExitCode};
 use versioning::recovery::{Config, Info, VERSIONS_DIR};
+use versioning::retention::Retention;
 
 /// How long a child may take to finish its file operation after SIGTERM.
 const GRACE: Duration = Duration::from_secs(10);
@@ -36,11 +37,50 @@ struct Keeper {
     waits_for_first: bool,
 }
 
+/// The retention options given on twoway's command line; each overrides config.json's key.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Keep {
+    /// `--keep-last`.
+    pub last: Option<u32>,
+    /// `--keep-hourly`.
+    pub hourly: Option<u32>,
+    /// `--keep-daily`.
+    pub daily: Option<u32>,
+    /// `--keep-weekly`.
+    pub weekly: Option<u32>,
+}
+
+impl Keep {
+    /// `base` with the options given in its place.
+    fn over(self, base: Retention) -> Retention {
+        Retention {
+            last: self.last.unwrap_or(base.last),
+            hourly: self.hourly.unwrap_or(base.hourly),
+            daily: self.daily.unwrap_or(base.daily),
+            weekly: self.weekly.unwrap_or(base.weekly),
+        }
+    }
+
+    /// The first option given, if any.
+    pub fn given(self) -> Option<&'static str> {
+        [
+            (self.last, "--keep-last"),
+            (self.hourly, "--keep-hourly"),
+            (self.daily, "--keep-daily"),
+            (self.weekly, "--keep-weekly"),
+        ]
+        .into_iter()
+        .find_map(|(n, flag)| n.map(|_| flag))
+    }
+}
+
 /// The two versioning children of one pair.
 pub struct Recovery {
     config: Config,
     state_dir: PathBuf,
     keepers: Vec<Keeper>,
+    /// Which versions the children keep: config.json's, overridden by twoway's options.
+    retention: Retention,
     /// Options of the sync that the children take too.
     child_args: Vec<String>,
 }
@@ -55,9 +95,11 @@ impl Recovery {
         state_dir: &Path,
         config: &Path,
         roots: [&Path; 2],
+        keep: Keep,
         child_args: Vec<String>,
     ) -> Result<Recovery, Error> {
         let config = Config::load_or_create(&state_dir.join(config))?;
+        let retention = keep.over(config.retention);
         let keys = Info::register(state_dir, &roots)?;
         let mut keepers = Vec::new();
         for (dir, key) in roots.into_iter().zip(keys) {
@@ -81,6 +123,7 @@ impl Recovery {
             config,
             state_dir: state_dir.to_path_buf(),
             keepers,
+            retention,
             child_args,
         })
     }
@@ -97,6 +140,7 @@ impl Recovery {
             .arg("--link-dest")
             .arg(other)
             .args(&self.config.interval)
+            .args(self.retention.args())
             .args(&self.child_args)
             .arg("--log")
             .arg(keeper.vdir.join("versionlogs.log"));

@@ -12,6 +12,7 @@ mod history;
 mod limits;
 mod mounts;
 mod oneway;
+mod recovery_config;
 mod restore;
 mod shared_versions;
 mod sparse;

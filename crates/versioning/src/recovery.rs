@@ -1,23 +1,45 @@
 //! The recovery system's state in the directory twoway runs from (SPEC §4): `config.json`
-//! (which program keeps versions, and how often) and `.info.json` (version key → the absolute
-//! path of each directory twoway keeps in sync), and `__versions__/KEY`, where the versions of
-//! that directory live.
+//! (which program keeps versions, how often, and which versions it keeps) and `.info.json`
+//! (version key → the absolute path of each directory twoway keeps in sync), and
+//! `__versions__/KEY`, where the versions of that directory live.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::fs::File;
 use std::io;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
-use serde_json::{Map, Value};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sync_core::Error;
 use sync_core::run::trust::untouchable;
 use sync_core::state::text::write_atomically;
+
+use crate::retention::Retention;
 
 /// The directory, in the state directory, that holds one version directory per key.
 pub const VERSIONS_DIR: &str = "__versions__";
 
 /// The name of the file recording version key → directory.
 pub const INFO_FILE: &str = ".info.json";
+
+/// What `keep_last` may be: the values oneway's and twoway's `--keep-last` accept.
+pub const KEEP_LAST: RangeInclusive<u32> = 2..=999;
+
+/// What `keep_hourly`, `keep_daily` and `keep_weekly` may be, as their command-line options.
+pub const KEEP_PERIODS: RangeInclusive<u32> = 0..=99_999;
+
+/// The keys `config.json` may hold; any other is refused, so a misspelt one is not ignored.
+pub const CONFIG_KEYS: [&str; 6] = [
+    "script",
+    "interval",
+    "keep_last",
+    "keep_hourly",
+    "keep_daily",
+    "keep_weekly",
+];
 
 /// What `config.json` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +50,9 @@ pub struct Config {
     pub interval: Vec<String>,
     /// The program resolved to a path that exists.
     pub program: PathBuf,
+    /// Which versions the program keeps: the file's `keep_*` keys, [`Retention::default`]'s
+    /// values where one is absent.
+    pub retention: Retention,
 }
 
 fn damaged(path: &Path, what: impl Into<String>) -> Error {
@@ -35,6 +60,120 @@ fn damaged(path: &Path, what: impl Into<String>) -> Error {
         path: path.to_path_buf(),
         what: what.into(),
     }
+}
+
+/// `path` is damaged as serde_json found it: not JSON, or a key's value that our readers
+/// refused (their message names the key).
+fn json_damage(path: &Path, err: &serde_json::Error) -> Error {
+    if !err.is_data() {
+        return damaged(path, format!("not valid JSON ({err})"));
+    }
+    // serde_json ends the message with where the value is; the key names it better, and the
+    // one-line error stays short.
+    let text = err.to_string();
+    let what = match text.rsplit_once(" at line ") {
+        Some((what, _)) if err.line() != 0 => what,
+        _ => text.as_str(),
+    };
+    damaged(path, what)
+}
+
+/// A refused value as the user wrote it, for the message (cut short if long).
+fn shown(value: &Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(60) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
+}
+
+/// `config.json` as written: each key's type and range checked as it is read, with a message
+/// naming the key; what depends on more than one value (a program that exists) is
+/// [`Config::load_or_create`]'s. Every key is optional here so that a missing one is named by
+/// us, in the same words as the rest.
+#[derive(Deserialize)]
+#[serde(expecting = "a JSON object with \"script\" and \"interval\"")]
+struct ConfigFile {
+    #[serde(default, deserialize_with = "script")]
+    script: Option<String>,
+    #[serde(default, deserialize_with = "interval")]
+    interval: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "keep_last")]
+    keep_last: Option<u32>,
+    #[serde(default, deserialize_with = "keep_hourly")]
+    keep_hourly: Option<u32>,
+    #[serde(default, deserialize_with = "keep_daily")]
+    keep_daily: Option<u32>,
+    #[serde(default, deserialize_with = "keep_weekly")]
+    keep_weekly: Option<u32>,
+    /// Any other key, to be refused by name (`deny_unknown_fields` would say "field" and list
+    /// the keys in backquotes, unlike every other message here).
+    #[serde(flatten)]
+    unknown: BTreeMap<String, IgnoredAny>,
+}
+
+// The value of a key is read as it was written (a JSON value) only to quote it in the error.
+fn script<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::String(s) if !s.is_empty() => Ok(Some(s)),
+        other => Err(de::Error::custom(format!(
+            "\"script\" must be a non-empty string (the program that keeps versions), got {}",
+            shown(&other)
+        ))),
+    }
+}
+
+fn interval<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    let value = Value::deserialize(d)?;
+    let strings = value.as_array().and_then(|items| {
+        items
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+    });
+    strings.map(Some).ok_or_else(|| {
+        de::Error::custom(format!(
+            "\"interval\" must be a list of strings, like [\"--interval\", \"60\"], got {}",
+            shown(&value)
+        ))
+    })
+}
+
+fn count<'de, D: Deserializer<'de>>(
+    d: D,
+    key: &str,
+    range: RangeInclusive<u32>,
+) -> Result<Option<u32>, D::Error> {
+    let value = Value::deserialize(d)?;
+    value
+        .as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| range.contains(n))
+        .map(Some)
+        .ok_or_else(|| {
+            de::Error::custom(format!(
+                "\"{key}\" must be a whole number from {} to {}, got {}",
+                range.start(),
+                range.end(),
+                shown(&value)
+            ))
+        })
+}
+
+fn keep_last<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    count(d, "keep_last", KEEP_LAST)
+}
+
+fn keep_hourly<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    count(d, "keep_hourly", KEEP_PERIODS)
+}
+
+fn keep_daily<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    count(d, "keep_daily", KEEP_PERIODS)
+}
+
+fn keep_weekly<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    count(d, "keep_weekly", KEEP_PERIODS)
 }
 
 /// The `oneway` beside the running program, else `oneway` (looked up on PATH when used).
@@ -50,12 +189,16 @@ pub fn default_script() -> String {
 impl Config {
     /// Reads `path`, writing it with the defaults first if it does not exist.
     ///
-    /// Fails, naming the file, if it cannot be read or written, is not JSON, has a key of the
-    /// wrong type, or names a program that cannot be found.
+    /// Fails, naming the file and the key, if it cannot be read or written, is not JSON, has
+    /// a key it does not know, misses `script` or `interval`, has a value of the wrong type or
+    /// out of range, or names a program that cannot be found or that others could change.
     pub fn load_or_create(path: &Path) -> Result<Config, Error> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // The seed's two keys only: a `keep_*` key absent means the running release's
+                // defaults, so writing today's values in would pin them in every user's file,
+                // and a later release's better defaults would never reach it.
                 let defaults = serde_json::json!({
                     "script": default_script(),
                     "interval": ["--interval", "60"],
@@ -75,37 +218,28 @@ impl Config {
                 });
             }
         };
-        let value: Value = serde_json::from_str(&text)
-            .map_err(|e| damaged(path, format!("not valid JSON ({e})")))?;
-        let obj = value.as_object().ok_or_else(|| {
-            damaged(
+        let file: ConfigFile = serde_json::from_str(&text).map_err(|e| json_damage(path, &e))?;
+        if let Some(key) = file.unknown.keys().next() {
+            return Err(damaged(
                 path,
-                "expected a JSON object with \"script\" and \"interval\"",
-            )
-        })?;
-        let script = match obj.get("script") {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(_) => return Err(damaged(path, "\"script\" must be a non-empty string")),
-            None => return Err(damaged(path, "\"script\" is missing")),
-        };
-        let interval = match obj.get("interval") {
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| v.as_str().map(str::to_owned))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| {
-                    damaged(
-                        path,
-                        "\"interval\" must be a list of strings, like [\"--interval\", \"60\"]",
-                    )
-                })?,
-            Some(_) => {
-                return Err(damaged(
-                    path,
-                    "\"interval\" must be a list of strings, like [\"--interval\", \"60\"]",
-                ));
-            }
-            None => return Err(damaged(path, "\"interval\" is missing")),
+                format!(
+                    "unknown key {key:?} (the keys are {})",
+                    CONFIG_KEYS.join(", ")
+                ),
+            ));
+        }
+        let script = file
+            .script
+            .ok_or_else(|| damaged(path, "\"script\" is missing"))?;
+        let interval = file
+            .interval
+            .ok_or_else(|| damaged(path, "\"interval\" is missing"))?;
+        let default = Retention::default();
+        let retention = Retention {
+            last: file.keep_last.unwrap_or(default.last),
+            hourly: file.keep_hourly.unwrap_or(default.hourly),
+            daily: file.keep_daily.unwrap_or(default.daily),
+            weekly: file.keep_weekly.unwrap_or(default.weekly),
         };
         let base = path.parent().unwrap_or(Path::new("."));
         let program = resolve_program(&script, base).ok_or_else(|| {
@@ -128,6 +262,7 @@ impl Config {
             script,
             interval,
             program,
+            retention,
         })
     }
 }
@@ -158,7 +293,9 @@ pub struct Info {
 impl Info {
     /// Reads `.info.json` from `state_dir` (empty if missing).
     ///
-    /// Fails, naming the file, if it cannot be read or is not a JSON object of strings.
+    /// Fails, naming the file and the key, if it cannot be read, is not a JSON object, or has
+    /// a key that is not a plain name (or is there twice), or a value that is not an absolute
+    /// path.
     pub fn load(state_dir: &Path) -> Result<Info, Error> {
         let path = state_dir.join(INFO_FILE);
         let text = match std::fs::read_to_string(&path) {
@@ -166,21 +303,7 @@ impl Info {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Info::default()),
             Err(source) => return Err(Error::StateUnreadable { path, source }),
         };
-        let value: Value = serde_json::from_str(&text)
-            .map_err(|e| damaged(&path, format!("not valid JSON ({e})")))?;
-        let obj = value
-            .as_object()
-            .ok_or_else(|| damaged(&path, "expected a JSON object of version key -> directory"))?;
-        let mut keys = BTreeMap::new();
-        for (k, v) in obj {
-            let dir = v.as_str().filter(|s| s.starts_with('/')).ok_or_else(|| {
-                damaged(&path, format!("the entry {k:?} is not an absolute path"))
-            })?;
-            if k.is_empty() || k.contains('/') || k == "." || k == ".." {
-                return Err(damaged(&path, format!("the key {k:?} is not a plain name")));
-            }
-            keys.insert(k.clone(), PathBuf::from(dir));
-        }
+        let InfoFile(keys) = serde_json::from_str(&text).map_err(|e| json_damage(&path, &e))?;
         Ok(Info { keys })
     }
 
@@ -238,18 +361,61 @@ impl Info {
             changed = true;
         }
         if changed {
-            let map: Map<String, Value> = info
-                .keys
-                .iter()
-                .map(|(k, p)| (k.clone(), Value::String(p.to_string_lossy().into_owned())))
-                .collect();
-            let text = serde_json::to_string_pretty(&Value::Object(map)).unwrap_or_default() + "\n";
+            let text =
+                serde_json::to_string_pretty(&InfoFile(info.keys)).unwrap_or_default() + "\n";
             write_atomically(&path, &text).map_err(|source| Error::StateUnreadable {
                 path: path.clone(),
                 source,
             })?;
         }
         Ok(keys)
+    }
+}
+
+/// `.info.json` as written: version key → absolute path. Its keys are the user's, not a fixed
+/// set, so it is read by a visitor of its own rather than derived: each refusal then names the
+/// key it is about.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct InfoFile(BTreeMap<String, PathBuf>);
+
+impl<'de> Deserialize<'de> for InfoFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<InfoFile, D::Error> {
+        d.deserialize_map(InfoVisitor)
+    }
+}
+
+struct InfoVisitor;
+
+impl<'de> Visitor<'de> for InfoVisitor {
+    type Value = InfoFile;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object of version key -> directory")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<InfoFile, A::Error> {
+        let mut keys = BTreeMap::new();
+        while let Some(key) = map.next_key::<String>()? {
+            // Read as written, to be quoted if refused.
+            let value: Value = map.next_value()?;
+            if key.is_empty() || key.contains('/') || key == "." || key == ".." {
+                return Err(de::Error::custom(format!(
+                    "the key {key:?} is not a plain name"
+                )));
+            }
+            let Some(dir) = value.as_str().filter(|s| s.starts_with('/')) else {
+                return Err(de::Error::custom(format!(
+                    "the entry {key:?} must be an absolute path, got {}",
+                    shown(&value)
+                )));
+            };
+            // Two paths for one key: which one's versions are under it cannot be told.
+            if keys.insert(key.clone(), PathBuf::from(dir)).is_some() {
+                return Err(de::Error::custom(format!("the key {key:?} is there twice")));
+            }
+        }
+        Ok(InfoFile(keys))
     }
 }
 
@@ -297,6 +463,145 @@ mod tests {
             let err = Config::load_or_create(&path).unwrap_err().to_string();
             assert!(
                 err.contains("config.json") && err.contains(needle),
+                "{text}: {err}"
+            );
+        }
+    }
+
+    /// Writes `text` as `config.json` in a fresh directory and reads it.
+    fn load_config(text: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, text).unwrap();
+        Config::load_or_create(&path).map_err(|e| sync_core::error::one_line(&e))
+    }
+
+    #[test]
+    fn config_of_an_earlier_release_reads_with_the_default_retention() {
+        let config =
+            load_config(r#"{"script": "/bin/true", "interval": ["--interval", "60"]}"#).unwrap();
+        assert_eq!(config.interval, ["--interval", "60"]);
+        assert_eq!(config.retention, Retention::default());
+    }
+
+    #[test]
+    fn retention_keys_are_read_and_absent_ones_are_the_defaults() {
+        let config = load_config(
+            r#"{"script": "/bin/true", "interval": [], "keep_last": 5, "keep_daily": 0,
+                "keep_weekly": 99999}"#,
+        )
+        .unwrap();
+        let default = Retention::default();
+        assert_eq!(
+            config.retention,
+            Retention {
+                last: 5,
+                hourly: default.hourly,
+                daily: 0,
+                weekly: 99_999,
+            }
+        );
+    }
+
+    #[test]
+    fn defaults_written_when_missing_hold_the_seeds_two_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        // The program (`oneway` beside the test binary, or on PATH) may not be there: only
+        // what is written matters here.
+        let _ = Config::load_or_create(&path);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let written: Value = serde_json::from_str(&text).unwrap();
+        let keys: Vec<&String> = written.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["interval", "script"]);
+        let file: ConfigFile = serde_json::from_str(&text).unwrap();
+        assert!(file.script.is_some() && file.interval.is_some() && file.keep_last.is_none());
+    }
+
+    /// Every refusal is one line naming the file and the key, and what was wrong with it.
+    #[test]
+    fn each_config_error_names_the_file_and_the_key() {
+        let ok = r#""script": "/bin/true", "interval": []"#;
+        for (text, expected) in [
+            (
+                format!(r#"{{{ok}, "keep_daily": "seven"}}"#),
+                r#""keep_daily" must be a whole number from 0 to 99999, got "seven""#,
+            ),
+            (
+                format!(r#"{{{ok}, "keep_hourly": -1}}"#),
+                r#""keep_hourly" must be a whole number from 0 to 99999, got -1"#,
+            ),
+            (
+                format!(r#"{{{ok}, "keep_weekly": 100000}}"#),
+                r#""keep_weekly" must be a whole number from 0 to 99999, got 100000"#,
+            ),
+            (
+                format!(r#"{{{ok}, "keep_weekly": 7.5}}"#),
+                r#""keep_weekly" must be a whole number from 0 to 99999, got 7.5"#,
+            ),
+            (
+                format!(r#"{{{ok}, "keep_last": 1}}"#),
+                r#""keep_last" must be a whole number from 2 to 999, got 1"#,
+            ),
+            (
+                format!(r#"{{{ok}, "keep_last": null}}"#),
+                r#""keep_last" must be a whole number from 2 to 999, got null"#,
+            ),
+            (
+                format!(r#"{{{ok}, "keep_dialy": 7}}"#),
+                r#"unknown key "keep_dialy" (the keys are script, interval, keep_last, "#,
+            ),
+            (r#"{"interval": []}"#.to_string(), r#""script" is missing"#),
+            (
+                r#"{"script": "/bin/true"}"#.to_string(),
+                r#""interval" is missing"#,
+            ),
+            (
+                r#"{"script": "", "interval": []}"#.to_string(),
+                r#""script" must be a non-empty string (the program that keeps versions), got """#,
+            ),
+            (
+                r#"{"script": "/bin/true", "interval": ["--interval", 60]}"#.to_string(),
+                r#""interval" must be a list of strings, like ["--interval", "60"], got ["--interval",60]"#,
+            ),
+            (
+                "[1]".to_string(),
+                r#"expected a JSON object with "script" and "interval""#,
+            ),
+        ] {
+            let err = load_config(&text).unwrap_err();
+            assert!(
+                err.contains("config.json is damaged: ") && err.contains(expected),
+                "{text}: {err}"
+            );
+            assert!(!err.contains('\n') && !err.contains(" at line "), "{err}");
+        }
+    }
+
+    #[test]
+    fn each_info_error_names_the_file_and_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for (text, expected) in [
+            (
+                r#"{"a": 3}"#,
+                r#"the entry "a" must be an absolute path, got 3"#,
+            ),
+            (
+                r#"{"a": "rel/dir"}"#,
+                r#"the entry "a" must be an absolute path, got "rel/dir""#,
+            ),
+            (r#"{"a/b": "/x"}"#, r#"the key "a/b" is not a plain name"#),
+            (r#"{"..": "/x"}"#, r#"the key ".." is not a plain name"#),
+            (r#"{"a": "/x", "a": "/y"}"#, r#"the key "a" is there twice"#),
+            (
+                r#"["/x"]"#,
+                "expected a JSON object of version key -> directory",
+            ),
+        ] {
+            std::fs::write(dir.path().join(INFO_FILE), text).unwrap();
+            let err = sync_core::error::one_line(&Info::load(dir.path()).unwrap_err());
+            assert!(
+                err.contains(&format!("{INFO_FILE} is damaged: ")) && err.contains(expected),
                 "{text}: {err}"
             );
         }
