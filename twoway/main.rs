@@ -196,6 +196,10 @@ fn run_restore(cli: &Cli) -> ExitCode {
             cli.log.display()
         ));
     }
+    // Ctrl+C or SIGTERM stops the copy between two files; DIR is left as it was.
+    if let Err(err) = sync_core::signal::install() {
+        log::warn!("cannot catch Ctrl+C and SIGTERM: {err}");
+    }
     let which = cli.version.clone().unwrap_or(Which::Latest);
     let state_dir = match std::env::current_dir() {
         Ok(d) => d,
@@ -225,6 +229,11 @@ fn run_restore(cli: &Cli) -> ExitCode {
                 );
             }
             ExitCode::Success
+        }
+        // A restore that a stop cut short changed nothing, and says so in its error.
+        Err(err) if sync_core::signal::stop_requested() => {
+            log::error!("{}", sync_core::error::one_line(&err));
+            ExitCode::Interrupted
         }
         Err(err) => {
             log::error!("{}", sync_core::error::one_line(&err));
@@ -380,8 +389,13 @@ impl Job for WithRecovery {
             return exit;
         };
         if self.once {
-            if exit == ExitCode::Usage {
+            if exit == ExitCode::Usage || exit == ExitCode::Interrupted {
                 return exit;
+            }
+            // A stop after the pass: the snapshots it asks for are not taken.
+            if sync_core::signal::stop_requested() {
+                log::info!("recovery: stopped before the snapshots of both sides were taken");
+                return ExitCode::Interrupted;
             }
             return worse(exit, r.snapshot_once());
         }

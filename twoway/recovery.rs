@@ -307,10 +307,11 @@ impl Recovery {
                         describe(s),
                         said.as_reason()
                     );
-                    if s.code() == Some(1) {
-                        ExitCode::PartialFailure
-                    } else {
-                        ExitCode::Usage
+                    match s.code() {
+                        Some(1) => ExitCode::PartialFailure,
+                        // Ctrl+C in a terminal reaches the children too.
+                        Some(3) => ExitCode::Interrupted,
+                        _ => ExitCode::Usage,
                     }
                 }
                 Err(err) => {
@@ -374,7 +375,7 @@ impl LastLine {
     }
 }
 
-/// The worse of two exit codes.
+/// The worse of two exit codes (by number: a run that was stopped, 3, says so over a failure).
 pub fn worse(a: ExitCode, b: ExitCode) -> ExitCode {
     if b.code() > a.code() { b } else { a }
 }

@@ -17,5 +17,6 @@ mod restore;
 mod shared_versions;
 mod sparse;
 mod state_safety;
+mod summary;
 mod twoway;
 mod versioned;

@@ -605,12 +605,12 @@ impl Run {
             .collect()
     }
 
-    /// The last `pass finished` summary of this run.
+    /// The last `pass finished` summary of this run, with the line of changes before it.
     pub fn summary(&self) -> Res<Summary> {
-        self.lines()
-            .iter()
-            .filter(|l| l.level == "INFO")
-            .filter_map(|l| parse_summary(&l.message))
+        summaries(&self.lines())
+            .into_iter()
+            .filter(|(stopped, _)| !stopped)
+            .map(|(_, summary)| summary)
             .next_back()
             .ok_or_else(|| fail(format!("no `pass finished` summary line\n{self}")))
     }
@@ -694,27 +694,83 @@ pub fn is_operation(message: &str) -> bool {
     .any(|p| m.starts_with(p))
 }
 
-/// The numbers of `pass finished: N operations, E errors, H files hashed, C cached hashes reused`
-/// and, for twoway, `, K conflicts`.
+/// What a pass gave one side, from its line of changes:
+/// `C created, R replaced, D removed, M metadata updated, B copied`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Changes {
+    /// C.
+    pub created: u64,
+    /// R.
+    pub replaced: u64,
+    /// D.
+    pub removed: u64,
+    /// M.
+    pub metadata: u64,
+    /// B, in bytes (`512 bytes`, or exactly from `2.5 KiB (2560 bytes)`).
+    pub bytes: u64,
+}
+
+/// The version a versioned pass made, from
+/// `version NAME made: F files (L hard-linked, C copied), B copied`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Version {
+    /// F.
+    pub files: u64,
+    /// L.
+    pub linked: u64,
+    /// C.
+    pub copied: u64,
+    /// B, in bytes.
+    pub bytes: u64,
+}
+
+/// A pass's summary: the numbers of its last line,
+/// `pass finished in T: N operations, E errors[, K conflicts kept], H files hashed[ (W while
+/// copying)], C cached hashes reused` (`pass stopped after T: …` for a pass a stop cut short),
+/// and, where the line before it was read too ([`summaries`], [`Run::summary`],
+/// [`last_summary`]), what it changed per direction or the version it made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
     /// N.
     pub operations: u64,
     /// E.
     pub errors: u64,
-    /// H.
+    /// H: every file read and hashed, before the plan and by copies.
     pub hashed: u64,
     /// C.
     pub cached: u64,
     /// K, only in twoway's summary.
     pub conflicts: Option<u64>,
+    /// W: of H, the files copies read and hashed as they copied them.
+    pub hashed_while_copying: u64,
+    /// T, to the precision printed.
+    pub took: Duration,
+    /// `into BACKUP: …` (a mirror) or `to BACKUP: …` (twoway).
+    pub to_backup: Option<Changes>,
+    /// `to SOURCE: …` (twoway).
+    pub to_source: Option<Changes>,
+    /// `version NAME made: …`; `Some(None)` for `no new version`.
+    pub version: Option<Option<Version>>,
 }
 
-/// Parses a summary message (singular or plural words accepted).
+/// Parses a summary's last line (singular or plural words accepted), if the pass finished.
 pub fn parse_summary(message: &str) -> Option<Summary> {
-    let rest = message.strip_prefix("pass finished: ")?;
+    match parse_totals(message)? {
+        (false, summary) => Some(summary),
+        (true, _) => None,
+    }
+}
+
+/// Parses a summary's last line, finished or stopped: whether it was stopped, and its numbers.
+pub fn parse_totals(message: &str) -> Option<(bool, Summary)> {
+    let (stopped, rest) = match message.strip_prefix("pass finished in ") {
+        Some(rest) => (false, rest),
+        None => (true, message.strip_prefix("pass stopped after ")?),
+    };
+    let (took, rest) = rest.split_once(": ")?;
+    let took = parse_took(took)?;
     let (mut ops, mut errors, mut hashed, mut cached) = (None, None, None, None);
-    let mut conflicts = None;
+    let (mut conflicts, mut while_copying) = (None, 0);
     for part in rest.split(", ") {
         let (num, words) = part.split_once(' ')?;
         let n: u64 = num.parse().ok()?;
@@ -722,31 +778,150 @@ pub fn parse_summary(message: &str) -> Option<Summary> {
             ops = Some(n);
         } else if words.starts_with("error") {
             errors = Some(n);
-        } else if words.starts_with("file") && words.ends_with("hashed") {
+        } else if words.starts_with("file") && words.contains("hashed") {
             hashed = Some(n);
+            if let Some(w) = words
+                .strip_prefix("files hashed (")
+                .or(words.strip_prefix("file hashed ("))
+            {
+                while_copying = w.strip_suffix(" while copying)")?.parse().ok()?;
+            } else if words != "files hashed" && words != "file hashed" {
+                return None;
+            }
         } else if words.starts_with("cached hash") {
             cached = Some(n);
-        } else if words == "conflict" || words == "conflicts" {
+        } else if words == "conflict kept" || words == "conflicts kept" {
             conflicts = Some(n);
         } else {
             return None;
         }
     }
-    Some(Summary {
+    let summary = Summary {
         operations: ops?,
         errors: errors?,
         hashed: hashed?,
         cached: cached?,
         conflicts,
+        hashed_while_copying: while_copying,
+        took,
+        to_backup: None,
+        to_source: None,
+        version: None,
+    };
+    Some((stopped, summary))
+}
+
+/// `420 ms`, `4.20 s`, `12.3 s`, `2 min 05 s`, `1 h 02 min`.
+fn parse_took(text: &str) -> Option<Duration> {
+    let words: Vec<&str> = text.split(' ').collect();
+    let mut secs = 0.0;
+    for pair in words.chunks(2) {
+        let [n, unit] = pair else { return None };
+        let n: f64 = n.parse().ok()?;
+        secs += n * match *unit {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "min" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+    }
+    Some(Duration::from_secs_f64(secs))
+}
+
+/// `512 bytes`, `1 byte`, `2.5 KiB (2560 bytes)`: the exact number of bytes.
+fn parse_bytes(text: &str) -> Option<u64> {
+    let exact = match text.split_once(" (") {
+        Some((_, exact)) => exact.strip_suffix(')')?,
+        None => text,
+    };
+    let (n, unit) = exact.split_once(' ')?;
+    matches!(unit, "byte" | "bytes").then_some(())?;
+    n.parse().ok()
+}
+
+/// Parses `C created, R replaced, D removed, M metadata updated, B copied`.
+fn parse_changes(text: &str) -> Option<Changes> {
+    let parts: Vec<&str> = text.split(", ").collect();
+    let [created, replaced, removed, metadata, copied] = parts[..] else {
+        return None;
+    };
+    let num = |part: &str, words: &str| -> Option<u64> {
+        part.strip_suffix(words)?.strip_suffix(' ')?.parse().ok()
+    };
+    Some(Changes {
+        created: num(created, "created")?,
+        replaced: num(replaced, "replaced")?,
+        removed: num(removed, "removed")?,
+        metadata: num(metadata, "metadata updated")?,
+        bytes: parse_bytes(copied.strip_suffix(" copied")?)?,
     })
 }
 
-/// The last summary line in a log text.
+/// What a summary's line of changes says: `(to SOURCE, to BACKUP, version)`.
+type ChangesLine = (Option<Changes>, Option<Changes>, Option<Option<Version>>);
+
+/// Parses a summary's line of changes: `into BACKUP: …`, `to SOURCE: …; to BACKUP: …`,
+/// `version NAME made: …` or `no new version`.
+pub fn parse_changes_line(message: &str) -> Option<ChangesLine> {
+    if let Some(rest) = message.strip_prefix("into BACKUP: ") {
+        return Some((None, Some(parse_changes(rest)?), None));
+    }
+    if let Some(rest) = message.strip_prefix("to SOURCE: ") {
+        let (source, backup) = rest.split_once("; to BACKUP: ")?;
+        return Some((
+            Some(parse_changes(source)?),
+            Some(parse_changes(backup)?),
+            None,
+        ));
+    }
+    if message == "no new version" {
+        return Some((None, None, Some(None)));
+    }
+    let rest = message.strip_prefix("version ")?;
+    let (_name, rest) = rest.split_once(" made: ")?;
+    let (files, rest) = rest.split_once(" (")?;
+    let (linked, rest) = rest.split_once(" hard-linked, ")?;
+    let (copied, rest) = rest.split_once(" copied), ")?;
+    let files = files
+        .strip_suffix(" files")
+        .or(files.strip_suffix(" file"))?;
+    let version = Version {
+        files: files.parse().ok()?,
+        linked: linked.parse().ok()?,
+        copied: copied.parse().ok()?,
+        bytes: parse_bytes(rest.strip_suffix(" copied")?)?,
+    };
+    Some((None, None, Some(Some(version))))
+}
+
+/// Every pass summary in `lines`, in order: whether the pass was stopped, and its numbers with
+/// the line of changes logged just before its last line.
+pub fn summaries(lines: &[LogLine]) -> Vec<(bool, Summary)> {
+    let mut out = Vec::new();
+    let mut changes = None;
+    for line in lines.iter().filter(|l| l.level == "INFO") {
+        if let Some(c) = parse_changes_line(&line.message) {
+            changes = Some(c);
+        } else if let Some((stopped, mut summary)) = parse_totals(&line.message) {
+            if let Some((to_source, to_backup, version)) = changes.take() {
+                summary.to_source = to_source;
+                summary.to_backup = to_backup;
+                summary.version = version;
+            }
+            out.push((stopped, summary));
+        }
+    }
+    out
+}
+
+/// The last `pass finished` summary in a log text.
 pub fn last_summary(log: &str) -> Option<Summary> {
-    log.lines()
-        .filter_map(parse_log_line)
-        .filter(|l| l.level == "INFO")
-        .filter_map(|l| parse_summary(&l.message))
+    let lines: Vec<LogLine> = log.lines().filter_map(parse_log_line).collect();
+    summaries(&lines)
+        .into_iter()
+        .filter(|(stopped, _)| !stopped)
+        .map(|(_, summary)| summary)
         .next_back()
 }
 

@@ -6,12 +6,19 @@ use std::path::PathBuf;
 /// The process exit codes, in one place (SPEC §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitCode {
-    /// Every pass completed without a failed entry (or the run was stopped by a signal).
+    /// Every pass completed without a failed entry (or a periodic run was stopped by a signal).
     Success = 0,
     /// A pass finished, but some entries failed; each was logged.
     PartialFailure = 1,
     /// Bad usage, configuration or paths; nothing was changed.
     Usage = 2,
+    /// A `--once` pass (mirror, versioned or two-way) or a restore was stopped by Ctrl+C or
+    /// SIGTERM before it finished: what it did is whole (every file old or new, a restore
+    /// leaves DIR as it was), but not everything was done. A periodic run stopped by a signal
+    /// exits 0 instead, since a signal is how it is meant to end. (3: the next free code; rsync
+    /// uses 20 for the same, but one small number after the others keeps the table simple, and
+    /// 128 + N would read as "killed by signal N" to a shell.)
+    Interrupted = 3,
 }
 
 impl ExitCode {

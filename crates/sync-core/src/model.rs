@@ -347,21 +347,74 @@ impl<'a> From<&'a Items> for ItemList<'a> {
     }
 }
 
-/// What a pass did.
+/// Which kind of pass a [`PassStats`] reports on, which decides how its summary reads.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum PassKind {
+    /// SOURCE mirrored into BACKUP: one direction.
+    #[default]
+    Mirror,
+    /// Changes carried both ways: a direction per side.
+    Twoway,
+    /// A version of SOURCE made in the version store (or none, if nothing changed).
+    Versioned,
+}
+
+/// What a pass did to one side (the side written): entries of every kind, directories
+/// included, as the operation lines name them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Changes {
+    /// Entries that did not exist there before (copied files, new directories, links).
+    pub created: u64,
+    /// Entries put in the place of what was there (a changed file, a link retargeted).
+    pub replaced: u64,
+    /// Entries removed.
+    pub removed: u64,
+    /// Entries whose content was left and whose metadata (mode, time, owner, attributes)
+    /// was updated.
+    pub metadata: u64,
+    /// Bytes of file content written by copies (a hard link writes none).
+    pub bytes: u64,
+}
+
+/// The version a versioned pass made.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct VersionMade {
+    /// Its public name in the version store (`_0`, …).
+    pub name: String,
+    /// Files it holds (hard-linked from a version before, or copied).
+    pub files: u64,
+    /// Files hard-linked from an earlier version (the store's, or `--link-dest`'s).
+    pub linked: u64,
+    /// Files copied from SOURCE.
+    pub copied: u64,
+}
+
+/// What a pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PassStats {
+    /// Which kind of pass it was.
+    pub kind: PassKind,
     /// File operations carried out (or, in a dry run, that would be).
     pub operations: u64,
     /// Entries that failed and were skipped.
     pub errors: u64,
-    /// Files whose content was read to compare them.
+    /// Files whose content was read and hashed: to compare them before the plan, and by the
+    /// copies that hashed what they copied (counted apart in `hashed_by_copies` too).
     pub hashed: u64,
+    /// Of `hashed`, the files a copy read and hashed as it copied them (a file whose digest
+    /// was known before the plan is copied unread, and not counted).
+    pub hashed_by_copies: u64,
     /// Files whose digest came from the hash cache.
     pub cache_hits: u64,
-    /// True if a stop was requested before the pass finished.
+    /// True if a stop (Ctrl+C, SIGTERM) was requested and left some of the pass undone.
     pub interrupted: bool,
-    /// Conflicts settled (two-way passes only).
+    /// Conflicts settled (two-way passes only): each loser is kept under a conflict name.
     pub conflicts: Option<u64>,
+    /// What was done to each side, by [`Side`] (`changes[Side::Backup as usize]` for a
+    /// mirror). A versioned pass counts what it wrote into the new version under BACKUP.
+    pub changes: [Changes; 2],
+    /// The version a versioned pass made, if it made one.
+    pub version: Option<VersionMade>,
 }
 
 /// A file to hard-link instead of copying: versions are never edited in place, so one that

@@ -3,6 +3,7 @@
 //!   shell command (`sh -c`) after it has scanned, hashed and decided what to do, and before it
 //!   changes anything, and waits for it. Tests use it to change a tree between the scan and the
 //!   apply step without sleeps or races ("a file edited after the scan is never overwritten");
+//!   a restore runs it too, once the version is verified and before it copies it;
 //! - `ONEWAY_TEST_NOW` (seconds since 1970) is the time a versioned pass dates its version by,
 //!   so that a test can run a week of passes in seconds through the retention code users get.
 //!

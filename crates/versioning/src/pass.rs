@@ -9,7 +9,7 @@ use checksum::Digest;
 use sync_core::apply::{Applier, Target};
 use sync_core::display::Escaped;
 use sync_core::hash::dircache::{DirCache, Learner, tree_digests};
-use sync_core::model::{LinkFrom, PassStats, Side};
+use sync_core::model::{LinkFrom, PassKind, PassStats, Side, VersionMade};
 use sync_core::pass::PassOptions;
 use sync_core::plan::refuse::{self, Refusal};
 use sync_core::plan::step::{Step, Steps, arrive, finish};
@@ -60,7 +60,10 @@ pub fn versioned_pass(
     // Files' attributes are taken from the hash cache where their stamps held, and read with
     // their content otherwise (see `tree_digests`).
     let mut tree = scan::scan_lazily(source_tree, "SOURCE", &opts.filter)?;
-    let mut stats = PassStats::default();
+    let mut stats = PassStats {
+        kind: PassKind::Versioned,
+        ..PassStats::default()
+    };
     for (rel, err) in &tree.unlistable {
         log::error!("cannot list {} in SOURCE: {err}", Escaped(rel));
         stats.errors += 1;
@@ -236,7 +239,12 @@ fn rotate(
             items,
             linked,
             copied,
+            applied,
         }) => {
+            // What the copies wrote and read, whether or not the version is kept.
+            stats.hashed += applied.hashed_by_copies;
+            stats.hashed_by_copies = applied.hashed_by_copies;
+            stats.changes = applied.changes;
             if signal::stop_requested() {
                 build.abandon();
                 stats.interrupted = true;
@@ -261,6 +269,12 @@ fn rotate(
                         );
                     }
                     stats.operations += 1;
+                    stats.version = Some(VersionMade {
+                        name: version.name,
+                        files: linked + copied,
+                        linked,
+                        copied,
+                    });
                     Ok(())
                 }
                 Err(err) => {
@@ -288,6 +302,14 @@ struct Filled {
     items: Items,
     linked: u64,
     copied: u64,
+    /// What the applier counted (bytes copied, files hashed by the copies).
+    applied: Counted,
+}
+
+/// What [`fill`]'s applier counted, for the pass's summary.
+struct Counted {
+    changes: [sync_core::model::Changes; 2],
+    hashed_by_copies: u64,
 }
 
 /// Fills `dir` with `wanted`'s tree, through the one applier. What the latest version holds at
@@ -361,6 +383,10 @@ fn fill(
         .filter(|i| matches!(i, Item::File { .. }));
     let copied = applied.read_by_copies.len() as u64;
     let linked = files.count() as u64 - copied;
+    let counted = Counted {
+        changes: applied.changes,
+        hashed_by_copies: applied.hashed_by_copies,
+    };
     let mut items = wanted.items.clone();
     items.extend(applied.read_by_copies);
     // A further name is its first name's inode, whatever that copy read.
@@ -373,6 +399,7 @@ fn fill(
         items,
         linked,
         copied,
+        applied: counted,
     })
 }
 

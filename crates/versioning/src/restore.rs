@@ -373,6 +373,7 @@ fn copy_version(
     steps.sort();
     // Nothing a restore reads is remembered: a version is checked against its manifest.
     let learner = Learner::new(version.root(), work.root());
+    sync_core::testhook::after_plan();
     let applied = Applier {
         trees: [version, work],
         target: Target::Build,
@@ -380,6 +381,8 @@ fn copy_version(
     }
     .apply(&steps);
     match applied.errors {
+        // A copy that Ctrl+C or SIGTERM cut short is not put in DIR's place.
+        _ if applied.stopped => Err("stopped by a signal before the copy was complete".into()),
         0 => Ok(()),
         n => Err(format!("{n} entries could not be copied")),
     }

@@ -2,8 +2,9 @@
 //! saved first, removals children first, directories parents first, copies in parallel,
 //! directory modes and times last and deepest first), re-checks each target against what the
 //! scan saw right before acting (in [`crate::tree::ops`]), keeps the set of failed paths and
-//! skips what lies under them, logs each step or its fault on one line, counts, learns the
-//! digests its copies read, and stops between steps when asked to.
+//! skips what lies under them, logs each step or its fault on one line, counts (operations,
+//! and what each side was given: see [`Changes`]), learns the digests its copies read, and
+//! stops between steps when asked to.
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
@@ -16,7 +17,7 @@ use rayon::prelude::*;
 
 use crate::display::Escaped;
 use crate::hash::Learner;
-use crate::model::{Entry, Item, Meta, Side, path_order};
+use crate::model::{Changes, Entry, Item, Meta, Side, path_order};
 use crate::plan::step::{Known, Step, Steps};
 use crate::signal;
 use crate::subtrees::Subtrees;
@@ -105,6 +106,14 @@ pub struct Applied {
     /// What the copies read, where the applier was asked to report it: the item both sides
     /// hold now, by path.
     pub read_by_copies: HashMap<PathBuf, Item>,
+    /// What each side was given, by [`Side`]: the operations counted, by kind, and the bytes
+    /// the copies wrote.
+    pub changes: [Changes; 2],
+    /// Copies that read and hashed what they copied (a copy of a file whose digest was known
+    /// reads nothing to hash).
+    pub hashed_by_copies: u64,
+    /// A stop request (Ctrl+C, SIGTERM) left at least one step undone.
+    pub stopped: bool,
 }
 
 impl Applier<'_> {
@@ -190,6 +199,9 @@ impl Applier<'_> {
         Applied {
             operations: state.operations.into_inner(),
             errors: state.errors.into_inner(),
+            changes: state.changes.each_ref().map(Tally::read),
+            hashed_by_copies: state.hashed_by_copies.into_inner(),
+            stopped: state.stopped.into_inner(),
             failed: state
                 .failed
                 .into_inner()
@@ -202,9 +214,11 @@ impl Applier<'_> {
         }
     }
 
-    /// Logs what `steps` would do, without doing it; returns how many operations that is.
-    pub fn dry_run(&self, steps: &Steps) -> u64 {
+    /// Logs what `steps` would do, without doing it; says how many operations that is, and
+    /// what each side would be given (a copy counted with its source's size as the scan saw it).
+    pub fn dry_run(&self, steps: &Steps) -> Applied {
         let mut operations = 0;
+        let changes: [Tally; 2] = Default::default();
         for step in steps.iter() {
             let logged = match step {
                 Step::Dir {
@@ -218,9 +232,23 @@ impl Applier<'_> {
             if logged {
                 log::info!("dry run: {}", step.describe(self.target.name_sides()));
                 operations += 1;
+                let tally = &changes[step.side() as usize];
+                tally.count(step, false);
+                if let Step::Copy {
+                    source: Some(source),
+                    link: None,
+                    ..
+                } = step
+                {
+                    tally.bytes.fetch_add(source.size, Ordering::Relaxed);
+                }
             }
         }
-        operations
+        Applied {
+            operations,
+            changes: changes.each_ref().map(Tally::read),
+            ..Applied::default()
+        }
     }
 }
 
@@ -267,6 +295,59 @@ pub struct Applying {
     /// The same paths, asked whether a path lies in one of them.
     hidden_roots: Subtrees,
     read_by_copies: Mutex<HashMap<PathBuf, Item>>,
+    /// What each side was given, by [`Side`].
+    changes: [Tally; 2],
+    hashed_by_copies: AtomicU64,
+    /// A step was left undone because a stop was requested.
+    stopped: AtomicBool,
+}
+
+/// [`Changes`] as the applier's threads count them.
+#[derive(Default)]
+struct Tally {
+    created: AtomicU64,
+    replaced: AtomicU64,
+    removed: AtomicU64,
+    metadata: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Tally {
+    /// Counts `step`, carried out; `metadata_only` where a copy found the bytes there already
+    /// and gave only the metadata. A conflict's loser saved aside is counted with the
+    /// conflicts, not here.
+    fn count(&self, step: &Step, metadata_only: bool) {
+        let counter = match step {
+            _ if metadata_only => &self.metadata,
+            Step::SaveAside { .. } => return,
+            Step::Remove { .. } => &self.removed,
+            Step::MakeDir { .. } => &self.created,
+            Step::Copy { replace, .. } if replace.is_some() => &self.replaced,
+            Step::Symlink { replace, .. }
+            | Step::Node { replace, .. }
+            | Step::Link { replace, .. }
+                if replace.is_some() =>
+            {
+                &self.replaced
+            }
+            Step::Copy { .. } | Step::Symlink { .. } | Step::Node { .. } | Step::Link { .. } => {
+                &self.created
+            }
+            Step::SetMeta { .. } | Step::Dir { .. } => &self.metadata,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn read(&self) -> Changes {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Changes {
+            created: get(&self.created),
+            replaced: get(&self.replaced),
+            removed: get(&self.removed),
+            metadata: get(&self.metadata),
+            bytes: get(&self.bytes),
+        }
+    }
 }
 
 impl Applying {
@@ -443,6 +524,7 @@ impl<'a> Run<'a> {
     /// (for what creates) every parent still a real directory. A refusal is logged here.
     fn ready(&self, step: &Step) -> bool {
         if signal::stop_requested() {
+            self.state.stopped.store(true, Ordering::Relaxed);
             return false;
         }
         let rel = step.rel();
@@ -656,6 +738,14 @@ impl<'a> Run<'a> {
             unreachable!("only copies copy");
         };
         let (side, read) = (*side, side.other());
+        if c.hashed {
+            Run::bump(&self.state.hashed_by_copies);
+        }
+        if c.installed {
+            self.state.changes[side as usize]
+                .bytes
+                .fetch_add(c.source.size, Ordering::Relaxed);
+        }
         let learner = self.at.learner;
         let learn =
             |copy: &Entry| learner.learn_copy(side, rel, (&c.source, started), copy, c.digest);
@@ -714,6 +804,7 @@ impl<'a> Run<'a> {
         let rel = step.rel();
         match result {
             Ok(done) => {
+                let metadata_only = matches!(done, Done::Metadata);
                 match done {
                     Done::AsPlanned if !self.at.target.log_steps() => {}
                     Done::AsPlanned => log::info!("{}", step.describe(self.at.target.name_sides())),
@@ -725,6 +816,7 @@ impl<'a> Run<'a> {
                     Done::Nothing => return,
                 }
                 Run::bump(&self.state.operations);
+                self.state.changes[step.side() as usize].count(step, metadata_only);
             }
             Err(err) => {
                 self.mark_failed(rel);
@@ -839,11 +931,15 @@ impl<'a> Run<'a> {
         else {
             return;
         };
-        if signal::stop_requested() || self.blocked(rel) {
+        if self.blocked(rel) {
             return;
         }
         let differs = dir_differs(seen.as_ref(), *want);
         if !differs && !changes_inside {
+            return;
+        }
+        if signal::stop_requested() {
+            self.state.stopped.store(true, Ordering::Relaxed);
             return;
         }
         let set = self
@@ -858,6 +954,7 @@ impl<'a> Run<'a> {
                         log::info!("{}", step.describe(self.at.target.name_sides()));
                     }
                     Run::bump(&self.state.operations);
+                    self.state.changes[*side as usize].count(step, false);
                 }
             }
             Err(err) => {

@@ -8,7 +8,7 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use checksum::Digest;
 
@@ -20,7 +20,7 @@ use crate::hash::dircache::{
 };
 use crate::hash::read_files;
 use crate::hash::stamp::{Stamp, is_racy};
-use crate::model::{Entry, Kind, Meta, PassStats, Side};
+use crate::model::{Entry, Kind, Meta, PassKind, PassStats, Side};
 use crate::pass::PassOptions;
 use crate::plan::refuse;
 use crate::plan::step::{Known, Step, Steps, in_temp};
@@ -113,6 +113,8 @@ struct Walk<'a> {
     backup_files: AtomicU64,
     removed_files: AtomicU64,
     backup_entries: AtomicU64,
+    /// A first copy stopped reading SOURCE: what was left unread is not copied this pass.
+    stopped: AtomicBool,
 }
 
 impl Walk<'_> {
@@ -145,6 +147,7 @@ impl Walk<'_> {
             && signal::stop_requested()
         {
             applying.abandon(&sub.rel);
+            self.stopped.store(true, Ordering::Relaxed);
             return;
         }
         let Sub {
@@ -763,6 +766,7 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
         backup_files: AtomicU64::new(0),
         removed_files: AtomicU64::new(0),
         backup_entries: AtomicU64::new(0),
+        stopped: AtomicBool::new(false),
     };
     let mut found = Found::default();
     let (subs, root_holds_ops) = walk.children(Path::new(""), &src_list, &dst_list, &mut found);
@@ -811,6 +815,7 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
         backup_files,
         removed_files,
         backup_entries,
+        stopped,
         ..
     } = walk;
     let mut found = found.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -831,6 +836,7 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
     found.steps.shrink_to_fit();
     found.blocks.shrink_to_fit();
     let mut stats = PassStats {
+        kind: PassKind::Mirror,
         errors: errors.into_inner(),
         hashed: hashed.into_inner(),
         cache_hits: cache_hits.into_inner(),
@@ -854,7 +860,9 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
         )?;
         found.steps.sort();
         if opts.dry_run {
-            stats.operations = applier.dry_run(&found.steps);
+            let would = applier.dry_run(&found.steps);
+            stats.operations = would.operations;
+            stats.changes = would.changes;
             return Ok(stats);
         }
         crate::testhook::after_plan();
@@ -864,7 +872,13 @@ pub fn mirror_pass(opts: &PassOptions, dir_cache: &mut DirCache) -> Result<PassS
     };
     stats.operations = applied.operations;
     stats.errors += applied.errors;
-    stats.interrupted = signal::stop_requested();
+    // What the copies read counts too: a first copy hashes every file as it copies it.
+    stats.hashed += applied.hashed_by_copies;
+    stats.hashed_by_copies = applied.hashed_by_copies;
+    stats.changes = applied.changes;
+    // Stopped only if the stop left something undone: one that came after the last step
+    // leaves a complete pass.
+    stats.interrupted = applied.stopped || stopped.into_inner();
 
     // The plan is done with: its memory (a first copy's holds every file) is freed before the
     // cache's blocks are built, not held beside them.

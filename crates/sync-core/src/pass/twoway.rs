@@ -14,14 +14,13 @@ use crate::apply::{Applied, Applier, Target};
 use crate::display::Escaped;
 use crate::error::Error;
 use crate::hash::dircache::{DirCache, Learner, tree_digests};
-use crate::model::{Entry, Item, ItemList, Items, Kind, PassStats, Side};
+use crate::model::{Entry, Item, ItemList, Items, Kind, PassKind, PassStats, Side};
 use crate::pass::PassOptions;
 use crate::plan::links::{carry_structure, keep_links, record_links, relinks};
 use crate::plan::reconcile::{Conflict, Contest, Plan, Policy, Verdict, reconcile};
 use crate::plan::refuse::{self, Refusal};
 use crate::plan::step::{Known, Step, Steps};
 use crate::scan::{self, Scanned};
-use crate::signal;
 use crate::state::archive;
 use crate::subtrees::Subtrees;
 use crate::tree::{Tree, temp};
@@ -228,6 +227,7 @@ fn pass(
     archive_roots(&mut archived, &roots, &src, &dst);
 
     let mut stats = PassStats {
+        kind: PassKind::Twoway,
         conflicts: Some(0),
         ..PassStats::default()
     };
@@ -374,7 +374,9 @@ fn pass(
         learner: &learner,
     };
     if opts.dry_run {
-        stats.operations = applier.dry_run(&steps);
+        let would = applier.dry_run(&steps);
+        stats.operations = would.operations;
+        stats.changes = would.changes;
         return Ok(stats);
     }
     if first_pass {
@@ -414,11 +416,20 @@ fn pass(
         errors,
         failed,
         read_by_copies,
+        changes,
+        hashed_by_copies,
+        stopped,
     } = applier.finish(state, &steps.links, &steps.dirs);
     temp::end_temp_journal(&journal);
     stats.operations += operations;
     stats.errors += errors;
-    stats.interrupted = signal::stop_requested();
+    // A file left unread before the plan is read once, by its copy.
+    stats.hashed += hashed_by_copies;
+    stats.hashed_by_copies = hashed_by_copies;
+    stats.changes = changes;
+    // Stopped only if the stop left a step undone: a pass that applied every step is complete,
+    // and its archive is written.
+    stats.interrupted = stopped;
     let was_unread = |rel: &Path| unread.iter().any(|side| side.contains(rel));
     // A file left unread that was linked (not copied) holds what the name it was linked to
     // holds: what that one's copy read, or what both sides held there.

@@ -295,6 +295,9 @@ pub struct Copied {
     /// False when the source's bytes turned out to be those the destination already held
     /// ([`Content::Unless`]): the copy was dropped and the destination left as it was.
     pub installed: bool,
+    /// The copy read and hashed the bytes (false where a digest known before let them be
+    /// copied unread, [`Content::Known`]): what a pass counts as a file hashed.
+    pub hashed: bool,
 }
 
 /// A file to copy: opened beneath its tree's root (see [`at::open_file`]), with what the scan
@@ -414,6 +417,8 @@ fn copy_started(
             copy_and_hash(input, output, size, (src, to), split, replaced)
         }
     };
+    // Whether the bytes are read and hashed (the caller counts the files hashed).
+    let mut hashed = true;
     let (digest, expect, held) = match content {
         // Where only some exact bytes may be installed, they are hashed as they are copied,
         // not read a second time beside the copy.
@@ -441,6 +446,7 @@ fn copy_started(
                         });
                     }
                 }
+                hashed = false;
                 (digest, None, None)
             } else {
                 let split = if exact { Split::No } else { split };
@@ -449,6 +455,7 @@ fn copy_started(
         }
     };
     copy.finish(digest, expect, held)
+        .map(|copied| Copied { hashed, ..copied })
 }
 
 /// One file to copy with [`copy_pair`]: source, destination, and what the destination is.
@@ -644,6 +651,7 @@ impl<'a> Started<'a> {
                 source: self.before,
                 destination: there.clone(),
                 installed: false,
+                hashed: true,
             });
         }
         let mode = Mode::from_raw_mode(self.before.mode);
@@ -690,6 +698,7 @@ impl<'a> Started<'a> {
             source: self.before,
             destination,
             installed: true,
+            hashed: true,
         })
     }
 }
