@@ -15,7 +15,7 @@ use sync_core::apply::{Applier, Target};
 use sync_core::hash::Learner;
 use sync_core::model::Side;
 use sync_core::plan::step::{Step, Steps, arrive, finish};
-use sync_core::run::lock::LockDir;
+use sync_core::run::lock::{Lock, LockDir};
 use sync_core::scan::Scanned;
 use sync_core::tree::{LocalTree, OpError, Tree};
 use sync_core::{Error, error::one_line};
@@ -106,21 +106,32 @@ fn dry_run_changes(dir: &Path, manifest: &Manifest) -> Result<usize, Error> {
     Ok(changes)
 }
 
-/// Restores `dir` from the versions recorded in `state_dir`.
+/// The version a restore brings back, verified against its manifest, and the locks that keep
+/// the pair's syncs and the versioning child away while it is copied.
+struct Chosen {
+    /// DIR, absolute.
+    dir: PathBuf,
+    /// The version store of DIR.
+    vdir: PathBuf,
+    manifest: Manifest,
+    /// The version's directory, held.
+    version: LocalTree,
+    /// What the verification found in it.
+    held: Scanned,
+    _locks: [Lock; 2],
+}
+
+/// Chooses `which` version of `dir` from the store `state_dir`'s `.info.json` names, and
+/// verifies it against its manifest.
 ///
 /// Fails, having changed nothing, if the state directory could be changed by another user,
 /// `dir` is unknown to `.info.json`, a twoway of its pair (or a versioning child) is running,
-/// the version does not exist or does not match its manifest, or the copy fails.
-pub fn restore(
-    state_dir: &Path,
-    dir: &Path,
-    which: Which,
-    dry_run: bool,
-) -> Result<Restored, Error> {
+/// or the version does not exist or does not match its manifest.
+fn chosen_version(state_dir: &Path, dir: &Path, which: Which) -> Result<Chosen, Error> {
     let (dir, vdir) = store_of(state_dir, dir)?;
     let locks = LockDir::open()?;
-    let _pair = locks.lock_path(&dir)?;
-    let _versions = locks.lock_dir(&vdir)?;
+    let pair = locks.lock_path(&dir)?;
+    let versions_lock = locks.lock_dir(&vdir)?;
     let store = Store::open(&vdir).map_err(|e| fail(one_line(&e)))?;
     let versions = store.versions();
     let chosen = which.pick(&versions).ok_or_else(|| {
@@ -145,6 +156,34 @@ pub fn restore(
             problems.len()
         )));
     }
+    Ok(Chosen {
+        dir,
+        vdir,
+        manifest,
+        version,
+        held,
+        _locks: [pair, versions_lock],
+    })
+}
+
+/// Restores `dir` from the versions recorded in `state_dir`.
+///
+/// Fails, having changed nothing, if the version cannot be chosen (see `chosen_version`) or
+/// the copy fails.
+pub fn restore(
+    state_dir: &Path,
+    dir: &Path,
+    which: Which,
+    dry_run: bool,
+) -> Result<Restored, Error> {
+    let Chosen {
+        dir,
+        vdir,
+        manifest,
+        version,
+        held,
+        _locks,
+    } = chosen_version(state_dir, dir, which)?;
 
     let parent = dir.parent().ok_or_else(|| {
         fail(format!(
