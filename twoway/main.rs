@@ -13,7 +13,7 @@ use sync_core::run::jobs::TwowayJob;
 use sync_core::run::passes::{Job, Schedule, run_passes};
 use sync_core::tree::meta::{Wanted, set_carry};
 use sync_core::{Error, ExitCode, Program, Session, Setup};
-use versioning::restore::{Which, restore};
+use versioning::restore::{Options, Which, restore};
 
 use recovery::{Keep, Recovery, worse};
 
@@ -107,6 +107,13 @@ struct Cli {
     /// a date and time (the newest version at or before it, e.g. "2026-12-07 09:15").
     #[arg(long, value_name = "VERSION")]
     version: Option<Which>,
+    /// With --restore: only this path of DIR, relative to it (a file, link, node or whole
+    /// directory); the rest of DIR is left as it is (repeatable).
+    #[arg(long, value_name = "REL")]
+    path: Vec<PathBuf>,
+    /// With --restore: write into this new or empty directory; DIR is left as it is.
+    #[arg(long, value_name = "OTHER")]
+    target: Option<PathBuf>,
     /// Print the program's version.
     #[arg(short = 'V', action = clap::ArgAction::Version)]
     print_version: Option<bool>,
@@ -182,6 +189,12 @@ fn main() {
             if cli.version.is_some() {
                 usage_error("--version applies only with --restore (the program's version is -V)");
             }
+            if !cli.path.is_empty() {
+                usage_error("--path applies only with --restore");
+            }
+            if cli.target.is_some() {
+                usage_error("--target applies only with --restore");
+            }
             run_sync(&cli, backup)
         }
     };
@@ -201,28 +214,48 @@ fn run_restore(cli: &Cli) -> ExitCode {
         Ok(d) => d,
         Err(err) => usage_error(&format!("cannot read the current directory: {err}")),
     };
-    match restore(&state_dir, &cli.source, which.clone(), cli.dry_run) {
-        Ok(done) if cli.dry_run => {
-            log::info!(
-                "dry run: restoring {} from version {which} would change {} entries; nothing \
-                 was changed",
-                done.dir.display(),
-                done.entries
-            );
-            ExitCode::Success
-        }
+    let options = Options {
+        paths: cli.path.clone(),
+        target: cli.target.clone(),
+        dry_run: cli.dry_run,
+    };
+    match restore(&state_dir, &cli.source, which.clone(), &options) {
         Ok(done) => {
-            log::info!(
-                "restored {} from version {which} ({} entries)",
-                done.dir.display(),
-                done.entries
-            );
-            if let Some(kept) = done.kept {
+            let what = if options.paths.is_empty() {
+                String::new()
+            } else {
+                let paths: Vec<String> = options
+                    .paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                format!(" ({} of it)", paths.join(", "))
+            };
+            let into = if done.dir == done.from {
+                String::new()
+            } else {
+                format!(" into {}", done.dir.display())
+            };
+            if cli.dry_run {
                 log::info!(
-                    "what {} held before is kept in {} (move it back to undo the restore)",
-                    done.dir.display(),
-                    kept.display()
+                    "dry run: restoring {}{what} from version {which}{into} would change {} \
+                     entries; nothing was changed",
+                    done.from.display(),
+                    done.entries
                 );
+            } else {
+                log::info!(
+                    "restored {}{what} from version {which}{into} ({} entries)",
+                    done.from.display(),
+                    done.entries
+                );
+                if let Some(kept) = done.kept.filter(|_| options.paths.is_empty()) {
+                    log::info!(
+                        "what {} held before is kept in {} (move it back to undo the restore)",
+                        done.dir.display(),
+                        kept.display()
+                    );
+                }
             }
             ExitCode::Success
         }
@@ -235,8 +268,10 @@ fn run_restore(cli: &Cli) -> ExitCode {
 
 /// `twoway DIR --versions`: the listing on standard output; no log file is written.
 fn run_versions(cli: &Cli) -> ExitCode {
-    if cli.version.is_some() || cli.dry_run {
-        usage_error("--versions lists; --version and --dry-run apply to --restore");
+    if cli.version.is_some() || cli.dry_run || !cli.path.is_empty() || cli.target.is_some() {
+        usage_error(
+            "--versions lists; --version, --path, --target and --dry-run apply to --restore",
+        );
     }
     let state_dir = match std::env::current_dir() {
         Ok(d) => d,
