@@ -650,16 +650,15 @@ fn the_syncs_exclusions_reach_the_versions() -> TestResult {
     Ok(())
 }
 
-/// The entries under `__versions__/NAME/before-restore-*` (what restores kept), by their path
-/// below that directory.
+/// The entries under `__versions__/NAME/before-restore-*` and `before-path-restore-*` (what
+/// restores kept), by their path below that directory.
 fn kept_by_restores(p: &Pair, name: &str) -> Res<Snapshot> {
     Ok(snapshot(&p.versions(name))?
         .into_iter()
         .filter_map(|(rel, e)| {
             let mut parts = rel.components();
             let first = parts.next()?.as_os_str().to_string_lossy().into_owned();
-            first
-                .starts_with("before-restore-")
+            (first.starts_with("before-restore-") || first.starts_with("before-path-restore-"))
                 .then(|| (parts.as_path().to_path_buf(), e))
         })
         .filter(|(rel, _)| !rel.as_os_str().is_empty())

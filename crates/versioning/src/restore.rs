@@ -28,9 +28,9 @@ use sync_core::tree::{LocalTree, OpError, Tree};
 use sync_core::{Error, error::one_line};
 
 pub use crate::history::Choice as Which;
-use crate::history::store_of;
+use crate::history::{read_kept, store_of};
 use crate::manifest::{Item, Manifest};
-use crate::store::Store;
+use crate::store::{KEPT_BY_PATH_RESTORE, KEPT_BY_RESTORE, Store};
 use crate::verify::verify_tree;
 
 /// What a restore did.
@@ -154,12 +154,41 @@ struct Chosen {
 /// Fails, having changed nothing, if the state directory could be changed by another user,
 /// `dir` is unknown to `.info.json`, a twoway of its pair (or a versioning child) is running,
 /// or the version does not exist or does not match its manifest.
-fn chosen_version(state_dir: &Path, dir: &Path, which: Which) -> Result<Chosen, Error> {
+fn chosen_version(
+    state_dir: &Path,
+    dir: &Path,
+    which: Which,
+    some_paths: bool,
+) -> Result<Chosen, Error> {
     let (dir, vdir) = store_of(state_dir, dir)?;
     let locks = LockDir::open()?;
     let pair = locks.lock_path(&dir)?;
     let versions_lock = locks.lock_dir(&vdir)?;
     let store = Store::open(&vdir).map_err(|e| fail(one_line(&e)))?;
+    if let Which::Named(name) = &which
+        && let Some(kept) = store
+            .kept_by_restores()
+            .into_iter()
+            .find(|k| &k.name == name)
+    {
+        // Undoing a restore: what it replaced has no manifest; it is read whole instead.
+        if name.starts_with(KEPT_BY_PATH_RESTORE) && !some_paths {
+            return Err(fail(format!(
+                "{name} holds only the paths a restore with --path replaced; restore them \
+                 with the same --path (twoway {} --restore --version {name} --path REL)",
+                dir.display()
+            )));
+        }
+        let (version, manifest, held) = read_kept(&kept.dir)?;
+        return Ok(Chosen {
+            dir,
+            vdir,
+            manifest,
+            version,
+            held,
+            _locks: [pair, versions_lock],
+        });
+    }
     let versions = store.versions();
     let chosen = which.pick(&versions).ok_or_else(|| {
         fail(format!(
@@ -270,7 +299,7 @@ pub fn restore(
         })?),
         None => None,
     };
-    let c = chosen_version(state_dir, dir, which)?;
+    let c = chosen_version(state_dir, dir, which, !paths.is_empty())?;
     for rel in &paths {
         if !c.manifest.items.contains_key(rel) {
             return Err(fail(format!(
@@ -357,7 +386,19 @@ pub fn restore(
     let keep = target.is_none().then(|| Keep {
         versions: &versions,
         vdir: &c.vdir,
-        name: free_name(&versions, &format!("before-restore-{stamp}")),
+        // What a restore of some paths replaced is only those paths: named apart, so that
+        // undoing it (a restore from it) is asked for with the same --path.
+        name: free_name(
+            &versions,
+            &format!(
+                "{}{stamp}",
+                if paths.is_empty() {
+                    KEPT_BY_RESTORE
+                } else {
+                    KEPT_BY_PATH_RESTORE
+                }
+            ),
+        ),
         stamp: &stamp,
     });
     let (kept, entries) = if paths.is_empty() {
