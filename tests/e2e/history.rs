@@ -258,7 +258,7 @@ fn a_restore_is_listed_undone_and_what_it_kept_is_pruned() -> TestResult {
     );
 
     // Four restores so far, each keeping what it replaced; a versioning pass prunes them.
-    let all = |p: &Pair| -> Res<Vec<String>> { Ok(kept_by_restores(p, "before-")?) };
+    let all = |p: &Pair| kept_by_restores(p, "before-");
     ensure!(
         all(&p)?.len() == 4,
         "expected four keepings: {:?}",
