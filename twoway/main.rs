@@ -236,25 +236,30 @@ fn run_restore(cli: &Cli) -> ExitCode {
             } else {
                 format!(" into {}", done.dir.display())
             };
+            let entries = match done.entries {
+                1 => "1 entry".to_string(),
+                n => format!("{n} entries"),
+            };
             if cli.dry_run {
                 log::info!(
-                    "dry run: restoring {}{what} from version {which}{into} would change {} \
-                     entries; nothing was changed",
+                    "dry run: restoring {}{what} from version {which}{into} would change \
+                     {entries}; nothing was changed",
                     done.from.display(),
-                    done.entries
                 );
             } else {
                 log::info!(
-                    "restored {}{what} from version {which}{into} ({} entries)",
+                    "restored {}{what} from version {which}{into} ({entries})",
                     done.from.display(),
-                    done.entries
                 );
-                if let Some(kept) = done.kept.filter(|_| options.paths.is_empty()) {
-                    log::info!(
-                        "what {} held before is kept in {} (move it back to undo the restore)",
-                        done.dir.display(),
-                        kept.display()
-                    );
+                if let Some(kept) = done.kept {
+                    if options.paths.is_empty() {
+                        log::info!(
+                            "what {} held before is kept in {}",
+                            done.dir.display(),
+                            kept.display()
+                        );
+                    }
+                    log_undo(&done.from, &kept, &options.paths);
                 }
             }
             ExitCode::Success
@@ -263,6 +268,26 @@ fn run_restore(cli: &Cli) -> ExitCode {
             log::error!("{}", sync_core::error::one_line(&err));
             ExitCode::Usage
         }
+    }
+}
+
+/// Says how to undo a restore that kept what it replaced in `kept`: restore that (listed by
+/// `--versions`), or, where it had to be kept beside DIR (another file system), move it back.
+fn log_undo(dir: &Path, kept: &Path, paths: &[PathBuf]) {
+    let name = kept.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    if name.starts_with(versioning::store::KEPT_BY_RESTORE)
+        || name.starts_with(versioning::store::KEPT_BY_PATH_RESTORE)
+    {
+        let paths: String = paths
+            .iter()
+            .map(|p| format!(" --path {}", p.display()))
+            .collect();
+        log::info!(
+            "to undo this restore: twoway {} --restore --version {name}{paths}",
+            dir.display()
+        );
+    } else {
+        log::info!("to undo this restore, move {} back", kept.display());
     }
 }
 

@@ -114,8 +114,7 @@ fn dry_run_changes(
     }
     if keeps && now.is_some() {
         log::info!(
-            "dry run: what {} holds now would be kept under the version store, as a restore keeps it",
-            dir.display()
+            "dry run: what the restore would replace or remove would be kept in the version store"
         );
     }
     Ok(changes)
@@ -821,7 +820,7 @@ fn restore_paths(
         let kept = restore_path(c, &tree, rel, keep)?;
         if let Some(kept) = kept {
             log::info!(
-                "what {} held before is kept in {} (move it back to undo the restore)",
+                "what {} held before is kept in {}",
                 dir.join(rel).display(),
                 kept.display()
             );
