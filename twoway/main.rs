@@ -274,7 +274,10 @@ fn run_restore(cli: &Cli) -> ExitCode {
 /// Says how to undo a restore that kept what it replaced in `kept`: restore that (listed by
 /// `--versions`), or, where it had to be kept beside DIR (another file system), move it back.
 fn log_undo(dir: &Path, kept: &Path, paths: &[PathBuf]) {
-    let name = kept.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let name = kept
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     if name.starts_with(versioning::store::KEPT_BY_RESTORE)
         || name.starts_with(versioning::store::KEPT_BY_PATH_RESTORE)
     {

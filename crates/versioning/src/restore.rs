@@ -30,7 +30,7 @@ use sync_core::{Error, error::one_line};
 pub use crate::history::Choice as Which;
 use crate::history::{read_kept, store_of};
 use crate::manifest::{Item, Manifest};
-use crate::store::{KEPT_BY_PATH_RESTORE, KEPT_BY_RESTORE, Store};
+use crate::store::{KEPT_BY_PATH_RESTORE, KEPT_BY_RESTORE, Store, Version};
 use crate::verify::verify_tree;
 
 /// What a restore did.
@@ -164,53 +164,38 @@ fn chosen_version(
     let pair = locks.lock_path(&dir)?;
     let versions_lock = locks.lock_dir(&vdir)?;
     let store = Store::open(&vdir).map_err(|e| fail(one_line(&e)))?;
-    if let Which::Named(name) = &which
-        && let Some(kept) = store
+    let kept = match &which {
+        Which::Named(name) => store
             .kept_by_restores()
             .into_iter()
-            .find(|k| &k.name == name)
-    {
+            .find(|k| &k.name == name),
+        _ => None,
+    };
+    let (version, manifest, held) = match kept {
         // Undoing a restore: what it replaced has no manifest; it is read whole instead.
-        if name.starts_with(KEPT_BY_PATH_RESTORE) && !some_paths {
+        Some(kept) if kept.name.starts_with(KEPT_BY_PATH_RESTORE) && !some_paths => {
             return Err(fail(format!(
-                "{name} holds only the paths a restore with --path replaced; restore them \
-                 with the same --path (twoway {} --restore --version {name} --path REL)",
-                dir.display()
+                "{} holds only the paths a restore with --path replaced; restore them with the \
+                 same --path (twoway {} --restore --version {} --path REL)",
+                kept.name,
+                dir.display(),
+                kept.name
             )));
         }
-        let (version, manifest, held) = read_kept(&kept.dir)?;
-        return Ok(Chosen {
-            dir,
-            vdir,
-            manifest,
-            version,
-            held,
-            _locks: [pair, versions_lock],
-        });
-    }
-    let versions = store.versions();
-    let chosen = which.pick(&versions).ok_or_else(|| {
-        fail(format!(
-            "there is no version {which} of {} in {} (twoway {} --versions lists them)",
-            dir.display(),
-            vdir.display(),
-            dir.display()
-        ))
-    })?;
-    let manifest = chosen.manifest().map_err(|e| fail(one_line(&e)))?;
-    let version = LocalTree::open(&chosen.dir).map_err(|source| Error::ListRoot {
-        role: "version",
-        path: chosen.dir.clone(),
-        source,
-    })?;
-    let (problems, held) = verify_tree(&version, &manifest)?;
-    if let Some(first) = problems.first() {
-        return Err(fail(format!(
-            "the version in {} does not match its manifest ({} differences, first: {first}); nothing was restored",
-            chosen.dir.display(),
-            problems.len()
-        )));
-    }
+        Some(kept) => read_kept(&kept.dir)?,
+        None => {
+            let versions = store.versions();
+            let chosen = which.pick(&versions).ok_or_else(|| {
+                fail(format!(
+                    "there is no version {which} of {} in {} (twoway {} --versions lists them)",
+                    dir.display(),
+                    vdir.display(),
+                    dir.display()
+                ))
+            })?;
+            verified(chosen)?
+        }
+    };
     Ok(Chosen {
         dir,
         vdir,
@@ -219,6 +204,28 @@ fn chosen_version(
         held,
         _locks: [pair, versions_lock],
     })
+}
+
+/// `version`'s tree, held, with its manifest and what a check of the one against the other
+/// found in it.
+///
+/// Fails if the version cannot be read or does not match its manifest.
+fn verified(version: &Version) -> Result<(LocalTree, Manifest, Scanned), Error> {
+    let manifest = version.manifest().map_err(|e| fail(one_line(&e)))?;
+    let tree = LocalTree::open(&version.dir).map_err(|source| Error::ListRoot {
+        role: "version",
+        path: version.dir.clone(),
+        source,
+    })?;
+    let (problems, held) = verify_tree(&tree, &manifest)?;
+    if let Some(first) = problems.first() {
+        return Err(fail(format!(
+            "the version in {} does not match its manifest ({} differences, first: {first}); nothing was restored",
+            version.dir.display(),
+            problems.len()
+        )));
+    }
+    Ok((tree, manifest, held))
 }
 
 /// The `--path`s as relative paths without `.`, each once, none below another given one.
