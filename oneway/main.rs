@@ -14,7 +14,17 @@ use versioning::share::LinkDest;
 
 /// Mirror SOURCE into BACKUP, again at every interval.
 #[derive(Debug, Parser)]
-#[command(name = "oneway", version, about)]
+#[command(
+    name = "oneway",
+    version,
+    about = "Make BACKUP an exact copy of SOURCE (or, with --versioned, keep dated versions of \
+             it). Without --once it repeats every --interval seconds until Ctrl+C or SIGTERM.",
+    after_help = "Examples:\n  oneway ~/Documents /mnt/usb/Documents --once\n  \
+                  oneway ~/Documents /mnt/usb/Documents-versions --versioned --interval 600\n  \
+                  oneway --versions /mnt/usb/Documents-versions\n\n\
+                  Exit codes: 0 success, 1 some entries failed (each logged), 2 bad usage or \
+                  a refused pass (nothing changed)."
+)]
 struct Cli {
     /// The directory to back up.
     #[arg(required_unless_present = "versions")]
@@ -26,7 +36,7 @@ struct Cli {
     /// files, bytes, what changed), and exit.
     #[arg(long, value_name = "BACKUP", conflicts_with_all = ["source", "backup"])]
     versions: Option<PathBuf>,
-    /// Seconds between passes (at least 1).
+    /// Seconds between passes (at least 1); the first pass runs at once.
     #[arg(short, long, default_value_t = 3600, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
     interval: u64,
@@ -57,7 +67,7 @@ struct Cli {
     /// than copies, where its own previous version has no such file.
     #[arg(long, value_name = "VDIR")]
     link_dest: Option<PathBuf>,
-    /// One pass, then exit.
+    /// One pass, then exit (without it, the program runs until stopped).
     #[arg(long)]
     once: bool,
     /// Log what a pass would do; change nothing.

@@ -31,13 +31,28 @@ enum ConflictPolicy {
 /// Keep SOURCE and BACKUP in sync both ways with versions of both, or bring a directory back
 /// from its versions (`twoway DIR --restore`).
 #[derive(Debug, Parser)]
-#[command(name = "twoway", version, about, disable_version_flag = true)]
+#[command(
+    name = "twoway",
+    version,
+    about = "Keep SOURCE and BACKUP in sync both ways, with a history of both; or list and \
+             restore DIR's versions. Without --once it repeats every --interval seconds until \
+             Ctrl+C or SIGTERM. Run it from a directory of its own: it keeps its state there \
+             (config.json, .info.json, __versions__/).",
+    after_help = "Examples (from ~/twoway-state):\n  \
+                  twoway ~/Documents /mnt/usb/Documents --interval 300\n  \
+                  twoway ~/Documents --versions\n  \
+                  twoway ~/Documents --restore --path notes.txt\n  \
+                  twoway ~/Documents --restore --version \"2026-12-06 18:00\" --target ~/then\n\n\
+                  Exit codes: 0 success, 1 some entries failed (each logged), 2 bad usage or \
+                  a refused pass (nothing changed).",
+    disable_version_flag = true
+)]
 struct Cli {
     /// One side (with --restore: the directory to restore, which may no longer exist).
     source: PathBuf,
     /// The other side.
     backup: Option<PathBuf>,
-    /// Seconds between passes (at least 1).
+    /// Seconds between passes (at least 1); the first pass runs at once.
     #[arg(short, long, default_value_t = 3600, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
     interval: u64,
@@ -47,7 +62,8 @@ struct Cli {
     /// The recovery system's configuration.
     #[arg(long, default_value = "config.json", value_name = "FILE")]
     config: PathBuf,
-    /// One two-way pass and one snapshot of each side, then exit.
+    /// One two-way pass and one snapshot of each side, then exit (without it, twoway runs
+    /// until stopped).
     #[arg(long)]
     once: bool,
     /// Log what a pass (or, with --restore, the restore) would do; change nothing.
@@ -89,7 +105,7 @@ struct Cli {
     /// config.json's "keep_hourly", else 24).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..100_000))]
     keep_hourly: Option<u32>,
-    /// And of each of the last N days (default: config.json's "keep_daily", else 8: at least a
+    /// And of each of the last N days (default: config.json's "keep_daily", else 9: at least a
     /// week back).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..100_000))]
     keep_daily: Option<u32>,
