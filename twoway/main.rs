@@ -220,7 +220,11 @@ fn run_restore(cli: &Cli) -> ExitCode {
         Ok(d) => d,
         Err(err) => usage_error(&format!("cannot read the current directory: {err}")),
     };
-    match restore(&state_dir, &cli.source, which.clone(), cli.dry_run) {
+    sync_core::run::console::init(console(cli));
+    sync_core::run::console::start_pass();
+    let restored = restore(&state_dir, &cli.source, which.clone(), cli.dry_run);
+    sync_core::run::console::end_pass();
+    match restored {
         Ok(done) if cli.dry_run => {
             log::info!(
                 target: SUMMARY,

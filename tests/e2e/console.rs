@@ -151,3 +151,189 @@ fn quiet_and_verbose_together_are_a_usage_error() -> TestResult {
     run.expect_code(2)?;
     empty_dir(&env.dst)
 }
+
+/// Each copy waits this long (the test aid `ONEWAY_TEST_COPY_DELAY_MS`), so that a pass of
+/// [`SLOW_FILES`] files lasts seconds on any machine and its progress line is redrawn (every
+/// 200 ms) several times while it copies.
+const COPY_DELAY_MS: &str = "300";
+const SLOW_FILES: usize = 8;
+
+/// SOURCE with [`SLOW_FILES`] files of 64 KiB and a file BACKUP already holds alike, so that
+/// the pass plans whole (not a first copy into an empty BACKUP, which streams and has no
+/// total) and deletes nothing.
+fn slow_tree(env: &Env) -> TestResult {
+    for i in 0..SLOW_FILES {
+        write(&env.src, format!("f{i}.bin"), noise(i as u64, 64 * 1024))?;
+    }
+    write(&env.src, "kept.txt", "same")?;
+    let kept = write(&env.dst, "kept.txt", "same")?;
+    set_mtime(&kept, T0, 0)?;
+    set_mtime(&env.src.join("kept.txt"), T0, 0)?;
+    Ok(())
+}
+
+/// Runs the fixture's program with `args` under a pseudo-terminal (util-linux `script`), with
+/// the copy delay: what the terminal showed (stdout and stderr together) is the run's stdout.
+fn on_terminal(env: &Env, args: &[&str]) -> Res<Run> {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let mut line = vec![
+        quote(env.program.bin()),
+        "--log".to_string(),
+        quote(&env.log.to_string_lossy()),
+    ];
+    line.extend(args.iter().map(|a| quote(a)));
+    line.push(quote(&env.src.to_string_lossy()));
+    line.push(quote(&env.dst.to_string_lossy()));
+    let mut cmd = std::process::Command::new("script");
+    cmd.arg("-qfec")
+        .arg(line.join(" "))
+        .arg("/dev/null")
+        .current_dir(&env.root)
+        .env("XDG_CACHE_HOME", &env.cache)
+        .env("XDG_STATE_HOME", &env.state_home)
+        .env("TERM", "xterm")
+        .env("ONEWAY_TEST_COPY_DELAY_MS", COPY_DELAY_MS)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null());
+    env.run_command(cmd, &env.log)
+}
+
+/// The percentages of the progress lines drawn in `screen` (what a terminal was sent), in
+/// order, with the whole text of each line.
+fn progress_lines(screen: &str) -> Vec<(u32, String)> {
+    screen
+        .split(['\r', '\n'])
+        .map(|s| s.trim_start_matches("\x1b[2K").trim())
+        .filter_map(|s| {
+            let (percent, rest) = s.split_once('%')?;
+            let percent: u32 = percent.trim().parse().ok()?;
+            rest.contains(" files").then(|| (percent, s.to_string()))
+        })
+        .collect()
+}
+
+// On a terminal a pass shows one live line: redrawn several times during a long copy, its
+// percentage never going back, with the file being copied; the log lines appear above it,
+// whole, the same as in the log file, which holds no escape sequence.
+#[test]
+fn progress_line_moves_during_a_long_copy_on_a_terminal() -> TestResult {
+    let env = Env::new()?;
+    slow_tree(&env)?;
+    let run = on_terminal(&env, &["--once"])?;
+    run.expect_code(0)?;
+    let screen = &run.stdout;
+    let drawn = progress_lines(screen);
+    let mut distinct: Vec<&str> = drawn.iter().map(|(_, l)| l.as_str()).collect();
+    distinct.dedup();
+    ensure!(
+        distinct.len() >= 4,
+        "expected the progress line redrawn several times, saw {distinct:#?}\n{run}"
+    );
+    let percents: Vec<u32> = drawn.iter().map(|(p, _)| *p).collect();
+    ensure!(
+        percents.windows(2).all(|w| w[0] <= w[1]),
+        "the percentage went back: {percents:?}\n{run}"
+    );
+    ensure!(
+        percents.first() < percents.last() && percents.iter().any(|&p| p > 0 && p < 100),
+        "the percentage did not move through the copy: {percents:?}\n{run}"
+    );
+    ensure!(
+        drawn
+            .iter()
+            .any(|(_, l)| l.contains(&format!("/{SLOW_FILES} files")) && l.contains(".bin")),
+        "no line with the files' total and the file being copied: {distinct:#?}\n{run}"
+    );
+    // Never torn: each log line on the terminal is whole, and they are the log file's lines.
+    let on_screen: Vec<LogLine> = screen
+        .split('\n')
+        .filter_map(|l| {
+            let l = l.trim_end_matches('\r');
+            let at = l.find("[ONEWAY]")?;
+            // What precedes a log line on its screen line was cleared away.
+            let before = l[..at].trim_matches('\r');
+            let cleared = before.is_empty() || before.ends_with("\x1b[2K");
+            let torn = LogLine {
+                level: "TORN".into(),
+                message: l.to_string(),
+            };
+            Some(match parse_log_line(&l[at..]) {
+                Some(line) if cleared => line,
+                _ => torn,
+            })
+        })
+        .collect();
+    ensure!(
+        on_screen == run.lines(),
+        "the terminal's log lines differ from the log file's: {on_screen:#?}\n{run}"
+    );
+    ensure!(
+        !run.log.contains('\x1b'),
+        "an escape sequence in the log file\n{run}"
+    );
+    ensure!(
+        run.operations()
+            .iter()
+            .filter(|o| o.starts_with("copied "))
+            .count()
+            == SLOW_FILES,
+        "expected {SLOW_FILES} copies\n{run}"
+    );
+    Ok(())
+}
+
+// Not on a terminal (cron, a pipe): no progress line and no escape sequence, on the console or
+// in the log; `--progress` forces the line there, and `--no-progress` or `-q` keep it off a
+// terminal.
+#[test]
+fn no_progress_line_or_escape_sequence_without_a_terminal_unless_forced() -> TestResult {
+    let env = Env::new()?;
+    slow_tree(&env)?;
+    let mut cmd = env.command(&[&"--once", &env.src, &env.dst]);
+    cmd.env("ONEWAY_TEST_COPY_DELAY_MS", COPY_DELAY_MS);
+    let piped = env.run_command(cmd, &env.log)?;
+    piped.expect_code(0)?;
+    ensure!(
+        !piped.stderr.contains('\x1b') && !piped.stderr.contains('\r'),
+        "escape sequences on a console that is no terminal\n{piped}"
+    );
+    ensure!(
+        !piped.log.contains('\x1b'),
+        "an escape sequence in the log file\n{piped}"
+    );
+    piped.expect_well_formed_log()?;
+    ensure!(
+        piped
+            .operations()
+            .iter()
+            .filter(|o| o.starts_with("copied "))
+            .count()
+            == SLOW_FILES,
+        "expected {SLOW_FILES} copies\n{piped}"
+    );
+
+    write(&env.src, "f0.bin", "changed")?;
+    let forced = env.once(&[&"--progress"])?;
+    forced.expect_code(0)?;
+    ensure!(
+        forced.stderr.contains("\x1b[2K") && forced.stderr.contains(" files"),
+        "--progress drew no progress line on a pipe\n{forced}"
+    );
+    ensure!(
+        !forced.log.contains('\x1b'),
+        "an escape sequence in the log file\n{forced}"
+    );
+
+    for off in [["--no-progress"], ["-q"]] {
+        write(&env.src, "f0.bin", format!("changed again {off:?}"))?;
+        let mut args = vec!["--once"];
+        args.extend(off);
+        let run = on_terminal(&env, &args)?;
+        run.expect_code(0)?;
+        ensure!(
+            !run.stdout.contains('\x1b'),
+            "{off:?}: escape sequences on the terminal\n{run}"
+        );
+    }
+    Ok(())
+}

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::error::{Error, ExitCode, one_line};
 use crate::model::PassStats;
+use crate::run::console;
 use crate::run::logging::SUMMARY;
 use crate::signal;
 
@@ -50,7 +51,10 @@ pub fn run_passes(schedule: Schedule, job: &mut impl Job) -> ExitCode {
     let mut exit = ExitCode::Success;
     let mut first = true;
     loop {
-        match job.pass() {
+        console::start_pass();
+        let pass = job.pass();
+        console::end_pass();
+        match pass {
             Ok(stats) => {
                 total += stats.operations;
                 log_summary(&stats);

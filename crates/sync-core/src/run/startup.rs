@@ -126,6 +126,7 @@ impl Session {
                 source,
             },
         )?;
+        crate::run::console::init(setup.console);
         // Our own log file and lock files, if they lie in a root (a user backing up their
         // home with the cache in it), are neither copied nor deleted.
         for root in [&source, &backup] {
