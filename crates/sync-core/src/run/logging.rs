@@ -187,6 +187,15 @@ impl Log for InOrder {
     }
 }
 
+/// Whether a line's target (its module path, or [`SUMMARY`]) is one of this project's.
+fn ours(target: &str) -> bool {
+    let krate = target.split("::").next().unwrap_or(target);
+    matches!(
+        krate,
+        "sync_core" | "versioning" | "oneway" | "twoway" | SUMMARY
+    )
+}
+
 /// Installs the process-wide logger writing to stderr and to `path` (appended, created if
 /// missing). `program` is the tag in brackets, `ONEWAY` or `TWOWAY`.
 ///
@@ -237,6 +246,8 @@ pub fn init(program: &'static str, path: &Path, verbosity: Verbosity) -> io::Res
             out.finish(format_args!("{line}"))
         })
         .level(most)
+        // `-v` is for our own decisions, not the debugging of the crates we use.
+        .filter(|meta| meta.level() <= Level::Info || ours(meta.target()))
         .chain(console)
         .chain(to_file)
         .into_log();
@@ -312,6 +323,16 @@ mod tests {
         file.push("last\n", false);
         file.write_pending();
         assert!(read().ends_with("x\nlast\n"));
+    }
+
+    #[test]
+    fn verbose_lines_are_our_crates_own() {
+        assert!(ours("sync_core::pass::mirror"));
+        assert!(ours("versioning::pass"));
+        assert!(ours("twoway"));
+        assert!(ours(SUMMARY));
+        assert!(!ours("rayon_core::registry"));
+        assert!(!ours("indicatif"));
     }
 
     #[test]
