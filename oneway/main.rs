@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
+use sync_core::run::console::Console;
 use sync_core::run::jobs::MirrorJob;
 use sync_core::run::passes::{Schedule, run_passes};
 use sync_core::tree::meta::{Wanted, set_carry};
@@ -70,6 +71,18 @@ struct Cli {
     /// One pass, then exit (without it, the program runs until stopped).
     #[arg(long)]
     once: bool,
+    /// Console: only warnings, errors and the summary (the log file still gets every line).
+    #[arg(short, long, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Also log why each path was decided (console and log file).
+    #[arg(short, long)]
+    verbose: bool,
+    /// Show the progress line even where stderr is not a terminal, or with -q.
+    #[arg(long, overrides_with = "no_progress")]
+    progress: bool,
+    /// Never show the progress line (default: shown where stderr is a terminal).
+    #[arg(long, overrides_with = "progress")]
+    no_progress: bool,
     /// Log what a pass would do; change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -200,6 +213,7 @@ fn main() {
         force: cli.force,
         one_file_system: cli.one_file_system,
         state_dir: None,
+        console: Console::from_flags(cli.quiet, cli.verbose, cli.progress, cli.no_progress),
     };
     let code = match Session::open(setup) {
         Ok(session) => {

@@ -9,7 +9,9 @@ use std::time::Duration;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use sync_core::model::PassStats;
 use sync_core::plan::reconcile::Policy;
+use sync_core::run::console::Console;
 use sync_core::run::jobs::TwowayJob;
+use sync_core::run::logging::SUMMARY;
 use sync_core::run::passes::{Job, Schedule, run_passes};
 use sync_core::tree::meta::{Wanted, set_carry};
 use sync_core::{Error, ExitCode, Program, Session, Setup};
@@ -66,6 +68,18 @@ struct Cli {
     /// until stopped).
     #[arg(long)]
     once: bool,
+    /// Console: only warnings, errors and the summary (the log file still gets every line).
+    #[arg(short, long, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Also log why each path was decided (console and log file).
+    #[arg(short, long)]
+    verbose: bool,
+    /// Show the progress line even where stderr is not a terminal, or with -q.
+    #[arg(long, overrides_with = "no_progress")]
+    progress: bool,
+    /// Never show the progress line (default: shown where stderr is a terminal).
+    #[arg(long, overrides_with = "progress")]
+    no_progress: bool,
     /// Log what a pass (or, with --restore, the restore) would do; change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -218,8 +232,13 @@ fn main() {
     std::process::exit(code.code());
 }
 
+/// What the console shows. (The recovery children get none of it: they log to their own files.)
+fn console(cli: &Cli) -> Console {
+    Console::from_flags(cli.quiet, cli.verbose, cli.progress, cli.no_progress)
+}
+
 fn run_restore(cli: &Cli) -> ExitCode {
-    if let Err(err) = sync_core::run::logging::init("TWOWAY", &cli.log, log::LevelFilter::Info) {
+    if let Err(err) = sync_core::run::logging::init("TWOWAY", &cli.log, console(cli).verbosity) {
         usage_error(&format!(
             "cannot open log file {}: {err}",
             cli.log.display()
@@ -235,7 +254,11 @@ fn run_restore(cli: &Cli) -> ExitCode {
         target: cli.target.clone(),
         dry_run: cli.dry_run,
     };
-    match restore(&state_dir, &cli.source, which.clone(), &options) {
+    sync_core::run::console::init(console(cli));
+    sync_core::run::console::start_pass();
+    let restored = restore(&state_dir, &cli.source, which.clone(), &options);
+    sync_core::run::console::end_pass();
+    match restored {
         Ok(done) => {
             let what = if options.paths.is_empty() {
                 String::new()
@@ -258,18 +281,21 @@ fn run_restore(cli: &Cli) -> ExitCode {
             };
             if cli.dry_run {
                 log::info!(
+                    target: SUMMARY,
                     "dry run: restoring {}{what} from version {which}{into} would change \
                      {entries}; nothing was changed",
                     done.from.display(),
                 );
             } else {
                 log::info!(
+                    target: SUMMARY,
                     "restored {}{what} from version {which}{into} ({entries})",
                     done.from.display(),
                 );
                 if let Some(kept) = done.kept {
                     if options.paths.is_empty() {
                         log::info!(
+                            target: SUMMARY,
                             "what {} held before is kept in {}",
                             done.dir.display(),
                             kept.display()
@@ -302,11 +328,12 @@ fn log_undo(dir: &Path, kept: &Path, paths: &[PathBuf]) {
             .map(|p| format!(" --path {}", p.display()))
             .collect();
         log::info!(
+            target: SUMMARY,
             "to undo this restore: twoway {} --restore --version {name}{paths}",
             dir.display()
         );
     } else {
-        log::info!("to undo this restore, move {} back", kept.display());
+        log::info!(target: SUMMARY, "to undo this restore, move {} back", kept.display());
     }
 }
 
@@ -367,6 +394,7 @@ fn run_sync(cli: &Cli, backup: &Path) -> ExitCode {
         force: cli.force,
         one_file_system: cli.one_file_system,
         state_dir: Some(PathBuf::from(".")),
+        console: console(cli),
     };
     let policy = match cli.conflict {
         ConflictPolicy::Newer => Policy::Newer,

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use crate::error::{Error, ExitCode, one_line};
 use crate::model::PassStats;
+use crate::run::console;
+use crate::run::logging::SUMMARY;
 use crate::signal;
 
 /// When passes run.
@@ -49,7 +51,10 @@ pub fn run_passes(schedule: Schedule, job: &mut impl Job) -> ExitCode {
     let mut exit = ExitCode::Success;
     let mut first = true;
     loop {
-        match job.pass() {
+        console::start_pass();
+        let pass = job.pass();
+        console::end_pass();
+        match pass {
             Ok(stats) => {
                 total += stats.operations;
                 log_summary(&stats);
@@ -61,7 +66,7 @@ pub fn run_passes(schedule: Schedule, job: &mut impl Job) -> ExitCode {
             Err(err) => {
                 log::error!("{}", one_line(&err));
                 if first || schedule.once {
-                    log::info!("Total number of operations: {total}");
+                    log::info!(target: SUMMARY, "Total number of operations: {total}");
                     return job.finish(ExitCode::Usage);
                 }
             }
@@ -73,7 +78,7 @@ pub fn run_passes(schedule: Schedule, job: &mut impl Job) -> ExitCode {
             break;
         }
     }
-    log::info!("Total number of operations: {total}");
+    log::info!(target: SUMMARY, "Total number of operations: {total}");
     // A stop by Ctrl+C or SIGTERM is the normal end of a periodic run (SPEC §5).
     let exit = if schedule.once {
         exit
@@ -104,6 +109,7 @@ fn log_summary(stats: &PassStats) {
         .map(|c| format!(", {c} conflicts"))
         .unwrap_or_default();
     log::info!(
+        target: SUMMARY,
         "pass {}: {} operations, {} errors, {} files hashed, {} cached hashes reused{conflicts}",
         if stats.interrupted {
             "stopped"
