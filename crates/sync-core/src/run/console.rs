@@ -23,7 +23,18 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 
 use crate::display::Escaped;
 use crate::progress::{self, Snapshot};
-use crate::run::logging::Verbosity;
+
+/// How much the console gets; the log file gets every operation line whatever this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Verbosity {
+    /// `-q`: warnings, errors and the summary (lines logged with the target [`SUMMARY`](crate::run::logging::SUMMARY)).
+    Quiet,
+    /// Every operation line (INFO and up).
+    #[default]
+    Normal,
+    /// `-v`: also why each path was decided (DEBUG), on the console and in the log file.
+    Verbose,
+}
 
 /// How often the progress line is redrawn and held log lines written.
 const TICK: Duration = Duration::from_millis(200);
@@ -290,7 +301,7 @@ impl TermLike for RawStderr {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Console {
     /// How many log lines the console gets.
-    pub verbosity: crate::run::logging::Verbosity,
+    pub verbosity: Verbosity,
     /// `--progress` (`Some(true)`) or `--no-progress` (`Some(false)`); `None`: a progress
     /// line where stderr is a terminal, unless quiet.
     pub progress: Option<bool>,
@@ -300,7 +311,6 @@ impl Console {
     /// From the flags both programs take: `-q`, `-v`, `--progress`, `--no-progress` (the last
     /// of the two given wins; clap enforces it).
     pub fn from_flags(quiet: bool, verbose: bool, progress: bool, no_progress: bool) -> Console {
-        use crate::run::logging::Verbosity;
         Console {
             verbosity: match (quiet, verbose) {
                 (true, _) => Verbosity::Quiet,

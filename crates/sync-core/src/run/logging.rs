@@ -28,7 +28,8 @@ use std::time::Duration;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
-use crate::run::{console, trust};
+use crate::run::console::{self, Verbosity};
+use crate::run::trust;
 
 /// The log file, reopened when the path no longer names the file we hold open.
 struct LogFile {
@@ -147,18 +148,6 @@ fn level_name(level: Level) -> &'static str {
         Level::Debug => "DEBUG",
         Level::Trace => "TRACE",
     }
-}
-
-/// How much the console gets; the log file gets every operation line whatever this is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Verbosity {
-    /// `-q`: warnings, errors and the summary (lines logged with the target [`SUMMARY`]).
-    Quiet,
-    /// Every operation line (INFO and up).
-    #[default]
-    Normal,
-    /// `-v`: also why each path was decided (DEBUG), on the console and in the log file.
-    Verbose,
 }
 
 /// The target of the lines a quiet console still shows: a pass's summary and the total.
