@@ -4,6 +4,7 @@
 # us with ourselves.)
 #
 #   bench/compare.sh OLD NEW [ROUNDS]
+#   SCENARIOS="first onepct" bench/compare.sh OLD NEW [ROUNDS]   (only these scenarios)
 #
 # OLD and NEW are directories holding a oneway and a twoway binary (e.g. two target/release
 # directories). Each scenario runs ROUNDS rounds (default 6); in each round both builds run
@@ -94,7 +95,7 @@ echo "OLD=$OLD"
 echo "NEW=$NEW"
 echo "file system: $(findmnt -no FSTYPE,OPTIONS "$MNT"); small corpus (20,000 files); $ROUNDS rounds"
 printf '%-12s %10s %10s %8s   %s\n' scenario "old ms" "new ms" new/old "every run (old | new)"
-for s in first nochange onepct tw-nochange tw-onepct ver-nochange ver-onepct; do
+for s in ${SCENARIOS:-first nochange onepct tw-nochange tw-onepct ver-nochange ver-onepct}; do
     old=() new=()
     for ((r = 0; r < ROUNDS; r++)); do
         order=(old new)

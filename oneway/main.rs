@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
+use sync_core::run::console::Console;
 use sync_core::run::jobs::MirrorJob;
 use sync_core::run::passes::{Schedule, run_passes};
 use sync_core::tree::meta::{Wanted, set_carry};
@@ -14,7 +15,18 @@ use versioning::share::LinkDest;
 
 /// Mirror SOURCE into BACKUP, again at every interval.
 #[derive(Debug, Parser)]
-#[command(name = "oneway", version, about)]
+#[command(
+    name = "oneway",
+    version,
+    about = "Make BACKUP an exact copy of SOURCE (or, with --versioned, keep dated versions of \
+             it). Without --once it repeats every --interval seconds until Ctrl+C or SIGTERM.",
+    after_help = "Examples:\n  oneway ~/Documents /mnt/usb/Documents --once\n  \
+                  oneway ~/Documents /mnt/usb/Documents-versions --versioned --interval 600\n  \
+                  oneway --versions /mnt/usb/Documents-versions\n\n\
+                  Exit codes: 0 success, 1 some entries failed (each logged), 2 bad usage or \
+                  a refused pass (nothing changed), 3 a --once pass stopped by Ctrl+C or \
+                  SIGTERM before it finished."
+)]
 struct Cli {
     /// The directory to back up.
     #[arg(required_unless_present = "versions")]
@@ -26,7 +38,7 @@ struct Cli {
     /// files, bytes, what changed), and exit.
     #[arg(long, value_name = "BACKUP", conflicts_with_all = ["source", "backup"])]
     versions: Option<PathBuf>,
-    /// Seconds between passes (at least 1).
+    /// Seconds between passes (at least 1); the first pass runs at once.
     #[arg(short, long, default_value_t = 3600, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
     interval: u64,
@@ -57,9 +69,21 @@ struct Cli {
     /// than copies, where its own previous version has no such file.
     #[arg(long, value_name = "VDIR")]
     link_dest: Option<PathBuf>,
-    /// One pass, then exit.
+    /// One pass, then exit (without it, the program runs until stopped).
     #[arg(long)]
     once: bool,
+    /// Console: only warnings, errors and the summary (the log file still gets every line).
+    #[arg(short, long, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Also log why each path was decided (console and log file).
+    #[arg(short, long)]
+    verbose: bool,
+    /// Show the progress line even where stderr is not a terminal, or with -q.
+    #[arg(long, overrides_with = "no_progress")]
+    progress: bool,
+    /// Never show the progress line (default: shown where stderr is a terminal).
+    #[arg(long, overrides_with = "progress")]
+    no_progress: bool,
     /// Log what a pass would do; change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -190,6 +214,7 @@ fn main() {
         force: cli.force,
         one_file_system: cli.one_file_system,
         state_dir: None,
+        console: Console::from_flags(cli.quiet, cli.verbose, cli.progress, cli.no_progress),
     };
     let code = match Session::open(setup) {
         Ok(session) => {

@@ -9,11 +9,13 @@ use std::time::Duration;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use sync_core::model::PassStats;
 use sync_core::plan::reconcile::Policy;
+use sync_core::run::console::Console;
 use sync_core::run::jobs::TwowayJob;
+use sync_core::run::logging::SUMMARY;
 use sync_core::run::passes::{Job, Schedule, run_passes};
 use sync_core::tree::meta::{Wanted, set_carry};
 use sync_core::{Error, ExitCode, Program, Session, Setup};
-use versioning::restore::{Which, restore};
+use versioning::restore::{Options, Which, restore};
 
 use recovery::{Keep, Recovery, worse};
 
@@ -31,13 +33,29 @@ enum ConflictPolicy {
 /// Keep SOURCE and BACKUP in sync both ways with versions of both, or bring a directory back
 /// from its versions (`twoway DIR --restore`).
 #[derive(Debug, Parser)]
-#[command(name = "twoway", version, about, disable_version_flag = true)]
+#[command(
+    name = "twoway",
+    version,
+    about = "Keep SOURCE and BACKUP in sync both ways, with a history of both; or list and \
+             restore DIR's versions. Without --once it repeats every --interval seconds until \
+             Ctrl+C or SIGTERM. Run it from a directory of its own: it keeps its state there \
+             (config.json, .info.json, __versions__/).",
+    after_help = "Examples (from ~/twoway-state):\n  \
+                  twoway ~/Documents /mnt/usb/Documents --interval 300\n  \
+                  twoway ~/Documents --versions\n  \
+                  twoway ~/Documents --restore --path notes.txt\n  \
+                  twoway ~/Documents --restore --version \"2026-12-06 18:00\" --target ~/then\n\n\
+                  Exit codes: 0 success, 1 some entries failed (each logged), 2 bad usage or \
+                  a refused pass (nothing changed), 3 a --once pass or a restore stopped by Ctrl+C or \
+                  SIGTERM before it finished.",
+    disable_version_flag = true
+)]
 struct Cli {
     /// One side (with --restore: the directory to restore, which may no longer exist).
     source: PathBuf,
     /// The other side.
     backup: Option<PathBuf>,
-    /// Seconds between passes (at least 1).
+    /// Seconds between passes (at least 1); the first pass runs at once.
     #[arg(short, long, default_value_t = 3600, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
     interval: u64,
@@ -47,9 +65,22 @@ struct Cli {
     /// The recovery system's configuration.
     #[arg(long, default_value = "config.json", value_name = "FILE")]
     config: PathBuf,
-    /// One two-way pass and one snapshot of each side, then exit.
+    /// One two-way pass and one snapshot of each side, then exit (without it, twoway runs
+    /// until stopped).
     #[arg(long)]
     once: bool,
+    /// Console: only warnings, errors and the summary (the log file still gets every line).
+    #[arg(short, long, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Also log why each path was decided (console and log file).
+    #[arg(short, long)]
+    verbose: bool,
+    /// Show the progress line even where stderr is not a terminal, or with -q.
+    #[arg(long, overrides_with = "no_progress")]
+    progress: bool,
+    /// Never show the progress line (default: shown where stderr is a terminal).
+    #[arg(long, overrides_with = "progress")]
+    no_progress: bool,
     /// Log what a pass (or, with --restore, the restore) would do; change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -89,7 +120,7 @@ struct Cli {
     /// config.json's "keep_hourly", else 24).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..100_000))]
     keep_hourly: Option<u32>,
-    /// And of each of the last N days (default: config.json's "keep_daily", else 8: at least a
+    /// And of each of the last N days (default: config.json's "keep_daily", else 9: at least a
     /// week back).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..100_000))]
     keep_daily: Option<u32>,
@@ -107,6 +138,13 @@ struct Cli {
     /// a date and time (the newest version at or before it, e.g. "2026-12-07 09:15").
     #[arg(long, value_name = "VERSION")]
     version: Option<Which>,
+    /// With --restore: only this path of DIR, relative to it (a file, link, node or whole
+    /// directory); the rest of DIR is left as it is (repeatable).
+    #[arg(long, value_name = "REL")]
+    path: Vec<PathBuf>,
+    /// With --restore: write into this new or empty directory; DIR is left as it is.
+    #[arg(long, value_name = "OTHER")]
+    target: Option<PathBuf>,
     /// Print the program's version.
     #[arg(short = 'V', action = clap::ArgAction::Version)]
     print_version: Option<bool>,
@@ -182,6 +220,12 @@ fn main() {
             if cli.version.is_some() {
                 usage_error("--version applies only with --restore (the program's version is -V)");
             }
+            if !cli.path.is_empty() {
+                usage_error("--path applies only with --restore");
+            }
+            if cli.target.is_some() {
+                usage_error("--target applies only with --restore");
+            }
             run_sync(&cli, backup)
         }
     };
@@ -189,8 +233,13 @@ fn main() {
     std::process::exit(code.code());
 }
 
+/// What the console shows. (The recovery children get none of it: they log to their own files.)
+fn console(cli: &Cli) -> Console {
+    Console::from_flags(cli.quiet, cli.verbose, cli.progress, cli.no_progress)
+}
+
 fn run_restore(cli: &Cli) -> ExitCode {
-    if let Err(err) = sync_core::run::logging::init("TWOWAY", &cli.log, log::LevelFilter::Info) {
+    if let Err(err) = sync_core::run::logging::init("TWOWAY", &cli.log, console(cli).verbosity) {
         usage_error(&format!(
             "cannot open log file {}: {err}",
             cli.log.display()
@@ -205,28 +254,60 @@ fn run_restore(cli: &Cli) -> ExitCode {
         Ok(d) => d,
         Err(err) => usage_error(&format!("cannot read the current directory: {err}")),
     };
-    match restore(&state_dir, &cli.source, which.clone(), cli.dry_run) {
-        Ok(done) if cli.dry_run => {
-            log::info!(
-                "dry run: restoring {} from version {which} would change {} entries; nothing \
-                 was changed",
-                done.dir.display(),
-                done.entries
-            );
-            ExitCode::Success
-        }
+    let options = Options {
+        paths: cli.path.clone(),
+        target: cli.target.clone(),
+        dry_run: cli.dry_run,
+    };
+    sync_core::run::console::init(console(cli));
+    sync_core::run::console::start_pass();
+    let restored = restore(&state_dir, &cli.source, which.clone(), &options);
+    sync_core::run::console::end_pass();
+    match restored {
         Ok(done) => {
-            log::info!(
-                "restored {} from version {which} ({} entries)",
-                done.dir.display(),
-                done.entries
-            );
-            if let Some(kept) = done.kept {
+            let what = if options.paths.is_empty() {
+                String::new()
+            } else {
+                let paths: Vec<String> = options
+                    .paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                format!(" ({} of it)", paths.join(", "))
+            };
+            let into = if done.dir == done.from {
+                String::new()
+            } else {
+                format!(" into {}", done.dir.display())
+            };
+            let entries = match done.entries {
+                1 => "1 entry".to_string(),
+                n => format!("{n} entries"),
+            };
+            if cli.dry_run {
                 log::info!(
-                    "what {} held before is kept in {} (move it back to undo the restore)",
-                    done.dir.display(),
-                    kept.display()
+                    target: SUMMARY,
+                    "dry run: restoring {}{what} from version {which}{into} would change \
+                     {entries}; nothing was changed",
+                    done.from.display(),
                 );
+            } else {
+                log::info!(
+                    target: SUMMARY,
+                    "restored {}{what} from version {which}{into} ({entries})",
+                    done.from.display(),
+                );
+                if let Some(kept) = done.kept {
+                    if options.paths.is_empty() {
+                        log::info!(
+                            target: SUMMARY,
+                            "what {} held before is kept in {}",
+                            done.dir.display(),
+                            kept.display()
+                        );
+                    }
+                    log_undo(&done.from, &kept, &options.paths);
+                }
             }
             ExitCode::Success
         }
@@ -242,10 +323,36 @@ fn run_restore(cli: &Cli) -> ExitCode {
     }
 }
 
+/// Says how to undo a restore that kept what it replaced in `kept`: restore that (listed by
+/// `--versions`), or, where it had to be kept beside DIR (another file system), move it back.
+fn log_undo(dir: &Path, kept: &Path, paths: &[PathBuf]) {
+    let name = kept
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if name.starts_with(versioning::store::KEPT_BY_RESTORE)
+        || name.starts_with(versioning::store::KEPT_BY_PATH_RESTORE)
+    {
+        let paths: String = paths
+            .iter()
+            .map(|p| format!(" --path {}", p.display()))
+            .collect();
+        log::info!(
+            target: SUMMARY,
+            "to undo this restore: twoway {} --restore --version {name}{paths}",
+            dir.display()
+        );
+    } else {
+        log::info!(target: SUMMARY, "to undo this restore, move {} back", kept.display());
+    }
+}
+
 /// `twoway DIR --versions`: the listing on standard output; no log file is written.
 fn run_versions(cli: &Cli) -> ExitCode {
-    if cli.version.is_some() || cli.dry_run {
-        usage_error("--versions lists; --version and --dry-run apply to --restore");
+    if cli.version.is_some() || cli.dry_run || !cli.path.is_empty() || cli.target.is_some() {
+        usage_error(
+            "--versions lists; --version, --path, --target and --dry-run apply to --restore",
+        );
     }
     let state_dir = match std::env::current_dir() {
         Ok(d) => d,
@@ -297,6 +404,7 @@ fn run_sync(cli: &Cli, backup: &Path) -> ExitCode {
         force: cli.force,
         one_file_system: cli.one_file_system,
         state_dir: Some(PathBuf::from(".")),
+        console: console(cli),
     };
     let policy = match cli.conflict {
         ConflictPolicy::Newer => Policy::Newer,

@@ -177,3 +177,100 @@ fn versioning_verifies(dir: &Path) -> Res<bool> {
     let manifest = versioning::Manifest::read(Path::new(&format!("{}.manifest", real.display())))?;
     Ok(versioning::verify(&real, &manifest)?.is_empty())
 }
+
+/// The names of what restores kept, newest first, as `--versions` lists them.
+fn kept_by_restores(p: &Pair, prefix: &str) -> Res<Vec<String>> {
+    let out = output(at(p.command(&[&p.a, &"--versions"]), DAY_0_NOON + 60))?;
+    expect_code(&out, 0)?;
+    Ok(listed_names(&String::from_utf8_lossy(&out.stdout))
+        .into_iter()
+        .filter(|n| n.starts_with(prefix))
+        .collect())
+}
+
+/// What a restore replaced is listed by `--versions`, and restoring it undoes the restore;
+/// what a `--path` restore replaced is restored with that `--path` (alone it would leave DIR
+/// holding those paths only, and is refused); the next versioning pass keeps of them what the
+/// retention keeps (several restores in one hour: the last two).
+#[test]
+fn a_restore_is_listed_undone_and_what_it_kept_is_pruned() -> TestResult {
+    let p = Pair::new()?;
+    for name in ["a", "b", "c", "d", "e"] {
+        write(&p.a, format!("{name}.txt"), name)?;
+    }
+    let out = output(at(p.command(&[&p.a, &p.b, &"--once"]), DAY_0_NOON))?;
+    expect_code(&out, 0)?;
+    write(&p.a, "a.txt", "newer")?;
+    write(&p.a, "new.txt", "new")?;
+    let restore = |extra: &[&str]| -> Res<Output> {
+        let mut cmd = at(p.command(&[&p.a, &"--restore"]), DAY_0_NOON + 60);
+        cmd.args(extra);
+        output(cmd)
+    };
+
+    expect_code(&restore(&[])?, 0)?;
+    ensure!(
+        !p.a.join("new.txt").exists(),
+        "the restore left new.txt\n{}",
+        p.log()
+    );
+    let kept = kept_by_restores(&p, "before-restore-")?;
+    ensure!(
+        kept.len() == 1,
+        "expected one restore's keeping listed: {kept:?}"
+    );
+    expect_code(&restore(&["--version", &kept[0]])?, 0)?;
+    ensure!(
+        std::fs::read_to_string(p.a.join("a.txt"))? == "newer"
+            && std::fs::read_to_string(p.a.join("new.txt"))? == "new",
+        "restoring {} did not undo the restore\n{}",
+        kept[0],
+        p.log()
+    );
+
+    expect_code(&restore(&["--path", "a.txt"])?, 0)?;
+    ensure!(
+        std::fs::read_to_string(p.a.join("a.txt"))? == "a",
+        "--path a.txt did not bring back the version's a.txt\n{}",
+        p.log()
+    );
+    let by_path = kept_by_restores(&p, "before-path-restore-")?;
+    ensure!(
+        by_path.len() == 1,
+        "expected one --path restore's keeping: {by_path:?}"
+    );
+    let whole = restore(&["--version", &by_path[0]])?;
+    expect_code(&whole, 2)?;
+    ensure!(
+        (stderr(&whole) + &p.log()).contains("--path"),
+        "the refusal does not say to give --path:\n{}",
+        stderr(&whole)
+    );
+    ensure!(
+        p.a.join("new.txt").exists(),
+        "the refused restore changed A"
+    );
+    expect_code(&restore(&["--version", &by_path[0], "--path", "a.txt"])?, 0)?;
+    ensure!(
+        std::fs::read_to_string(p.a.join("a.txt"))? == "newer" && p.a.join("new.txt").exists(),
+        "the --path restore was not undone\n{}",
+        p.log()
+    );
+
+    // Four restores so far, each keeping what it replaced; a versioning pass prunes them.
+    let all = |p: &Pair| kept_by_restores(p, "before-");
+    ensure!(
+        all(&p)?.len() == 4,
+        "expected four keepings: {:?}",
+        all(&p)?
+    );
+    let out = output(at(p.command(&[&p.a, &p.b, &"--once"]), DAY_0_NOON + 120))?;
+    expect_code(&out, 0)?;
+    let left = all(&p)?;
+    // The last two, and the newest of an earlier hour if the restores straddled one.
+    ensure!(
+        (2..=3).contains(&left.len()),
+        "expected the retention to keep two or three of four: {left:?}"
+    );
+    Ok(())
+}

@@ -3,6 +3,7 @@
 mod util;
 
 mod attacks;
+mod console;
 mod depth;
 mod faithful;
 mod faithful_twoway;

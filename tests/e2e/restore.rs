@@ -649,3 +649,443 @@ fn the_syncs_exclusions_reach_the_versions() -> TestResult {
     );
     Ok(())
 }
+
+/// The entries under `__versions__/NAME/before-restore-*` and `before-path-restore-*` (what
+/// restores kept), by their path below that directory.
+fn kept_by_restores(p: &Pair, name: &str) -> Res<Snapshot> {
+    Ok(snapshot(&p.versions(name))?
+        .into_iter()
+        .filter_map(|(rel, e)| {
+            let mut parts = rel.components();
+            let first = parts.next()?.as_os_str().to_string_lossy().into_owned();
+            (first.starts_with("before-restore-") || first.starts_with("before-path-restore-"))
+                .then(|| (parts.as_path().to_path_buf(), e))
+        })
+        .filter(|(rel, _)| !rel.as_os_str().is_empty())
+        .collect())
+}
+
+/// Names in `dir` that a restore's work left behind (`.NAME.restore-*`).
+fn work_leftovers(dir: &Path) -> Res<Vec<String>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.contains(".restore-") {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
+/// A with its first version synced and snapshotted (`fill`'s tree), then edited after it:
+/// `notes.txt` rewritten, `sub/data.bin` rewritten, `sub/extra.txt` added.
+fn synced_then_edited(p: &Pair) -> Res<Snapshot> {
+    fill(&p.a, "synced")?;
+    p.sync_once()?;
+    let synced = snapshot(&p.a)?;
+    set_mtime(
+        &write(&p.a, "notes.txt", "notes edited later\n")?,
+        T0 + 90,
+        0,
+    )?;
+    set_mtime(&write(&p.a, "sub/data.bin", "newer data")?, T0 + 91, 0)?;
+    set_mtime(&write(&p.a, "sub/extra.txt", "added later")?, T0 + 92, 0)?;
+    Ok(synced)
+}
+
+/// `--path FILE` brings back that file alone: the newer edit of the file beside it in the
+/// tree stays, and what the restored file held is kept under the version store.
+#[test]
+fn path_restore_brings_back_one_file_and_leaves_a_newer_edit_beside_it() -> TestResult {
+    let p = Pair::new()?;
+    let synced = synced_then_edited(&p)?;
+    let edited = snapshot(&p.a)?;
+
+    let out = p.run(&[&p.a, &"--restore", &"--path", &"notes.txt"])?;
+
+    expect_code(&out, 0)?;
+    let mut want = edited;
+    want.insert("notes.txt".into(), synced[Path::new("notes.txt")].clone());
+    // Directory times move with the swap inside them.
+    assert_same(
+        "A after restoring notes.txt alone",
+        &without_dir_mtimes(want),
+        &without_dir_mtimes(snapshot(&p.a)?),
+    )?;
+    ensure!(
+        inode(&p.a.join("notes.txt"))?
+            != inode(&fs::canonicalize(p.versions("A").join("_1"))?.join("notes.txt"))?,
+        "the restored file shares its inode with the version"
+    );
+    let kept = kept_by_restores(&p, "A")?;
+    ensure!(
+        kept.get(Path::new("notes.txt")).map(|e| &e.node)
+            == Some(&Node::File(Content::Bytes(
+                b"notes edited later\n".to_vec()
+            )))
+            && kept.len() == 1,
+        "the replaced notes.txt (alone) is not kept under before-restore-*: {kept:?}"
+    );
+    ensure!(
+        p.log().contains("held before is kept in") && p.log().contains("notes.txt"),
+        "the log does not say where the replaced file went:\n{}",
+        p.log()
+    );
+    ensure!(
+        work_leftovers(&p.a)?.is_empty(),
+        "work left in A: {:?}",
+        work_leftovers(&p.a)?
+    );
+    Ok(())
+}
+
+/// `--path DIR` makes that directory exactly the version's subtree (an entry added since is
+/// taken out and kept), leaves the rest alone, and a path whose parents are gone from DIR
+/// gets them back with the version's metadata.
+#[test]
+fn path_restore_of_a_directory_makes_it_the_versions_subtree() -> TestResult {
+    let p = Pair::new()?;
+    chmod(&mkdir(&p.a, "deep/er")?, 0o750)?;
+    set_mtime(&write(&p.a, "deep/er/leaf.txt", "leaf")?, T0 + 5, 0)?;
+    set_mtime(&p.a.join("deep/er"), T0 + 6, 0)?;
+    chmod(&p.a.join("deep"), 0o711)?;
+    set_mtime(&p.a.join("deep"), T0 + 7, 0)?;
+    synced_then_edited(&p)?;
+    fs::remove_dir_all(p.a.join("deep"))?;
+    let version = fs::canonicalize(p.versions("A").join("_1"))?;
+
+    let out = p.run(&[
+        &p.a,
+        &"--restore",
+        &"--path",
+        &"sub",
+        &"--path",
+        &"deep/er/leaf.txt",
+    ])?;
+
+    expect_code(&out, 0)?;
+    assert_trees_equal(&version.join("sub"), &p.a.join("sub"))?;
+    let meta = |path: &Path| -> Res<(u32, i64)> {
+        let m = fs::symlink_metadata(path)?;
+        Ok((
+            std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777,
+            std::os::unix::fs::MetadataExt::mtime(&m),
+        ))
+    };
+    let s = snapshot(&p.a)?;
+    ensure!(
+        s[Path::new("sub")].mtime == snapshot(&version)?[Path::new("sub")].mtime,
+        "sub itself does not have the version's time"
+    );
+    ensure!(
+        meta(&p.a.join("deep"))? == (0o711, T0 + 7)
+            && meta(&p.a.join("deep/er"))? == (0o750, T0 + 6)
+            && read(&p.a.join("deep/er/leaf.txt"))? == b"leaf",
+        "the missing parents of deep/er/leaf.txt are not made with the version's metadata"
+    );
+    ensure!(
+        read(&p.a.join("notes.txt"))? == b"notes edited later\n",
+        "notes.txt, outside the restored paths, was changed"
+    );
+    let kept = kept_by_restores(&p, "A")?;
+    ensure!(
+        kept.get(Path::new("sub/extra.txt")).map(|e| &e.node)
+            == Some(&Node::File(Content::Bytes(b"added later".to_vec()))),
+        "what sub held is not kept with its layout: {kept:?}"
+    );
+    Ok(())
+}
+
+/// A `--path` that is absolute, climbs out with `..` or is not in the version is a usage
+/// error naming it, and nothing changes.
+#[test]
+fn path_outside_dir_or_the_version_is_refused_and_nothing_changes() -> TestResult {
+    let p = Pair::new()?;
+    synced_then_edited(&p)?;
+    let root = p.a.parent().ok_or("A has no parent")?.to_path_buf();
+    let tree = || -> Res<Snapshot> {
+        let mut snap = snapshot(&root)?;
+        snap.retain(|rel, _| !rel.ends_with("twoway.log"));
+        Ok(snap)
+    };
+    let before = tree()?;
+    let absolute = p.a.join("notes.txt");
+    for bad in [
+        absolute.as_os_str(),
+        "../B".as_ref(),
+        "sub/../../B".as_ref(),
+        "sub/never-there.txt".as_ref(),
+    ] {
+        let out = p.run(&[&p.a, &"--restore", &"--path", &bad])?;
+        expect_code(&out, 2)?;
+        let said = stderr(&out);
+        ensure!(
+            said.lines().count() == 1 && said.contains(&*bad.to_string_lossy()),
+            "expected one line naming {bad:?}, got:\n{said}"
+        );
+        assert_same(&format!("the tree after --path {bad:?}"), &before, &tree()?)?;
+    }
+    Ok(())
+}
+
+/// `--target OTHER` writes the version into a new directory (its missing parents made) and
+/// leaves DIR as it was, byte for byte; with `--path`, only those paths are written there.
+#[test]
+fn target_restore_writes_a_new_directory_and_leaves_dir_untouched() -> TestResult {
+    let p = Pair::new()?;
+    synced_then_edited(&p)?;
+    let before = snapshot(&p.a)?;
+    let version = fs::canonicalize(p.versions("A").join("_1"))?;
+    let other = p.a.with_file_name("restored/here");
+
+    let out = p.run(&[&p.a, &"--restore", &"--target", &other])?;
+
+    expect_code(&out, 0)?;
+    assert_trees_equal(&version, &other)?;
+    assert_same(
+        "A after a restore into another directory",
+        &before,
+        &snapshot(&p.a)?,
+    )?;
+    ensure!(
+        kept_by_restores(&p, "A")?.is_empty(),
+        "something was kept although nothing was replaced"
+    );
+
+    // Into an empty directory, only the paths asked for.
+    let only = p.a.with_file_name("only");
+    fs::create_dir(&only)?;
+    let out = p.run(&[
+        &p.a,
+        &"--restore",
+        &"--target",
+        &only,
+        &"--path",
+        &"sub/data.bin",
+    ])?;
+    expect_code(&out, 0)?;
+    let names: Vec<PathBuf> = snapshot(&only)?.into_keys().collect();
+    ensure!(
+        names == [PathBuf::from("sub"), PathBuf::from("sub/data.bin")],
+        "--target with --path wrote {names:?}"
+    );
+    ensure!(
+        files_equal(&only.join("sub/data.bin"), &version.join("sub/data.bin"))?,
+        "sub/data.bin in the target is not the version's"
+    );
+    assert_same(
+        "A after a path restored elsewhere",
+        &before,
+        &snapshot(&p.a)?,
+    )
+}
+
+/// A target that holds anything is refused, naming it, and nothing is written.
+#[test]
+fn target_that_is_not_empty_is_refused() -> TestResult {
+    let p = Pair::new()?;
+    synced_then_edited(&p)?;
+    let other = p.a.with_file_name("busy");
+    write(&other, "mine.txt", "not yours")?;
+    let before = snapshot(&other)?;
+    let a_before = snapshot(&p.a)?;
+
+    let out = p.run(&[&p.a, &"--restore", &"--target", &other])?;
+
+    expect_code(&out, 2)?;
+    let said = stderr(&out);
+    ensure!(
+        said.lines().count() == 1 && said.contains("not empty") && said.contains("busy"),
+        "the refusal does not name the target:\n{said}"
+    );
+    assert_same("the busy target", &before, &snapshot(&other)?)?;
+    assert_same("A", &a_before, &snapshot(&p.a)?)?;
+    // A file is no target either.
+    let file = write(&p.state, "a-file", "x")?;
+    let out = p.run(&[&p.a, &"--restore", &"--target", &file])?;
+    expect_code(&out, 2)?;
+    ensure!(read(&file)? == b"x", "the file given as target was changed");
+    Ok(())
+}
+
+/// DIR a mount point cannot be renamed or swapped: it is restored beneath itself, what it held
+/// kept in the version store first, and no work copy is left beside it.
+#[test]
+fn mount_point_is_restored_beneath_itself() -> TestResult {
+    let p = Pair::new()?;
+    let Some(_mount) = mounted_or_skip(
+        Mounted::tmpfs(&p.a, "size=8m"),
+        "a tmpfs",
+        "restore::mount_point_is_restored_beneath_itself",
+    )?
+    else {
+        return Ok(());
+    };
+    synced_then_edited(&p)?;
+    let edited = snapshot(&p.a)?;
+    let version = fs::canonicalize(p.versions("A").join("_1"))?;
+    let dev =
+        |path: &Path| -> Res<u64> { Ok(std::os::unix::fs::MetadataExt::dev(&fs::metadata(path)?)) };
+    let mounted = dev(&p.a)?;
+
+    let out = p.run(&[&p.a, &"--restore"])?;
+
+    expect_code(&out, 0)?;
+    assert_trees_equal(&version, &p.a)?;
+    ensure!(
+        dev(&p.a)? == mounted,
+        "A is no longer the mounted file system"
+    );
+    assert_same(
+        "what A held, kept under before-restore-*",
+        &edited,
+        &kept_by_restores(&p, "A")?,
+    )?;
+    let beside = work_leftovers(p.a.parent().ok_or("no parent")?)?;
+    ensure!(beside.is_empty(), "work copies left beside A: {beside:?}");
+    ensure!(
+        p.log().contains("held before is kept in"),
+        "the log does not say where A's content went:\n{}",
+        p.log()
+    );
+    Ok(())
+}
+
+/// `--dry-run` with `--path` or `--target` says what it would create, replace and remove
+/// there, and changes nothing anywhere.
+#[test]
+fn dry_run_with_path_or_target_changes_nothing() -> TestResult {
+    let p = Pair::new()?;
+    synced_then_edited(&p)?;
+    fs::remove_file(p.a.join("notes.txt"))?;
+    let root = p.a.parent().ok_or("A has no parent")?.to_path_buf();
+    let tree = || -> Res<Snapshot> {
+        let mut snap = snapshot(&root)?;
+        snap.retain(|rel, _| !rel.ends_with("twoway.log"));
+        Ok(snap)
+    };
+    let before = tree()?;
+    let other = root.join("elsewhere");
+
+    let dry_lines = || -> String {
+        p.log()
+            .lines()
+            .filter(|l| l.contains("dry run: would"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+
+    let out = p.run(&[&p.a, &"--restore", &"--dry-run", &"--path", &"sub"])?;
+    expect_code(&out, 0)?;
+    let log = dry_lines();
+    for line in [
+        "dry run: would replace ",
+        "sub/data.bin",
+        "dry run: would remove ",
+        "sub/extra.txt",
+    ] {
+        ensure!(log.contains(line), "no `{line}` in the log:\n{log}");
+    }
+    ensure!(
+        !log.contains("would create") && !log.contains("notes.txt"),
+        "the dry run of --path sub speaks of paths outside it:\n{log}"
+    );
+
+    let out = p.run(&[&p.a, &"--restore", &"--dry-run", &"--target", &other])?;
+    expect_code(&out, 0)?;
+    let log = dry_lines();
+    ensure!(
+        contains_path(&log, &other.join("notes.txt")) && log.contains("would create"),
+        "the dry run into another directory does not say it would create there:\n{log}"
+    );
+    assert_same("everything after the dry runs", &before, &tree()?)
+}
+
+#[test]
+fn path_or_target_without_restore_is_refused() -> TestResult {
+    let p = Pair::new()?;
+    for args in [["--path", "x"], ["--target", "/tmp/x"]] {
+        let out = p.run(&[&p.a, &p.b, &"--once", &args[0], &args[1]])?;
+        expect_code(&out, 2)?;
+        ensure!(
+            stderr(&out).contains(args[0]) && stderr(&out).lines().count() == 1,
+            "{}",
+            stderr(&out)
+        );
+        ensure!(!p.state.join("config.json").exists(), "state was written");
+    }
+    Ok(())
+}
+
+/// A `--path` directory that is a mount point is restored beneath itself as DIR would be:
+/// what it held kept at `before-restore-*/REL`, no work copy left in DIR.
+#[test]
+fn mount_point_inside_dir_is_restored_beneath_itself_by_path() -> TestResult {
+    let p = Pair::new()?;
+    let sub = mkdir(&p.a, "sub")?;
+    let Some(_mount) = mounted_or_skip(
+        Mounted::tmpfs(&sub, "size=8m"),
+        "a tmpfs",
+        "restore::mount_point_inside_dir_is_restored_beneath_itself_by_path",
+    )?
+    else {
+        return Ok(());
+    };
+    synced_then_edited(&p)?;
+    let version = fs::canonicalize(p.versions("A").join("_1"))?;
+
+    let out = p.run(&[&p.a, &"--restore", &"--path", &"sub"])?;
+
+    expect_code(&out, 0)?;
+    assert_trees_equal(&version.join("sub"), &sub)?;
+    ensure!(
+        read(&p.a.join("notes.txt"))? == b"notes edited later\n",
+        "notes.txt, outside the restored path, was changed"
+    );
+    let kept = kept_by_restores(&p, "A")?;
+    ensure!(
+        kept.get(Path::new("sub/extra.txt")).map(|e| &e.node)
+            == Some(&Node::File(Content::Bytes(b"added later".to_vec()))),
+        "what the mounted sub held is not kept at before-restore-*/sub: {kept:?}"
+    );
+    for dir in [&p.a, &sub] {
+        let left = work_leftovers(dir)?;
+        ensure!(left.is_empty(), "work left in {}: {left:?}", dir.display());
+    }
+    Ok(())
+}
+
+/// A restore beneath a mount point that fails (here the file system is too small to hold the
+/// version beside what it holds) changes nothing and leaves no work copy behind, neither in
+/// it nor beside it (each try used to leave a full copy beside it).
+#[test]
+fn failed_restore_of_a_mount_point_leaves_no_work_copy() -> TestResult {
+    let p = Pair::new()?;
+    let Some(_mount) = mounted_or_skip(
+        Mounted::tmpfs(&p.a, "size=1m"),
+        "a tmpfs",
+        "restore::failed_restore_of_a_mount_point_leaves_no_work_copy",
+    )?
+    else {
+        return Ok(());
+    };
+    write(&p.a, "big.bin", vec![1u8; 600 << 10])?;
+    p.sync_once()?;
+    write(&p.a, "big.bin", vec![2u8; 600 << 10])?;
+    let before = snapshot(&p.a)?;
+
+    let out = p.run(&[&p.a, &"--restore"])?;
+
+    expect_code(&out, 2)?;
+    assert_same("A after a failed restore", &before, &snapshot(&p.a)?)?;
+    let parent = p.a.parent().ok_or("no parent")?;
+    for dir in [&p.a, &parent.to_path_buf()] {
+        let left = work_leftovers(dir)?;
+        ensure!(left.is_empty(), "work left in {}: {left:?}", dir.display());
+    }
+    ensure!(
+        kept_by_restores(&p, "A")?.is_empty(),
+        "a copy of A was left in the version store although nothing was restored"
+    );
+    Ok(())
+}

@@ -16,6 +16,7 @@ pub mod hash;
 pub mod model;
 pub mod pass;
 pub mod plan;
+pub mod progress;
 pub mod run;
 pub mod scan;
 pub mod signal;

@@ -98,7 +98,55 @@ pub struct Meta {
     pub xattrs: u64,
 }
 
+/// What differs between two metadata, for a `-v` line: `mode 644 -> 600, time, owner`. Built
+/// for nothing and formatted only where the line is written.
+pub struct Differences<'a> {
+    /// What is there.
+    pub have: &'a Meta,
+    /// What is wanted.
+    pub want: &'a Meta,
+    /// A symbolic link's mode is not its own.
+    pub symlink: bool,
+}
+
+impl std::fmt::Display for Differences<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (h, w) = (self.have, self.want);
+        let mut sep = "";
+        let mut part = |f: &mut std::fmt::Formatter<'_>, text: std::fmt::Arguments<'_>| {
+            let r = write!(f, "{sep}{text}");
+            sep = ", ";
+            r
+        };
+        if !self.symlink && h.mode != w.mode {
+            part(f, format_args!("mode {:o} -> {:o}", h.mode, w.mode))?;
+        }
+        if h.mtime != w.mtime {
+            part(f, format_args!("modification time"))?;
+        }
+        if h.uid != w.uid {
+            part(f, format_args!("owner {} -> {}", h.uid, w.uid))?;
+        }
+        if h.gid != w.gid {
+            part(f, format_args!("group {} -> {}", h.gid, w.gid))?;
+        }
+        if h.xattrs != w.xattrs {
+            part(f, format_args!("extended attributes or ACL"))?;
+        }
+        Ok(())
+    }
+}
+
 impl Meta {
+    /// What differs from `want` (see [`Differences`]).
+    pub fn differences<'a>(&'a self, want: &'a Meta, symlink: bool) -> Differences<'a> {
+        Differences {
+            have: self,
+            want,
+            symlink,
+        }
+    }
+
     /// Metadata with `mode` and `mtime` and nothing else carried: what state files written
     /// before owners and attributes were carried recorded.
     pub fn plain(mode: u32, mtime: Timestamp) -> Meta {

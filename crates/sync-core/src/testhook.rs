@@ -5,7 +5,9 @@
 //!   apply step without sleeps or races ("a file edited after the scan is never overwritten");
 //!   a restore runs it too, once the version is verified and before it copies it;
 //! - `ONEWAY_TEST_NOW` (seconds since 1970) is the time a versioned pass dates its version by,
-//!   so that a test can run a week of passes in seconds through the retention code users get.
+//!   so that a test can run a week of passes in seconds through the retention code users get;
+//! - `ONEWAY_TEST_COPY_DELAY_MS`: each copy of a file waits this long before it starts, so
+//!   that a test sees a pass's progress line move during a copy however fast the machine is.
 //!
 //! They exist only with this crate's `test-hook` feature, which the root package switches on
 //! through a dev-dependency, so only the binaries `cargo test` builds have it: a binary a user
@@ -57,3 +59,27 @@ pub fn now() -> jiff::Timestamp {
 pub fn now() -> jiff::Timestamp {
     jiff::Timestamp::now()
 }
+
+/// The copy delay's variable.
+#[cfg(feature = "test-hook")]
+pub const COPY_DELAY: &str = "ONEWAY_TEST_COPY_DELAY_MS";
+
+/// Waits `ONEWAY_TEST_COPY_DELAY_MS` milliseconds where it is set.
+#[cfg(feature = "test-hook")]
+pub fn before_copy() {
+    static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    let delay = DELAY.get_or_init(|| {
+        std::env::var(COPY_DELAY)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(std::time::Duration::from_millis)
+    });
+    if let Some(delay) = delay {
+        std::thread::sleep(*delay);
+    }
+}
+
+/// Without the `test-hook` feature: nothing.
+#[cfg(not(feature = "test-hook"))]
+#[inline]
+pub fn before_copy() {}

@@ -79,7 +79,10 @@ impl std::str::FromStr for Choice {
             "previous" => return Ok(Choice::Previous),
             _ => {}
         }
-        if crate::store::public_name(text) || text.starts_with(crate::store::KEPT_BY_RESTORE) {
+        if crate::store::public_name(text)
+            || text.starts_with(crate::store::KEPT_BY_RESTORE)
+            || text.starts_with(crate::store::KEPT_BY_PATH_RESTORE)
+        {
             return Ok(Choice::Named(text.to_string()));
         }
         let civil = text.replacen(' ', "T", 1);
@@ -275,6 +278,9 @@ pub fn render(store_dir: &Path, listed: &[Listed]) -> String {
     );
     for l in listed {
         let changes = match l.changes {
+            _ if l.name.starts_with(crate::store::KEPT_BY_PATH_RESTORE) => {
+                "what a --path restore replaced (restore it with that --path to undo)".into()
+            }
             _ if l.kept_by_restore => "what a restore replaced (restore it to undo that)".into(),
             Some((a, r, m)) => format!("+{a} −{r} M{m}"),
             None => "(oldest kept)".to_string(),

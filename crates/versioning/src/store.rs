@@ -32,6 +32,8 @@ const BUILD_PREFIX: &str = ".building-";
 const MANIFEST_SUFFIX: &str = ".manifest";
 /// What a restore replaced is kept in `before-restore-YYYYMMDD-HHMMSS` (`-2` … if taken).
 pub const KEPT_BY_RESTORE: &str = "before-restore-";
+/// What a restore of some paths (`--path`) replaced: those paths only.
+pub const KEPT_BY_PATH_RESTORE: &str = "before-path-restore-";
 
 /// A fault of the version store.
 #[derive(Debug, thiserror::Error)]
@@ -454,7 +456,10 @@ fn time_of(id: &str) -> Option<Timestamp> {
 
 /// The local time in the name of a directory kept by a restore.
 fn restore_time(name: &str) -> Option<Timestamp> {
-    let stamp = name.strip_prefix(KEPT_BY_RESTORE)?.get(..15)?;
+    let stamp = name
+        .strip_prefix(KEPT_BY_RESTORE)
+        .or_else(|| name.strip_prefix(KEPT_BY_PATH_RESTORE))?
+        .get(..15)?;
     let civil = jiff::civil::DateTime::strptime("%Y%m%d-%H%M%S", stamp).ok()?;
     civil
         .to_zoned_datetime(sync_core::display::local_zone().clone())

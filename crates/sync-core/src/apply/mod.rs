@@ -119,6 +119,7 @@ pub struct Applied {
 impl Applier<'_> {
     /// Applies `steps` (in path order within each group, see [`Steps::sort`]).
     pub fn apply(&self, steps: &Steps) -> Applied {
+        crate::progress::expect(&steps.transfers);
         let mut state = Applying::default();
         Run::new(self, &state).open_dirs(&steps.dirs);
         Run::new(self, &state).saves_and_removals(steps);
@@ -561,6 +562,8 @@ impl<'a> Run<'a> {
             (false, true) => return self.run(b),
             (false, false) => return,
         }
+        crate::progress::copy_started(a.rel());
+        crate::progress::copy_started(b.rel());
         let (ja, jb) = (self.pair_job(a), self.pair_job(b));
         let side = a.side();
         let started = SystemTime::now();
@@ -611,6 +614,7 @@ impl<'a> Run<'a> {
                 replace,
                 ..
             } => {
+                crate::progress::copy_started(rel);
                 let started = SystemTime::now();
                 let read = side.other();
                 // A digest hashed or cached this pass lets the kernel copy the bytes unread,
@@ -801,6 +805,7 @@ impl<'a> Run<'a> {
 
     /// Logs and counts how `step` ended.
     fn conclude(&self, step: &Step, result: Result<Done, OpError>) {
+        crate::progress::copy_ended(step);
         let rel = step.rel();
         match result {
             Ok(done) => {

@@ -554,6 +554,11 @@ impl Walk<'_> {
                 let kept = if same && !shared {
                     let d = d.expect("compared");
                     if d.meta_differs(&meta) {
+                        log::debug!(
+                            "{}: same content, metadata differs ({})",
+                            Escaped(rel),
+                            d.meta().differences(&meta, false)
+                        );
                         steps.push(Step::SetMeta {
                             side: Side::Backup,
                             rel: rel.to_path_buf(),
@@ -564,6 +569,13 @@ impl Walk<'_> {
                     }
                     Some((d.dev, d.ino))
                 } else {
+                    if log::log_enabled!(log::Level::Debug) {
+                        log::debug!(
+                            "{}: copied: {}",
+                            Escaped(rel),
+                            why_copied(s, d, digest, held, shared)
+                        );
+                    }
                     steps.push(Step::Copy {
                         side: Side::Backup,
                         rel: rel.to_path_buf(),
@@ -619,6 +631,12 @@ impl Walk<'_> {
 
     /// The step that gives BACKUP's `d` at `rel` the metadata `meta`.
     fn set_meta(&self, rel: &Path, d: &Entry, meta: Meta) -> Step {
+        log::debug!(
+            "{}: metadata differs ({})",
+            Escaped(rel),
+            d.meta()
+                .differences(&meta, matches!(d.kind, Kind::Symlink(_)))
+        );
         Step::SetMeta {
             side: Side::Backup,
             rel: rel.to_path_buf(),
@@ -693,6 +711,26 @@ impl Walk<'_> {
             });
         }
         pairs
+    }
+}
+
+/// Why the SOURCE file `s` is copied over `d`, for a `-v` line.
+fn why_copied(
+    s: &Entry,
+    d: Option<&Entry>,
+    digest: Option<Digest>,
+    held: Option<Digest>,
+    shared: bool,
+) -> String {
+    match d {
+        None => "not in BACKUP".into(),
+        Some(d) if d.kind != Kind::File => "BACKUP holds another kind of entry there".into(),
+        Some(_) if shared => "BACKUP's file shares its inode with names SOURCE's does not".into(),
+        Some(d) if d.size != s.size => format!("size differs ({} -> {} bytes)", d.size, s.size),
+        Some(_) => match (digest, held) {
+            (Some(a), Some(b)) if a != b => "content differs (SHA-256)".into(),
+            _ => "size and time do not show it unchanged: the copy compares the content".into(),
+        },
     }
 }
 

@@ -410,6 +410,7 @@ fn pass(
         .partition(|step| matches!(step, Step::SetMeta { .. }));
     steps.transfers = metadata;
     applier.now(&state, &steps);
+    crate::progress::expect(&copies);
     applier.now(&state, &copies.into_iter().collect());
     let Applied {
         operations,

@@ -32,6 +32,7 @@ use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use crate::display::Escaped;
 use crate::model::{Item, ItemList, Items, Meta, Side, Timestamp};
 use crate::plan::step::{Step, arrive, finish};
 use crate::subtrees::Subtrees;
@@ -345,40 +346,84 @@ pub fn reconcile(
         let s_changed = s_content || meta_modified(a, s);
         let d_changed = d_content || meta_modified(a, d);
 
-        // The final content, and the side whose version loses a conflict over content.
-        let (mut fin, mut loser): (Option<&Item>, Option<(Side, Verdict)>) =
-            match (s_changed, d_changed) {
-                (false, _) => (d, None),
-                (true, false) => (s, None),
-                (true, true) if same_content(s, d) => (s, None),
-                (true, true) => match (s, d) {
-                    // A modification beats a deletion.
-                    (None, _) => (d, None),
-                    (_, None) => (s, None),
-                    // Metadata changed on one side, content (of the same kind) on the other:
-                    // the content travels, the metadata is merged below.
-                    (Some(si), Some(di)) if !s_content && same_kind(si, di) => (d, None),
-                    (Some(si), Some(di)) if !d_content && same_kind(si, di) => (s, None),
-                    (Some(Item::Dir { .. }), Some(_)) => {
-                        (s, Some((Side::Backup, Verdict::Directory)))
+        // The final content, the side whose version loses a conflict over content, and the
+        // rule that decided (for a `-v` line).
+        let (mut fin, mut loser, rule): (Option<&Item>, Option<(Side, Verdict)>, &str) = match (
+            s_changed, d_changed,
+        ) {
+            (false, false) => (d, None, ""),
+            (false, true) => (
+                d,
+                None,
+                "new or changed in BACKUP only: BACKUP's version travels",
+            ),
+            (true, false) => (
+                s,
+                None,
+                "new or changed in SOURCE only: SOURCE's version travels",
+            ),
+            (true, true) if same_content(s, d) => {
+                (s, None, "changed alike on both sides: metadata merged")
+            }
+            (true, true) => match (s, d) {
+                // A modification beats a deletion.
+                (None, _) => (
+                    d,
+                    None,
+                    "deleted in SOURCE, changed in BACKUP: a change beats a deletion",
+                ),
+                (_, None) => (
+                    s,
+                    None,
+                    "deleted in BACKUP, changed in SOURCE: a change beats a deletion",
+                ),
+                // Metadata changed on one side, content (of the same kind) on the other:
+                // the content travels, the metadata is merged below.
+                (Some(si), Some(di)) if !s_content && same_kind(si, di) => (
+                    d,
+                    None,
+                    "content changed in BACKUP, metadata in SOURCE: the content travels, the metadata is merged",
+                ),
+                (Some(si), Some(di)) if !d_content && same_kind(si, di) => (
+                    s,
+                    None,
+                    "content changed in SOURCE, metadata in BACKUP: the content travels, the metadata is merged",
+                ),
+                (Some(Item::Dir { .. }), Some(_)) => (
+                    s,
+                    Some((Side::Backup, Verdict::Directory)),
+                    "conflict: SOURCE's directory keeps the name against BACKUP's file or link",
+                ),
+                (Some(_), Some(Item::Dir { .. })) => (
+                    d,
+                    Some((Side::Source, Verdict::Directory)),
+                    "conflict: BACKUP's directory keeps the name against SOURCE's file or link",
+                ),
+                (Some(si), Some(di)) => {
+                    let source_wins = match policy {
+                        Policy::Source => true,
+                        Policy::Backup => false,
+                        Policy::Newer => mtime(si) >= mtime(di),
+                    };
+                    if source_wins {
+                        (
+                            s,
+                            Some((Side::Backup, Verdict::Policy(policy))),
+                            "changed on both sides: conflict, SOURCE's version wins by --conflict",
+                        )
+                    } else {
+                        (
+                            d,
+                            Some((Side::Source, Verdict::Policy(policy))),
+                            "changed on both sides: conflict, BACKUP's version wins by --conflict",
+                        )
                     }
-                    (Some(_), Some(Item::Dir { .. })) => {
-                        (d, Some((Side::Source, Verdict::Directory)))
-                    }
-                    (Some(si), Some(di)) => {
-                        let source_wins = match policy {
-                            Policy::Source => true,
-                            Policy::Backup => false,
-                            Policy::Newer => mtime(si) >= mtime(di),
-                        };
-                        if source_wins {
-                            (s, Some((Side::Backup, Verdict::Policy(policy))))
-                        } else {
-                            (d, Some((Side::Source, Verdict::Policy(policy))))
-                        }
-                    }
-                },
-            };
+                }
+            },
+        };
+        if !rule.is_empty() {
+            log::debug!("{}: {rule}", Escaped(rel));
+        }
 
         // Something beneath survives (it is new or edited on the side that holds it): the
         // directory stays whatever happened to it, and a file or link that replaced it on the
@@ -395,6 +440,11 @@ pub fn reconcile(
                 .filter(|i| !is_dir(Some(i)))
                 .map(|_| (other, Verdict::Directory));
             fin = dir_item;
+            log::debug!(
+                "{}: something beneath it survives: the directory in {} stays",
+                Escaped(rel),
+                dir_side.name()
+            );
         }
 
         // Metadata: merged where both sides hold an entry of the final kind and no conflict

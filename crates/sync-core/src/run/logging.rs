@@ -2,12 +2,19 @@
 //!
 //! Format: `[ONEWAY][2026-11-25 16:44:07 - INFO] - copied docs/a.txt`.
 //!
-//! The console gets each line at once. The file gets them in batches: a pass that copies
-//! thousands of files would otherwise pay a journaled update of the log's inode per line
-//! (about 5% of a first copy of small files, measured). A batch is written when a warning or
-//! an error arrives, when it reaches 64 KiB, 100 ms after its first line (a thread of its own,
-//! asleep while there is nothing to write), on [`flush`] (the end of every pass, and before
-//! the program exits) and after a panic; a SIGKILL can lose at most the last 100 ms of lines.
+//! `fern` formats each line and dispatches it to the console and the file, each with its own
+//! filter ([`Verbosity`]): the file gets every operation line (INFO and up; DEBUG too with
+//! `-v`), the console what the user asked for. What fern lacks is here: the file is written in
+//! batches and created again if deleted (a fern output of our own, [`Batches`]), and both
+//! outputs are fed under one lock, so the console and the file list lines in one order.
+//!
+//! The console gets each line at once (through [`console`], which keeps it above a progress
+//! line). The file gets them in batches: a pass that copies thousands of files would otherwise
+//! pay a journaled update of the log's inode per line (about 5% of a first copy of small
+//! files, measured). A batch is written when a warning or an error arrives, when it reaches
+//! 64 KiB, 100 ms after its first line (a thread of its own, asleep while there is nothing to
+//! write), on [`flush`] (the end of every pass, and before the program exits) and after a
+//! panic; a SIGKILL can lose at most the last 100 ms of lines.
 //!
 //! The file is opened, each time, without following a link that another user owns
 //! ([`trust::open_append`]).
@@ -21,6 +28,7 @@ use std::time::Duration;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
+use crate::run::console::{self, Verbosity};
 use crate::run::trust;
 
 /// The log file, reopened when the path no longer names the file we hold open.
@@ -94,11 +102,6 @@ impl LogFile {
     }
 }
 
-struct Logger {
-    program: &'static str,
-    file: &'static Batches,
-}
-
 /// The log file, and the signal to the writer thread that a batch has started.
 struct Batches {
     file: Mutex<LogFile>,
@@ -108,6 +111,18 @@ struct Batches {
 impl Batches {
     fn lock(&self) -> MutexGuard<'_, LogFile> {
         self.file.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues one formatted line (fern's output for the file); a warning or an error is
+    /// written at once.
+    fn append(&self, record: &Record<'_>) {
+        let line = format!("{}\n", record.args());
+        let mut file = self.lock();
+        let first = file.pending.is_empty();
+        file.push(&line, record.level() <= Level::Warn);
+        if first && !file.pending.is_empty() {
+            self.started.notify_one();
+        }
     }
 
     /// Writes each batch about [`BATCH_DELAY`] after its first line; sleeps while there is none,
@@ -135,31 +150,25 @@ fn level_name(level: Level) -> &'static str {
     }
 }
 
-impl Log for Logger {
+/// The target of the lines a quiet console still shows: a pass's summary and the total.
+pub const SUMMARY: &str = "summary";
+
+/// fern's dispatch, fed under one lock so that the console and the file get the lines in the
+/// same order (fern feeds its outputs one after the other, and copies log from many threads).
+struct InOrder {
+    dispatch: Box<dyn Log>,
+    order: Mutex<()>,
+    file: &'static Batches,
+}
+
+impl Log for InOrder {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.level() <= log::max_level()
+        self.dispatch.enabled(metadata)
     }
 
     fn log(&self, record: &Record<'_>) {
-        if !self.enabled(record.metadata()) {
-            return;
-        }
-        let stamp = crate::display::local_now().strftime("%Y-%m-%d %H:%M:%S");
-        let line = format!(
-            "[{}][{} - {}] - {}\n",
-            self.program,
-            stamp,
-            level_name(record.level()),
-            record.args()
-        );
-        // One lock around both, so the console and the file list lines in one order.
-        let mut file = self.file.lock();
-        let _ = io::stderr().lock().write_all(line.as_bytes());
-        let first = file.pending.is_empty();
-        file.push(&line, record.level() <= Level::Warn);
-        if first && !file.pending.is_empty() {
-            self.file.started.notify_one();
-        }
+        let _order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        self.dispatch.log(record);
     }
 
     fn flush(&self) {
@@ -167,12 +176,21 @@ impl Log for Logger {
     }
 }
 
+/// Whether a line's target (its module path, or [`SUMMARY`]) is one of this project's.
+fn ours(target: &str) -> bool {
+    let krate = target.split("::").next().unwrap_or(target);
+    matches!(
+        krate,
+        "sync_core" | "versioning" | "oneway" | "twoway" | SUMMARY
+    )
+}
+
 /// Installs the process-wide logger writing to stderr and to `path` (appended, created if
 /// missing). `program` is the tag in brackets, `ONEWAY` or `TWOWAY`.
 ///
 /// Fails if the log file cannot be opened (also when its path leads through another user's
 /// link), or if a logger was installed already.
-pub fn init(program: &'static str, path: &Path, level: LevelFilter) -> io::Result<()> {
+pub fn init(program: &'static str, path: &Path, verbosity: Verbosity) -> io::Result<()> {
     // Resolve now: a relative path must keep naming the same file for the whole run.
     let path = std::path::absolute(path)?;
     let mut file = LogFile {
@@ -188,13 +206,53 @@ pub fn init(program: &'static str, path: &Path, level: LevelFilter) -> io::Resul
         file: Mutex::new(file),
         started: Condvar::new(),
     }));
-    log::set_boxed_logger(Box::new(Logger { program, file })).map_err(io::Error::other)?;
+    let verbose = verbosity == Verbosity::Verbose;
+    let most = if verbose {
+        LevelFilter::Debug
+    } else {
+        LevelFilter::Info
+    };
+    let console = fern::Dispatch::new()
+        .filter(move |meta| match verbosity {
+            Verbosity::Quiet => meta.level() <= Level::Warn || meta.target() == SUMMARY,
+            Verbosity::Normal | Verbosity::Verbose => true,
+        })
+        .chain(fern::Output::call(|record| {
+            console::line(
+                &format!("{}\n", record.args()),
+                record.level() <= Level::Warn,
+            )
+        }));
+    let to_file = fern::Dispatch::new().chain(fern::Output::call(|record| file.append(record)));
+    let (level, dispatch) = fern::Dispatch::new()
+        .format(move |out, message, record| {
+            let stamp = crate::display::local_now().strftime("%Y-%m-%d %H:%M:%S");
+            // Formatted once here: both outputs copy the text rather than format it again.
+            let line = format!(
+                "[{program}][{stamp} - {}] - {message}",
+                level_name(record.level())
+            );
+            out.finish(format_args!("{line}"))
+        })
+        .level(most)
+        // `-v` is for our own decisions, not the debugging of the crates we use.
+        .filter(|meta| meta.level() <= Level::Info || ours(meta.target()))
+        .chain(console)
+        .chain(to_file)
+        .into_log();
+    log::set_boxed_logger(Box::new(InOrder {
+        dispatch,
+        order: Mutex::new(()),
+        file,
+    }))
+    .map_err(io::Error::other)?;
     log::set_max_level(level);
     std::thread::Builder::new()
         .name("log-writer".into())
         .spawn(|| file.write_in_batches())?;
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        console::flush();
         report(info);
         // `try_lock`: the panic may have happened with the lock held.
         if let Ok(mut file) = file.file.try_lock() {
@@ -204,9 +262,10 @@ pub fn init(program: &'static str, path: &Path, level: LevelFilter) -> io::Resul
     Ok(())
 }
 
-/// Writes the lines still queued for the log file. Called at the end of every pass and
-/// before the program exits.
+/// Writes the lines still queued for the log file (and the console's, held while a progress
+/// line is shown). Called at the end of every pass and before the program exits.
 pub fn flush() {
+    console::flush();
     log::logger().flush();
 }
 
@@ -253,6 +312,16 @@ mod tests {
         file.push("last\n", false);
         file.write_pending();
         assert!(read().ends_with("x\nlast\n"));
+    }
+
+    #[test]
+    fn verbose_lines_are_our_crates_own() {
+        assert!(ours("sync_core::pass::mirror"));
+        assert!(ours("versioning::pass"));
+        assert!(ours("twoway"));
+        assert!(ours(SUMMARY));
+        assert!(!ours("rayon_core::registry"));
+        assert!(!ours("indicatif"));
     }
 
     #[test]

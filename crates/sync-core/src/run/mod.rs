@@ -2,6 +2,7 @@
 //! [`lock`], [`logging`]), where the program keeps its own files ([`places`]) and whether it
 //! may rely on them ([`trust`]), and the loop that runs a pass at every interval ([`passes`]).
 
+pub mod console;
 pub mod jobs;
 pub mod lock;
 pub mod logging;

@@ -13,11 +13,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, ExitCode, one_line};
 use crate::model::{Changes, PassKind, PassStats, Side};
+use crate::run::console;
+use crate::run::logging::SUMMARY;
 use crate::signal;
-
-/// The log target of the summary lines, which a filter on the console (a quiet mode) can let
-/// through.
-pub const SUMMARY: &str = "summary";
 
 /// When passes run.
 #[derive(Debug, Clone, Copy)]
@@ -62,7 +60,10 @@ pub fn run_passes(schedule: Schedule, job: &mut impl Job) -> ExitCode {
     let mut first = true;
     loop {
         let started = Instant::now();
-        match job.pass() {
+        console::start_pass();
+        let pass = job.pass();
+        console::end_pass();
+        match pass {
             Ok(stats) => {
                 total += stats.operations;
                 log_summary(&stats, started.elapsed());
@@ -79,7 +80,7 @@ pub fn run_passes(schedule: Schedule, job: &mut impl Job) -> ExitCode {
             Err(err) => {
                 log::error!("{}", one_line(&err));
                 if first || schedule.once {
-                    log::info!("Total number of operations: {total}");
+                    log::info!(target: SUMMARY, "Total number of operations: {total}");
                     return job.finish(ExitCode::Usage);
                 }
             }
@@ -91,7 +92,7 @@ pub fn run_passes(schedule: Schedule, job: &mut impl Job) -> ExitCode {
             break;
         }
     }
-    log::info!("Total number of operations: {total}");
+    log::info!(target: SUMMARY, "Total number of operations: {total}");
     // A stop by Ctrl+C or SIGTERM is the normal end of a periodic run (SPEC §5): it exits 0,
     // also when the stop came in the middle of a pass. A periodic run is only ever ended by a
     // signal, and where that lands is chance; what the cut pass left undone, the next run does,

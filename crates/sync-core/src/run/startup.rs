@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use crate::error::Error;
 use crate::hash::{self, DirCache};
 use crate::pass::PassOptions;
+use crate::run::console::Console;
 use crate::run::lock::{Lock, LockDir};
 use crate::run::passes::Schedule;
 use crate::run::{logging, places, roots, trust};
@@ -63,6 +64,8 @@ pub struct Setup {
     pub one_file_system: bool,
     /// twoway's state directory (where it runs from), which must lie outside both roots.
     pub state_dir: Option<PathBuf>,
+    /// What the console shows: `-q`, `-v`, the progress line.
+    pub console: Console,
 }
 
 /// A checked, locked pair of roots with logging and the hash cache set up.
@@ -117,12 +120,13 @@ impl Session {
                 ]
             }
         };
-        logging::init(setup.program.tag(), &setup.log, log::LevelFilter::Info).map_err(
+        logging::init(setup.program.tag(), &setup.log, setup.console.verbosity).map_err(
             |source| Error::LogFile {
                 path: setup.log.clone(),
                 source,
             },
         )?;
+        crate::run::console::init(setup.console);
         // Our own log file and lock files, if they lie in a root (a user backing up their
         // home with the cache in it), are neither copied nor deleted.
         for root in [&source, &backup] {
