@@ -129,6 +129,8 @@ LESS = "against `rsync -a` (carries less)"
 time_row(f"small: first copy into an empty directory, {FULL}", "small-first", "oneway",
          "rsync-full", 0.6)
 time_row(f"small: first copy, {LESS}", "small-first", "oneway", "rsync", None)
+time_row("small: first copy with the progress line drawn, against without", "small-first",
+         "oneway-progress", "oneway", 1.02)
 time_row("small: first copy, against the `cp -a` floor", "small-first", "oneway", "cp", None)
 time_row("small: first copy, against `rsync -a` + syncfs (both durable)", "small-first", "oneway",
          "rsync-durable", None)

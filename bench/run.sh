@@ -198,12 +198,13 @@ cp -a "$CORPUS/small" "$SRC"
 
 # --- small: oneway vs both rsyncs, cp -a (the floor) and the seed -------------------------------
 say "small: first copy into an empty directory"
-for t in oneway rsync-full rsync cp seed rsync-durable; do
+for t in oneway oneway-progress rsync-full rsync cp seed rsync-durable; do
     add small-first "$t" "$SRC" "$W/small-$t" "$(step empty "$t" "$W/small-$t")"
 done
 hf small-first
-check "$SRC" "$W/small-oneway" "$W/small-rsync-full" "$W/small-rsync" "$W/small-cp" \
-    "$W/small-rsync-durable"
+check "$SRC" "$W/small-oneway" "$W/small-oneway-progress" "$W/small-rsync-full" "$W/small-rsync" \
+    "$W/small-cp" "$W/small-rsync-durable"
+rm -rf "$W/small-oneway-progress"
 check --no-dir-mtime "$SRC" "$W/small-seed" # the seed never set directory times
 rm -rf "$W/small-rsync-durable"
 
