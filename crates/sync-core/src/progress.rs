@@ -15,7 +15,8 @@ static BYTES_DONE: AtomicU64 = AtomicU64::new(0);
 static FILES_TOTAL: AtomicU64 = AtomicU64::new(0);
 static BYTES_TOTAL: AtomicU64 = AtomicU64::new(0);
 static TOTAL_KNOWN: AtomicBool = AtomicBool::new(false);
-static CURRENT: Mutex<Option<PathBuf>> = Mutex::new(None);
+/// The file being copied; empty when none. Its buffer is reused from copy to copy.
+static CURRENT: Mutex<PathBuf> = Mutex::new(PathBuf::new());
 
 /// What the copies of the pass have done so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,7 +39,7 @@ pub fn watch(on: bool) {
         counter.store(0, Ordering::Relaxed);
     }
     TOTAL_KNOWN.store(false, Ordering::Relaxed);
-    *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    CURRENT.lock().unwrap_or_else(|e| e.into_inner()).clear();
     WATCHED.store(on, Ordering::Release);
 }
 
@@ -73,7 +74,9 @@ fn size(source: Option<&crate::model::Entry>) -> u64 {
 /// A copy of `rel` starts.
 pub fn copy_started(rel: &Path) {
     if watched() {
-        *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = Some(rel.to_path_buf());
+        let mut current = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
+        current.clear();
+        current.push(rel);
     }
     crate::testhook::before_copy();
 }
@@ -100,6 +103,7 @@ pub fn snapshot() -> Snapshot {
                 BYTES_TOTAL.load(Ordering::Relaxed),
             )
         }),
-        current: CURRENT.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        current: Some(CURRENT.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .filter(|p| !p.as_os_str().is_empty()),
     }
 }
