@@ -16,7 +16,7 @@ static FILES_TOTAL: AtomicU64 = AtomicU64::new(0);
 static BYTES_TOTAL: AtomicU64 = AtomicU64::new(0);
 static TOTAL_KNOWN: AtomicBool = AtomicBool::new(false);
 /// The file being copied; empty when none. Its buffer is reused from copy to copy.
-static CURRENT: Mutex<PathBuf> = Mutex::new(PathBuf::new());
+static CURRENT: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 /// What the copies of the pass have done so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,7 +39,9 @@ pub fn watch(on: bool) {
         counter.store(0, Ordering::Relaxed);
     }
     TOTAL_KNOWN.store(false, Ordering::Relaxed);
-    CURRENT.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    if let Some(current) = CURRENT.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        current.clear();
+    }
     WATCHED.store(on, Ordering::Release);
 }
 
@@ -74,7 +76,8 @@ fn size(source: Option<&crate::model::Entry>) -> u64 {
 /// A copy of `rel` starts.
 pub fn copy_started(rel: &Path) {
     if watched() {
-        let mut current = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
+        let current = guard.get_or_insert_with(PathBuf::new);
         current.clear();
         current.push(rel);
     }
@@ -103,7 +106,10 @@ pub fn snapshot() -> Snapshot {
                 BYTES_TOTAL.load(Ordering::Relaxed),
             )
         }),
-        current: Some(CURRENT.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        current: CURRENT
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
             .filter(|p| !p.as_os_str().is_empty()),
     }
 }
