@@ -36,7 +36,12 @@ struct Cli {
     backup: Option<PathBuf>,
     /// List the versions that `--versioned` keeps in BACKUP, newest first (name, date,
     /// files, bytes, what changed), and exit.
-    #[arg(long, value_name = "BACKUP", conflicts_with_all = ["source", "backup"])]
+    #[arg(long, value_name = "BACKUP", conflicts_with_all = [
+        "source", "backup", "interval", "log", "versioned", "keep_last", "keep_hourly",
+        "keep_daily", "keep_weekly", "link_dest", "once", "quiet", "verbose", "progress",
+        "no_progress", "dry_run", "exclude", "checksum", "force", "one_file_system", "no_owner",
+        "no_group", "no_xattrs",
+    ])]
     versions: Option<PathBuf>,
     /// Seconds between passes (at least 1); the first pass runs at once.
     #[arg(short, long, default_value_t = 3600, value_name = "SECONDS",

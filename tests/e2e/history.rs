@@ -274,3 +274,34 @@ fn a_restore_is_listed_undone_and_what_it_kept_is_pruned() -> TestResult {
     );
     Ok(())
 }
+
+/// `oneway --versions BACKUP` lists and does nothing else: an option of a pass given with it is
+/// a usage error (exit 2, one line naming it), not silently ignored.
+#[test]
+fn oneway_versions_takes_no_option_of_a_pass() -> TestResult {
+    let env = Env::new()?;
+    write(&env.src, "a.txt", "a")?;
+    env.run(&[&"--once", &"--versioned", &env.src, &env.dst])?
+        .expect_code(0)?;
+    let mut list = env.command_without_log();
+    list.arg("--versions").arg(&env.dst);
+    let out = output(list)?;
+    expect_code(&out, 0)?;
+    ensure!(
+        listed_names(&String::from_utf8_lossy(&out.stdout)) == ["_1"],
+        "expected the one version listed:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for flag in ["--once", "--versioned", "--force", "--dry-run"] {
+        let mut cmd = env.command_without_log();
+        cmd.arg("--versions").arg(&env.dst).arg(flag);
+        let out = output(cmd)?;
+        expect_code(&out, 2)?;
+        let said = stderr(&out);
+        ensure!(
+            said.lines().count() == 1 && said.contains(flag),
+            "expected one line naming {flag}:\n{said}"
+        );
+    }
+    Ok(())
+}
