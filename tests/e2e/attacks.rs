@@ -1231,3 +1231,60 @@ fn twoway_never_gives_root_owned_copies_the_users_setuid_or_setgid_bits() -> Tes
     expect_no_privilege_given("BACKUP, after plain became 4755", &env.src, &env.dst, &run)?;
     expect_setuid_warning(&run)
 }
+
+/// A new version shares the inode of an unchanged file with the previous version's file at the
+/// same path. Versions keep SOURCE's owners, so the user owns their directories in the
+/// previous version too: after the plan the user exchanges `u/` there with a link to root's
+/// files of the same names, sizes and times. Root must not link those into the new version
+/// (nor read them): the file to share is reached beneath the previous version, never through
+/// a link.
+#[test]
+fn versioned_links_never_reach_through_a_version_directory_swapped_for_a_link() -> TestResult {
+    let env = Env::new()?;
+    let arena = Arena::new(&env.root)?;
+    let names = numbered("f", READ_FILES);
+    let canary = Canary::new(&env.root, &names)?;
+    // The user's files look like the canaries to a check of size and time alone.
+    for name in &names {
+        let mut bytes = canary_bytes(name);
+        bytes.iter_mut().for_each(|b| *b = b.to_ascii_lowercase());
+        let path = write(&env.src, format!("u/{name}"), bytes)?;
+        chmod(&path, 0o644)?;
+        set_mtime(&path, CANARY_MTIME, 0)?;
+    }
+    user_file(&env.src, "other.txt", T0)?;
+    chown_tree(&env.src, NOBODY, NOBODY)?;
+    env.once(&[&"--versioned"])?.expect_code(0)?;
+    // A change elsewhere: a new version is due, and u/'s files are to be linked to _1's.
+    user_file(&env.src, "other.txt", T0 + 1)?;
+    chown_tree(&env.src, NOBODY, NOBODY)?;
+    let latest = fs::canonicalize(env.dst.join("_1"))?;
+    let (u, link) = (latest.join("u"), latest.join(".u-swap"));
+    let attack = Attack::SwapOnce {
+        dir: &u,
+        link: &link,
+        target: &canary.dir,
+    };
+    let mut racer = arena.racer(attack, Start::AfterPlan)?;
+    let run = once_hooked(&env, &[&"--versioned"], [&env.src, &env.dst], &racer.hook())?;
+    let report = racer.stop()?;
+    let context = format!(
+        "oneway --versioned planned to link {READ_FILES} unchanged files of u/ to the previous \
+         version's, then uid {NOBODY} exchanged that version's u/ with a link to root's files \
+         of the same names, sizes and times ({report}); oneway: {}",
+        brief(&run)
+    );
+    canary.expect_untouched(&context)?;
+    let canaries: std::collections::HashSet<u64> = fs::read_dir(&canary.dir)?
+        .map(|e| Ok(e?.metadata()?.ino()))
+        .collect::<Res<_>>()?;
+    let newest = fs::canonicalize(env.dst.join("_1"))?;
+    for name in &names {
+        let ino = fs::symlink_metadata(newest.join("u").join(name))?.ino();
+        ensure!(
+            !canaries.contains(&ino),
+            "{context}\nthe new version's u/{name} is root's canary file (hard-linked to it)"
+        );
+    }
+    expect_no_canary_bytes("the versions", &env.dst, &context)
+}

@@ -469,8 +469,11 @@ pub struct PassStats {
 /// holds the same bytes, mode and time can share its inode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkFrom {
-    /// Where it is.
-    pub path: PathBuf,
+    /// The tree it is in (a version's directory, the runner's own).
+    pub root: PathBuf,
+    /// Where it is in that tree: reached beneath `root`, never through a link, since the user
+    /// who owns a directory of SOURCE owns its copy in a version too.
+    pub rel: PathBuf,
     /// Its size and modification time as recorded: a file edited since is copied instead.
     pub size: u64,
     /// See `size`.

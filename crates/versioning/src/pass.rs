@@ -351,7 +351,8 @@ fn fill(
             (&mut step, item, from)
         {
             *link = Some(Box::new(LinkFrom {
-                path: from_dir.join(rel),
+                root: from_dir.to_path_buf(),
+                rel: rel.clone(),
                 size: *size,
                 mtime: meta.mtime,
             }));

@@ -424,12 +424,7 @@ impl Tree for LocalTree {
     }
 
     fn hard_link(&self, rel: &Path, existing: &LinkFrom) -> Result<(), OpError> {
-        ops::hard_link(
-            &existing.path,
-            existing.size,
-            existing.mtime,
-            &self.place_to_write(rel)?,
-        )
+        ops::hard_link(existing, &self.place_to_write(rel)?)
     }
 
     fn remove(&self, rel: &Path, seen: &Entry) -> Result<(), OpError> {

@@ -19,7 +19,7 @@ use sha2::{Digest as _, Sha256};
 
 use rustix::fs::FileType;
 
-use crate::model::{Entry, Kind, Meta, NOT_CARRIED, Node, Timestamp};
+use crate::model::{Entry, Kind, LinkFrom, Meta, NOT_CARRIED, Node, Timestamp};
 use crate::tree::at::{self, Place, entry_of, entry_of_file, have_proc, proc_path};
 use crate::tree::flush::start_writeback;
 use crate::tree::meta::{self, Handle, Xattrs};
@@ -1477,20 +1477,24 @@ pub fn make_writable(
     dir.chmod(mode | 0o700).map_err(write_err(shown))
 }
 
-/// Hard-links the regular file at `existing` (a path of the runner's own version store) to
-/// the new name `dst`, if it still has `size` and `mtime` (linking moves a file's change time,
-/// so that is not compared). The file checked is the file linked: it is opened, and linked by
-/// its descriptor.
+/// Hard-links the regular file `existing` names (beneath a tree of the runner's own version
+/// store, never through a link: a user owns their directories' copies in a version) to the new
+/// name `dst`, if it still has its size and mtime (linking moves a file's change time, so that
+/// is not compared). The file checked is the file linked: it is opened, and linked by its
+/// descriptor.
 ///
 /// Fails if `existing` is no longer such a file, or the link cannot be made (a file system
 /// without hard links, a file with as many links as it may have).
-pub fn hard_link(existing: &Path, size: u64, mtime: Timestamp, dst: &Place) -> Result<(), OpError> {
+pub fn hard_link(existing: &LinkFrom, dst: &Place) -> Result<(), OpError> {
     let changed = || OpError::SourceChanged {
-        path: existing.to_path_buf(),
+        path: existing.root.join(&existing.rel),
     };
-    let file = at::open_long(existing, OFlags::PATH | OFlags::NOFOLLOW).map_err(|_| changed())?;
+    let root =
+        at::open_long(&existing.root, OFlags::PATH | OFlags::DIRECTORY).map_err(|_| changed())?;
+    let file =
+        at::open_beneath(root.as_fd(), &existing.rel, OFlags::PATH).map_err(|_| changed())?;
     match entry_of_file(&file) {
-        Ok(e) if e.kind == Kind::File && e.size == size && e.mtime == mtime => {
+        Ok(e) if e.kind == Kind::File && e.size == existing.size && e.mtime == existing.mtime => {
             link_unnamed(&file, dst.dir(), &dst.name).map_err(write_err(&dst.shown))
         }
         _ => Err(changed()),
