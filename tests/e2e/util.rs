@@ -694,21 +694,10 @@ pub fn is_operation(message: &str) -> bool {
     .any(|p| m.starts_with(p))
 }
 
-/// What a pass gave one side, from its line of changes:
-/// `C created, R replaced, D removed, M metadata updated, B copied`.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Changes {
-    /// C.
-    pub created: u64,
-    /// R.
-    pub replaced: u64,
-    /// D.
-    pub removed: u64,
-    /// M.
-    pub metadata: u64,
-    /// B, in bytes (`512 bytes`, or exactly from `2.5 KiB (2560 bytes)`).
-    pub bytes: u64,
-}
+/// What a pass gave one side, read back from its line of changes
+/// (`C created, R replaced, D removed, M metadata updated, B copied`; see `parse_changes`):
+/// the engine's own type, so the tests compare the log with what the engine counts.
+pub use sync_core::model::Changes;
 
 /// The version a versioned pass made, from
 /// `version NAME made: F files (L hard-linked, C copied), B copied`.
