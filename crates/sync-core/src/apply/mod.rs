@@ -26,10 +26,11 @@ use crate::tree::{Content, Copied, Dest, OpError, Tree};
 
 /// How often a mirror's BACKUP is flushed while files are copied (see
 /// [`Tree::flushing_while`]).
-const EARLY_FLUSH: std::time::Duration = std::time::Duration::from_millis(100);
+const EARLY_FLUSH: std::time::Duration = std::time::Duration::from_millis(40);
 
-/// Files from this size on, whose content is not known, are copied in pairs (see
-/// [`pairable`]): their copy is mostly hashing, where a smaller file's is mostly creating it.
+/// Large files, from this size on, are paired among themselves and smaller ones among
+/// themselves (see [`pairable`]): a large file copied alone may take a second thread for its
+/// hash, which a file in a pair never does.
 const PAIR_FROM: u64 = 8 * 1024 * 1024;
 
 /// What the steps are applied to, which decides how.
@@ -986,36 +987,48 @@ fn dest<'a>(replace: Option<&'a Entry>, hidden: bool) -> Dest<'a> {
     }
 }
 
-/// Copies that [`Run::execute_pair`] runs two at a time: large files hashed as they are copied
+/// Copies that [`Run::execute_pair`] runs two at a time: files hashed as they are copied
 /// (nothing known of their content), when there are more of them than threads, so that every
-/// thread would copy one anyway. Paired by size, largest first, so that the two of a pair end
-/// together. The rest are returned as they were.
+/// thread would copy one anyway. The two-lane hash then costs about what one file's did: a
+/// large file's copy is mostly hashing, and even a first copy of small files spends a tenth
+/// of its time hashing. The two of a pair are copied into the same side; large files (see
+/// [`PAIR_FROM`]) and smaller ones are paired apart, each by size, largest first, so that the
+/// two of a pair end together. The rest are returned as they were.
 fn pairable(transfers: &[Step]) -> (Vec<[&Step; 2]>, Vec<&Step>) {
-    let size = |step: &Step| match step {
+    let unread = |step: &Step| match step {
         Step::Copy {
             source: Some(e),
             known: Known::Unread,
             ..
-        } => e.size,
-        _ => 0,
+        } => Some(e.size),
+        _ => None,
     };
-    let (mut large, mut rest): (Vec<&Step>, Vec<&Step>) =
-        transfers.iter().partition(|step| size(step) >= PAIR_FROM);
-    if large.len() <= rayon::current_num_threads() {
-        return (Vec::new(), transfers.iter().collect());
-    }
-    large.sort_by_key(|step| std::cmp::Reverse(size(step)));
-    let pairs = large
-        .chunks(2)
-        .filter_map(|c| match c {
-            [a, b] => Some([*a, *b]),
-            [one] => {
-                rest.push(one);
-                None
+    let (mut rest, mut pairs) = (Vec::new(), Vec::new());
+    // By side (a pair is copied into one tree from the other), then large or not.
+    let mut classes: [Vec<(u64, &Step)>; 4] = Default::default();
+    for step in transfers {
+        match unread(step) {
+            Some(size) => {
+                let class = 2 * step.side() as usize + usize::from(size >= PAIR_FROM);
+                classes[class].push((size, step));
             }
-            _ => None,
-        })
-        .collect();
+            None => rest.push(step),
+        }
+    }
+    for mut class in classes {
+        if class.len() <= rayon::current_num_threads() {
+            rest.extend(class.into_iter().map(|(_, step)| step));
+            continue;
+        }
+        class.sort_by_key(|&(size, _)| std::cmp::Reverse(size));
+        let mut class = class.into_iter().map(|(_, step)| step);
+        while let Some(a) = class.next() {
+            match class.next() {
+                Some(b) => pairs.push([a, b]),
+                None => rest.push(a),
+            }
+        }
+    }
     (pairs, rest)
 }
 
@@ -1073,8 +1086,15 @@ mod tests {
             .collect()
     }
 
+    fn into_source(mut step: Step) -> Step {
+        if let Step::Copy { side, .. } = &mut step {
+            *side = Side::Source;
+        }
+        step
+    }
+
     #[test]
-    fn large_copies_beyond_the_threads_are_paired_by_size() {
+    fn copies_beyond_the_threads_are_paired_by_size_large_and_small_apart() {
         let unread = Known::Unread;
         let transfers = [
             copy("small", PAIR_FROM - 1, unread),
@@ -1089,6 +1109,10 @@ mod tests {
                 },
             ),
             copy("c", 2 * PAIR_FROM, unread),
+            copy("tiny", 10, unread),
+            copy("little", 100, unread),
+            into_source(copy("there", 300, unread)),
+            into_source(copy("there too", 50, unread)),
         ];
         let in_pool = |threads| {
             let pool = rayon::ThreadPoolBuilder::new()
@@ -1098,14 +1122,19 @@ mod tests {
             pool.install(|| pairable(&transfers))
         };
         // Three large unknown copies on one thread: the two largest together, the third alone
-        // with the rest.
+        // with the rest. Of the three small ones, the two largest together too: never a small
+        // file with a large one, nor a copy into one side with a copy into the other.
         let (pairs, rest) = in_pool(1);
-        assert_eq!(pairs.len(), 1);
-        assert_eq!(names(&pairs[0]), ["b", "c"]);
+        let mut pairs: Vec<_> = pairs.iter().map(|p| names(p)).collect();
+        pairs.sort();
+        assert_eq!(
+            pairs,
+            [["b", "c"], ["small", "little"], ["there", "there too"]]
+        );
         let mut rest = names(&rest);
         rest.sort();
-        assert_eq!(rest, ["a", "known", "small"]);
-        // As many threads as large copies: each has its own thread, nothing is paired.
+        assert_eq!(rest, ["a", "known", "tiny"]);
+        // As many threads as copies of each size: each has its own thread, nothing is paired.
         let (pairs, rest) = in_pool(3);
         assert!(pairs.is_empty());
         assert_eq!(rest.len(), transfers.len());

@@ -12,8 +12,8 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
@@ -150,8 +150,9 @@ pub(crate) fn open_file(dir: BorrowedFd<'_>, rel: &Path) -> io::Result<File> {
 /// it; and the entry's path, for messages only.
 #[derive(Debug)]
 pub struct Place {
-    /// The directory holding the entry (opened for lookups only).
-    pub(crate) dir: OwnedFd,
+    /// The directory holding the entry (opened for lookups only; shared where a tree holds it
+    /// for the next entry too, see `LocalTree::hidden_place`).
+    pub(crate) dir: Arc<OwnedFd>,
     /// The entry's name in it (`.` for a tree's root).
     pub(crate) name: OsString,
     /// Where it is, for messages.

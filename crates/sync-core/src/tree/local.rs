@@ -37,7 +37,13 @@ pub struct LocalTree {
     fenced: Arc<std::sync::RwLock<Vec<(PathBuf, String)>>>,
     /// Deep directories held open (see [`LocalTree::base`]).
     deep: Arc<std::sync::Mutex<DeepDirs>>,
+    /// Per thread, the hidden directory it last wrote a file into (see
+    /// [`LocalTree::hidden_place`]).
+    hidden: Arc<[HeldHidden]>,
 }
+
+/// A thread's slot for the hidden directory it last wrote into: its path and the directory.
+type HeldHidden = std::sync::Mutex<Option<(PathBuf, Arc<OwnedFd>)>>;
 
 /// Directories far below the root, held open since they were last reached, so that the next
 /// operation near one resolves a few hundred names from it rather than thousands from the root
@@ -82,6 +88,7 @@ impl LocalTree {
             dropped: Arc::default(),
             fenced: Arc::default(),
             deep: Arc::default(),
+            hidden: hidden_slots(),
         })
     }
 
@@ -113,6 +120,7 @@ impl LocalTree {
             dropped: Arc::default(),
             fenced: Arc::default(),
             deep: Arc::default(),
+            hidden: hidden_slots(),
         })
     }
 
@@ -144,7 +152,7 @@ impl LocalTree {
             _ => (Path::new(""), OsString::from(".")),
         };
         Ok(Place {
-            dir: self.open_dir_beneath(parent, OFlags::PATH | OFlags::DIRECTORY)?,
+            dir: Arc::new(self.open_dir_beneath(parent, OFlags::PATH | OFlags::DIRECTORY)?),
             name,
             shown: self.path(rel),
         })
@@ -242,6 +250,54 @@ impl LocalTree {
                 source,
             })?;
         Ok((dir, name))
+    }
+
+    /// The place of `rel`, a name in a hidden directory (see [`Dest::Hidden`]): its directory
+    /// is held from one file to the next on this thread, since a first copy writes a
+    /// directory's files one after the other (which saves resolving the directory from the
+    /// root and closing it again for each: on a first copy of small files, a few per cent).
+    /// Held only there: no one else can enter a hidden directory, so it cannot be moved
+    /// while held, and it is let go when published or discarded.
+    fn hidden_place(&self, rel: &Path) -> Result<Place, OpError> {
+        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+            return self.place_to_write(rel);
+        };
+        let slot = rayon::current_thread_index().map_or(0, |i| i + 1) % self.hidden.len();
+        let mut held = self.hidden[slot].lock().unwrap_or_else(|e| e.into_inner());
+        let dir = match &*held {
+            Some((dir_rel, dir)) if dir_rel == parent => dir.clone(),
+            _ => {
+                let dir = self
+                    .open_dir_beneath(parent, OFlags::PATH | OFlags::DIRECTORY)
+                    .map_err(|source| OpError::Write {
+                        path: self.path(rel),
+                        source,
+                    })?;
+                let dir = Arc::new(dir);
+                *held = Some((parent.to_path_buf(), dir.clone()));
+                dir
+            }
+        };
+        Ok(Place {
+            dir,
+            name: name.to_os_string(),
+            shown: self.path(rel),
+        })
+    }
+
+    /// Lets go of the hidden directories held (see [`LocalTree::hidden_place`]).
+    fn drop_hidden(&self) {
+        for slot in self.hidden.iter() {
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+
+    /// The place to write `rel` to, as `dest` says it is.
+    fn place_for(&self, rel: &Path, dest: Dest<'_>) -> Result<Place, OpError> {
+        match dest {
+            Dest::Hidden => self.hidden_place(rel),
+            Dest::New | Dest::Replace(_) => self.place_to_write(rel),
+        }
     }
 
     /// The place of `rel`, or the error of reaching it as a failed write.
@@ -359,7 +415,7 @@ impl Tree for LocalTree {
     ) -> Result<Copied, OpError> {
         let from = from.as_local().ok_or_else(not_local)?;
         let src = from.source(from_rel, from_seen)?;
-        ops::copy_file(src, &self.place_to_write(rel)?, dest, content)
+        ops::copy_file(src, &self.place_for(rel, dest)?, dest, content)
     }
 
     fn copy_pair_in(
@@ -371,7 +427,7 @@ impl Tree for LocalTree {
             return [Err(not_local()), Err(not_local())];
         };
         let opened = jobs.map(|(rel, from_rel, seen, dest)| {
-            let place = self.place_to_write(rel)?;
+            let place = self.place_for(rel, dest)?;
             Ok((from.source(from_rel, seen)?, place, dest))
         });
         match opened {
@@ -481,14 +537,18 @@ impl Tree for LocalTree {
     }
 
     fn publish_dir(&self, staged: &Path, to: &Path) -> Result<(), OpError> {
+        self.drop_hidden();
         ops::publish_dir(&self.place_to_write(staged)?, &self.place_to_write(to)?)
     }
 
     fn discard_dir(&self, staged: &Path) -> io::Result<()> {
+        self.drop_hidden();
         self.remove_all(staged)
     }
 
     fn flush(&self) -> io::Result<()> {
+        // A pass's last step: a version built is renamed by then, and nothing is held past it.
+        self.drop_hidden();
         flush::flush_fs(&self.dir)
     }
 
@@ -593,6 +653,14 @@ impl Tree for LocalTree {
             RenameFlags::NOREPLACE,
         )?)
     }
+}
+
+/// One slot per thread of the pool, and one for any other thread (see
+/// [`LocalTree::hidden_place`]).
+fn hidden_slots() -> Arc<[HeldHidden]> {
+    (0..=rayon::current_num_threads())
+        .map(|_| std::sync::Mutex::new(None))
+        .collect()
 }
 
 /// Opens the file `rel` beneath `root` to hash it: a regular file, or it fails.

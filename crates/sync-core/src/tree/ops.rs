@@ -484,9 +484,9 @@ pub fn copy_pair(jobs: [PairJob<'_>; 2]) -> [Result<Copied, OpError>; 2] {
     }
     let mut lanes = started.map(|started| {
         started.map(|copy| Lane {
+            buf: vec![0; lane_len(copy.before.size)],
             copy,
             hasher: Hasher::new(),
-            buf: vec![0; PAIR_BUF],
             filled: 0,
             written: WriteBehind::default(),
             ended: false,
@@ -529,6 +529,12 @@ pub fn copy_pair(jobs: [PairJob<'_>; 2]) -> [Result<Copied, OpError>; 2] {
 /// stay within a core's L2 cache, where the hash reads what was just copied.
 const PAIR_BUF: usize = 256 * 1024;
 
+/// The buffer of a [`copy_pair`]'s lane for a file of `size` bytes: a small file's is its size
+/// plus the byte that shows the end (a first copy pairs thousands of them).
+fn lane_len(size: u64) -> usize {
+    usize::try_from(size.saturating_add(1)).map_or(PAIR_BUF, |n| n.clamp(4096, PAIR_BUF))
+}
+
 /// One file of a [`copy_pair`].
 struct Lane<'a> {
     copy: Started<'a>,
@@ -552,7 +558,15 @@ impl Lane<'_> {
                     self.ended = true;
                     break;
                 }
-                Ok(n) => self.filled += n,
+                Ok(n) => {
+                    self.filled += n;
+                    // All the bytes the open file's stamp said, in a read shorter than asked:
+                    // the read that would return 0 is saved (see `copy_through_buffer`).
+                    let total = self.written.written + self.filled as u64;
+                    if self.filled < self.buf.len() && total == self.copy.before.size {
+                        self.ended = true;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(source) => {
                     return Err(OpError::Read {
@@ -1650,7 +1664,9 @@ mod tests {
         let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let parent = path.parent().unwrap();
         Place {
-            dir: rustix::fs::openat(rustix::fs::CWD, parent, flags, Mode::empty()).unwrap(),
+            dir: std::sync::Arc::new(
+                rustix::fs::openat(rustix::fs::CWD, parent, flags, Mode::empty()).unwrap(),
+            ),
             name: path.file_name().unwrap().to_os_string(),
             shown: path.to_path_buf(),
         }
@@ -1898,11 +1914,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = |name: &str| dir.path().join(name);
         // Uneven lengths: one ends in its last buffer, the other steps on alone after it, and
-        // neither is a whole number of hash blocks or buffers. Then one empty file.
+        // neither is a whole number of hash blocks or buffers. Then one empty file, and small
+        // files, whose buffers are their size (one about a page, around the smallest buffer).
         for (la, lb) in [
             (PAIR_BUF + 100, 3 * PAIR_BUF + 77),
             (2 * PAIR_BUF, 2 * PAIR_BUF + 1),
             (0, 1000),
+            (4095, 4096),
+            (4097, 16 * 1024 + 3),
+            (1, PAIR_BUF - 1),
         ] {
             let (da, db) = (pattern(la, 1), pattern(lb, 2));
             fs::write(path("a"), &da).unwrap();
