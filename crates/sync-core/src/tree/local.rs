@@ -257,7 +257,8 @@ impl LocalTree {
     /// directory's files one after the other (which saves resolving the directory from the
     /// root and closing it again for each: on a first copy of small files, a few per cent).
     /// Held only there: no one else can enter a hidden directory, so it cannot be moved
-    /// while held, and it is let go when published or discarded.
+    /// while held; and let go whenever this tree moves or removes a directory of its own
+    /// (publishes, discards, renames, exchanges), and at the flush.
     fn hidden_place(&self, rel: &Path) -> Result<Place, OpError> {
         let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
             return self.place_to_write(rel);
@@ -502,8 +503,19 @@ impl Tree for LocalTree {
     }
 
     fn finish_dir(&self, rel: &Path, meta: &Meta, xattrs: Option<&Xattrs>) -> Result<(), OpError> {
-        let (parent, name) = self.parent_and_name(rel)?;
-        ops::finish_dir(parent.as_fd(), name, &self.path(rel), meta, xattrs)
+        // Opened for reading at once, in one call (a first copy finishes every directory it
+        // made); one we may not read (a user's 0300 directory) as `ops::finish_dir` opens it.
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NONBLOCK;
+        match self.open_dir_beneath(rel, flags) {
+            Ok(dir) => ops::finish_open_dir(dir, &self.path(rel), meta, xattrs),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                let (parent, name) = self.parent_and_name(rel)?;
+                ops::finish_dir(parent.as_fd(), name, &self.path(rel), meta, xattrs)
+            }
+            Err(_) => Err(OpError::DestinationChanged {
+                path: self.path(rel),
+            }),
+        }
     }
 
     fn open_dir(&self, rel: &Path, mode: u32) -> Result<(), OpError> {
@@ -542,7 +554,6 @@ impl Tree for LocalTree {
     }
 
     fn discard_dir(&self, staged: &Path) -> io::Result<()> {
-        self.drop_hidden();
         self.remove_all(staged)
     }
 
@@ -580,6 +591,7 @@ impl Tree for LocalTree {
     }
 
     fn rename_over(&self, rel: &Path, to: &Path) -> io::Result<()> {
+        self.drop_hidden();
         let (from, to) = (self.place(rel)?, self.place(to)?);
         Ok(rustix::fs::renameat(
             from.dir(),
@@ -590,6 +602,7 @@ impl Tree for LocalTree {
     }
 
     fn remove_all(&self, rel: &Path) -> io::Result<()> {
+        self.drop_hidden();
         let place = match self.place(rel) {
             Ok(place) => place,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -630,6 +643,7 @@ impl Tree for LocalTree {
     }
 
     fn exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
+        self.drop_hidden();
         let (a, b) = (self.place(a)?, self.place(b)?);
         Ok(rustix::fs::renameat_with(
             a.dir(),
@@ -644,6 +658,7 @@ impl Tree for LocalTree {
         let to = to
             .as_local()
             .ok_or_else(|| io::Error::from(io::ErrorKind::CrossesDevices))?;
+        self.drop_hidden();
         let (from, target) = (self.place(rel)?, to.place(to_rel)?);
         Ok(rustix::fs::renameat_with(
             from.dir(),
@@ -734,4 +749,46 @@ fn list_dir(
     }
     out.sort_unstable_by(|a, b| a.0.as_encoded_bytes().cmp(b.0.as_encoded_bytes()));
     Ok((out, dropped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn a_hidden_directory_is_held_only_until_it_is_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        fs::create_dir_all(&src).unwrap();
+        fs::create_dir_all(&dst).unwrap();
+        for name in ["a", "b"] {
+            fs::write(src.join(name), name).unwrap();
+        }
+        let (from, to) = (
+            LocalTree::open(&src).unwrap(),
+            LocalTree::open(&dst).unwrap(),
+        );
+        let staged = to.stage_dir(Path::new("")).unwrap();
+        let copy = |name: &str| {
+            to.copy_in(
+                &staged.join(name),
+                &from,
+                Path::new(name),
+                None,
+                Dest::Hidden,
+                Content::Hash(None),
+            )
+        };
+        // Held from the first file to the next.
+        copy("a").unwrap();
+        copy("b").unwrap();
+        assert_eq!(fs::read(dst.join(&staged).join("b")).unwrap(), b"b");
+        to.publish_dir(&staged, Path::new("made")).unwrap();
+        // The staged name is gone: a copy there fails, and does not land in the directory it
+        // became.
+        fs::remove_file(dst.join("made/a")).unwrap();
+        assert!(copy("a").is_err());
+        assert!(!dst.join("made/a").exists());
+    }
 }

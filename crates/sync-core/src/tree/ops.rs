@@ -1221,7 +1221,7 @@ fn give_made(dir: BorrowedFd<'_>, name: &OsStr, meta: &Meta, xattrs: &Xattrs) ->
         return Ok(());
     }
     let object = Object { fd, by_proc: true };
-    object.give(meta, Some(xattrs), true)
+    object.give(&entry_of(&stat, None), meta, Some(xattrs), true)
 }
 
 /// Removes the file, link or empty directory at `at` if it is still what the scan saw.
@@ -1326,11 +1326,16 @@ impl Object {
         }
     }
 
-    /// Gives it the owner, attributes (if `xattrs`), mode and time of `meta`, in that order:
-    /// a change of owner takes away setuid and setgid bits and file capabilities. With
-    /// `always`, the mode is set even where it seems right already.
-    fn give(&self, meta: &Meta, xattrs: Option<&Xattrs>, always: bool) -> io::Result<()> {
-        let now = self.entry()?;
+    /// Gives it, which is `now`, the owner, attributes (if `xattrs`), mode and time of `meta`,
+    /// in that order: a change of owner takes away setuid and setgid bits and file
+    /// capabilities. With `always`, the mode is set even where it seems right already.
+    fn give(
+        &self,
+        now: &Entry,
+        meta: &Meta,
+        xattrs: Option<&Xattrs>,
+        always: bool,
+    ) -> io::Result<()> {
         let owner_moves = (meta.uid != NOT_CARRIED && meta.uid != now.uid)
             || (meta.gid != NOT_CARRIED && meta.gid != now.gid);
         if owner_moves {
@@ -1395,7 +1400,9 @@ pub fn set_metadata(
     if !now.unchanged_since(seen) {
         return Err(changed());
     }
-    object.give(meta, xattrs, false).map_err(write_err(shown))?;
+    object
+        .give(&now, meta, xattrs, false)
+        .map_err(write_err(shown))?;
     let mut after = object.entry().map_err(write_err(shown))?;
     after.xattrs = meta::read(object.handle())
         .map(|x| meta::xattr_digest(&x))
@@ -1423,7 +1430,28 @@ pub fn finish_dir(
     if !now.is_dir() {
         return Err(changed());
     }
-    dir.give(meta, xattrs, false).map_err(write_err(shown))
+    dir.give(&now, meta, xattrs, false)
+        .map_err(write_err(shown))
+}
+
+/// Gives the directory `dir`, opened for reading (`O_DIRECTORY`, so never a device or a FIFO)
+/// by the caller, shown as `shown`, the metadata `meta` (and the attributes `xattrs`, if given)
+/// as [`finish_dir`] does: the descriptor is the directory checked and changed.
+///
+/// Fails if the change is refused.
+pub fn finish_open_dir(
+    dir: OwnedFd,
+    shown: &Path,
+    meta: &Meta,
+    xattrs: Option<&Xattrs>,
+) -> Result<(), OpError> {
+    let dir = Object {
+        fd: dir,
+        by_proc: false,
+    };
+    let now = dir.entry().map_err(write_err(shown))?;
+    dir.give(&now, meta, xattrs, false)
+        .map_err(write_err(shown))
 }
 
 /// Opens the directory `rel` beneath `root` to set its mode or time.
