@@ -210,6 +210,21 @@ pub fn end_pass() {
     }
 }
 
+/// Whether stderr is `/dev/null` (a run from cron, or under a benchmark's harness): lines
+/// written there go nowhere, and writing them costs a system call each (a first copy of
+/// 20,000 files logs 21,000 lines: about 2% of its time). The log file gets them all anyway.
+pub fn discarded() -> bool {
+    use std::os::fd::AsFd;
+    let Ok(stat) = rustix::fs::fstat(io::stderr().as_fd()) else {
+        return false;
+    };
+    rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::CharacterDevice
+        && (
+            rustix::fs::major(stat.st_rdev),
+            rustix::fs::minor(stat.st_rdev),
+        ) == (1, 3)
+}
+
 /// Writes one log line (ending in a newline) to the console. `urgent` lines (warnings and
 /// errors) are never held back.
 pub fn line(text: &str, urgent: bool) {

@@ -212,8 +212,10 @@ pub fn init(program: &'static str, path: &Path, verbosity: Verbosity) -> io::Res
     } else {
         LevelFilter::Info
     };
+    let discarded = console::discarded();
     let console = fern::Dispatch::new()
         .filter(move |meta| match verbosity {
+            _ if discarded => false,
             Verbosity::Quiet => meta.level() <= Level::Warn || meta.target() == SUMMARY,
             Verbosity::Normal | Verbosity::Verbose => true,
         })
@@ -226,10 +228,10 @@ pub fn init(program: &'static str, path: &Path, verbosity: Verbosity) -> io::Res
     let to_file = fern::Dispatch::new().chain(fern::Output::call(|record| file.append(record)));
     let (level, dispatch) = fern::Dispatch::new()
         .format(move |out, message, record| {
-            let stamp = crate::display::local_now().strftime("%Y-%m-%d %H:%M:%S");
             // Formatted once here: both outputs copy the text rather than format it again.
             let line = format!(
-                "[{program}][{stamp} - {}] - {message}",
+                "[{program}][{} - {}] - {message}",
+                Stamp::now(),
                 level_name(record.level())
             );
             out.finish(format_args!("{line}"))
@@ -260,6 +262,36 @@ pub fn init(program: &'static str, path: &Path, verbosity: Verbosity) -> io::Res
         }
     }));
     Ok(())
+}
+
+/// The local time of a log line, to the second: formatted once per second, not per line (a
+/// first copy of 20,000 files logs 21,000 lines in under a second).
+struct Stamp(String);
+
+impl Stamp {
+    fn now() -> Stamp {
+        static LAST: Mutex<Option<(i64, String)>> = Mutex::new(None);
+        let now = jiff::Timestamp::now();
+        let second = now.as_second();
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        match &*last {
+            Some((at, text)) if *at == second => Stamp(text.clone()),
+            _ => {
+                let text = now
+                    .to_zoned_datetime(crate::display::local_zone().clone())
+                    .strftime("%Y-%m-%d %H:%M:%S")
+                    .to_string();
+                *last = Some((second, text.clone()));
+                Stamp(text)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Stamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// Writes the lines still queued for the log file (and the console's, held while a progress
