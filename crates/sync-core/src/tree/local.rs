@@ -243,13 +243,17 @@ impl LocalTree {
             (Some(parent), Some(name)) => (parent, Path::new(name)),
             _ => (Path::new(""), Path::new("")),
         };
-        let dir = self
-            .open_dir_beneath(parent, OFlags::PATH | OFlags::DIRECTORY)
+        Ok((self.dir_holding(rel, parent)?, name))
+    }
+
+    /// The directory `parent` that holds `rel`, opened for lookups; failing to reach it is a
+    /// failed write of `rel`.
+    fn dir_holding(&self, rel: &Path, parent: &Path) -> Result<OwnedFd, OpError> {
+        self.open_dir_beneath(parent, OFlags::PATH | OFlags::DIRECTORY)
             .map_err(|source| OpError::Write {
                 path: self.path(rel),
                 source,
-            })?;
-        Ok((dir, name))
+            })
     }
 
     /// The place of `rel`, a name in a hidden directory (see [`Dest::Hidden`]): its directory
@@ -268,13 +272,7 @@ impl LocalTree {
         let dir = match &*held {
             Some((dir_rel, dir)) if dir_rel == parent => dir.clone(),
             _ => {
-                let dir = self
-                    .open_dir_beneath(parent, OFlags::PATH | OFlags::DIRECTORY)
-                    .map_err(|source| OpError::Write {
-                        path: self.path(rel),
-                        source,
-                    })?;
-                let dir = Arc::new(dir);
+                let dir = Arc::new(self.dir_holding(rel, parent)?);
                 *held = Some((parent.to_path_buf(), dir.clone()));
                 dir
             }
