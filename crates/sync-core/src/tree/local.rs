@@ -510,8 +510,26 @@ impl Tree for LocalTree {
                 let (parent, name) = self.parent_and_name(rel)?;
                 ops::finish_dir(parent.as_fd(), name, &self.path(rel), meta, xattrs)
             }
-            Err(_) => Err(OpError::DestinationChanged {
+            // Gone, or a link or a file in its place: no longer the directory we made.
+            Err(e)
+                if matches!(
+                    rustix::io::Errno::from_io_error(&e),
+                    Some(
+                        rustix::io::Errno::NOENT
+                            | rustix::io::Errno::NOTDIR
+                            | rustix::io::Errno::LOOP
+                            | rustix::io::Errno::XDEV
+                    )
+                ) =>
+            {
+                Err(OpError::DestinationChanged {
+                    path: self.path(rel),
+                })
+            }
+            // Anything else (no descriptor left, say) is a fault of the write, not a change.
+            Err(source) => Err(OpError::Write {
                 path: self.path(rel),
+                source,
             }),
         }
     }
