@@ -14,7 +14,7 @@ use crate::apply::{Applied, Applier, Target};
 use crate::display::Escaped;
 use crate::error::Error;
 use crate::hash::dircache::{DirCache, Learner, tree_digests};
-use crate::model::{Entry, Item, ItemList, Items, Kind, PassKind, PassStats, Side};
+use crate::model::{Entry, Item, ItemList, Items, Kind, PassKind, PassStats, Side, path_order};
 use crate::pass::PassOptions;
 use crate::plan::links::{carry_structure, keep_links, record_links, relinks};
 use crate::plan::reconcile::{Conflict, Contest, Plan, Policy, Verdict, reconcile};
@@ -138,10 +138,16 @@ fn describe_conflict(c: &Conflict, dry_run: bool) -> String {
 /// its content, so no decision needs its digest: it is not read before its copy, which hashes
 /// it as it goes (a first sync into an empty directory reads each file once, not twice).
 fn unread_files(tree: &Scanned, other: &Scanned, archived: &Items) -> Vec<bool> {
+    // Both scans are in path order: one walk through the other's paths finds each name.
+    let mut theirs = other.entries.keys().peekable();
     tree.entries
         .iter()
         .map(|(rel, e)| {
-            e.kind == Kind::File && other.entries.get(rel).is_none() && !archived.contains_key(rel)
+            while theirs.next_if(|p| path_order(p, rel).is_lt()).is_some() {}
+            let held = theirs
+                .peek()
+                .is_some_and(|p| p.as_os_str() == rel.as_os_str());
+            e.kind == Kind::File && !held && !archived.contains_key(rel)
         })
         .collect()
 }
