@@ -31,7 +31,7 @@ fn store_error(err: impl std::error::Error) -> Error {
 
 /// Runs one versioned pass of `opts.source` into the version directory `opts.backup`,
 /// keeping the versions `retention` keeps; a file that cannot share its inode with the
-/// previous version may share the one in `link_dest`'s latest version (see [`fill`]).
+/// previous version may share the one in `link_dest`'s latest version (see `fill`).
 ///
 /// Fails (changing nothing) if a root cannot be listed, the version store is unusable (a
 /// foreign `_k`, a damaged manifest), or a refusal of SPEC §8 applies without `force`.

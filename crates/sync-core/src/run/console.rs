@@ -4,7 +4,7 @@
 //! The progress line shows the files and bytes the pass's copies have done (from
 //! [`crate::progress`], which the applier updates), of the pass's total where it is known
 //! before copying starts (so the percentage never goes backwards), the rate, the time left and
-//! the file being copied; a thread redraws it every [`TICK`]. A first copy into an empty
+//! the file being copied; a thread redraws it every `TICK`. A first copy into an empty
 //! BACKUP plans and copies directory by directory: its total is not known until the end, so
 //! its line shows what is known (files and bytes done, rate, file) and no percentage.
 //!

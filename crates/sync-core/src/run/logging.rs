@@ -5,7 +5,7 @@
 //! `fern` formats each line and dispatches it to the console and the file, each with its own
 //! filter ([`Verbosity`]): the file gets every operation line (INFO and up; DEBUG too with
 //! `-v`), the console what the user asked for. What fern lacks is here: the file is written in
-//! batches and created again if deleted (a fern output of our own, [`Batches`]), and both
+//! batches and created again if deleted (a fern output of our own, `Batches`), and both
 //! outputs are fed under one lock, so the console and the file list lines in one order.
 //!
 //! The console gets each line at once (through [`console`], which keeps it above a progress

@@ -1,6 +1,6 @@
 //! The [`Tree`] of a directory on this machine, held open from the moment it is named: its
 //! root is resolved once ([`LocalTree::open`]) and every entry below it is reached from that
-//! descriptor (see [`crate::tree::at`]), so that no one who can change the tree while a pass
+//! descriptor (see `tree::at`), so that no one who can change the tree while a pass
 //! runs can steer a read or a write outside it.
 
 use std::ffi::{OsStr, OsString};

@@ -300,7 +300,7 @@ pub struct Copied {
     pub hashed: bool,
 }
 
-/// A file to copy: opened beneath its tree's root (see [`at::open_file`]), with what the scan
+/// A file to copy: opened beneath its tree's root (see `at::open_file`), with what the scan
 /// saw there and where it is, for messages.
 pub struct Source<'a> {
     /// The open file.
@@ -367,7 +367,7 @@ pub enum Content<'a> {
 }
 
 /// Copies the regular file `src` to `dst` atomically and gives the copy `src`'s permission
-/// bits (less a setuid or setgid bit it may not keep, see [`at::grantable`]) and
+/// bits (less a setuid or setgid bit it may not keep, see `at::grantable`) and
 /// modification time.
 ///
 /// `dest` says whether `dst` is new (or in a hidden directory) or what the scan saw there,
@@ -469,7 +469,7 @@ pub type PairJob<'a> = (Source<'a>, &'a Place, Dest<'a>);
 ///
 /// Each result is what [`copy_file`] would have returned for that file; a failure of one
 /// leaves the other to be copied alone. A file with holes makes both go alone, one after the
-/// other (see [`copy_sparse`]).
+/// other (see `copy_sparse`).
 pub fn copy_pair(jobs: [PairJob<'_>; 2]) -> [Result<Copied, OpError>; 2] {
     let in_flight = InFlight::enter();
     let started = jobs.map(|(src, dst, dest)| Started::begin(src, dst, dest));
@@ -1610,7 +1610,7 @@ fn rename_new(from: &Place, to: &Place) -> Result<(), OpError> {
 
 /// Removes the entry `name` of `dir`, a whole directory tree included (read-only directories
 /// in it are opened first); nothing there is fine. Never follows a link, never leaves `dir`,
-/// and walks without recursion, holding a descriptor for each of the last [`HELD_LEVELS`]
+/// and walks without recursion, holding a descriptor for each of the last `HELD_LEVELS`
 /// levels only (a deeper parent is opened again from `dir` when it is reached again), so any
 /// depth is removed within a small descriptor limit.
 pub fn remove_all(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
