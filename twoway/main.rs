@@ -6,18 +6,20 @@ mod recovery;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+use clap::{Parser, ValueEnum};
 use sync_core::model::PassStats;
 use sync_core::plan::reconcile::Policy;
 use sync_core::run::console::Console;
+use sync_core::run::flags::{self, CarryFlags, ConsoleFlags, PassFlags};
 use sync_core::run::jobs::TwowayJob;
 use sync_core::run::logging::SUMMARY;
-use sync_core::run::passes::{Job, Schedule, run_passes};
-use sync_core::tree::meta::{Wanted, set_carry};
+use sync_core::run::passes::{Job, run_passes};
+use sync_core::tree::meta::set_carry;
 use sync_core::{Error, ExitCode, Program, Session, Setup};
 use versioning::restore::{Options, Which, restore};
+use versioning::retention::Keep;
 
-use recovery::{Keep, Recovery, worse};
+use recovery::{Recovery, worse};
 
 /// Who wins a conflict.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -55,79 +57,26 @@ struct Cli {
     source: PathBuf,
     /// The other side.
     backup: Option<PathBuf>,
-    /// Seconds between passes (at least 1); the first pass runs at once.
-    #[arg(short, long, default_value_t = 3600, value_name = "SECONDS",
-          value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
-    interval: u64,
+    #[command(flatten)]
+    pass: PassFlags,
     /// Log file.
     #[arg(short, long, default_value = "twoway.log", value_name = "FILE")]
     log: PathBuf,
     /// The recovery system's configuration.
     #[arg(long, default_value = "config.json", value_name = "FILE")]
     config: PathBuf,
-    /// One two-way pass and one snapshot of each side, then exit (without it, twoway runs
-    /// until stopped).
-    #[arg(long)]
-    once: bool,
-    /// Console: only warnings, errors and the summary (the log file still gets every line).
-    #[arg(short, long, conflicts_with = "verbose")]
-    quiet: bool,
-    /// Also log why each path was decided (console and log file).
-    #[arg(short, long)]
-    verbose: bool,
-    /// Show the progress line even where stderr is not a terminal, or with -q.
-    #[arg(long, overrides_with = "no_progress")]
-    progress: bool,
-    /// Never show the progress line (default: shown where stderr is a terminal).
-    #[arg(long, overrides_with = "progress")]
-    no_progress: bool,
-    /// Log what a pass (or, with --restore, the restore) would do; change nothing.
-    #[arg(long)]
-    dry_run: bool,
-    /// Leave matching paths alone on both sides (repeatable).
-    #[arg(long, value_name = "GLOB")]
-    exclude: Vec<String>,
-    /// Allow a pass that the safety checks would refuse.
-    #[arg(long)]
-    force: bool,
-    /// Leave alone what is below a mount point inside a root, on both sides (as rsync's
-    /// -x): another file system mounted there is neither copied nor deleted.
-    #[arg(short = 'x', long)]
-    one_file_system: bool,
-    /// Do not carry owners: copies are owned by the user running this (as without root).
-    #[arg(long)]
-    no_owner: bool,
-    /// Do not carry groups.
-    #[arg(long)]
-    no_group: bool,
-    /// Do not carry extended attributes and ACLs.
-    #[arg(long)]
-    no_xattrs: bool,
+    #[command(flatten)]
+    console: ConsoleFlags,
+    #[command(flatten)]
+    carry: CarryFlags,
     /// Which side wins a conflict; the loser is kept as a conflict copy on both sides.
     #[arg(long, value_enum, default_value_t = ConflictPolicy::Newer, value_name = "POLICY")]
     conflict: ConflictPolicy,
     /// Do not start the recovery system (the versioning children).
     #[arg(long)]
     no_recovery: bool,
-    // The retention options take oneway's ranges (and `versioning::recovery::KEEP_LAST`,
-    // `KEEP_PERIODS`, which config.json's keys take), and reach both children as given.
-    /// The newest versions kept as _0 … _{N-1}, the latest last (at least 2; default:
-    /// config.json's "keep_last", else 2).
-    #[arg(long, visible_alias = "keep", value_name = "N",
-          value_parser = clap::value_parser!(u32).range(2..1000))]
-    keep_last: Option<u32>,
-    /// Also keep the newest version of each of the last N hours that have one (default:
-    /// config.json's "keep_hourly", else 24).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..100_000))]
-    keep_hourly: Option<u32>,
-    /// And of each of the last N days (default: config.json's "keep_daily", else 9: at least a
-    /// week back).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..100_000))]
-    keep_daily: Option<u32>,
-    /// And of each of the last N weeks, Monday to Sunday (default: config.json's
-    /// "keep_weekly", else 4).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..100_000))]
-    keep_weekly: Option<u32>,
+    #[command(flatten)]
+    keep: Keep,
     /// Bring DIR back from its versions.
     #[arg(long)]
     restore: bool,
@@ -151,27 +100,15 @@ struct Cli {
 }
 
 fn usage_error(message: &str) -> ! {
-    eprintln!("twoway: {message}");
-    std::process::exit(ExitCode::Usage.code());
+    flags::usage(Program::Twoway, message)
 }
 
 fn parse() -> Cli {
-    let parsed = Cli::command()
-        .try_get_matches()
-        .and_then(|matches| Cli::from_arg_matches(&matches).map(|cli| (cli, matches)));
-    match parsed {
-        Ok((cli, matches)) => {
-            if cli.restore || cli.versions {
-                refuse_sync_options(&matches);
-            }
-            cli
-        }
-        Err(err) if err.use_stderr() => {
-            // clap's text spans several lines; the contract is one line, exit 2.
-            usage_error(&sync_core::error::usage_line(&err.render().to_string()));
-        }
-        Err(err) => err.exit(),
+    let (cli, matches) = flags::parse::<Cli>(Program::Twoway);
+    if cli.restore || cli.versions {
+        refuse_sync_options(&matches);
     }
+    cli
 }
 
 /// A restore takes none of a sync's options: one given with `--restore` is a usage error, not
@@ -200,11 +137,7 @@ fn refuse_sync_options(matches: &clap::ArgMatches) {
 
 fn main() {
     let cli = parse();
-    set_carry(Wanted {
-        owner: !cli.no_owner,
-        group: !cli.no_group,
-        xattrs: !cli.no_xattrs,
-    });
+    set_carry(cli.carry.wanted());
     let code = match (cli.restore || cli.versions, &cli.backup) {
         (true, Some(_)) => usage_error(if cli.restore {
             "--restore takes one directory, not SOURCE and BACKUP"
@@ -235,7 +168,7 @@ fn main() {
 
 /// What the console shows. (The recovery children get none of it: they log to their own files.)
 fn console(cli: &Cli) -> Console {
-    Console::from_flags(cli.quiet, cli.verbose, cli.progress, cli.no_progress)
+    cli.console.console()
 }
 
 fn run_restore(cli: &Cli) -> ExitCode {
@@ -257,7 +190,7 @@ fn run_restore(cli: &Cli) -> ExitCode {
     let options = Options {
         paths: cli.path.clone(),
         target: cli.target.clone(),
-        dry_run: cli.dry_run,
+        dry_run: cli.pass.dry_run,
     };
     sync_core::run::console::init(console(cli));
     sync_core::run::console::start_pass();
@@ -284,7 +217,7 @@ fn run_restore(cli: &Cli) -> ExitCode {
                 1 => "1 entry".to_string(),
                 n => format!("{n} entries"),
             };
-            if cli.dry_run {
+            if cli.pass.dry_run {
                 log::info!(
                     target: SUMMARY,
                     "dry run: restoring {}{what} from version {which}{into} would change \
@@ -349,7 +282,7 @@ fn log_undo(dir: &Path, kept: &Path, paths: &[PathBuf]) {
 
 /// `twoway DIR --versions`: the listing on standard output; no log file is written.
 fn run_versions(cli: &Cli) -> ExitCode {
-    if cli.version.is_some() || cli.dry_run || !cli.path.is_empty() || cli.target.is_some() {
+    if cli.version.is_some() || cli.pass.dry_run || !cli.path.is_empty() || cli.target.is_some() {
         usage_error(
             "--versions lists; --version, --path, --target and --dry-run apply to --restore",
         );
@@ -374,12 +307,7 @@ fn run_versions(cli: &Cli) -> ExitCode {
 }
 
 fn run_sync(cli: &Cli, backup: &Path) -> ExitCode {
-    let keep = Keep {
-        last: cli.keep_last,
-        hourly: cli.keep_hourly,
-        daily: cli.keep_daily,
-        weekly: cli.keep_weekly,
-    };
+    let keep = cli.keep;
     // Without the recovery system no version is kept: a retention option would be ignored
     // (--dry-run passes: the same command line, tried first).
     if cli.no_recovery
@@ -394,15 +322,12 @@ fn run_sync(cli: &Cli, backup: &Path) -> ExitCode {
         source: cli.source.clone(),
         backup: backup.to_path_buf(),
         log: cli.log.clone(),
-        exclude: cli.exclude.clone(),
-        schedule: Schedule {
-            once: cli.once,
-            interval: Duration::from_secs(cli.interval),
-        },
-        dry_run: cli.dry_run,
+        exclude: cli.pass.exclude.clone(),
+        schedule: cli.pass.schedule(),
+        dry_run: cli.pass.dry_run,
         checksum: false,
-        force: cli.force,
-        one_file_system: cli.one_file_system,
+        force: cli.pass.force,
+        one_file_system: cli.pass.one_file_system,
         state_dir: Some(PathBuf::from(".")),
         console: console(cli),
     };
@@ -417,26 +342,19 @@ fn run_sync(cli: &Cli, backup: &Path) -> ExitCode {
     };
     let schedule = session.schedule;
     let sync = TwowayJob::new(session, policy);
-    let recovery = if cli.no_recovery || cli.dry_run {
+    let recovery = if cli.no_recovery || cli.pass.dry_run {
         None
     } else {
         let opts = &sync.session.opts;
         let state_dir = sync.session.state_dir.as_deref().unwrap_or(Path::new("."));
         let roots = [opts.source.as_path(), opts.backup.as_path()];
         // The versions carry what the sync carries, and leave out what it leaves alone.
-        let carry = [
-            (cli.no_owner, "--no-owner"),
-            (cli.no_group, "--no-group"),
-            (cli.no_xattrs, "--no-xattrs"),
-            (cli.one_file_system, "--one-file-system"),
-        ];
-        let mut child_args: Vec<String> = carry
-            .into_iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, flag)| flag.to_string())
-            .collect();
+        let mut child_args: Vec<String> = cli.carry.given().into_iter().map(String::from).collect();
+        if cli.pass.one_file_system {
+            child_args.push("--one-file-system".to_string());
+        }
         // What the sync leaves alone, the versions leave out too.
-        for pattern in &cli.exclude {
+        for pattern in &cli.pass.exclude {
             child_args.extend(["--exclude".to_string(), pattern.clone()]);
         }
         match Recovery::prepare(state_dir, &cli.config, roots, keep, child_args) {
@@ -450,7 +368,7 @@ fn run_sync(cli: &Cli, backup: &Path) -> ExitCode {
     let mut job = WithRecovery {
         sync,
         recovery,
-        once: cli.once,
+        once: cli.pass.once,
         started: false,
     };
     run_passes(schedule, &mut job)

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use sync_core::{Error, ExitCode};
 use versioning::recovery::{Config, Info, VERSIONS_DIR};
-use versioning::retention::Retention;
+use versioning::retention::{Keep, Retention};
 
 /// How long a child may take to finish its file operation after SIGTERM.
 const GRACE: Duration = Duration::from_secs(10);
@@ -35,43 +35,6 @@ struct Keeper {
     next_start: Instant,
     /// Not started until the first side's store has a version (or `next_start`).
     waits_for_first: bool,
-}
-
-/// The retention options given on twoway's command line; each overrides config.json's key.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Keep {
-    /// `--keep-last`.
-    pub last: Option<u32>,
-    /// `--keep-hourly`.
-    pub hourly: Option<u32>,
-    /// `--keep-daily`.
-    pub daily: Option<u32>,
-    /// `--keep-weekly`.
-    pub weekly: Option<u32>,
-}
-
-impl Keep {
-    /// `base` with the options given in its place.
-    fn over(self, base: Retention) -> Retention {
-        Retention {
-            last: self.last.unwrap_or(base.last),
-            hourly: self.hourly.unwrap_or(base.hourly),
-            daily: self.daily.unwrap_or(base.daily),
-            weekly: self.weekly.unwrap_or(base.weekly),
-        }
-    }
-
-    /// The first option given, if any.
-    pub fn given(self) -> Option<&'static str> {
-        [
-            (self.last, "--keep-last"),
-            (self.hourly, "--keep-hourly"),
-            (self.daily, "--keep-daily"),
-            (self.weekly, "--keep-weekly"),
-        ]
-        .into_iter()
-        .find_map(|(n, flag)| n.map(|_| flag))
-    }
 }
 
 /// The two versioning children of one pair.

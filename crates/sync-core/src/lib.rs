@@ -1,7 +1,7 @@
 //! The engine behind `oneway` and `twoway`. Data flows one way:
 //!
-//! - [`run`]: start-up shared by both programs (roots, filter, lock, logging, signals, cache)
-//!   and the pass loop;
+//! - [`run`]: start-up shared by both programs (the options both take, roots, filter, lock,
+//!   logging, signals, cache) and the pass loop;
 //! - [`pass`]: one pass of each kind (mirror, two-way), scan → hash → plan → apply;
 //! - [`scan`]: reading a tree without following links; [`hash`]: digests and the one hash cache;
 //! - [`plan`]: deciding what to do (the two-way reconcile, the refusals of SPEC §8);

@@ -34,18 +34,70 @@ impl Default for Retention {
     }
 }
 
+/// The retention options of both programs' command lines (oneway with `--versioned`, twoway
+/// for its recovery system), each given or not.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct Keep {
+    /// Versions: the newest kept as _0 … _{N-1}, the latest last (at least 2; default 2, or
+    /// twoway's config.json "keep_last").
+    #[arg(id = "keep_last", long = "keep-last", visible_alias = "keep", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(2..1000))]
+    pub last: Option<u32>,
+    /// Versions: also the newest of each of the last N hours that have one (default 24, or
+    /// twoway's config.json "keep_hourly").
+    #[arg(id = "keep_hourly", long = "keep-hourly", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(0..100_000))]
+    pub hourly: Option<u32>,
+    /// Versions: and of each of the last N days (default 9, or twoway's config.json
+    /// "keep_daily": what stood at the end of a day stays at least a week after it is deleted).
+    #[arg(id = "keep_daily", long = "keep-daily", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(0..100_000))]
+    pub daily: Option<u32>,
+    /// Versions: and of each of the last N weeks, Monday to Sunday (default 4, or twoway's
+    /// config.json "keep_weekly").
+    #[arg(id = "keep_weekly", long = "keep-weekly", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(0..100_000))]
+    pub weekly: Option<u32>,
+}
+
+/// The retention options as they are written, in the order of [`Keep`]'s fields.
+const FLAGS: [&str; 4] = [
+    "--keep-last",
+    "--keep-hourly",
+    "--keep-daily",
+    "--keep-weekly",
+];
+
+impl Keep {
+    /// `base` with the options given in its place.
+    pub fn over(self, base: Retention) -> Retention {
+        Retention {
+            last: self.last.unwrap_or(base.last),
+            hourly: self.hourly.unwrap_or(base.hourly),
+            daily: self.daily.unwrap_or(base.daily),
+            weekly: self.weekly.unwrap_or(base.weekly),
+        }
+    }
+
+    /// The first option given, if any.
+    pub fn given(self) -> Option<&'static str> {
+        let values = [self.last, self.hourly, self.daily, self.weekly];
+        FLAGS
+            .into_iter()
+            .zip(values)
+            .find_map(|(flag, n)| n.map(|_| flag))
+    }
+}
+
 impl Retention {
     /// The command-line options that give this policy (for a versioning child).
     pub fn args(&self) -> Vec<String> {
-        [
-            ("--keep-last", self.last),
-            ("--keep-hourly", self.hourly),
-            ("--keep-daily", self.daily),
-            ("--keep-weekly", self.weekly),
-        ]
-        .into_iter()
-        .flat_map(|(flag, n)| [flag.to_string(), n.to_string()])
-        .collect()
+        let values = [self.last, self.hourly, self.daily, self.weekly];
+        FLAGS
+            .into_iter()
+            .zip(values)
+            .flat_map(|(flag, n)| [flag.to_string(), n.to_string()])
+            .collect()
     }
 
     /// For versions dated `times` (oldest first), whether each is kept, calendar periods being

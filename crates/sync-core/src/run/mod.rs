@@ -1,8 +1,10 @@
-//! Running a program: the checks and set-up both binaries share ([`startup`], [`roots`],
-//! [`lock`], [`logging`]), where the program keeps its own files ([`places`]) and whether it
-//! may rely on them ([`trust`]), and the loop that runs a pass at every interval ([`passes`]).
+//! Running a program: the options both binaries take ([`flags`]), the checks and set-up they
+//! share ([`startup`], [`roots`], [`lock`], [`logging`]), where the program keeps its own
+//! files ([`places`]) and whether it may rely on them ([`trust`]), and the loop that runs a
+//! pass at every interval ([`passes`]).
 
 pub mod console;
+pub mod flags;
 pub mod jobs;
 pub mod lock;
 pub mod logging;

@@ -30,6 +30,14 @@ pub enum Program {
 }
 
 impl Program {
+    /// Its name, as it is run.
+    pub fn name(self) -> &'static str {
+        match self {
+            Program::Oneway => "oneway",
+            Program::Twoway => "twoway",
+        }
+    }
+
     /// The tag of its log lines.
     pub fn tag(self) -> &'static str {
         match self {
