@@ -908,6 +908,37 @@ fn target_that_is_not_empty_is_refused() -> TestResult {
     Ok(())
 }
 
+/// A target in the version stores is refused, naming it, and nothing is written there: a
+/// restore into a version would edit it in place (versions share inodes and are checked
+/// against their manifests), and a store holds only what twoway puts in it.
+#[test]
+fn target_inside_the_version_stores_is_refused() -> TestResult {
+    let p = Pair::new()?;
+    synced_then_edited(&p)?;
+    let stores = p
+        .versions("A")
+        .parent()
+        .expect("a store has a parent")
+        .to_path_buf();
+    let before = snapshot(&stores)?;
+    let a_before = snapshot(&p.a)?;
+    for target in [
+        stores.join("elsewhere"),
+        p.versions("A").join("_1").join("intruder"),
+    ] {
+        let out = p.run(&[&p.a, &"--restore", &"--target", &target])?;
+        expect_code(&out, 2)?;
+        let said = stderr(&out);
+        let shown = target.file_name().expect("a name").to_string_lossy();
+        ensure!(
+            said.lines().count() == 1 && said.contains("version stores") && said.contains(&*shown),
+            "the refusal does not name the target and the stores:\n{said}"
+        );
+        assert_same("the version stores", &before, &snapshot(&stores)?)?;
+    }
+    assert_same("A", &a_before, &snapshot(&p.a)?)
+}
+
 /// DIR a mount point cannot be renamed or swapped: it is restored beneath itself, what it held
 /// kept in the version store first, and no work copy is left beside it.
 #[test]

@@ -288,8 +288,8 @@ fn open_existing(path: &Path, role: &'static str) -> Result<Option<LocalTree>, E
 ///
 /// Fails, having changed nothing, if the version cannot be chosen (see `chosen_version`), a
 /// path is absolute, holds `..`, is not in the version or lies below something in `dir`
-/// that is not a directory, the target is not an empty directory or overlaps `dir`, or the
-/// copy fails.
+/// that is not a directory, the target is not an empty directory, overlaps `dir` or lies in
+/// the version stores, or the copy fails.
 pub fn restore(
     state_dir: &Path,
     dir: &Path,
@@ -324,6 +324,17 @@ pub fn restore(
                 "--target {} overlaps {}: give a directory outside it; nothing was restored",
                 t.display(),
                 c.dir.display()
+            )));
+        }
+        // Versions are never edited in place, and a store holds only what twoway puts there.
+        let stores = c.vdir.parent().unwrap_or(&c.vdir);
+        let stores = absolute_dir(stores).unwrap_or_else(|_| stores.to_path_buf());
+        if t.starts_with(&stores) {
+            return Err(fail(format!(
+                "--target {} is inside the version stores {}: give a directory outside them; \
+                 nothing was restored",
+                t.display(),
+                stores.display()
             )));
         }
         let empty = now.as_ref().map(|tree| {
