@@ -50,7 +50,12 @@ enum ConflictPolicy {
                   Exit codes: 0 success, 1 some entries failed (each logged), 2 bad usage or \
                   a refused pass (nothing changed), 3 a --once pass or a restore stopped by Ctrl+C or \
                   SIGTERM before it finished.",
-    disable_version_flag = true
+    disable_version_flag = true,
+    // A pass of twoway's is followed by its recovery system's snapshots.
+    mut_arg("once", |a| a.help(
+        "One two-way pass and one snapshot of each side, then exit (without it, twoway runs \
+         until stopped)"
+    ))
 )]
 struct Cli {
     /// One side (with --restore: the directory to restore, which may no longer exist).

@@ -17,19 +17,13 @@ use sync_core::Error;
 use sync_core::run::trust::untouchable;
 use sync_core::state::text::write_atomically;
 
-use crate::retention::Retention;
+use crate::retention::{KEEP_LAST, KEEP_PERIODS, Retention};
 
 /// The directory, in the state directory, that holds one version directory per key.
 pub const VERSIONS_DIR: &str = "__versions__";
 
 /// The name of the file recording version key → directory.
 pub const INFO_FILE: &str = ".info.json";
-
-/// What `keep_last` may be: the values oneway's and twoway's `--keep-last` accept.
-pub const KEEP_LAST: RangeInclusive<u32> = 2..=999;
-
-/// What `keep_hourly`, `keep_daily` and `keep_weekly` may be, as their command-line options.
-pub const KEEP_PERIODS: RangeInclusive<u32> = 0..=99_999;
 
 /// The keys `config.json` may hold; any other is refused, so a misspelt one is not ignored.
 pub const CONFIG_KEYS: [&str; 6] = [

@@ -2,9 +2,22 @@
 //! hours, days and weeks that have one (restic's `forget` semantics). A version is kept if any
 //! rule keeps it; the newest is always kept.
 
+use std::ops::RangeInclusive;
+
 use jiff::Timestamp;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
+
+/// What `--keep-last` (and config.json's `keep_last`) may be.
+pub const KEEP_LAST: RangeInclusive<u32> = 2..=999;
+
+/// What `--keep-hourly`, `--keep-daily` and `--keep-weekly` (and config.json's keys) may be.
+pub const KEEP_PERIODS: RangeInclusive<u32> = 0..=99_999;
+
+/// A range of counts as clap's parser takes it.
+fn counts(range: RangeInclusive<u32>) -> RangeInclusive<i64> {
+    i64::from(*range.start())..=i64::from(*range.end())
+}
 
 /// The retention policy of a version store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,22 +54,22 @@ pub struct Keep {
     /// Versions: the newest kept as _0 … _{N-1}, the latest last (at least 2; default 2, or
     /// twoway's config.json "keep_last").
     #[arg(id = "keep_last", long = "keep-last", visible_alias = "keep", value_name = "N",
-          value_parser = clap::value_parser!(u32).range(2..1000))]
+          value_parser = clap::value_parser!(u32).range(counts(KEEP_LAST)))]
     pub last: Option<u32>,
     /// Versions: also the newest of each of the last N hours that have one (default 24, or
     /// twoway's config.json "keep_hourly").
     #[arg(id = "keep_hourly", long = "keep-hourly", value_name = "N",
-          value_parser = clap::value_parser!(u32).range(0..100_000))]
+          value_parser = clap::value_parser!(u32).range(counts(KEEP_PERIODS)))]
     pub hourly: Option<u32>,
     /// Versions: and of each of the last N days (default 9, or twoway's config.json
     /// "keep_daily": what stood at the end of a day stays at least a week after it is deleted).
     #[arg(id = "keep_daily", long = "keep-daily", value_name = "N",
-          value_parser = clap::value_parser!(u32).range(0..100_000))]
+          value_parser = clap::value_parser!(u32).range(counts(KEEP_PERIODS)))]
     pub daily: Option<u32>,
     /// Versions: and of each of the last N weeks, Monday to Sunday (default 4, or twoway's
     /// config.json "keep_weekly").
     #[arg(id = "keep_weekly", long = "keep-weekly", value_name = "N",
-          value_parser = clap::value_parser!(u32).range(0..100_000))]
+          value_parser = clap::value_parser!(u32).range(counts(KEEP_PERIODS)))]
     pub weekly: Option<u32>,
 }
 
