@@ -228,6 +228,16 @@ fn verified(version: &Version) -> Result<(LocalTree, Manifest, Scanned), Error> 
     Ok((tree, manifest, held))
 }
 
+/// The refusal of a `--target` in the version stores `stores`.
+fn inside_stores(target: &Path, stores: &Path) -> Error {
+    fail(format!(
+        "--target {} is inside the version stores {}: give a directory outside them; nothing \
+         was restored",
+        target.display(),
+        stores.display()
+    ))
+}
+
 /// The `--path`s as relative paths without `.`, each once, none below another given one.
 ///
 /// Fails, naming it, on a path that is absolute, holds `..` or names DIR itself.
@@ -315,6 +325,8 @@ pub fn restore(
             )));
         }
     }
+    let stores = c.vdir.parent().unwrap_or(&c.vdir);
+    let stores = absolute_dir(stores).unwrap_or_else(|_| stores.to_path_buf());
     let into = target.clone().unwrap_or_else(|| c.dir.clone());
     let role = if target.is_some() { "--target" } else { "DIR" };
     let now = open_existing(&into, role)?;
@@ -327,15 +339,9 @@ pub fn restore(
             )));
         }
         // Versions are never edited in place, and a store holds only what twoway puts there.
-        let stores = c.vdir.parent().unwrap_or(&c.vdir);
-        let stores = absolute_dir(stores).unwrap_or_else(|_| stores.to_path_buf());
+        // (Checked again below on the directory really opened.)
         if t.starts_with(&stores) {
-            return Err(fail(format!(
-                "--target {} is inside the version stores {}: give a directory outside them; \
-                 nothing was restored",
-                t.display(),
-                stores.display()
-            )));
+            return Err(inside_stores(t, &stores));
         }
         let empty = now.as_ref().map(|tree| {
             tree.list(Path::new(""), &|_| false)
@@ -395,6 +401,20 @@ pub fn restore(
         path: c.vdir.clone(),
         source,
     })?;
+    // The path checked above may name something else by now (a directory on it renamed or
+    // replaced by a link): the directory held is what the target is made in.
+    if let Some(t) = &target {
+        let in_stores = LocalTree::open(&stores)
+            .and_then(|s| around.lies_within(&s))
+            .map_err(|source| Error::Inaccessible {
+                role: "--target",
+                path: t.clone(),
+                source,
+            })?;
+        if in_stores {
+            return Err(inside_stores(t, &stores));
+        }
+    }
     let name = PathBuf::from(into.file_name().unwrap_or_default());
     let stamp = sync_core::display::local_now()
         .strftime("%Y%m%d-%H%M%S")

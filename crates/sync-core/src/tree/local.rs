@@ -134,6 +134,32 @@ impl LocalTree {
         &self.root
     }
 
+    /// Whether this tree's root is `other`'s root or lies below it, as the descriptors held
+    /// say (climbing `..` from this root), whatever the paths they were opened by now name.
+    pub fn lies_within(&self, other: &LocalTree) -> io::Result<bool> {
+        let mut here = at::identity(&self.fd())?;
+        let mut dir: Option<rustix::fd::OwnedFd> = None;
+        loop {
+            if here == other.id {
+                return Ok(true);
+            }
+            let from = dir.as_ref().map_or(self.fd(), |d| d.as_fd());
+            let up = rustix::fs::openat(
+                from,
+                "..",
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let above = at::identity(&up)?;
+            // `/` is its own parent.
+            if above == here {
+                return Ok(false);
+            }
+            here = above;
+            dir = Some(up);
+        }
+    }
+
     fn fd(&self) -> BorrowedFd<'_> {
         self.dir.as_fd()
     }
@@ -771,6 +797,30 @@ fn list_dir(
 mod tests {
     use super::*;
     use std::fs;
+
+    /// Where a held directory lies is what its descriptor says, not its path: once its parent
+    /// is moved, it lies in the parent's new place.
+    #[test]
+    fn a_held_directory_lies_where_its_descriptor_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inner, other) = (dir.path().join("a/b/c"), dir.path().join("other"));
+        fs::create_dir_all(&inner).unwrap();
+        fs::create_dir(&other).unwrap();
+        let held = LocalTree::open(&inner).unwrap();
+        let (a, b, elsewhere) = (
+            LocalTree::open(dir.path().join("a")).unwrap(),
+            LocalTree::open(dir.path().join("a/b")).unwrap(),
+            LocalTree::open(&other).unwrap(),
+        );
+        assert!(held.lies_within(&held).unwrap());
+        assert!(held.lies_within(&a).unwrap());
+        assert!(held.lies_within(&b).unwrap());
+        assert!(!held.lies_within(&elsewhere).unwrap());
+        assert!(!a.lies_within(&held).unwrap());
+        fs::rename(dir.path().join("a/b"), other.join("b")).unwrap();
+        assert!(held.lies_within(&elsewhere).unwrap());
+        assert!(!held.lies_within(&a).unwrap());
+    }
 
     #[test]
     fn a_hidden_directory_is_held_only_until_it_is_published() {
